@@ -1,0 +1,334 @@
+//! The `udrbd` command line: verbs, global options, and how a DEVICE argument is resolved.
+//!
+//! An argument that contains `/` is a device path (drbdmeta's way); a bare name is a resource,
+//! resolved through `--config FILE [--node NAME]` to its backing disk and `meta-disk`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use udrbd_meta::{AlGeometry, MetaDiskKind};
+
+use crate::config::{Config, MetaDisk};
+use crate::exit_code::ExitCode;
+use crate::offline::{self, CreateOptions, MetaTarget, OfflineError, RestoreOptions};
+
+/// Default configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/udrbd/udrbd.conf";
+
+/// udrbd: DRBD's replicated block device as a userspace daemon.
+#[derive(Debug, Parser)]
+#[command(name = "udrbd", version, about, after_help = ExitCode::help_table())]
+pub struct Cli {
+    #[command(flatten)]
+    pub globals: Globals,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+/// Options accepted before or after the verb.
+#[derive(Debug, Args, Clone)]
+pub struct Globals {
+    /// Configuration file (DRBD resource syntax), used to resolve resource names.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's name in the configuration (default: the host name).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub node: Option<String>,
+    /// The daemon's run directory (control socket, NBD sockets).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/run/udrbd")]
+    pub run_dir: PathBuf,
+}
+
+/// Where the meta-data of a DEVICE argument lives.
+#[derive(Debug, Args, Clone)]
+pub struct DeviceArg {
+    /// A device or file path (contains '/'), or a resource name resolved through --config.
+    #[arg(value_name = "DEVICE")]
+    pub device: String,
+    /// meta-disk of a DEVICE path: internal, flex-external, or an index N (128 MiB slots).
+    #[arg(long, value_name = "KIND", default_value = "internal")]
+    pub meta_disk: String,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Write fresh v08 meta-data (zeroed bitmap, initialized activity log).
+    #[command(name = "create-md")]
+    CreateMd {
+        #[command(flatten)]
+        target: DeviceArg,
+        /// Activity-log stripes.
+        #[arg(long, default_value_t = 1)]
+        al_stripes: u32,
+        /// Activity-log stripe size in KiB.
+        #[arg(long = "al-stripe-size-kB", default_value_t = 32)]
+        al_stripe_size_kb: u32,
+        /// Last peer max BIO size to record, in bytes.
+        #[arg(long, default_value_t = 0)]
+        peer_max_bio_size: u32,
+        /// Overwrite existing meta-data, file systems and partition tables.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the meta-data as text (drbdmeta's format).
+    #[command(name = "dump-md")]
+    DumpMd {
+        #[command(flatten)]
+        target: DeviceArg,
+        /// Dump unclean meta-data anyway.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the generation identifiers and flags on one line.
+    #[command(name = "get-gi")]
+    GetGi {
+        #[command(flatten)]
+        target: DeviceArg,
+    },
+    /// Print the generation identifiers and flags, explained.
+    #[command(name = "show-gi")]
+    ShowGi {
+        #[command(flatten)]
+        target: DeviceArg,
+    },
+    /// Set generation identifiers and flags: CURRENT:BITMAP:HIST1:HIST2:c:u:p:n:f:o:x.
+    #[command(name = "set-gi")]
+    SetGi {
+        #[command(flatten)]
+        target: DeviceArg,
+        /// Colon-separated fields; an empty field keeps its value.
+        #[arg(value_name = "GI")]
+        gi: String,
+        /// Accepted for drbdmeta compatibility (udrbd never prompts).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Replay the activity log into the bitmap and mark the meta-data clean.
+    #[command(name = "apply-al")]
+    ApplyAl {
+        #[command(flatten)]
+        target: DeviceArg,
+    },
+    /// Write meta-data from a dump-md text.
+    #[command(name = "restore-md")]
+    RestoreMd {
+        #[command(flatten)]
+        target: DeviceArg,
+        /// The dump file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Activity-log stripes (overrides the dump).
+        #[arg(long)]
+        al_stripes: Option<u32>,
+        /// Activity-log stripe size in KiB (overrides the dump).
+        #[arg(long = "al-stripe-size-kB")]
+        al_stripe_size_kb: Option<u32>,
+        /// Overwrite valid meta-data.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the disk state recorded in the meta-data.
+    Dstate {
+        #[command(flatten)]
+        target: DeviceArg,
+    },
+}
+
+/// A failure of a verb, with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// An offline meta-data command failed.
+    #[error(transparent)]
+    Offline(#[from] OfflineError),
+    /// The configuration could not be used.
+    #[error("{0}")]
+    Config(String),
+    /// A bad argument value.
+    #[error("{0}")]
+    InvalidValue(String),
+}
+
+impl CliError {
+    /// The exit code.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Offline(e) => e.exit_code(),
+            CliError::Config(_) => ExitCode::Config,
+            CliError::InvalidValue(_) => ExitCode::InvalidValue,
+        }
+    }
+}
+
+/// Runs a parsed command line. `argv` is echoed in dump-md's header.
+pub fn run(
+    cli: Cli,
+    argv: &[String],
+    out: &mut dyn Write,
+    warn: &mut dyn Write,
+) -> Result<(), CliError> {
+    let g = &cli.globals;
+    match cli.verb {
+        Verb::CreateMd {
+            target,
+            al_stripes,
+            al_stripe_size_kb,
+            peer_max_bio_size,
+            force,
+        } => {
+            let al = AlGeometry::from_options(al_stripes, al_stripe_size_kb)
+                .map_err(|e| CliError::InvalidValue(e.to_string()))?;
+            let opts = CreateOptions {
+                al,
+                force,
+                peer_max_bio_size,
+            };
+            offline::create_md(&resolve(g, &target)?, opts, out)?;
+        }
+        Verb::DumpMd { target, force } => {
+            let header = dump_header_comments(argv);
+            offline::dump_md(&resolve(g, &target)?, force, &header, out, warn)?;
+        }
+        Verb::GetGi { target } => offline::get_gi(&resolve(g, &target)?, out)?,
+        Verb::ShowGi { target } => offline::show_gi(&resolve(g, &target)?, out, warn)?,
+        Verb::SetGi { target, gi, .. } => offline::set_gi(&resolve(g, &target)?, &gi, out)?,
+        Verb::ApplyAl { target } => offline::apply_al(&resolve(g, &target)?, out, warn)?,
+        Verb::RestoreMd {
+            target,
+            file,
+            al_stripes,
+            al_stripe_size_kb,
+            force,
+        } => {
+            let al_override = match (al_stripes, al_stripe_size_kb) {
+                (None, None) => None,
+                (s, k) => Some(
+                    AlGeometry::from_options(s.unwrap_or(1), k.unwrap_or(32))
+                        .map_err(|e| CliError::InvalidValue(e.to_string()))?,
+                ),
+            };
+            let opts = RestoreOptions { al_override, force };
+            offline::restore_md(&resolve(g, &target)?, &file, opts, out)?;
+        }
+        Verb::Dstate { target } => offline::dstate(&resolve(g, &target)?, out)?,
+    }
+    Ok(())
+}
+
+/// Resolves a DEVICE argument: a path (with `--meta-disk`), or a resource of the config.
+pub fn resolve(g: &Globals, arg: &DeviceArg) -> Result<MetaTarget, CliError> {
+    if arg.device.contains('/') {
+        return Ok(MetaTarget {
+            device: PathBuf::from(&arg.device),
+            kind: parse_meta_disk_kind(&arg.meta_disk)?,
+        });
+    }
+    let config_path = g
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let config = Config::load(&config_path).map_err(|e| CliError::Config(e.to_string()))?;
+    let node = match &g.node {
+        Some(n) => n.clone(),
+        None => hostname(),
+    };
+    let resource = config
+        .resource_for_node(&arg.device, &node)
+        .map_err(|e| CliError::Config(e.to_string()))?;
+    let disk = resource.disk.clone().ok_or_else(|| {
+        CliError::Config(format!(
+            "resource {} has no disk on node {node} (disk none): it has no meta-data",
+            arg.device
+        ))
+    })?;
+    Ok(match &resource.meta_disk {
+        MetaDisk::Internal => MetaTarget {
+            device: disk,
+            kind: MetaDiskKind::Internal,
+        },
+        MetaDisk::FlexExternal(path) => MetaTarget {
+            device: path.clone(),
+            kind: MetaDiskKind::FlexExternal,
+        },
+        MetaDisk::Indexed(path, index) => MetaTarget {
+            device: path.clone(),
+            kind: MetaDiskKind::Indexed(*index),
+        },
+    })
+}
+
+fn parse_meta_disk_kind(s: &str) -> Result<MetaDiskKind, CliError> {
+    match s {
+        "internal" | "flex-internal" => Ok(MetaDiskKind::Internal),
+        "flex-external" => Ok(MetaDiskKind::FlexExternal),
+        n => n.parse().map(MetaDiskKind::Indexed).map_err(|_| {
+            CliError::InvalidValue(format!(
+                "--meta-disk: '{n}' is not internal, flex-external or an index"
+            ))
+        }),
+    }
+}
+
+/// This machine's node name (`uname -n`), DRBD's default for `on HOST`.
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The comment lines drbdmeta puts at the top of a dump: date and command.
+fn dump_header_comments(argv: &[String]) -> Vec<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    vec![
+        format!("{} +0000 [{now}]", format_utc(now)),
+        format!("{}> {}", hostname(), argv.join(" ")),
+    ]
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC (days-from-civil inverted; no time-zone database needed).
+fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00");
+        assert_eq!(format_utc(1_795_314_783), "2026-11-22 02:33:03");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
+    }
+
+    #[test]
+    fn meta_disk_kinds() {
+        assert_eq!(
+            parse_meta_disk_kind("internal").unwrap(),
+            MetaDiskKind::Internal
+        );
+        assert_eq!(parse_meta_disk_kind("3").unwrap(), MetaDiskKind::Indexed(3));
+        assert!(parse_meta_disk_kind("x").is_err());
+    }
+}

@@ -1,0 +1,9 @@
+//! The `udrbd` binary's library half: drivers, config parser, control socket, CLI.
+//!
+//! This is the only crate of the workspace that touches files, sockets, threads and the clock.
+
+pub mod cli;
+pub mod config;
+pub mod exit_code;
+pub mod meta_io;
+pub mod offline;
