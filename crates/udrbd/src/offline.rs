@@ -14,7 +14,7 @@ use udrbd_meta::dump::{self, BitmapRenderer, DumpParseError};
 use udrbd_meta::gi;
 use udrbd_meta::layout::{LayoutError, bm_bytes_for};
 use udrbd_meta::superblock::{
-    BM_BYTES_PER_BIT, DRBDMETA_AL_NR_EXTENTS, LayoutMismatch, SuperblockError,
+    BM_BYTES_PER_BIT, DRBDMETA_AL_NR_EXTENTS, LayoutMismatch, MD_MAGIC_07, SuperblockError,
 };
 use udrbd_meta::{
     AlGeometry, BLOCK_4K, Layout, Magic, MdFlags, MetaDiskKind, Superblock, human_size_kib,
@@ -50,7 +50,7 @@ pub enum OfflineError {
         source: LayoutError,
     },
     /// No v08 superblock where it should be.
-    #[error("{}: {source} at byte {offset}", .path.display())]
+    #[error("{}: at byte {offset}: {source}", .path.display())]
     NoMetaData {
         /// The device.
         path: PathBuf,
@@ -177,11 +177,25 @@ pub fn load(target: &MetaTarget, access: Access) -> Result<Loaded, OfflineError>
             }
         })?;
     let block = device.read_at(offset, BLOCK_4K as usize)?;
-    let superblock = Superblock::decode(&block).map_err(|source| OfflineError::NoMetaData {
-        path: path.clone(),
-        offset,
-        source,
-    })?;
+    let superblock = match Superblock::decode(&block) {
+        Ok(sb) => sb,
+        Err(SuperblockError::WrongMagic(magic)) => {
+            return Err(probe_v07(&device, target.kind, &path).unwrap_or(
+                OfflineError::NoMetaData {
+                    path,
+                    offset,
+                    source: SuperblockError::WrongMagic(magic),
+                },
+            ));
+        }
+        Err(source) => {
+            return Err(OfflineError::NoMetaData {
+                path,
+                offset,
+                source,
+            });
+        }
+    };
     let layout = Layout::for_kind(target.kind, device.size_bytes(), superblock.al_geometry())
         .map_err(|source| OfflineError::Layout {
             path: path.clone(),
@@ -194,6 +208,25 @@ pub fn load(target: &MetaTarget, access: Access) -> Result<Loaded, OfflineError>
         device,
         layout,
         superblock,
+    })
+}
+
+/// DRBD 0.7 kept internal meta-data in the last 128 MiB of the device, its magic at byte 28
+/// of that area: name it instead of reporting a wrong magic.
+fn probe_v07(device: &MetaDevice, kind: MetaDiskKind, path: &Path) -> Option<OfflineError> {
+    const V07_RESERVED: u64 = 128 << 20;
+    if kind != MetaDiskKind::Internal {
+        return None;
+    }
+    let end = device.size_bytes() / 4096 * 4096;
+    let offset = end.checked_sub(V07_RESERVED).filter(|&o| o > 0)?;
+    let block = device.read_at(offset, BLOCK_4K as usize).ok()?;
+    (u32::from_be_bytes(block[28..32].try_into().ok()?) == MD_MAGIC_07).then(|| {
+        OfflineError::NoMetaData {
+            path: path.to_path_buf(),
+            offset,
+            source: SuperblockError::V07,
+        }
     })
 }
 
@@ -282,7 +315,11 @@ fn refuse_existing(device: &MetaDevice, layout: &Layout) -> Result<(), OfflineEr
                 layout.superblock_byte()
             )));
         }
-        Err(_) => {}
+        Err(_) => {
+            if let Some(v07) = probe_v07(device, layout.kind, device.path()) {
+                return Err(refuse(v07.to_string()));
+            }
+        }
     }
     // Signatures live in the first 68 KiB (btrfs at 64 KiB + 64 is the farthest).
     let head_len = (device.size_bytes().min(72 * 1024) / 4096 * 4096) as usize;
