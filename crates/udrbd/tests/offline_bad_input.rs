@@ -357,3 +357,56 @@ fn readme_has_the_exit_code_table() {
         "README.md carries the table exactly:\n{table}"
     );
 }
+
+/// A bare name is a resource: its disk and meta-disk come from `--config` for `--node`.
+#[test]
+fn resource_names_resolve_through_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = file_of(dir.path(), "alice.img", 64 << 20);
+    let conf = dir.path().join("r0.res");
+    std::fs::write(
+        &conf,
+        format!(
+            "resource r0 {{\n  on alice {{ device /dev/drbd0; disk {}; address 127.0.0.1:7789; meta-disk internal; }}\n  on bob {{ device /dev/drbd0; disk /nonexistent; address 127.0.0.2:7789; meta-disk internal; }}\n}}\n",
+            disk.display()
+        ),
+    )
+    .unwrap();
+    let c = s(&conf);
+    let o = udrbd(&["--config", c, "--node", "alice", "create-md", "r0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Global options are also accepted after the verb.
+    let o = udrbd(&["get-gi", "r0", "--config", c, "--node", "alice"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "0000000000000004:0000000000000000:0000000000000000:0000000000000000:0:0:0:0:0:0:0\n"
+    );
+    assert_eq!(
+        udrbd(&["get-gi", s(&disk)]).stdout,
+        o.stdout,
+        "same as by path"
+    );
+    assert_fails(
+        &udrbd(&["get-gi", "r9", "--config", c, "--node", "alice"]),
+        ExitCode::Config,
+        "r9",
+    );
+    assert_fails(
+        &udrbd(&["get-gi", "r0", "--config", c, "--node", "carol"]),
+        ExitCode::Config,
+        "carol",
+    );
+    assert_fails(
+        &udrbd(&["get-gi", "r0", "--config", c, "--node", "bob"]),
+        ExitCode::NotFound,
+        "/nonexistent",
+    );
+    let broken = dir.path().join("broken.res");
+    std::fs::write(&broken, "resource r0 {\n  on alice { device minor 0 }\n}\n").unwrap();
+    assert_fails(
+        &udrbd(&["get-gi", "r0", "--config", s(&broken), "--node", "alice"]),
+        ExitCode::Config,
+        &format!("{}:2:", broken.display()),
+    );
+}
