@@ -1,14 +1,3 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+//! The sans-IO DRBD engine (ARCHITECTURE.md §3). Not built yet: this crate is a placeholder
+//! that fixes the workspace layout and the dependency direction (meta, wire -> core).
+#![forbid(unsafe_code)]

@@ -344,7 +344,8 @@ pub fn replay(
         };
     }
     let valid = blocks.iter().filter(|b| b.is_ok()).count() as u64;
-    if valid < n {
+    // drbdmeta counts corrupt blocks only when some are readable.
+    if valid > 0 && valid < n {
         warnings.push(ReplayWarning::CorruptTransactions(n - valid));
     }
     if valid == 0 {

@@ -36,7 +36,6 @@
 //! 4, and printed as `N times 0x…;` when at least 8. The renderer keeps the pending words
 //! run-length encoded, so a run of any length costs constant memory.
 
-use std::collections::VecDeque;
 use std::io::{self, Write};
 
 use crate::layout::Layout;
@@ -98,13 +97,16 @@ pub fn write_header(
     write!(out, "bm {{")
 }
 
-/// Renders bitmap words pushed in order, with constant memory.
+/// Renders bitmap words pushed in order, with constant memory: between pushes it keeps only an
+/// undecided tail, which is either fewer than 4 words or one run of equal words (kept as value
+/// and count, so a run of any length costs nothing).
 pub struct BitmapRenderer<W: Write> {
     out: W,
     buf: Vec<u8>,
-    /// Pending words, run-length encoded: (value, count).
-    pending: VecDeque<(u64, u64)>,
-    pending_words: u64,
+    /// Undecided words at a line start: fewer than 4, or a short run.
+    small: Vec<u64>,
+    /// An undecided run of equal, compressible words at a line start: (value, count).
+    run: Option<(u64, u64)>,
     /// Index of the next word to print.
     position: u64,
     bits_set: u64,
@@ -115,9 +117,9 @@ impl<W: Write> BitmapRenderer<W> {
     pub fn new(out: W) -> Self {
         BitmapRenderer {
             out,
-            buf: Vec::with_capacity(1 << 16),
-            pending: VecDeque::new(),
-            pending_words: 0,
+            buf: Vec::with_capacity(1 << 17),
+            small: Vec::with_capacity(16),
+            run: None,
             position: 0,
             bits_set: 0,
         }
@@ -125,24 +127,46 @@ impl<W: Write> BitmapRenderer<W> {
 
     /// Adds the next words of the bitmap.
     pub fn push(&mut self, words: &[u64]) -> io::Result<()> {
-        for &w in words {
-            self.bits_set += u64::from(w.count_ones());
-            match self.pending.back_mut() {
-                Some((v, n)) if *v == w => *n += 1,
-                _ => self.pending.push_back((w, 1)),
+        self.bits_set += words.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
+        let mut chunk = words;
+        while !chunk.is_empty() {
+            if let Some((value, count)) = self.run.take() {
+                let more = chunk.iter().take_while(|&&w| w == value).count();
+                if more == chunk.len() {
+                    self.run = Some((value, count + more as u64));
+                    return Ok(());
+                }
+                chunk = &chunk[more..];
+                self.decide_run(value, count + more as u64);
             }
-            self.pending_words += 1;
-            // Every decision needs at most 4 words or one finished run beyond the front.
-            if self.pending.len() > 2 || self.pending_words > 64 {
-                self.drain(false)?;
+            if !self.small.is_empty() {
+                // Decide the carried words together with the start of this chunk.
+                let take = chunk.len().min(64);
+                let mut joined = std::mem::take(&mut self.small);
+                let carried = joined.len();
+                joined.extend_from_slice(&chunk[..take]);
+                let consumed = self.process(&joined, false);
+                if consumed < carried || consumed == joined.len() {
+                    self.keep_undecided(&joined[consumed..]);
+                    chunk = &chunk[take..];
+                    continue;
+                }
+                chunk = &chunk[consumed - carried..];
             }
+            let consumed = self.process(chunk, false);
+            self.keep_undecided(&chunk[consumed..]);
+            break;
         }
-        Ok(())
+        self.flush_if_large()
     }
 
     /// Prints what is left, closes the block and prints `# bits-set`. Returns the count.
     pub fn finish(mut self) -> io::Result<u64> {
-        self.drain(true)?;
+        if let Some((value, count)) = self.run.take() {
+            self.decide_run(value, count);
+        }
+        let rest = std::mem::take(&mut self.small);
+        self.process(&rest, true);
         self.buf.extend_from_slice(b"\n}\n");
         writeln!(self.buf, "# bits-set {};", self.bits_set)?;
         self.out.write_all(&self.buf)?;
@@ -150,55 +174,73 @@ impl<W: Write> BitmapRenderer<W> {
         Ok(self.bits_set)
     }
 
-    /// Prints every line that can be decided with the words seen so far (all, at the end).
-    fn drain(&mut self, at_end: bool) -> io::Result<()> {
-        while let Some(&(value, count)) = self.pending.front() {
+    /// A run of `count` equal words at a line start has ended: print its multiple-of-4 part
+    /// as one line if that is at least 8; the rest is printed word by word later.
+    fn decide_run(&mut self, value: u64, count: u64) {
+        debug_assert!(self.small.is_empty());
+        let run = count - count % WORDS_PER_LINE;
+        let rest = if run >= MIN_RUN {
+            self.begin_line();
+            write_run(&mut self.buf, run, value);
+            self.position += run;
+            count - run
+        } else {
+            count
+        };
+        self.small.extend(std::iter::repeat_n(value, rest as usize));
+    }
+
+    /// Keeps an undecided tail (it starts at a line start).
+    fn keep_undecided(&mut self, rest: &[u64]) {
+        debug_assert!(self.small.is_empty() && self.run.is_none());
+        match rest.first() {
+            Some(&v) if rest.len() >= 4 && rest.iter().all(|&w| w == v) => {
+                self.run = Some((v, rest.len() as u64));
+            }
+            _ => self.small.extend_from_slice(rest),
+        }
+    }
+
+    /// Prints every line of `words` (which starts at a line start) that can be decided;
+    /// returns how many words were printed. Unless `at_end`, it stops before fewer than 4
+    /// words, or before a run of compressible words that reaches the end of `words`.
+    fn process(&mut self, words: &[u64], at_end: bool) -> usize {
+        let mut w = 0;
+        while w < words.len() {
             debug_assert!(self.position.is_multiple_of(WORDS_PER_LINE));
-            let front_complete = at_end || self.pending.len() > 1;
+            let value = words[w];
             if halves_equal(value) {
-                if !front_complete {
-                    return self.flush_if_large();
+                let n = words[w..].iter().take_while(|&&x| x == value).count();
+                if w + n == words.len() && !at_end {
+                    return w;
                 }
-                let run = count - count % WORDS_PER_LINE;
+                let run = (n - n % WORDS_PER_LINE as usize) as u64;
                 if run >= MIN_RUN {
                     self.begin_line();
                     write_run(&mut self.buf, run, value);
-                    self.take(run);
+                    self.position += run;
+                    w += run as usize;
                     continue;
                 }
             }
-            if self.pending_words < WORDS_PER_LINE && !at_end {
-                return self.flush_if_large();
+            let line = (words.len() - w).min(WORDS_PER_LINE as usize);
+            if line < WORDS_PER_LINE as usize && !at_end {
+                return w;
             }
             self.begin_line();
-            for _ in 0..WORDS_PER_LINE.min(self.pending_words) {
-                let (v, _) = *self.pending.front().expect("pending word");
-                write_word(&mut self.buf, v);
-                self.take(1);
+            for &x in &words[w..w + line] {
+                write_word(&mut self.buf, x);
             }
+            self.position += line as u64;
+            w += line;
         }
-        self.flush_if_large()
+        words.len()
     }
 
     fn begin_line(&mut self) {
         self.buf.extend_from_slice(b"\n   ");
         if self.position.is_multiple_of(WORDS_PER_AT_COMMENT) {
             let _ = write!(self.buf, "# at {}kB\n   ", self.position * 256);
-        }
-    }
-
-    /// Removes `n` words from the front of the pending runs.
-    fn take(&mut self, mut n: u64) {
-        self.position += n;
-        self.pending_words -= n;
-        while n > 0 {
-            let front = self.pending.front_mut().expect("pending word");
-            let k = front.1.min(n);
-            front.1 -= k;
-            n -= k;
-            if front.1 == 0 {
-                self.pending.pop_front();
-            }
         }
     }
 
@@ -219,8 +261,10 @@ const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 fn push_hex16(buf: &mut Vec<u8>, v: u64) {
     let mut digits = [0u8; 16];
-    for (i, d) in digits.iter_mut().enumerate() {
-        *d = HEX[((v >> (60 - 4 * i)) & 0xF) as usize];
+    for (i, pair) in digits.chunks_exact_mut(2).enumerate() {
+        let byte = (v >> (56 - 8 * i)) as u8;
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xF)];
     }
     buf.extend_from_slice(&digits);
 }

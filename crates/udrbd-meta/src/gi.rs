@@ -130,9 +130,6 @@ fn flags_line(flags: MdFlags) -> String {
 /// Why a `set-gi` argument is rejected.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SetGiError {
-    /// More than 11 fields.
-    #[error("too many fields in '{0}' (expected CURRENT:BITMAP:HIST1:HIST2:c:u:p:n:f:o:x)")]
-    TooManyFields(String),
     /// A UUID field that is not hex or does not fit 64 bits.
     #[error("'{0}' is not a 64-bit hex UUID")]
     BadUuid(String),
@@ -149,10 +146,8 @@ pub fn apply_set_gi(
     uuids: GenerationUuids,
     flags: MdFlags,
 ) -> Result<(GenerationUuids, MdFlags), SetGiError> {
-    let fields: Vec<&str> = text.split(':').collect();
-    if fields.len() > 4 + GI_FLAG_BITS.len() {
-        return Err(SetGiError::TooManyFields(text.to_string()));
-    }
+    // Like drbdmeta, fields past the eleventh are ignored.
+    let fields: Vec<&str> = text.split(':').take(4 + GI_FLAG_BITS.len()).collect();
     let mut u = uuids.to_array();
     let mut flags = flags;
     for (i, field) in fields.iter().enumerate() {
@@ -162,15 +157,30 @@ pub fn apply_set_gi(
         if i < 4 {
             u[i] = parse_hex_uuid(field)?;
         } else {
-            let on = match *field {
-                "0" => false,
-                "1" => true,
-                other => return Err(SetGiError::BadFlag(other.to_string())),
+            // drbdmeta reads flags as C integers (0x.. hex, 0.. octal), then wants 0 or 1.
+            let on = match parse_c_integer(field) {
+                Some(0) => false,
+                Some(1) => true,
+                _ => return Err(SetGiError::BadFlag(field.to_string())),
             };
             flags.set(GI_FLAG_BITS[i - 4], on);
         }
     }
     Ok((GenerationUuids::from_array(u), flags))
+}
+
+/// A non-negative integer as C's `strtol(.., 0)` reads a whole field.
+fn parse_c_integer(field: &str) -> Option<u64> {
+    if let Some(hex) = field
+        .strip_prefix("0x")
+        .or_else(|| field.strip_prefix("0X"))
+    {
+        u64::from_str_radix(hex, 16).ok()
+    } else if field.len() > 1 && field.starts_with('0') {
+        u64::from_str_radix(&field[1..], 8).ok()
+    } else {
+        field.parse().ok()
+    }
 }
 
 fn parse_hex_uuid(field: &str) -> Result<u64, SetGiError> {
@@ -305,6 +315,10 @@ zero size device -- never seen peer yet?
             apply_set_gi("xyz", start, MdFlags(0)),
             Err(SetGiError::BadUuid("xyz".into()))
         );
-        assert!(apply_set_gi("1:2:3:4:0:0:0:0:0:0:0:0", start, MdFlags(0)).is_err());
+        // Extra fields are ignored; flags are C integers.
+        let (u, f) = apply_set_gi("1:2:3:4:0:0:0:0:0:0:0:7", start, MdFlags(0)).unwrap();
+        assert_eq!((u.to_array(), f), ([1, 2, 3, 4], MdFlags(0)));
+        let (_, f) = apply_set_gi("::::01:0x1", start, MdFlags(0)).unwrap();
+        assert_eq!(f.0, MdFlags::CONSISTENT | MdFlags::WAS_UP_TO_DATE);
     }
 }

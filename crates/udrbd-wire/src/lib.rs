@@ -1,14 +1,3 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+//! DRBD 8.4's peer protocol, pure: headers, packets, bitmap RLE/VLI, a deframer.
+//! Not built yet: this crate fixes the workspace layout (ARCHITECTURE.md §2).
+#![forbid(unsafe_code)]

@@ -209,7 +209,7 @@ pub fn run(
                 ),
             };
             let opts = RestoreOptions { al_override, force };
-            offline::restore_md(&resolve(g, &target)?, &file, opts, out)?;
+            offline::restore_md(&resolve(g, &target)?, &file, opts, out, warn)?;
         }
         Verb::Dstate { target } => offline::dstate(&resolve(g, &target)?, out)?,
     }

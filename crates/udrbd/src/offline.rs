@@ -24,7 +24,7 @@ use crate::exit_code::ExitCode;
 use crate::meta_io::{Access, AlignedBuf, DeviceError, MetaDevice};
 
 /// Bitmap IO chunk: large enough to stream quickly, small enough to keep memory flat.
-const BITMAP_CHUNK: usize = 1 << 20;
+const BITMAP_CHUNK: usize = 4 << 20;
 
 /// Where the meta-data is: a device and a `meta-disk` kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -627,6 +627,7 @@ pub fn restore_md(
     dump_path: &Path,
     opts: RestoreOptions,
     out: &mut dyn Write,
+    warn: &mut dyn Write,
 ) -> Result<(), OfflineError> {
     let text = std::fs::read_to_string(dump_path).map_err(|source| OfflineError::DumpFile {
         path: dump_path.to_path_buf(),
@@ -692,10 +693,19 @@ pub fn restore_md(
             });
         }
     }
-    write_words(&device, &layout, &parsed.words)?;
+    // drbdmeta restores only the bitmap that covers la-size-sect.
+    let la_size_sect = layout.clip_la_size(parsed.la_size_sect);
+    let covered_words = (bm_bytes_for(la_size_sect) / 8) as usize;
+    let words = if parsed.words.len() > covered_words {
+        writeln!(warn, "Bitmap info too large, truncated!").map_err(out_err)?;
+        &parsed.words[..covered_words]
+    } else {
+        &parsed.words[..]
+    };
+    write_words(&device, &layout, words)?;
     let sb = Superblock {
         magic: Magic::V08,
-        la_size_sect: layout.clip_la_size(parsed.la_size_sect),
+        la_size_sect,
         uuids: udrbd_meta::GenerationUuids::from_array(parsed.uuids),
         device_uuid: parsed.device_uuid,
         flags: MdFlags(parsed.flags),

@@ -112,10 +112,7 @@ pub fn udrbd(args: &[&str]) -> Output {
 
 /// `udrbd VERB DEVICE ARGS...` with internal meta-data.
 pub fn udrbd_on(device: &Path, verb: &str, args: &[&str]) -> Output {
-    run(Command::new(udrbd_bin())
-        .arg(verb)
-        .arg(device)
-        .args(args))
+    run(Command::new(udrbd_bin()).arg(verb).arg(device).args(args))
 }
 
 /// `drbdmeta --force 0 v08 DEVICE internal VERB ARGS...` (`--force`: regular files, no
@@ -143,13 +140,14 @@ impl Tool {
     pub const BOTH: [Tool; 2] = [Tool::Drbdmeta, Tool::Udrbd];
 
     /// Runs `VERB DEVICE ARGS` with this tool. udrbd gets `--force` where drbdmeta's global
-    /// `--force` would matter (create-md, restore-md, dump-md, set-gi).
+    /// `--force` answers a question (restore-md over valid meta-data, dump-md of unclean
+    /// meta-data, set-gi); create-md only ever runs on fresh files here.
     pub fn run(self, device: &Path, verb: &str, args: &[&str]) -> Output {
         match self {
             Tool::Drbdmeta => drbdmeta_on(device, verb, args),
             Tool::Udrbd => {
                 let mut all: Vec<&str> = args.to_vec();
-                if matches!(verb, "create-md" | "restore-md" | "dump-md" | "set-gi") {
+                if matches!(verb, "restore-md" | "dump-md" | "set-gi") {
                     all.push("--force");
                 }
                 udrbd_on(device, verb, &all)
@@ -306,11 +304,7 @@ impl Scratch {
     /// A sparse copy of `src` (`cp --sparse=always`).
     pub fn copy_sparse(&self, src: &Path, name: &str) -> PathBuf {
         let dst = self.dir.path().join(name);
-        run(Command::new("cp")
-            .arg("--sparse=always")
-            .arg(src)
-            .arg(&dst))
-        .ok();
+        run(Command::new("cp").arg("--sparse=always").arg(src).arg(&dst)).ok();
         dst
     }
 }
@@ -343,7 +337,10 @@ pub fn write_at(path: &Path, offset: u64, data: &[u8]) {
 /// reporting the first differing byte.
 pub fn assert_same_bytes(what: &str, a: &Path, b: &Path, offset: u64, len: u64) {
     const CHUNK: u64 = 8 << 20;
-    let (mut fa, mut fb) = (File::open(a).expect("open a"), File::open(b).expect("open b"));
+    let (mut fa, mut fb) = (
+        File::open(a).expect("open a"),
+        File::open(b).expect("open b"),
+    );
     let mut done = 0;
     let (mut ba, mut bb) = (vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]);
     while done < len {
