@@ -407,25 +407,36 @@ pub fn dump_md(
     let bm_bytes = bm_bytes_for(la);
     dump::write_header(out, header_comments, &loaded.layout, &sb, bm_bytes).map_err(out_err)?;
     let mut renderer = BitmapRenderer::new(out);
-    let mut buf = AlignedBuf::zeroed(BITMAP_CHUNK);
     let mut words = Vec::with_capacity(BITMAP_CHUNK / 8);
-    let mut done = 0u64;
-    while done < bm_bytes {
-        let n = (bm_bytes - done).min(BITMAP_CHUNK as u64) as usize;
-        if n != buf.len() {
-            buf = AlignedBuf::zeroed(n);
+    // A reader thread keeps the next chunk coming while this one is rendered: the dump is
+    // bound by IO, and two 4 MiB buffers keep memory flat.
+    let device = &loaded.device;
+    let bm_start = loaded.layout.bm_byte();
+    std::thread::scope(|scope| -> Result<(), OfflineError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<AlignedBuf, DeviceError>>(1);
+        scope.spawn(move || {
+            let mut done = 0u64;
+            while done < bm_bytes {
+                let n = (bm_bytes - done).min(BITMAP_CHUNK as u64) as usize;
+                let chunk = device.read_at(bm_start + done, n);
+                let failed = chunk.is_err();
+                if tx.send(chunk).is_err() || failed {
+                    return;
+                }
+                done += n as u64;
+            }
+        });
+        for chunk in rx {
+            let buf = chunk?;
+            words.clear();
+            words.extend(
+                buf.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+            );
+            renderer.push(&words).map_err(out_err)?;
         }
-        loaded
-            .device
-            .read_into(loaded.layout.bm_byte() + done, &mut buf)?;
-        words.clear();
-        words.extend(
-            buf.chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
-        );
-        renderer.push(&words).map_err(out_err)?;
-        done += n as u64;
-    }
+        Ok(())
+    })?;
     renderer.finish().map_err(out_err)?;
     Ok(())
 }
