@@ -25,6 +25,7 @@ pub struct Bitmap {
     bits: u64,
     words: Vec<u64>,
     dirty: Vec<u64>,
+    dirty_count: u64,
     set_count: u64,
 }
 
@@ -37,6 +38,7 @@ impl Bitmap {
             bits,
             words: vec![0; words],
             dirty: vec![0; pages.div_ceil(64)],
+            dirty_count: 0,
             set_count: 0,
         }
     }
@@ -182,12 +184,23 @@ impl Bitmap {
 
     /// Marks a page as needing write-out.
     pub fn mark_dirty(&mut self, page: u64) {
-        self.dirty[(page / 64) as usize] |= 1 << (page % 64);
+        if !self.is_dirty(page) {
+            self.dirty[(page / 64) as usize] |= 1 << (page % 64);
+            self.dirty_count += 1;
+        }
     }
 
     /// Marks a page as written.
     pub fn mark_clean(&mut self, page: u64) {
-        self.dirty[(page / 64) as usize] &= !(1 << (page % 64));
+        if self.is_dirty(page) {
+            self.dirty[(page / 64) as usize] &= !(1 << (page % 64));
+            self.dirty_count -= 1;
+        }
+    }
+
+    /// Number of dirty pages.
+    pub fn dirty_count(&self) -> u64 {
+        self.dirty_count
     }
 
     /// Marks every page as needing write-out.
@@ -199,7 +212,15 @@ impl Bitmap {
 
     /// The dirty pages, in order.
     pub fn dirty_pages(&self) -> Vec<u64> {
-        (0..self.pages()).filter(|&p| self.is_dirty(p)).collect()
+        let mut pages = Vec::with_capacity(self.dirty_count as usize);
+        for (i, &w) in self.dirty.iter().enumerate() {
+            let mut w = w;
+            while w != 0 {
+                pages.push(i as u64 * 64 + u64::from(w.trailing_zeros()));
+                w &= w - 1;
+            }
+        }
+        pages
     }
 
     /// The pages holding bits `range`.
@@ -214,6 +235,8 @@ impl Bitmap {
     pub fn invariants(&self) {
         let ones: u64 = self.words.iter().map(|w| u64::from(w.count_ones())).sum();
         assert_eq!(ones, self.set_count, "cached count");
+        let dirty: u64 = self.dirty.iter().map(|w| u64::from(w.count_ones())).sum();
+        assert_eq!(dirty, self.dirty_count, "cached dirty count");
         if let Some(&last) = self.words.last() {
             let idx = self.words.len() - 1;
             assert_eq!(last & !self.valid_mask(idx), 0, "surplus bits set");

@@ -1,0 +1,608 @@
+//! Attach, detach, promotion and demotion: the commands that take several disk steps.
+//!
+//! Attach reads the superblock, the activity-log ring and the bitmap; replays the activity log
+//! with `apply-al` semantics when the meta-data is unclean (the replayed extents become out of
+//! sync); writes the bits it set; re-initialises the ring; and finally writes the superblock
+//! with the 8.4 "unclean" magic, which it carries while attached. Each write waits for the one
+//! before it, so a crash at any point leaves meta-data that a later attach (or drbdmeta
+//! apply-al) recovers from.
+//!
+//! A clean detach drains the data IO, writes every dirty bitmap page, re-initialises the ring
+//! and writes the superblock with magic 08 and MDF_AL_CLEAN: the meta-data is clean.
+
+use bytes::Bytes;
+use udrbd_meta::activity_log::{self, AlTransaction, BITS_PER_AL_EXTENT, ReplayOutcome};
+use udrbd_meta::superblock::SuperblockError;
+use udrbd_meta::{ActivityLog, BLOCK_4K, Bitmap, Layout, Magic, MdFlags, Superblock};
+
+use crate::engine::{AlWriter, Disk, OpPurpose, Pending, Resource};
+use crate::state::{CommandError, DiskState, Role, StateChangeError};
+use crate::types::*;
+
+/// Bitmap pages read per operation at attach (1 MiB).
+const BITMAP_READ_PAGES: u64 = 256;
+/// Bitmap reads in flight at attach.
+const BITMAP_READS_IN_FLIGHT: usize = 4;
+
+/// The steps of an attach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AttachStep {
+    /// Reading the superblock.
+    Superblock(AttachParams),
+    /// Reading the AL ring.
+    ActivityLog,
+    /// Reading bitmap pages.
+    Bitmap,
+    /// Writing the pages the replay changed.
+    WriteReplayed,
+    /// Re-initialising the ring.
+    InitializeAl,
+    /// Writing the superblock with the attached state.
+    Superblock2 { version: u64, disk_state: DiskState },
+}
+
+impl AttachStep {
+    /// Whether the superblock may be written in this step.
+    pub(crate) fn may_write_superblock(&self) -> bool {
+        matches!(self, AttachStep::Superblock2 { .. })
+    }
+}
+
+/// The steps of a detach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum DetachStep {
+    /// Waiting for data IO and the AL writer to finish.
+    Drain,
+    /// Writing every dirty bitmap page.
+    WriteBitmap,
+    /// Re-initialising the ring (clean detach only).
+    InitializeAl,
+    /// Writing the clean superblock (clean detach only).
+    Superblock { version: u64 },
+    /// After a disk failure: bitmap written (best effort), now drop the disk.
+    Release,
+}
+
+impl Resource {
+    pub(crate) fn start_attach(
+        &mut self,
+        params: AttachParams,
+    ) -> Result<Option<Pending>, CommandError> {
+        if self.disk.is_some() {
+            return Err(CommandError::AlreadyAttached);
+        }
+        let outstanding: u64 = self.stale_ops.values().sum();
+        if outstanding > 0 {
+            return Err(CommandError::StuckIo { outstanding });
+        }
+        let offset = Layout::superblock_byte_for(params.meta_kind, params.meta_device_bytes)
+            .map_err(|_| CommandError::NoValidMetaData)?;
+        self.disk_state = DiskState::Attaching;
+        self.state_changed();
+        self.submit(
+            OpPurpose::ReadSuperblock,
+            DiskArea::Superblock,
+            offset,
+            DiskOpKind::Read {
+                len: BLOCK_4K as u32,
+            },
+        );
+        Ok(Some(Pending::Attach(AttachStep::Superblock(params))))
+    }
+
+    /// A read (or the ring initialisation) of the attach completed.
+    pub(crate) fn on_attach_io(
+        &mut self,
+        purpose: OpPurpose,
+        result: Result<Option<Bytes>, DiskError>,
+    ) {
+        let data = match result {
+            Ok(d) => d,
+            Err(_) => return self.attach_failed(CommandError::MetaDataIo),
+        };
+        let outcome = match purpose {
+            OpPurpose::ReadSuperblock => self.attach_superblock_read(data.unwrap_or_default()),
+            OpPurpose::ReadActivityLog => {
+                let d = self.disk.as_mut().expect("attaching");
+                d.al_ring = data;
+                self.read_bitmap_pages();
+                Ok(())
+            }
+            OpPurpose::ReadBitmap { first, count } => {
+                let d = self.disk.as_mut().expect("attaching");
+                let bytes = data.unwrap_or_default();
+                for i in 0..count {
+                    let at = (i * BLOCK_4K) as usize;
+                    let page = bytes.get(at..at + BLOCK_4K as usize).unwrap_or(&[]);
+                    d.bitmap.load_page(first + i, page);
+                }
+                self.read_bitmap_pages();
+                Ok(())
+            }
+            OpPurpose::AlInitialize => Ok(()),
+            _ => unreachable!("not an attach operation"),
+        };
+        if let Err(e) = outcome {
+            self.attach_failed(e);
+        }
+    }
+
+    fn attach_superblock_read(&mut self, block: Bytes) -> Result<(), CommandError> {
+        let Some((_, Pending::Attach(AttachStep::Superblock(params)))) = self.pending.clone()
+        else {
+            unreachable!("superblock read outside an attach");
+        };
+        let sb = Superblock::decode(&block).map_err(|e| match e {
+            SuperblockError::WrongSize(_) => CommandError::MetaDataIo,
+            _ => CommandError::NoValidMetaData,
+        })?;
+        let layout = Layout::for_kind(params.meta_kind, params.meta_device_bytes, sb.al_geometry())
+            .map_err(|_| CommandError::NoValidMetaData)?;
+        sb.check_layout(&layout)
+            .map_err(|_| CommandError::NoValidMetaData)?;
+        let usable = layout.max_data_sect.min(params.data_device_bytes / 512) & !7;
+        if sb.la_size_sect > usable {
+            return Err(CommandError::DeviceTooSmall);
+        }
+        let bits = usable.div_ceil(udrbd_meta::SECTORS_PER_BIT);
+        let al_extents = self
+            .config
+            .al_extents
+            .min(layout.al.max_al_extents().min(65_533) as u16);
+        let bitmap = Bitmap::new(bits);
+        let pages = bitmap.pages();
+        self.disk = Some(Disk {
+            layout,
+            sb,
+            sb_version: 0,
+            sb_durable: 0,
+            sb_in_flight: false,
+            bitmap,
+            al: ActivityLog::new(layout.al, al_extents, 0),
+            al_writer: AlWriter::Idle,
+            pages_in_flight: Default::default(),
+            size_sect: usable,
+            al_ring: None,
+            bitmap_pages_to_read: pages,
+        });
+        self.set_attach_step(AttachStep::ActivityLog);
+        self.submit(
+            OpPurpose::ReadActivityLog,
+            DiskArea::ActivityLog,
+            layout.al_byte(),
+            DiskOpKind::Read {
+                len: (layout.al.ring_blocks() * BLOCK_4K) as u32,
+            },
+        );
+        Ok(())
+    }
+
+    /// Issues bitmap reads until all pages are requested; replays once all are in.
+    fn read_bitmap_pages(&mut self) {
+        self.set_attach_step(AttachStep::Bitmap);
+        let in_flight = self
+            .ops
+            .values()
+            .filter(|p| matches!(p, OpPurpose::ReadBitmap { .. }))
+            .count();
+        let d = self.disk.as_mut().expect("attaching");
+        let total = d.bitmap.pages();
+        let mut requests = Vec::new();
+        let mut slots = BITMAP_READS_IN_FLIGHT.saturating_sub(in_flight);
+        while slots > 0 && d.bitmap_pages_to_read > 0 {
+            let first = total - d.bitmap_pages_to_read;
+            let count = d.bitmap_pages_to_read.min(BITMAP_READ_PAGES);
+            d.bitmap_pages_to_read -= count;
+            requests.push((first, count, d.layout.bm_byte() + first * BLOCK_4K));
+            slots -= 1;
+        }
+        for (first, count, offset) in requests {
+            self.submit(
+                OpPurpose::ReadBitmap { first, count },
+                DiskArea::Bitmap,
+                offset,
+                DiskOpKind::Read {
+                    len: (count * BLOCK_4K) as u32,
+                },
+            );
+        }
+        let reading = self
+            .ops
+            .values()
+            .any(|p| matches!(p, OpPurpose::ReadBitmap { .. }));
+        if !reading {
+            self.replay_activity_log();
+        }
+    }
+
+    /// apply-al semantics: with MDF_PRIMARY_IND, every extent of the active set becomes out
+    /// of sync (an unusable log of a Primary marks everything). Then the changed pages are
+    /// written.
+    fn replay_activity_log(&mut self) {
+        let d = self.disk.as_mut().expect("attaching");
+        let ring = d.al_ring.take().unwrap_or_default();
+        let geometry = d.layout.al;
+        if !d.sb.is_clean() {
+            let blocks: Vec<_> = (0..geometry.ring_blocks())
+                .map(|p| {
+                    let at = (geometry.block_of_position(p) * BLOCK_4K) as usize;
+                    AlTransaction::decode(ring.get(at..at + BLOCK_4K as usize).unwrap_or(&[]))
+                })
+                .collect();
+            let replay = activity_log::replay(&blocks, geometry, d.sb.magic == Magic::V84Unclean);
+            if d.sb.flags.has(MdFlags::PRIMARY_IND) {
+                self.crashed_primary = true;
+                match replay.outcome {
+                    ReplayOutcome::Active { extents, .. } => {
+                        for e in extents {
+                            let first = u64::from(e) * BITS_PER_AL_EXTENT;
+                            d.bitmap.set_range(first..first + BITS_PER_AL_EXTENT);
+                        }
+                    }
+                    ReplayOutcome::NoUsableLog | ReplayOutcome::NoValidUpdate => {
+                        d.bitmap.set_all();
+                    }
+                    ReplayOutcome::Initialized | ReplayOutcome::Legacy => {}
+                }
+            }
+        }
+        if d.sb.flags.has(MdFlags::CRASHED_PRIMARY) {
+            self.crashed_primary = true;
+        }
+        if d.sb.flags.has(MdFlags::FULL_SYNC) {
+            d.bitmap.set_all();
+        }
+        self.set_attach_step(AttachStep::WriteReplayed);
+        self.write_dirty_pages();
+    }
+
+    fn set_attach_step(&mut self, step: AttachStep) {
+        if let Some((_, Pending::Attach(s))) = self.pending.as_mut() {
+            *s = step;
+        }
+    }
+
+    fn attach_failed(&mut self, e: CommandError) {
+        let Some((id, Pending::Attach(_))) = self.pending.take() else {
+            return;
+        };
+        // Reads of this attach may still be outstanding: they become stale.
+        self.retire_generation();
+        self.disk = None;
+        self.disk_state = DiskState::Diskless;
+        self.finish_command(id, Err(e));
+        self.state_changed();
+    }
+
+    /// Ends the current attach generation: its outstanding operations are remembered as stuck
+    /// until they return, and the next attach gets a new generation.
+    pub(crate) fn retire_generation(&mut self) {
+        let outstanding = std::mem::take(&mut self.ops);
+        for (id, purpose) in outstanding {
+            if let OpPurpose::Request(req) = purpose
+                && let Some(r) = self.requests.get_mut(&req)
+            {
+                r.op = None;
+            }
+            *self.stale_ops.entry(id.generation()).or_default() += 1;
+        }
+        if !self.stale_ops.contains_key(&self.generation) {
+            self.outputs.push_back(Output::Event(Event::DiskReleased {
+                generation: self.generation,
+            }));
+        }
+        self.generation += 1;
+        self.next_sequence = 0;
+    }
+
+    /// Advances a pending attach; returns true when it finished.
+    fn drive_attach(&mut self, step: AttachStep) -> bool {
+        match step {
+            AttachStep::WriteReplayed => {
+                if !self.bitmap_is_durable() {
+                    return false;
+                }
+                let d = self.disk.as_mut().expect("attaching");
+                d.sb.flags.set(MdFlags::FULL_SYNC, false);
+                let ring = initialized_ring(d.layout.al.ring_blocks());
+                let offset = d.layout.al_byte();
+                self.set_attach_step(AttachStep::InitializeAl);
+                self.submit(
+                    OpPurpose::AlInitialize,
+                    DiskArea::ActivityLog,
+                    offset,
+                    DiskOpKind::Write {
+                        data: ring,
+                        fua: true,
+                    },
+                );
+                false
+            }
+            AttachStep::InitializeAl => {
+                if self.ops.values().any(|p| *p == OpPurpose::AlInitialize) {
+                    return false;
+                }
+                let d = self.disk.as_mut().expect("attaching");
+                let flags = d.sb.flags;
+                let disk_state = if !flags.has(MdFlags::CONSISTENT) {
+                    DiskState::Inconsistent
+                } else if flags.has(MdFlags::WAS_UP_TO_DATE) {
+                    // fencing dont-care: Consistent counts as UpToDate.
+                    DiskState::UpToDate
+                } else {
+                    DiskState::Outdated
+                };
+                d.sb.magic = Magic::V84Unclean;
+                d.sb.flags.set(MdFlags::AL_CLEAN, false);
+                d.sb.la_size_sect = d.size_sect;
+                d.sb_version += 1;
+                let version = d.sb_version;
+                self.disk_state = disk_state;
+                self.update_md_flags();
+                let version = self.disk.as_ref().map_or(version, |d| d.sb_version);
+                self.set_attach_step(AttachStep::Superblock2 {
+                    version,
+                    disk_state,
+                });
+                false
+            }
+            AttachStep::Superblock2 { version, .. } => {
+                self.disk.as_ref().is_some_and(|d| d.sb_durable >= version)
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn start_detach(&mut self, force: bool) -> Result<Option<Pending>, CommandError> {
+        if self.disk.is_none() {
+            return Err(CommandError::NoDiskConfig);
+        }
+        if self.role == Role::Primary && !force {
+            // The only UpToDate copy of a Primary's data (no peer connected yet).
+            return Err(CommandError::StateChange(StateChangeError::NoUpToDateDisk));
+        }
+        if force {
+            self.disk_failed();
+            return Ok(Some(Pending::Detach(DetachStep::Drain)));
+        }
+        Ok(Some(Pending::Detach(DetachStep::Drain)))
+    }
+
+    pub(crate) fn start_primary(&mut self, force: bool) -> Result<Option<Pending>, CommandError> {
+        if self.role == Role::Primary {
+            return Ok(None);
+        }
+        let Some(_) = self.disk.as_ref() else {
+            return Err(CommandError::StateChange(StateChangeError::NoUpToDateDisk));
+        };
+        let usable = matches!(self.disk_state, DiskState::UpToDate)
+            || (force && self.disk_state >= DiskState::Inconsistent);
+        if !usable {
+            return Err(CommandError::StateChange(StateChangeError::NoUpToDateDisk));
+        }
+        self.disk_state = DiskState::UpToDate;
+        // A new data generation: not connected (or forced), so the peer cannot follow.
+        let current = self.new_uuid() | 1;
+        let d = self.disk.as_mut().expect("attached");
+        if d.sb.uuids.bitmap == 0 || force {
+            d.sb.uuids.bitmap = d.sb.uuids.current;
+            d.sb.uuids.current = current;
+            d.sb_version += 1;
+        }
+        // The role changes when the superblock saying so is durable.
+        self.role = Role::Primary;
+        self.update_md_flags();
+        self.role = Role::Secondary;
+        let sb_version = self.disk.as_ref().expect("attached").sb_version;
+        Ok(Some(Pending::Primary { sb_version }))
+    }
+
+    pub(crate) fn start_secondary(&mut self) -> Result<Option<Pending>, CommandError> {
+        if self.role == Role::Secondary {
+            return Ok(None);
+        }
+        if self.openers > 0 {
+            return Err(CommandError::StateChange(StateChangeError::DeviceInUse));
+        }
+        self.role = Role::Secondary;
+        self.state_changed();
+        if self.disk.is_none() {
+            return Ok(None);
+        }
+        // The bits of writes that never reached a peer must be durable before the superblock
+        // stops saying "Primary" (after which apply-al would not replay the AL).
+        self.write_dirty_pages();
+        Ok(Some(Pending::Secondary { sb_version: None }))
+    }
+
+    pub(crate) fn start_down(&mut self) -> Result<Option<Pending>, CommandError> {
+        if self.openers > 0 {
+            return Err(CommandError::StateChange(StateChangeError::DeviceInUse));
+        }
+        if self.role == Role::Primary {
+            self.role = Role::Secondary;
+            self.state_changed();
+        }
+        if self.disk.is_none() {
+            return Ok(None);
+        }
+        self.write_dirty_pages();
+        Ok(Some(Pending::Detach(DetachStep::Drain)))
+    }
+
+    /// A local IO error (on-io-error detach) or `detach --force`: the disk is Failed; it is
+    /// released once its operations returned and the bitmap was written (best effort).
+    pub(crate) fn disk_failed(&mut self) {
+        if self.disk.is_none() || self.disk_state == DiskState::Failed {
+            return;
+        }
+        if matches!(self.pending, Some((_, Pending::Attach(_)))) {
+            return self.attach_failed(CommandError::MetaDataIo);
+        }
+        self.disk_state = DiskState::Failed;
+        self.state_changed();
+        // Writes waiting for the AL can no longer be written.
+        let waiting: Vec<BlockRequestId> = self.al_waiting.drain(..).collect();
+        for id in waiting {
+            self.fail_request(id);
+        }
+        match &self.pending {
+            None => self.pending = Some((CommandId(0), Pending::Detach(DetachStep::Drain))),
+            Some((_, Pending::Detach(_))) => {}
+            Some((id, _)) => {
+                let id = *id;
+                self.pending = Some((CommandId(0), Pending::Detach(DetachStep::Drain)));
+                self.finish_command(id, Err(CommandError::DiskFailed));
+            }
+        }
+    }
+
+    /// Advances the pending command, if any.
+    pub(crate) fn drive_pending_command(&mut self) {
+        let Some((id, pending)) = self.pending.clone() else {
+            return;
+        };
+        let done = match pending {
+            Pending::Attach(step) => {
+                let done = self.drive_attach(step);
+                if done {
+                    self.state_changed();
+                }
+                done
+            }
+            Pending::Primary { sb_version } => {
+                let durable = self
+                    .disk
+                    .as_ref()
+                    .is_some_and(|d| d.sb_durable >= sb_version);
+                if durable {
+                    self.role = Role::Primary;
+                    self.state_changed();
+                }
+                durable
+            }
+            Pending::Secondary { sb_version: None } => {
+                if self.bitmap_is_durable() {
+                    self.update_md_flags();
+                    let v = self.disk.as_ref().expect("attached").sb_version;
+                    self.pending = Some((
+                        id,
+                        Pending::Secondary {
+                            sb_version: Some(v),
+                        },
+                    ));
+                }
+                false
+            }
+            Pending::Secondary {
+                sb_version: Some(v),
+            } => self.disk.as_ref().is_none_or(|d| d.sb_durable >= v),
+            Pending::Detach(step) => self.drive_detach(step),
+        };
+        if done && self.pending.as_ref().is_some_and(|(p, _)| *p == id) {
+            self.pending = None;
+            if id != CommandId(0) {
+                self.finish_command(id, Ok(()));
+            }
+        }
+    }
+
+    fn set_detach_step(&mut self, step: DetachStep) {
+        if let Some((_, Pending::Detach(s))) = self.pending.as_mut() {
+            *s = step;
+        }
+    }
+
+    fn drive_detach(&mut self, step: DetachStep) -> bool {
+        let failed = self.disk_state == DiskState::Failed;
+        match step {
+            DetachStep::Drain => {
+                let busy = self.ops.values().any(|p| {
+                    matches!(
+                        p,
+                        OpPurpose::Request(_) | OpPurpose::AlTransaction | OpPurpose::Superblock(_)
+                    )
+                }) || !self.al_waiting.is_empty();
+                if busy {
+                    return false;
+                }
+                if !failed {
+                    self.write_dirty_pages();
+                }
+                self.set_detach_step(DetachStep::WriteBitmap);
+                false
+            }
+            DetachStep::WriteBitmap => {
+                let in_flight = self
+                    .disk
+                    .as_ref()
+                    .is_some_and(|d| !d.pages_in_flight.is_empty());
+                if in_flight || (!failed && !self.bitmap_is_durable()) {
+                    return false;
+                }
+                if failed {
+                    self.set_detach_step(DetachStep::Release);
+                    return self.drive_detach(DetachStep::Release);
+                }
+                let d = self.disk.as_mut().expect("attached");
+                let ring = initialized_ring(d.layout.al.ring_blocks());
+                let offset = d.layout.al_byte();
+                self.set_detach_step(DetachStep::InitializeAl);
+                self.submit(
+                    OpPurpose::AlInitialize,
+                    DiskArea::ActivityLog,
+                    offset,
+                    DiskOpKind::Write {
+                        data: ring,
+                        fua: true,
+                    },
+                );
+                false
+            }
+            DetachStep::InitializeAl => {
+                if self.ops.values().any(|p| *p == OpPurpose::AlInitialize) {
+                    return false;
+                }
+                // Clean: magic 08 and AL_CLEAN, as drbdmeta leaves meta-data.
+                self.update_md_flags();
+                let d = self.disk.as_mut().expect("attached");
+                d.sb.magic = Magic::V08;
+                d.sb.flags.set(MdFlags::AL_CLEAN, true);
+                d.sb_version += 1;
+                let version = d.sb_version;
+                self.set_detach_step(DetachStep::Superblock { version });
+                false
+            }
+            DetachStep::Superblock { version } => {
+                if self.disk.as_ref().is_some_and(|d| d.sb_durable < version) {
+                    return false;
+                }
+                self.drive_detach(DetachStep::Release)
+            }
+            DetachStep::Release => {
+                if self
+                    .ops
+                    .values()
+                    .any(|p| matches!(p, OpPurpose::BitmapPage(_)))
+                {
+                    return false;
+                }
+                self.retire_generation();
+                self.disk = None;
+                self.disk_state = DiskState::Diskless;
+                self.state_changed();
+                true
+            }
+        }
+    }
+}
+
+/// The ring as create-md writes it: every block an INITIALIZED transaction.
+fn initialized_ring(blocks: u64) -> Bytes {
+    let one = AlTransaction::initialized().encode();
+    let mut ring = Vec::with_capacity((blocks * BLOCK_4K) as usize);
+    for _ in 0..blocks {
+        ring.extend_from_slice(&one[..]);
+    }
+    Bytes::from(ring)
+}

@@ -1,0 +1,654 @@
+//! The [`Resource`] state machine: one DRBD resource (volume 0) on one node.
+//!
+//! Call order: `handle(now, input)` or `command(now, cmd)`, then drain `poll_output()` until
+//! it returns `None`, then arm a timer for `poll_timeout()`. Every input is processed to
+//! completion inside `handle`; `progress` then advances whatever the input unblocked (activity
+//! log transactions, bitmap write-out, the step of a pending command).
+//!
+//! Invariants (checked by [`Resource::invariants`] after every step in tests):
+//! - every in-flight block request is either waiting for the activity log or has exactly one
+//!   disk operation outstanding that points back to it;
+//! - the activity-log references held equal the extents held by submitted or waiting writes;
+//! - outstanding disk operations belong to the current attach generation, and `Diskless`
+//!   means no meta-data in memory and no operation outstanding;
+//! - a bitmap page is never written twice at once (a late completion could otherwise leave
+//!   an older copy on disk);
+//! - while Primary with a disk, the durable superblock carries MDF_PRIMARY_IND.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use udrbd_meta::{ActivityLog, Bitmap, Layout, MdFlags, Superblock};
+
+use crate::state::{CommandError, DiskState, Role, StateChangeError};
+use crate::timer::{Timer, TimerTable};
+use crate::types::*;
+
+/// Per-resource settings the engine needs (taken from the configuration file).
+#[derive(Clone, Debug)]
+pub struct ResourceConfig {
+    /// Resource name.
+    pub name: String,
+    /// Device minor.
+    pub minor: u32,
+    /// Activity-log slots (`al-extents`).
+    pub al_extents: u16,
+    /// Whether a peer is configured: writes that do not reach it are marked out of sync.
+    pub has_peer: bool,
+    /// Maximum in-flight block requests; more are answered `Busy`.
+    pub max_requests: usize,
+    /// Interval of the lazy bitmap write-out.
+    pub bitmap_writeout_interval: Duration,
+}
+
+impl ResourceConfig {
+    /// Defaults for a resource named `name`.
+    pub fn new(name: &str, minor: u32) -> ResourceConfig {
+        ResourceConfig {
+            name: name.to_string(),
+            minor,
+            al_extents: 1237,
+            has_peer: true,
+            max_requests: 8192,
+            bitmap_writeout_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What an outstanding disk operation is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpPurpose {
+    /// The data operation of a block request.
+    Request(BlockRequestId),
+    /// Attach: reading the superblock.
+    ReadSuperblock,
+    /// Attach: reading the activity-log ring.
+    ReadActivityLog,
+    /// Attach: reading bitmap pages `first .. first + count`.
+    ReadBitmap { first: u64, count: u64 },
+    /// Writing one bitmap page.
+    BitmapPage(u64),
+    /// Writing an activity-log transaction.
+    AlTransaction,
+    /// Re-initialising the activity-log ring.
+    AlInitialize,
+    /// Writing the superblock (carrying this version).
+    Superblock(u64),
+}
+
+/// Attach, detach and the other commands that take several steps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Pending {
+    /// Attach in progress.
+    Attach(crate::attach::AttachStep),
+    /// Promotion: done when the superblock carrying this version is durable.
+    Primary { sb_version: u64 },
+    /// Demotion: bitmap first, then the superblock.
+    Secondary { sb_version: Option<u64> },
+    /// Detach (also the tail of `down` and of a disk failure).
+    Detach(crate::attach::DetachStep),
+}
+
+/// The attached disk: meta-data in memory and its write state.
+pub(crate) struct Disk {
+    pub(crate) layout: Layout,
+    /// The superblock as it should be on disk.
+    pub(crate) sb: Superblock,
+    /// Version of `sb` (incremented on every change).
+    pub(crate) sb_version: u64,
+    /// Version last made durable.
+    pub(crate) sb_durable: u64,
+    /// A superblock write is outstanding.
+    pub(crate) sb_in_flight: bool,
+    pub(crate) bitmap: Bitmap,
+    pub(crate) al: ActivityLog,
+    /// Activity-log writer state.
+    pub(crate) al_writer: AlWriter,
+    /// Bitmap pages being written.
+    pub(crate) pages_in_flight: BTreeSet<u64>,
+    /// Exported size in sectors.
+    pub(crate) size_sect: u64,
+    /// The AL ring as read at attach (for the replay).
+    pub(crate) al_ring: Option<Bytes>,
+    /// Pages still to read at attach.
+    pub(crate) bitmap_pages_to_read: u64,
+}
+
+/// The activity-log writer: at most one transaction in flight, evicted pages first.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum AlWriter {
+    /// Nothing in flight.
+    #[default]
+    Idle,
+    /// Waiting for the bitmap pages of the evicted extents.
+    Pages {
+        prepared: Box<udrbd_meta::activity_log::PreparedTransaction>,
+        pages: BTreeSet<u64>,
+    },
+    /// The transaction block is being written.
+    Writing,
+}
+
+/// An in-flight block request.
+pub(crate) struct Request {
+    pub(crate) request: BlockRequest,
+    /// AL extents held (writes, discards, write-zeroes), inclusive.
+    pub(crate) extents: Option<(u32, u32)>,
+    /// Whether the extents' references are held.
+    pub(crate) holds_extents: bool,
+    /// The outstanding data operation, once submitted.
+    pub(crate) op: Option<DiskOpId>,
+}
+
+/// Counters reported by `status --statistics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Statistics {
+    /// KiB read from the local disk.
+    pub read_kib: u64,
+    /// KiB written to the local disk.
+    pub written_kib: u64,
+    /// Activity-log transactions written.
+    pub al_writes: u64,
+    /// Bitmap pages written.
+    pub bm_writes: u64,
+}
+
+/// A snapshot of the resource for `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Resource name.
+    pub name: String,
+    /// Minor.
+    pub minor: u32,
+    /// Role.
+    pub role: Role,
+    /// Local disk state.
+    pub disk: DiskState,
+    /// Number of openers (NBD clients).
+    pub openers: u32,
+    /// Exported size in bytes (0 without a disk).
+    pub size_bytes: u64,
+    /// Bytes marked out of sync in the bitmap.
+    pub out_of_sync_bytes: u64,
+    /// Application requests in flight.
+    pub upper_pending: u64,
+    /// Data operations on the local disk in flight.
+    pub lower_pending: u64,
+    /// Operations of earlier attach generations that have not returned.
+    pub stuck_ios: u64,
+    /// Generation UUIDs and flags as in memory, if attached.
+    pub generation: Option<(udrbd_meta::GenerationUuids, MdFlags)>,
+    /// Counters.
+    pub statistics: Statistics,
+    /// A command in progress (attach, detach, ...), for `status`.
+    pub busy_with: Option<&'static str>,
+}
+
+/// One DRBD resource on one node. See the module doc for the call order and invariants.
+pub struct Resource {
+    pub(crate) config: ResourceConfig,
+    pub(crate) role: Role,
+    pub(crate) disk_state: DiskState,
+    pub(crate) disk: Option<Disk>,
+    pub(crate) rng: ChaCha20Rng,
+    pub(crate) generation: u32,
+    pub(crate) next_sequence: u32,
+    pub(crate) ops: BTreeMap<DiskOpId, OpPurpose>,
+    /// Outstanding operations of earlier attach generations.
+    pub(crate) stale_ops: BTreeMap<u32, u64>,
+    pub(crate) requests: BTreeMap<BlockRequestId, Request>,
+    /// Writes waiting for activity-log extents (references held, or none held when busy).
+    pub(crate) al_waiting: VecDeque<BlockRequestId>,
+    pub(crate) outputs: VecDeque<Output>,
+    pub(crate) openers: u32,
+    pub(crate) timers: TimerTable,
+    pub(crate) pending: Option<(CommandId, Pending)>,
+    pub(crate) next_command: u64,
+    pub(crate) crashed_primary: bool,
+    pub(crate) statistics: Statistics,
+    pub(crate) now: Instant,
+}
+
+impl Resource {
+    /// A resource with no disk, Secondary. `seed` feeds generation UUIDs.
+    pub fn new(config: ResourceConfig, seed: [u8; 32]) -> Resource {
+        Resource {
+            config,
+            role: Role::Secondary,
+            disk_state: DiskState::Diskless,
+            disk: None,
+            rng: ChaCha20Rng::from_seed(seed),
+            generation: 1,
+            next_sequence: 0,
+            ops: BTreeMap::new(),
+            stale_ops: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            al_waiting: VecDeque::new(),
+            outputs: VecDeque::new(),
+            openers: 0,
+            timers: TimerTable::default(),
+            pending: None,
+            next_command: 1,
+            crashed_primary: false,
+            statistics: Statistics::default(),
+            now: Instant(0),
+        }
+    }
+
+    /// Processes one input.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        self.now = now;
+        match input {
+            Input::Timeout => self.on_timeout(now),
+            Input::Block(request) => self.on_block_request(request),
+            Input::Disk(completion) => self.on_disk_completion(completion),
+            Input::Opened => self.openers += 1,
+            Input::Closed => {
+                assert!(self.openers > 0, "close without open");
+                self.openers -= 1;
+            }
+        }
+        self.progress();
+    }
+
+    /// Starts an admin command; its result arrives as [`Event::CommandDone`].
+    pub fn command(&mut self, now: Instant, cmd: AdminCommand) -> CommandId {
+        self.now = now;
+        let id = CommandId(self.next_command);
+        self.next_command += 1;
+        if self.pending.is_some() {
+            self.finish_command(
+                id,
+                Err(CommandError::StateChange(
+                    StateChangeError::InTransientState,
+                )),
+            );
+            return id;
+        }
+        let started = match cmd {
+            AdminCommand::Attach(params) => self.start_attach(params),
+            AdminCommand::Detach { force } => self.start_detach(force),
+            AdminCommand::Primary { force } => self.start_primary(force),
+            AdminCommand::Secondary => self.start_secondary(),
+            AdminCommand::Down => self.start_down(),
+        };
+        match started {
+            Ok(Some(pending)) => self.pending = Some((id, pending)),
+            Ok(None) => self.finish_command(id, Ok(())),
+            Err(e) => self.finish_command(id, Err(e)),
+        }
+        self.progress();
+        id
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The next deadline, if a timer is armed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// A snapshot for `status`.
+    pub fn status(&self) -> Status {
+        let data_ops = self
+            .ops
+            .values()
+            .filter(|p| matches!(p, OpPurpose::Request(_)))
+            .count() as u64;
+        Status {
+            name: self.config.name.clone(),
+            minor: self.config.minor,
+            role: self.role,
+            disk: self.disk_state,
+            openers: self.openers,
+            size_bytes: self.disk.as_ref().map_or(0, |d| d.size_sect * 512),
+            out_of_sync_bytes: self
+                .disk
+                .as_ref()
+                .map_or(0, |d| d.bitmap.count() * udrbd_meta::BM_BLOCK_SIZE),
+            upper_pending: self.requests.len() as u64,
+            lower_pending: data_ops,
+            stuck_ios: self.stale_ops.values().sum(),
+            generation: self.disk.as_ref().map(|d| (d.sb.uuids, d.sb.flags)),
+            statistics: self.statistics,
+            busy_with: self.pending.as_ref().map(|(_, p)| match p {
+                Pending::Attach(_) => "attaching",
+                Pending::Primary { .. } => "promoting",
+                Pending::Secondary { .. } => "demoting",
+                Pending::Detach(_) => "detaching",
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ResourceConfig {
+        &self.config
+    }
+
+    /// Checks every invariant of the module doc; panics on a violation (a bug).
+    pub fn invariants(&self) {
+        let mut held = 0u64;
+        for (id, r) in &self.requests {
+            match r.op {
+                Some(op) => assert_eq!(self.ops.get(&op), Some(&OpPurpose::Request(*id))),
+                None => assert!(self.al_waiting.contains(id), "request {id:?} is lost"),
+            }
+            if r.holds_extents {
+                let (a, b) = r.extents.expect("held extents");
+                held += u64::from(b - a + 1);
+            }
+        }
+        for (op, purpose) in &self.ops {
+            assert_eq!(op.generation(), self.generation, "op of another generation");
+            if let OpPurpose::Request(id) = purpose {
+                assert_eq!(self.requests.get(id).and_then(|r| r.op), Some(*op));
+            }
+        }
+        match &self.disk {
+            None => {
+                // Before the superblock is read, an attach has no meta-data in memory yet.
+                let attaching = matches!(self.pending, Some((_, Pending::Attach(_))));
+                assert_eq!(
+                    self.disk_state,
+                    if attaching {
+                        DiskState::Attaching
+                    } else {
+                        DiskState::Diskless
+                    }
+                );
+                assert!(
+                    attaching || self.ops.is_empty(),
+                    "diskless with operations outstanding"
+                );
+            }
+            Some(d) => {
+                d.al.invariants();
+                d.bitmap.invariants();
+                assert_eq!(d.al.references(), held, "activity-log references");
+                let writing: Vec<u64> = self
+                    .ops
+                    .values()
+                    .filter_map(|p| match p {
+                        OpPurpose::BitmapPage(page) => Some(*page),
+                        _ => None,
+                    })
+                    .collect();
+                let unique: BTreeSet<u64> = writing.iter().copied().collect();
+                assert_eq!(
+                    unique.len(),
+                    writing.len(),
+                    "a bitmap page written twice at once"
+                );
+                assert_eq!(unique, d.pages_in_flight);
+                if self.role == Role::Primary
+                    && d.sb_durable == d.sb_version
+                    && !matches!(self.pending, Some((_, Pending::Secondary { .. })))
+                {
+                    assert!(
+                        d.sb.flags.has(MdFlags::PRIMARY_IND),
+                        "Primary without PRIMARY_IND"
+                    );
+                }
+            }
+        }
+    }
+
+    // ---- internals shared by the submodules -------------------------------------------
+
+    /// Emits a disk operation of the current generation.
+    pub(crate) fn submit(
+        &mut self,
+        purpose: OpPurpose,
+        area: DiskArea,
+        offset: u64,
+        kind: DiskOpKind,
+    ) -> DiskOpId {
+        let id = DiskOpId::new(self.generation, self.next_sequence);
+        self.next_sequence = self.next_sequence.wrapping_add(1);
+        self.ops.insert(id, purpose);
+        self.outputs.push_back(Output::Disk(DiskOp {
+            id,
+            area,
+            offset,
+            kind,
+        }));
+        id
+    }
+
+    pub(crate) fn finish_command(&mut self, id: CommandId, result: Result<(), CommandError>) {
+        self.outputs
+            .push_back(Output::Event(Event::CommandDone { id, result }));
+    }
+
+    pub(crate) fn state_changed(&mut self) {
+        self.outputs.push_back(Output::Event(Event::StateChanged));
+    }
+
+    pub(crate) fn complete(
+        &mut self,
+        id: BlockRequestId,
+        result: Result<Option<Bytes>, BlockError>,
+    ) {
+        self.outputs
+            .push_back(Output::Block(BlockCompletion { id, result }));
+    }
+
+    /// A fresh generation UUID (never 0 or JUST_CREATED; bit 0 per role).
+    pub(crate) fn new_uuid(&mut self) -> u64 {
+        loop {
+            let u = self.rng.next_u64() & !1;
+            if u > udrbd_meta::superblock::UUID_JUST_CREATED {
+                return u;
+            }
+        }
+    }
+
+    /// Recomputes the MDF flags from the states (drbd-v08-facts.md §2.2) and bumps the
+    /// superblock version if they changed. FULL_SYNC and AL_DISABLED are preserved.
+    pub(crate) fn update_md_flags(&mut self) {
+        let role = self.role;
+        let disk_state = self.disk_state;
+        let crashed = self.crashed_primary;
+        let Some(d) = self.disk.as_mut() else { return };
+        let mut f = MdFlags(d.sb.flags.0 & (MdFlags::FULL_SYNC | MdFlags::AL_DISABLED));
+        f.set(MdFlags::CONSISTENT, disk_state > DiskState::Inconsistent);
+        f.set(MdFlags::WAS_UP_TO_DATE, disk_state > DiskState::Outdated);
+        f.set(MdFlags::PRIMARY_IND, role == Role::Primary);
+        f.set(MdFlags::CRASHED_PRIMARY, crashed);
+        // Not connected (replication is not built yet): CONNECTED_IND and PEER_OUT_DATED
+        // stay clear.
+        // Bit 0 of the current UUID records "this generation was held by a Primary".
+        let current = if role == Role::Primary {
+            d.sb.uuids.current | 1
+        } else {
+            d.sb.uuids.current & !1
+        };
+        let current = if d.sb.uuids.current <= udrbd_meta::superblock::UUID_JUST_CREATED {
+            d.sb.uuids.current
+        } else {
+            current
+        };
+        if f != d.sb.flags || current != d.sb.uuids.current {
+            d.sb.flags = f;
+            d.sb.uuids.current = current;
+            d.sb_version += 1;
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        for timer in Timer::ALL {
+            if !self.timers.is_expired(timer, now) {
+                continue;
+            }
+            self.timers.stop(timer);
+            match timer {
+                Timer::BitmapWriteout => self.write_dirty_pages(),
+            }
+        }
+    }
+
+    fn on_disk_completion(&mut self, c: DiskCompletion) {
+        let generation = c.id.generation();
+        if generation != self.generation {
+            // A late completion of an earlier attach: the result is dropped; the count of
+            // stuck operations goes down.
+            let n = self
+                .stale_ops
+                .get_mut(&generation)
+                .expect("unknown operation id");
+            *n -= 1;
+            if *n == 0 {
+                self.stale_ops.remove(&generation);
+                self.outputs
+                    .push_back(Output::Event(Event::DiskReleased { generation }));
+            }
+            return;
+        }
+        let purpose = self
+            .ops
+            .remove(&c.id)
+            .expect("completion of an unknown operation");
+        match purpose {
+            OpPurpose::Request(id) => self.on_request_done(id, c.result),
+            OpPurpose::BitmapPage(page) => {
+                if let Some(d) = self.disk.as_mut() {
+                    d.pages_in_flight.remove(&page);
+                }
+                self.statistics.bm_writes += 1;
+                if c.result.is_err() {
+                    self.disk_failed();
+                }
+            }
+            OpPurpose::AlTransaction => {
+                self.statistics.al_writes += 1;
+                match c.result {
+                    Ok(_) => self.al_transaction_written(),
+                    Err(_) => self.disk_failed(),
+                }
+            }
+            OpPurpose::Superblock(version) => {
+                if let Some(d) = self.disk.as_mut() {
+                    d.sb_in_flight = false;
+                    if c.result.is_ok() {
+                        d.sb_durable = d.sb_durable.max(version);
+                    }
+                }
+                if c.result.is_err() {
+                    self.disk_failed();
+                }
+            }
+            OpPurpose::ReadSuperblock
+            | OpPurpose::ReadActivityLog
+            | OpPurpose::ReadBitmap { .. }
+            | OpPurpose::AlInitialize => self.on_attach_io(purpose, c.result),
+        }
+    }
+
+    /// Advances everything an input may have unblocked.
+    pub(crate) fn progress(&mut self) {
+        loop {
+            let before = self.progress_fingerprint();
+            self.start_waiting_writes();
+            self.drive_activity_log();
+            self.drive_superblock();
+            self.drive_pending_command();
+            if self.progress_fingerprint() == before {
+                break;
+            }
+        }
+        self.arm_bitmap_writeout();
+    }
+
+    /// What `progress` watches to know whether another round may do more.
+    fn progress_fingerprint(&self) -> (usize, Option<(CommandId, Pending)>, u64) {
+        let sb_version = self.disk.as_ref().map_or(0, |d| d.sb_version);
+        (self.outputs.len(), self.pending.clone(), sb_version)
+    }
+
+    /// Writes the superblock when its version moved past the durable one.
+    fn drive_superblock(&mut self) {
+        let Some(d) = self.disk.as_mut() else { return };
+        if d.sb_in_flight || d.sb_version == d.sb_durable || !self.pending_allows_md_io() {
+            return;
+        }
+        let Some(d) = self.disk.as_mut() else { return };
+        d.sb_in_flight = true;
+        let version = d.sb_version;
+        let offset = d.layout.superblock_byte();
+        let data = Bytes::copy_from_slice(&d.sb.encode()[..]);
+        self.submit(
+            OpPurpose::Superblock(version),
+            DiskArea::Superblock,
+            offset,
+            DiskOpKind::Write { data, fua: true },
+        );
+    }
+
+    /// Meta-data writes wait while an attach is still reading the meta-data.
+    fn pending_allows_md_io(&self) -> bool {
+        !matches!(&self.pending, Some((_, Pending::Attach(step))) if !step.may_write_superblock())
+            && self.disk_state != DiskState::Failed
+    }
+
+    /// Writes every dirty bitmap page that is not already being written.
+    pub(crate) fn write_dirty_pages(&mut self) {
+        let Some(d) = self.disk.as_ref() else { return };
+        if self.disk_state == DiskState::Failed {
+            return;
+        }
+        let pages: Vec<u64> = d
+            .bitmap
+            .dirty_pages()
+            .into_iter()
+            .filter(|p| !d.pages_in_flight.contains(p))
+            .collect();
+        for page in pages {
+            self.write_page(page);
+        }
+    }
+
+    /// Writes one bitmap page (a snapshot of it; it is clean from now on).
+    pub(crate) fn write_page(&mut self, page: u64) {
+        let d = self.disk.as_mut().expect("attached");
+        assert!(
+            !d.pages_in_flight.contains(&page),
+            "page {page} written twice at once"
+        );
+        let data = Bytes::copy_from_slice(&d.bitmap.page_bytes(page));
+        d.bitmap.mark_clean(page);
+        d.pages_in_flight.insert(page);
+        let offset = d.layout.bm_byte() + page * udrbd_meta::bitmap::PAGE_BYTES as u64;
+        self.submit(
+            OpPurpose::BitmapPage(page),
+            DiskArea::Bitmap,
+            offset,
+            DiskOpKind::Write { data, fua: true },
+        );
+    }
+
+    /// Whether the bitmap is durable: nothing dirty, nothing in flight.
+    pub(crate) fn bitmap_is_durable(&self) -> bool {
+        self.disk
+            .as_ref()
+            .is_none_or(|d| d.pages_in_flight.is_empty() && d.bitmap.dirty_count() == 0)
+    }
+
+    fn arm_bitmap_writeout(&mut self) {
+        let dirty = self
+            .disk
+            .as_ref()
+            .is_some_and(|d| d.bitmap.dirty_count() > 0);
+        if dirty && self.timers.get(Timer::BitmapWriteout).is_none() {
+            let at = self.now.plus(self.config.bitmap_writeout_interval);
+            self.timers.set(Timer::BitmapWriteout, at);
+        } else if !dirty {
+            self.timers.stop(Timer::BitmapWriteout);
+        }
+    }
+}

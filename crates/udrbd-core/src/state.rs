@@ -1,0 +1,187 @@
+//! Roles, disk states, and why a state change is refused (DRBD's SS_* and ERR_* codes,
+//! drbd-ops-formats.md §7), with their exact messages.
+
+/// The role of a node (P_STATE values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Not known (a peer that is not connected).
+    Unknown = 0,
+    /// Serves the device.
+    Primary = 1,
+    /// Does not serve the device.
+    Secondary = 2,
+}
+
+impl Role {
+    /// DRBD's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Unknown => "Unknown",
+            Role::Primary => "Primary",
+            Role::Secondary => "Secondary",
+        }
+    }
+}
+
+/// Disk states, in DRBD 8.4's order (the wire values of P_STATE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DiskState {
+    /// No backing device.
+    Diskless = 0,
+    /// Reading the meta-data.
+    Attaching = 1,
+    /// An IO error (or timeout): on the way to Diskless.
+    Failed = 2,
+    /// Negotiating with the peer.
+    Negotiating = 3,
+    /// The data is not usable (a resync target, or never synced).
+    Inconsistent = 4,
+    /// Consistent but known to be older than the peer's.
+    Outdated = 5,
+    /// The peer's disk state is not known (peer disks only).
+    DUnknown = 6,
+    /// Consistent, not known whether up to date.
+    Consistent = 7,
+    /// The newest data.
+    UpToDate = 8,
+}
+
+impl DiskState {
+    /// DRBD's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskState::Diskless => "Diskless",
+            DiskState::Attaching => "Attaching",
+            DiskState::Failed => "Failed",
+            DiskState::Negotiating => "Negotiating",
+            DiskState::Inconsistent => "Inconsistent",
+            DiskState::Outdated => "Outdated",
+            DiskState::DUnknown => "DUnknown",
+            DiskState::Consistent => "Consistent",
+            DiskState::UpToDate => "UpToDate",
+        }
+    }
+}
+
+/// DRBD's SS_* refusal codes used by udrbd, with their messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateChangeError {
+    /// -2: promoting without UpToDate data.
+    NoUpToDateDisk,
+    /// -11: the operation requires a disk.
+    IsDiskless,
+    /// -12: demoting or taking down while the device is open.
+    DeviceInUse,
+    /// -18: another state change is in progress.
+    InTransientState,
+}
+
+impl StateChangeError {
+    /// The SS_* code.
+    pub fn code(self) -> i32 {
+        match self {
+            StateChangeError::NoUpToDateDisk => -2,
+            StateChangeError::IsDiskless => -11,
+            StateChangeError::DeviceInUse => -12,
+            StateChangeError::InTransientState => -18,
+        }
+    }
+
+    /// DRBD's message for the code.
+    pub fn message(self) -> &'static str {
+        match self {
+            StateChangeError::NoUpToDateDisk => "Need access to UpToDate data",
+            StateChangeError::IsDiskless => {
+                "Device is diskless, the requested operation requires a disk"
+            }
+            StateChangeError::DeviceInUse => "Device is held open by someone",
+            StateChangeError::InTransientState => {
+                "In transient state, retry after next state change"
+            }
+        }
+    }
+
+    /// drbdsetup's exit code for the refusal (17 for -2, 11 for the others).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            StateChangeError::NoUpToDateDisk => 17,
+            _ => 11,
+        }
+    }
+}
+
+/// Why an admin command failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandError {
+    /// A refused state change: printed `State change failed: (CODE) MESSAGE`.
+    StateChange(StateChangeError),
+    /// ERR_* 124: already attached.
+    AlreadyAttached,
+    /// ERR_* 118: IO error reading the meta-data at attach.
+    MetaDataIo,
+    /// ERR_* 119: no valid v08 meta-data signature (wrong magic, v07, v09, bad layout).
+    NoValidMetaData,
+    /// ERR_* 111: the backing device is smaller than the last agreed size.
+    DeviceTooSmall,
+    /// The backing device still has IO of an earlier attach in flight.
+    StuckIo {
+        /// How many operations have not returned.
+        outstanding: u64,
+    },
+    /// ERR_* 138: the command needs a disk configuration (detach while diskless).
+    NoDiskConfig,
+    /// The disk failed while the command waited.
+    DiskFailed,
+}
+
+impl CommandError {
+    /// The ERR_* code for `Failure: (N) ...` messages, if this is one.
+    pub fn err_code(self) -> Option<u32> {
+        match self {
+            CommandError::AlreadyAttached => Some(124),
+            CommandError::MetaDataIo => Some(118),
+            CommandError::NoValidMetaData => Some(119),
+            CommandError::DeviceTooSmall => Some(111),
+            CommandError::NoDiskConfig => Some(138),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandError::StateChange(e) => {
+                write!(f, "State change failed: ({}) {}", e.code(), e.message())
+            }
+            CommandError::AlreadyAttached => {
+                write!(
+                    f,
+                    "Failure: (124) Device is attached to a disk (use detach first)"
+                )
+            }
+            CommandError::MetaDataIo => write!(
+                f,
+                "Failure: (118) IO error(s) occurred during initial access to meta-data."
+            ),
+            CommandError::NoValidMetaData => write!(
+                f,
+                "Failure: (119) No valid meta-data signature found.\n\n\t==> Use 'udrbd create-md res' to initialize meta-data area. <=="
+            ),
+            CommandError::DeviceTooSmall => {
+                write!(
+                    f,
+                    "Failure: (111) Low.dev. smaller than requested DRBD-dev. size."
+                )
+            }
+            CommandError::StuckIo { outstanding } => write!(
+                f,
+                "Failure: backing device still has {outstanding} IO request(s) of the previous attach in flight; attach is refused until they return"
+            ),
+            CommandError::NoDiskConfig => {
+                write!(f, "Failure: (138) Device does not have a disk-config")
+            }
+            CommandError::DiskFailed => write!(f, "Failure: the disk failed during the command"),
+        }
+    }
+}
