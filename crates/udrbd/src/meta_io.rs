@@ -175,6 +175,11 @@ impl MetaDevice {
         self.direct
     }
 
+    /// The open file (for the data path's IO threads).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Reads `len` bytes (a multiple of 4 KiB) at `offset` (4 KiB aligned).
     pub fn read_at(&self, offset: u64, len: usize) -> Result<AlignedBuf, DeviceError> {
         let mut buf = AlignedBuf::zeroed(len);
