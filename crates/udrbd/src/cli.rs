@@ -10,15 +10,24 @@ use clap::{Args, Parser, Subcommand};
 use udrbd_meta::{AlGeometry, MetaDiskKind};
 
 use crate::config::{Config, MetaDisk};
+use crate::control::ControlRequest;
 use crate::exit_code::ExitCode;
 use crate::offline::{self, CreateOptions, MetaTarget, OfflineError, RestoreOptions};
+
+/// The exit codes of offline and online verbs, for `udrbd help`.
+fn help_footer() -> String {
+    format!(
+        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, status) exit like drbdsetup:\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
+        ExitCode::help_table()
+    )
+}
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/udrbd/udrbd.conf";
 
 /// udrbd: DRBD's replicated block device as a userspace daemon.
 #[derive(Debug, Parser)]
-#[command(name = "udrbd", version, about, after_help = ExitCode::help_table())]
+#[command(name = "udrbd", version, about, after_help = help_footer())]
 pub struct Cli {
     #[command(flatten)]
     pub globals: Globals,
@@ -134,11 +143,81 @@ pub enum Verb {
         #[command(flatten)]
         target: DeviceArg,
     },
+    /// Run the daemon for this node's resources (foreground).
+    Daemon {
+        /// Start without bringing the resources up (no attach).
+        #[arg(long)]
+        no_up: bool,
+    },
+    /// Bring a resource up (attach); succeeds if it is up already.
+    Up {
+        /// Resource name.
+        resource: String,
+    },
+    /// Take a resource down (demote if allowed, detach).
+    Down {
+        /// Resource name.
+        resource: String,
+    },
+    /// Attach the backing device.
+    Attach {
+        /// Resource name.
+        resource: String,
+    },
+    /// Detach the backing device.
+    Detach {
+        /// Resource name.
+        resource: String,
+        /// Abandon in-flight IO (a frozen disk).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Promote to Primary.
+    Primary {
+        /// Resource name.
+        resource: String,
+        /// Promote without UpToDate data (the initial sync source).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Demote to Secondary.
+    Secondary {
+        /// Resource name.
+        resource: String,
+    },
+    /// Show the state of one or all resources (DRBD 9's status format).
+    Status {
+        /// Resource name (default: all).
+        resource: Option<String>,
+        /// Print every item.
+        #[arg(long, short)]
+        verbose: bool,
+        /// Print the statistics.
+        #[arg(long, short)]
+        statistics: bool,
+        /// drbdsetup status --json.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A failure of a verb, with its exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// The daemon refused or failed the command: its message, drbdsetup's exit code.
+    #[error("{message}")]
+    Daemon {
+        /// DRBD's wording.
+        message: String,
+        /// drbdsetup's exit code.
+        code: u8,
+    },
+    /// The daemon could not be reached.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    /// The daemon failed.
+    #[error(transparent)]
+    DaemonStart(#[from] crate::daemon::DaemonError),
     /// An offline meta-data command failed.
     #[error(transparent)]
     Offline(#[from] OfflineError),
@@ -152,11 +231,13 @@ pub enum CliError {
 
 impl CliError {
     /// The exit code.
-    pub fn exit_code(&self) -> ExitCode {
+    pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Offline(e) => e.exit_code(),
-            CliError::Config(_) => ExitCode::Config,
-            CliError::InvalidValue(_) => ExitCode::InvalidValue,
+            CliError::Offline(e) => e.exit_code().code(),
+            CliError::Config(_) | CliError::DaemonStart(_) => ExitCode::Config.code(),
+            CliError::InvalidValue(_) => ExitCode::InvalidValue.code(),
+            CliError::Daemon { code, .. } => *code,
+            CliError::Control(_) => ONLINE_LOCAL_ERROR,
         }
     }
 }
@@ -212,8 +293,69 @@ pub fn run(
             offline::restore_md(&resolve(g, &target)?, &file, opts, out, warn)?;
         }
         Verb::Dstate { target } => offline::dstate(&resolve(g, &target)?, out)?,
+        Verb::Daemon { no_up } => {
+            let config = g
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+            let node = g.node.clone().unwrap_or_else(hostname);
+            crate::daemon::run(crate::daemon::DaemonOptions {
+                config,
+                node,
+                run_dir: g.run_dir.clone(),
+                no_up,
+            })?;
+        }
+        Verb::Up { resource } => online(g, ControlRequest::new("up", Some(&resource)), out)?,
+        Verb::Down { resource } => online(g, ControlRequest::new("down", Some(&resource)), out)?,
+        Verb::Attach { resource } => {
+            online(g, ControlRequest::new("attach", Some(&resource)), out)?
+        }
+        Verb::Detach { resource, force } => {
+            let mut r = ControlRequest::new("detach", Some(&resource));
+            r.force = force;
+            online(g, r, out)?;
+        }
+        Verb::Primary { resource, force } => {
+            let mut r = ControlRequest::new("primary", Some(&resource));
+            r.force = force;
+            online(g, r, out)?;
+        }
+        Verb::Secondary { resource } => {
+            online(g, ControlRequest::new("secondary", Some(&resource)), out)?
+        }
+        Verb::Status {
+            resource,
+            verbose,
+            statistics,
+            json,
+        } => {
+            let mut r = ControlRequest::new("status", resource.as_deref());
+            r.verbose = verbose;
+            r.statistics = statistics;
+            r.json = json;
+            online(g, r, out)?;
+        }
     }
     Ok(())
+}
+
+/// drbdsetup's exit code for a local problem (the daemon cannot be reached).
+pub const ONLINE_LOCAL_ERROR: u8 = 20;
+
+/// Sends a request to the daemon and prints its output.
+fn online(g: &Globals, request: ControlRequest, out: &mut dyn Write) -> Result<(), CliError> {
+    let reply = crate::control::call(&g.run_dir, &request, std::time::Duration::from_secs(600))?;
+    out.write_all(reply.output.as_bytes())
+        .map_err(|e| CliError::Offline(OfflineError::Output(e)))?;
+    if reply.ok {
+        Ok(())
+    } else {
+        Err(CliError::Daemon {
+            message: reply.error,
+            code: reply.exit_code,
+        })
+    }
 }
 
 /// Resolves a DEVICE argument: a path (with `--meta-disk`), or a resource of the config.

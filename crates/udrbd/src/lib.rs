@@ -2,8 +2,12 @@
 //!
 //! This is the only crate of the workspace that touches files, sockets, threads and the clock.
 
+pub mod backing;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod exit_code;
 pub mod meta_io;
 pub mod offline;
+pub mod resource_loop;

@@ -10,21 +10,36 @@ use udrbd::exit_code::ExitCode;
 fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let cli = Cli::parse();
+    if matches!(cli.verb, cli::Verb::Daemon { .. }) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());
     let mut warn = std::io::stderr();
     let result = cli::run(cli, &argv, &mut out, &mut warn);
     let flushed = out.flush();
     let code = match (result, flushed) {
-        (Ok(()), Ok(())) => ExitCode::Success,
+        (Ok(()), Ok(())) => ExitCode::Success.code(),
+        (Err(e @ cli::CliError::Daemon { .. }), _) => {
+            // DRBD's own wording, e.g. "r0: State change failed: (-2) Need access to UpToDate data".
+            let _ = writeln!(warn, "{e}");
+            e.exit_code()
+        }
         (Err(e), _) => {
             let _ = writeln!(warn, "udrbd: {e}");
             e.exit_code()
         }
         (Ok(()), Err(e)) => {
             let _ = writeln!(warn, "udrbd: writing output: {e}");
-            ExitCode::Io
+            ExitCode::Io.code()
         }
     };
-    std::process::ExitCode::from(code.code())
+    std::process::ExitCode::from(code)
 }

@@ -1,0 +1,145 @@
+//! The control socket protocol: one JSON object per line each way, over `RUN_DIR/udrbd.sock`
+//! (mode 0600). The CLI sends a [`ControlRequest`], the daemon answers with a
+//! [`ControlReply`] once the command finished (commands that change state wait for the
+//! engine's result).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The control socket's file name inside the run directory.
+pub const CONTROL_SOCKET: &str = "udrbd.sock";
+
+/// A CLI request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlRequest {
+    /// The verb: up, down, attach, detach, primary, secondary, status.
+    pub verb: String,
+    /// The resource (`None`: all, for status).
+    pub resource: Option<String>,
+    /// `--force` (primary, detach).
+    #[serde(default)]
+    pub force: bool,
+    /// `status --verbose`.
+    #[serde(default)]
+    pub verbose: bool,
+    /// `status --statistics`.
+    #[serde(default)]
+    pub statistics: bool,
+    /// `status --json`.
+    #[serde(default)]
+    pub json: bool,
+}
+
+impl ControlRequest {
+    /// A request for `verb` on `resource`.
+    pub fn new(verb: &str, resource: Option<&str>) -> ControlRequest {
+        ControlRequest {
+            verb: verb.to_string(),
+            resource: resource.map(str::to_string),
+            force: false,
+            verbose: false,
+            statistics: false,
+            json: false,
+        }
+    }
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlReply {
+    /// Whether the command succeeded.
+    pub ok: bool,
+    /// Text for stdout (status output).
+    #[serde(default)]
+    pub output: String,
+    /// Text for stderr (the refusal or failure, DRBD's wording).
+    #[serde(default)]
+    pub error: String,
+    /// The exit code the CLI should use (drbdsetup's: 17 for -2, 11 for other refusals, 10
+    /// for failures, 20 for local problems).
+    #[serde(default)]
+    pub exit_code: u8,
+}
+
+impl ControlReply {
+    /// Success with output.
+    pub fn ok(output: String) -> ControlReply {
+        ControlReply {
+            ok: true,
+            output,
+            error: String::new(),
+            exit_code: 0,
+        }
+    }
+
+    /// Failure with a message and exit code.
+    pub fn error(error: String, exit_code: u8) -> ControlReply {
+        ControlReply {
+            ok: false,
+            output: String::new(),
+            error,
+            exit_code,
+        }
+    }
+}
+
+/// Why the CLI could not talk to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No daemon listens on the socket.
+    #[error("cannot reach the udrbd daemon at {}: {source} (is `udrbd daemon` running with this --run-dir?)", .path.display())]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The conversation broke.
+    #[error("control socket {}: {source}", .path.display())]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The daemon's answer was not understood.
+    #[error("control socket {}: bad reply: {reason}", .path.display())]
+    BadReply {
+        /// What was wrong.
+        reason: String,
+        /// The socket path.
+        path: PathBuf,
+    },
+}
+
+/// Sends one request and waits (up to `timeout`) for the reply.
+pub fn call(
+    run_dir: &Path,
+    request: &ControlRequest,
+    timeout: Duration,
+) -> Result<ControlReply, ControlError> {
+    let path = run_dir.join(CONTROL_SOCKET);
+    let io = |source| ControlError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    let mut line = serde_json::to_string(request).expect("serialisable");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut reader = BufReader::new(stream);
+    let mut reply = String::new();
+    reader.read_line(&mut reply).map_err(io)?;
+    serde_json::from_str(&reply).map_err(|e| ControlError::BadReply {
+        reason: e.to_string(),
+        path: path.clone(),
+    })
+}

@@ -1,0 +1,246 @@
+//! `udrbd daemon`: hosts the resources of one node.
+//!
+//! - One thread per resource runs its event loop ([`crate::resource_loop`]).
+//! - The main thread serves the control socket `RUN_DIR/udrbd.sock` (JSON lines, mode 0600)
+//!   and forwards each request to the resource it names.
+//! - At start every resource of the node is brought up (attach), like `drbdadm up all` at boot,
+//!   unless `--no-up`; the daemon never promotes by itself.
+//! - On SIGTERM or SIGINT each resource closes its NBD clients (after their in-flight
+//!   requests), goes down cleanly, and the daemon exits.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::oneshot;
+use udrbd_core::Resource;
+
+use crate::config::{Config, ResolvedResource};
+use crate::control::{CONTROL_SOCKET, ControlReply, ControlRequest};
+use crate::resource_loop::{self, LoopMessage};
+
+/// How the daemon was started.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// This node's name.
+    pub node: String,
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Do not bring resources up at start.
+    pub no_up: bool,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// Another daemon serves this run directory.
+    #[error("another udrbd daemon is already running with run-dir {}", .0.display())]
+    AlreadyRunning(PathBuf),
+    /// Setting up the run directory or the control socket failed.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+struct Handle {
+    messages: UnboundedSender<LoopMessage>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    let config = Config::load(&opts.config).map_err(|e| DaemonError::Config(e.to_string()))?;
+    let mut resources = Vec::new();
+    for def in config.resources_for_node(&opts.node) {
+        let r = config
+            .resource_for_node(&def.name, &opts.node)
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        resources.push(r);
+    }
+    if resources.is_empty() {
+        tracing::warn!(node = %opts.node, "no resource of the configuration has an 'on {}' section", opts.node);
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DaemonError::Io { path, source }
+    };
+    std::fs::create_dir_all(&opts.run_dir).map_err(io(&opts.run_dir))?;
+    let socket = opts.run_dir.join(CONTROL_SOCKET);
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        return Err(DaemonError::AlreadyRunning(opts.run_dir.clone()));
+    }
+    let _ = std::fs::remove_file(&socket);
+    let std_listener = std::os::unix::net::UnixListener::bind(&socket).map_err(io(&socket))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io(&socket))?;
+    std_listener.set_nonblocking(true).map_err(io(&socket))?;
+
+    let single = resources.len() == 1;
+    let mut handles = BTreeMap::new();
+    for r in resources {
+        handles.insert(r.name.clone(), spawn_resource(r, &opts, single));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io(&opts.run_dir))?;
+    let senders: BTreeMap<String, UnboundedSender<LoopMessage>> = handles
+        .iter()
+        .map(|(n, h)| (n.clone(), h.messages.clone()))
+        .collect();
+    runtime.block_on(async move {
+        let listener = UnixListener::from_std(std_listener).expect("tokio listener");
+        serve(listener, senders).await;
+    });
+    tracing::info!("shutting down");
+    for (name, h) in &handles {
+        let (tx, rx) = oneshot::channel();
+        if h.messages.send(LoopMessage::Shutdown(tx)).is_ok() {
+            let _ = rx.blocking_recv();
+        }
+        tracing::info!(resource = %name, "down");
+    }
+    for (_, h) in handles {
+        let _ = h.thread.join();
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+fn spawn_resource(r: ResolvedResource, opts: &DaemonOptions, single: bool) -> Handle {
+    let (tx, rx) = unbounded_channel();
+    let run_dir = opts.run_dir.clone();
+    let auto_up = !opts.no_up;
+    let name = r.name.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("udrbd-{name}"))
+        .spawn(move || resource_loop::run(r, run_dir, single, auto_up, rx))
+        .expect("spawn a resource thread");
+    Handle {
+        messages: tx,
+        thread,
+    }
+}
+
+/// Serves control connections until a termination signal.
+async fn serve(listener: UnixListener, resources: BTreeMap<String, UnboundedSender<LoopMessage>>) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .expect("SIGINT handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(control_connection(stream, resources.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn control_connection(
+    stream: tokio::net::UnixStream,
+    resources: BTreeMap<String, UnboundedSender<LoopMessage>>,
+) {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let reply = match serde_json::from_str::<ControlRequest>(&line) {
+            Ok(request) => dispatch(request, &resources).await,
+            Err(e) => ControlReply::error(format!("bad control request: {e}"), 20),
+        };
+        let mut text = serde_json::to_string(&reply).expect("serialisable");
+        text.push('\n');
+        if w.write_all(text.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn dispatch(
+    request: ControlRequest,
+    resources: &BTreeMap<String, UnboundedSender<LoopMessage>>,
+) -> ControlReply {
+    let names: Vec<String> = match &request.resource {
+        Some(name) if name != "all" => {
+            if !resources.contains_key(name) {
+                return ControlReply::error(format!("{name}: No such resource"), 10);
+            }
+            vec![name.clone()]
+        }
+        _ if request.verb == "status" => resources.keys().cloned().collect(),
+        _ => return ControlReply::error(format!("{}: needs a resource name", request.verb), 20),
+    };
+    if names.is_empty() && request.verb == "status" {
+        return ControlReply::ok("# No currently configured DRBD found.\n".to_string());
+    }
+    let mut output = String::new();
+    for name in names {
+        let (tx, rx) = oneshot::channel();
+        let mut one = request.clone();
+        one.resource = Some(name.clone());
+        if resources[&name]
+            .send(LoopMessage::Control(one, tx))
+            .is_err()
+        {
+            return ControlReply::error(format!("{name}: resource loop is gone"), 20);
+        }
+        match rx.await {
+            Ok(reply) if reply.ok => output.push_str(&reply.output),
+            Ok(reply) => return reply,
+            Err(_) => return ControlReply::error(format!("{name}: resource loop is gone"), 20),
+        }
+    }
+    ControlReply::ok(output)
+}
+
+/// The `status` text of one resource (DRBD 9's `drbdadm status` form).
+pub fn status_text(
+    engine: &Resource,
+    resource: &ResolvedResource,
+    request: &ControlRequest,
+) -> String {
+    let s = engine.status();
+    if request.json {
+        return serde_json::json!([{
+            "name": s.name,
+            "role": s.role.name(),
+            "devices": [{
+                "volume": 0,
+                "minor": s.minor,
+                "disk-state": s.disk.name(),
+                "size": s.size_bytes / 1024,
+                "open": s.openers > 0,
+                "out-of-sync": s.out_of_sync_bytes / 1024,
+            }],
+        }])
+        .to_string()
+            + "\n";
+    }
+    let mut out = format!("{} role:{}\n", s.name, s.role.name());
+    out.push_str(&format!(
+        "  disk:{} open:{}\n",
+        s.disk.name(),
+        if s.openers > 0 { "yes" } else { "no" }
+    ));
+    if let Some(peer) = resource.peer.names.first() {
+        out.push_str(&format!("  {peer} connection:StandAlone\n"));
+    }
+    out.push('\n');
+    out
+}

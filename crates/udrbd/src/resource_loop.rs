@@ -1,0 +1,586 @@
+//! One resource's event loop: a thread with a current-thread tokio runtime that owns the
+//! engine, the NBD listener and connections, the backing devices and their IO threads.
+//!
+//! Everything that touches the engine runs on this one thread (no locks): NBD connection
+//! tasks, the disk-completion task, the timer task and control commands all borrow the shared
+//! state briefly, feed one input, and `pump` the engine's outputs to where they go.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::{Notify, oneshot};
+use udrbd_core::{
+    AdminCommand, AttachParams, BlockCompletion, BlockError, BlockRequest, BlockRequestId,
+    CommandError, CommandId, DiskCompletion, DiskState, Event, Input, Instant, Output, Resource,
+    ResourceConfig, Role,
+};
+use udrbd_meta::MetaDiskKind;
+use udrbd_nbd as nbd;
+
+use crate::backing::{Backing, IoPool};
+use crate::config::{MetaDisk, ResolvedResource};
+use crate::control::{ControlReply, ControlRequest};
+use crate::meta_io::{Access, MetaDevice};
+
+/// IO threads per resource.
+const IO_THREADS: usize = 8;
+
+/// Messages from the daemon's main thread.
+pub enum LoopMessage {
+    /// A control request; the reply goes back on the channel.
+    Control(ControlRequest, oneshot::Sender<ControlReply>),
+    /// Close NBD clients, take the resource down, and stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The resource's state shared by its tasks.
+struct Shared {
+    engine: Resource,
+    resource: ResolvedResource,
+    backing: Option<Arc<Backing>>,
+    pool: IoPool,
+    disk_tx: UnboundedSender<DiskCompletion>,
+    origin: std::time::Instant,
+    waiters: BTreeMap<CommandId, oneshot::Sender<Result<(), CommandError>>>,
+    /// Engine request id -> (connection, NBD request id).
+    routes: BTreeMap<BlockRequestId, (u64, nbd::RequestId)>,
+    connections: BTreeMap<u64, UnboundedSender<(nbd::RequestId, nbd::Completion)>>,
+    next_request: u64,
+    next_connection: u64,
+    /// The only resource of the daemon: the default export "" maps to it.
+    default_export: bool,
+    timer: Rc<Notify>,
+    shutting_down: bool,
+}
+
+type SharedRef = Rc<RefCell<Shared>>;
+
+impl Shared {
+    fn now(&self) -> Instant {
+        Instant(self.origin.elapsed().as_nanos() as u64)
+    }
+
+    /// Feeds one input and routes every output.
+    fn handle(&mut self, input: Input) {
+        let now = self.now();
+        self.engine.handle(now, input);
+        self.pump();
+    }
+
+    fn pump(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Disk(op) => {
+                    let backing = self
+                        .backing
+                        .clone()
+                        .expect("disk IO without a backing device");
+                    self.pool.submit(op, backing, self.disk_tx.clone());
+                }
+                Output::Block(c) => self.route_completion(c),
+                Output::Event(Event::CommandDone { id, result }) => {
+                    if let Some(w) = self.waiters.remove(&id) {
+                        let _ = w.send(result);
+                    }
+                }
+                Output::Event(Event::DiskReleased { .. }) => {
+                    if self.engine.status().disk == DiskState::Diskless {
+                        // Every IO of the old attach returned: close the devices.
+                        self.backing = None;
+                    }
+                }
+                Output::Event(Event::StateChanged) => {
+                    let s = self.engine.status();
+                    tracing::info!(resource = %s.name, role = s.role.name(), disk = s.disk.name(), "state");
+                }
+            }
+        }
+        self.timer.notify_one();
+    }
+
+    fn route_completion(&mut self, c: BlockCompletion) {
+        let Some((conn, id)) = self.routes.remove(&c.id) else {
+            return;
+        };
+        let result = match c.result {
+            Ok(Some(data)) => nbd::Completion::Data(data),
+            Ok(None) => nbd::Completion::Done,
+            Err(BlockError::OutOfRange) => nbd::Completion::Error(nbd::Errno::Inval),
+            Err(BlockError::Busy) => nbd::Completion::Error(nbd::Errno::NoMem),
+            Err(BlockError::NotPrimary) => nbd::Completion::Error(nbd::Errno::Perm),
+            Err(BlockError::Io) => nbd::Completion::Error(nbd::Errno::Io),
+        };
+        if let Some(tx) = self.connections.get(&conn) {
+            let _ = tx.send((id, result));
+        }
+    }
+
+    /// Starts an engine command; the receiver yields its result.
+    fn command(&mut self, cmd: AdminCommand) -> oneshot::Receiver<Result<(), CommandError>> {
+        let (tx, rx) = oneshot::channel();
+        let now = self.now();
+        let id = self.engine.command(now, cmd);
+        self.waiters.insert(id, tx);
+        self.pump();
+        rx
+    }
+
+    /// Opens the backing (and meta-data) device for an attach.
+    fn open_backing(&mut self) -> Result<AttachParams, ControlReply> {
+        let name = self.resource.name.clone();
+        let Some(disk) = self.resource.disk.clone() else {
+            return Err(ControlReply::error(
+                format!("{name}: has no disk on this node (disk none)"),
+                20,
+            ));
+        };
+        let open = |path: &Path, what: &str| {
+            MetaDevice::open(path, Access::Write).map_err(|e| {
+                ControlReply::error(
+                    format!("{name}: Failure: (104) Can not open {what} device: {e}"),
+                    10,
+                )
+            })
+        };
+        let data = open(&disk, "backing")?;
+        let (meta, meta_kind) = match &self.resource.meta_disk {
+            MetaDisk::Internal => (None, MetaDiskKind::Internal),
+            MetaDisk::FlexExternal(p) => (Some(open(p, "meta")?), MetaDiskKind::FlexExternal),
+            MetaDisk::Indexed(p, n) => (Some(open(p, "meta")?), MetaDiskKind::Indexed(*n)),
+        };
+        let params = AttachParams {
+            data_device_bytes: data.size_bytes(),
+            meta_device_bytes: meta.as_ref().unwrap_or(&data).size_bytes(),
+            meta_kind,
+        };
+        self.backing = Some(Arc::new(Backing { data, meta }));
+        Ok(params)
+    }
+
+    fn export_answer(&self, name: &str) -> nbd::export::ExportAnswer {
+        use nbd::export::{Export, ExportAnswer, ExportFlags, Refusal};
+        let res = &self.resource.name;
+        if name != res && !(name.is_empty() && self.default_export) {
+            return ExportAnswer::Refuse(Refusal::unknown(format!(
+                "no export named '{name}' (this socket serves '{res}')"
+            )));
+        }
+        let status = self.engine.status();
+        if self.shutting_down {
+            return ExportAnswer::Refuse(Refusal::policy(format!("resource {res} is going down")));
+        }
+        if status.role != Role::Primary {
+            return ExportAnswer::Refuse(Refusal::policy(format!(
+                "resource {res} is {}: only a Primary serves its device (udrbd primary {res})",
+                status.role.name()
+            )));
+        }
+        ExportAnswer::Serve(Export {
+            name: res.clone(),
+            description: Some(format!(
+                "udrbd resource {res} (minor {})",
+                self.resource.minor
+            )),
+            size: status.size_bytes,
+            flags: ExportFlags::block_device(),
+        })
+    }
+}
+
+/// Runs the loop of one resource until shutdown. Blocks the calling thread.
+pub fn run(
+    resource: ResolvedResource,
+    run_dir: PathBuf,
+    default_export: bool,
+    auto_up: bool,
+    messages: UnboundedReceiver<LoopMessage>,
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(
+        &runtime,
+        run_loop(resource, run_dir, default_export, auto_up, messages),
+    );
+}
+
+async fn run_loop(
+    resource: ResolvedResource,
+    run_dir: PathBuf,
+    default_export: bool,
+    auto_up: bool,
+    mut messages: UnboundedReceiver<LoopMessage>,
+) {
+    let (disk_tx, disk_rx) = unbounded_channel();
+    let mut config = ResourceConfig::new(&resource.name, resource.minor);
+    config.al_extents = resource.options.disk.al_extents as u16;
+    let mut seed = [0u8; 32];
+    fill_seed(&mut seed);
+    let timer = Rc::new(Notify::new());
+    let shared = Rc::new(RefCell::new(Shared {
+        engine: Resource::new(config, seed),
+        pool: IoPool::new(&resource.name, IO_THREADS),
+        resource: resource.clone(),
+        backing: None,
+        disk_tx,
+        origin: std::time::Instant::now(),
+        waiters: BTreeMap::new(),
+        routes: BTreeMap::new(),
+        connections: BTreeMap::new(),
+        next_request: 1,
+        next_connection: 1,
+        default_export,
+        timer: timer.clone(),
+        shutting_down: false,
+    }));
+    tokio::task::spawn_local(disk_task(shared.clone(), disk_rx));
+    tokio::task::spawn_local(timer_task(shared.clone(), timer));
+    let socket = run_dir.join(format!("{}.nbd", resource.name));
+    let _ = std::fs::remove_file(&socket);
+    match UnixListener::bind(&socket) {
+        Ok(listener) => {
+            tokio::task::spawn_local(nbd_listener(shared.clone(), listener));
+        }
+        Err(e) => tracing::error!(socket = %socket.display(), "cannot listen for NBD clients: {e}"),
+    }
+    if let Some(addr) = resource.options.nbd.listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tokio::task::spawn_local(nbd_tcp_listener(shared.clone(), listener));
+            }
+            Err(e) => tracing::error!(%addr, "cannot listen for NBD clients: {e}"),
+        }
+    }
+    if auto_up {
+        let reply = control(&shared, ControlRequest::new("up", Some(&resource.name))).await;
+        if !reply.ok {
+            tracing::error!(resource = %resource.name, "up failed: {}", reply.error);
+        }
+    }
+    while let Some(message) = messages.recv().await {
+        match message {
+            LoopMessage::Control(request, reply) => {
+                let shared = shared.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = reply.send(control(&shared, request).await);
+                });
+            }
+            LoopMessage::Shutdown(done) => {
+                shutdown(&shared).await;
+                let _ = std::fs::remove_file(&socket);
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+}
+
+fn fill_seed(seed: &mut [u8; 32]) {
+    // Generation UUIDs must differ between nodes and runs: seed from the OS.
+    if let Ok(bytes) = std::fs::read("/proc/sys/kernel/random/uuid") {
+        for (i, b) in bytes.iter().enumerate() {
+            seed[i % 32] ^= b;
+        }
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for (i, b) in t.to_le_bytes().iter().enumerate() {
+        seed[i + 8] ^= b;
+    }
+    seed[0] ^= std::process::id() as u8;
+}
+
+async fn disk_task(shared: SharedRef, mut rx: UnboundedReceiver<DiskCompletion>) {
+    while let Some(c) = rx.recv().await {
+        let mut s = shared.borrow_mut();
+        let now = s.now();
+        s.engine.handle(now, Input::Disk(c));
+        // Batch whatever else already completed.
+        while let Ok(c) = rx.try_recv() {
+            s.engine.handle(now, Input::Disk(c));
+        }
+        s.pump();
+    }
+}
+
+async fn timer_task(shared: SharedRef, notify: Rc<Notify>) {
+    loop {
+        let deadline = {
+            let s = shared.borrow();
+            s.engine
+                .poll_timeout()
+                .map(|at| s.origin + std::time::Duration::from_nanos(at.0))
+        };
+        match deadline {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => shared.borrow_mut().handle(Input::Timeout),
+                    _ = notify.notified() => {}
+                }
+            }
+            None => notify.notified().await,
+        }
+    }
+}
+
+/// Runs one control request against this resource.
+async fn control(shared: &SharedRef, request: ControlRequest) -> ControlReply {
+    let name = shared.borrow().resource.name.clone();
+    let result = match request.verb.as_str() {
+        "up" | "attach" => {
+            let attached = shared.borrow().engine.status().disk != DiskState::Diskless;
+            if attached && request.verb == "up" {
+                return ControlReply::ok(String::new());
+            }
+            let params = match shared.borrow_mut().open_backing() {
+                Ok(p) => p,
+                Err(reply) => return reply,
+            };
+            let rx = shared.borrow_mut().command(AdminCommand::Attach(params));
+            let r = rx.await;
+            if !matches!(r, Ok(Ok(()))) {
+                let mut s = shared.borrow_mut();
+                if s.engine.status().disk == DiskState::Diskless && s.engine.status().stuck_ios == 0
+                {
+                    s.backing = None;
+                }
+            }
+            r
+        }
+        "down" => {
+            let rx = shared.borrow_mut().command(AdminCommand::Down);
+            rx.await
+        }
+        "detach" => {
+            let rx = shared.borrow_mut().command(AdminCommand::Detach {
+                force: request.force,
+            });
+            rx.await
+        }
+        "primary" => {
+            let rx = shared.borrow_mut().command(AdminCommand::Primary {
+                force: request.force,
+            });
+            rx.await
+        }
+        "secondary" => {
+            let rx = shared.borrow_mut().command(AdminCommand::Secondary);
+            rx.await
+        }
+        "status" => {
+            let s = shared.borrow();
+            return ControlReply::ok(crate::daemon::status_text(&s.engine, &s.resource, &request));
+        }
+        other => return ControlReply::error(format!("{name}: unknown verb '{other}'"), 20),
+    };
+    match result {
+        Ok(Ok(())) => ControlReply::ok(String::new()),
+        Ok(Err(e)) => command_error_reply(&name, e),
+        Err(_) => ControlReply::error(format!("{name}: the resource loop stopped"), 20),
+    }
+}
+
+/// DRBD's wording and exit codes for a failed command.
+pub fn command_error_reply(name: &str, e: CommandError) -> ControlReply {
+    let code = match e {
+        CommandError::StateChange(s) => s.exit_code(),
+        e if e.err_code().is_some() => 10,
+        _ => 20,
+    };
+    ControlReply::error(format!("{name}: {e}"), code)
+}
+
+async fn shutdown(shared: &SharedRef) {
+    shared.borrow_mut().shutting_down = true;
+    // Close NBD clients: their tasks see the closed channel and end after their in-flight
+    // requests complete.
+    let conns: Vec<u64> = shared.borrow().connections.keys().copied().collect();
+    for c in conns {
+        shared.borrow_mut().connections.remove(&c);
+    }
+    for _ in 0..600 {
+        if shared.borrow().engine.status().openers == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let rx = shared.borrow_mut().command(AdminCommand::Down);
+    let r = rx.await;
+    if let Ok(Err(e)) = r {
+        tracing::error!("down at shutdown failed: {e}");
+    }
+}
+
+async fn nbd_listener(shared: SharedRef, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let (r, w) = stream.into_split();
+                tokio::task::spawn_local(nbd_connection(shared.clone(), r, w));
+            }
+            Err(e) => {
+                tracing::warn!("NBD accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn nbd_tcp_listener(shared: SharedRef, listener: tokio::net::TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                let (r, w) = stream.into_split();
+                tokio::task::spawn_local(nbd_connection(shared.clone(), r, w));
+            }
+            Err(e) => {
+                tracing::warn!("NBD accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One NBD client: negotiation, then requests to the engine and replies back.
+async fn nbd_connection<R, W>(shared: SharedRef, mut reader: R, mut writer: W)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let (tx, mut completions) = unbounded_channel();
+    let conn_id = {
+        let mut s = shared.borrow_mut();
+        let id = s.next_connection;
+        s.next_connection += 1;
+        s.connections.insert(id, tx);
+        id
+    };
+    let mut machine = nbd::ServerConnection::new(nbd::ServerConfig::default());
+    let mut opened = false;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut eof = false;
+    'conn: loop {
+        // Act on everything the machine asked for.
+        while let Some(out) = machine.poll_output() {
+            match out {
+                nbd::Output::Send(t) => {
+                    let n = t.len();
+                    if writer.write_all(&t.head).await.is_err()
+                        || (!t.payload.is_empty() && writer.write_all(&t.payload).await.is_err())
+                    {
+                        break 'conn;
+                    }
+                    if machine.handle(nbd::Input::Sent(n)).is_err() {
+                        break 'conn;
+                    }
+                }
+                nbd::Output::ExportQuery { name, .. } => {
+                    let answer = shared.borrow().export_answer(&name);
+                    if machine.handle(nbd::Input::ExportAnswer(answer)).is_err() {
+                        break 'conn;
+                    }
+                }
+                nbd::Output::ListExports => {
+                    let name = shared.borrow().resource.name.clone();
+                    let list = vec![nbd::export::ExportListing {
+                        name,
+                        description: None,
+                    }];
+                    if machine.handle(nbd::Input::ExportList(list)).is_err() {
+                        break 'conn;
+                    }
+                }
+                nbd::Output::Transmission { .. } => {
+                    opened = true;
+                    shared.borrow_mut().handle(Input::Opened);
+                }
+                nbd::Output::Request(request) => submit_request(&shared, conn_id, request),
+                nbd::Output::Close(_) => break 'conn,
+            }
+        }
+        let _ = writer.flush().await;
+        let window = machine.receive_window().min(buf.len());
+        tokio::select! {
+            read = reader.read(&mut buf[..window.max(1)]), if window > 0 && !eof => {
+                match read {
+                    Ok(0) | Err(_) => eof = true,
+                    Ok(n) => {
+                        if let Err(e) = machine.handle(nbd::Input::Received(&buf[..n])) {
+                            tracing::warn!("NBD client: {e}");
+                            break 'conn;
+                        }
+                    }
+                }
+            }
+            done = completions.recv() => {
+                match done {
+                    Some((id, result)) => {
+                        let _ = machine.handle(nbd::Input::Completion { id, result });
+                    }
+                    None => break 'conn,
+                }
+            }
+        }
+        if eof && machine.outstanding() == 0 {
+            break;
+        }
+    }
+    // Requests still in flight complete into the void; the device counts as closed only
+    // once they have.
+    loop {
+        let pending = shared.borrow().routes.values().any(|(c, _)| *c == conn_id);
+        if !pending {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut s = shared.borrow_mut();
+    s.connections.remove(&conn_id);
+    if opened {
+        s.handle(Input::Closed);
+    }
+}
+
+fn submit_request(shared: &SharedRef, conn: u64, request: nbd::BlockRequest) {
+    let mut s = shared.borrow_mut();
+    let id = BlockRequestId(s.next_request);
+    s.next_request += 1;
+    s.routes.insert(id, (conn, request.id));
+    let block = match request.op {
+        nbd::Op::Read { offset, len } => BlockRequest::Read { id, offset, len },
+        nbd::Op::Write { offset, data, fua } => BlockRequest::Write {
+            id,
+            offset,
+            data,
+            fua,
+        },
+        nbd::Op::Flush => BlockRequest::Flush { id },
+        nbd::Op::Trim { offset, len, .. } => BlockRequest::Discard {
+            id,
+            offset,
+            len: u64::from(len),
+        },
+        nbd::Op::WriteZeroes {
+            offset,
+            len,
+            no_hole,
+            ..
+        } => BlockRequest::WriteZeroes {
+            id,
+            offset,
+            len: u64::from(len),
+            no_hole,
+        },
+    };
+    s.handle(Input::Block(block));
+}
