@@ -16,11 +16,12 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
-use udrbd_core::Resource;
+use udrbd_core::{DiskState, Resource};
 
 use crate::config::{Config, ResolvedResource};
 use crate::control::{CONTROL_SOCKET, ControlReply, ControlRequest};
 use crate::resource_loop::{self, LoopMessage};
+use crate::status_format as sf;
 
 /// How the daemon was started.
 #[derive(Clone, Debug)]
@@ -186,8 +187,8 @@ async fn dispatch(
         _ if request.verb == "status" => resources.keys().cloned().collect(),
         _ => return ControlReply::error(format!("{}: needs a resource name", request.verb), 20),
     };
-    if names.is_empty() && request.verb == "status" {
-        return ControlReply::ok("# No currently configured DRBD found.\n".to_string());
+    if request.verb == "status" {
+        return status(&request, &names, resources).await;
     }
     let mut output = String::new();
     for name in names {
@@ -209,38 +210,115 @@ async fn dispatch(
     ControlReply::ok(output)
 }
 
-/// The `status` text of one resource (DRBD 9's `drbdadm status` form).
-pub fn status_text(
-    engine: &Resource,
-    resource: &ResolvedResource,
-    request: &ControlRequest,
-) -> String {
+/// The status view of one resource, for the formatter.
+pub fn resource_view(engine: &Resource, resource: &ResolvedResource) -> sf::ResourceView {
     let s = engine.status();
+    let role = match s.role {
+        udrbd_core::Role::Primary => sf::Role::Primary,
+        udrbd_core::Role::Secondary => sf::Role::Secondary,
+        udrbd_core::Role::Unknown => sf::Role::Unknown,
+    };
+    let disk_state = match s.disk {
+        DiskState::Diskless => sf::DiskState::Diskless,
+        DiskState::Attaching => sf::DiskState::Attaching,
+        DiskState::Failed => sf::DiskState::Failed,
+        DiskState::Negotiating => sf::DiskState::Negotiating,
+        DiskState::Inconsistent => sf::DiskState::Inconsistent,
+        DiskState::Outdated => sf::DiskState::Outdated,
+        DiskState::DUnknown => sf::DiskState::DUnknown,
+        DiskState::Consistent => sf::DiskState::Consistent,
+        DiskState::UpToDate => sf::DiskState::UpToDate,
+    };
+    let device = sf::DeviceView {
+        volume: 0,
+        minor: resource.minor,
+        disk_state,
+        client: false,
+        backing_dev: resource.disk.as_ref().map(|p| p.display().to_string()),
+        quorum: true,
+        open: s.openers > 0,
+        size_kib: s.size_bytes / 1024,
+        read_kib: s.statistics.read_kib,
+        written_kib: s.statistics.written_kib,
+        al_writes: s.statistics.al_writes,
+        bm_writes: s.statistics.bm_writes,
+        upper_pending: s.upper_pending as u32,
+        lower_pending: s.lower_pending as u32,
+        al_suspended: false,
+        blocked: sf::Blocked::default(),
+        udrbd: sf::UdrbdDeviceExtras {
+            stuck_ios: (s.stuck_ios > 0).then_some(s.stuck_ios),
+            disk_failure_reason: None,
+        },
+    };
+    let connections = resource
+        .peer
+        .names
+        .first()
+        .map(|peer| sf::ConnectionView {
+            name: peer.clone(),
+            peer_node_id: 1,
+            // Replication is not built yet: the peer is configured, never connected.
+            connection_state: sf::ConnState::StandAlone,
+            peer_role: sf::Role::Unknown,
+            tls: false,
+            congested: false,
+            ap_in_flight_sectors: 0,
+            rs_in_flight_sectors: 0,
+            paths: Vec::new(),
+            peer_device: sf::PeerDeviceView {
+                volume: 0,
+                replication_state: sf::ReplState::Off,
+                peer_disk_state: sf::DiskState::DUnknown,
+                peer_client: false,
+                resync_suspended: sf::ResyncSuspended::default(),
+                received_kib: 0,
+                sent_kib: 0,
+                out_of_sync_kib: s.out_of_sync_bytes / 1024,
+                pending: 0,
+                unacked: 0,
+                peer_uuid_stable: false,
+                sync: None,
+            },
+        })
+        .into_iter()
+        .collect();
+    sf::ResourceView {
+        name: s.name,
+        node_id: 0,
+        role,
+        suspended: sf::Suspended::default(),
+        force_io_failures: false,
+        write_ordering: sf::WriteOrdering::Flush,
+        device,
+        connections,
+    }
+}
+
+/// `status`: DRBD 9's `drbdadm status` text, or `drbdsetup status --json`.
+async fn status(
+    request: &ControlRequest,
+    names: &[String],
+    resources: &BTreeMap<String, UnboundedSender<LoopMessage>>,
+) -> ControlReply {
+    let mut views = Vec::new();
+    for name in names {
+        let (tx, rx) = oneshot::channel();
+        if resources[name].send(LoopMessage::View(tx)).is_err() {
+            return ControlReply::error(format!("{name}: resource loop is gone"), 20);
+        }
+        match rx.await {
+            Ok(view) => views.push(view),
+            Err(_) => return ControlReply::error(format!("{name}: resource loop is gone"), 20),
+        }
+    }
     if request.json {
-        return serde_json::json!([{
-            "name": s.name,
-            "role": s.role.name(),
-            "devices": [{
-                "volume": 0,
-                "minor": s.minor,
-                "disk-state": s.disk.name(),
-                "size": s.size_bytes / 1024,
-                "open": s.openers > 0,
-                "out-of-sync": s.out_of_sync_bytes / 1024,
-            }],
-        }])
-        .to_string()
-            + "\n";
+        return ControlReply::ok(sf::status_json(&views));
     }
-    let mut out = format!("{} role:{}\n", s.name, s.role.name());
-    out.push_str(&format!(
-        "  disk:{} open:{}\n",
-        s.disk.name(),
-        if s.openers > 0 { "yes" } else { "no" }
-    ));
-    if let Some(peer) = resource.peer.names.first() {
-        out.push_str(&format!("  {peer} connection:StandAlone\n"));
-    }
-    out.push('\n');
-    out
+    ControlReply::ok(sf::status_text_all(
+        &views,
+        request.verbose,
+        request.statistics,
+        80,
+    ))
 }

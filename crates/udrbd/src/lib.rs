@@ -11,3 +11,4 @@ pub mod exit_code;
 pub mod meta_io;
 pub mod offline;
 pub mod resource_loop;
+pub mod status_format;

@@ -35,6 +35,8 @@ const IO_THREADS: usize = 8;
 pub enum LoopMessage {
     /// A control request; the reply goes back on the channel.
     Control(ControlRequest, oneshot::Sender<ControlReply>),
+    /// The resource's state for `status`.
+    View(oneshot::Sender<crate::status_format::ResourceView>),
     /// Close NBD clients, take the resource down, and stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -273,6 +275,10 @@ async fn run_loop(
                     let _ = reply.send(control(&shared, request).await);
                 });
             }
+            LoopMessage::View(reply) => {
+                let s = shared.borrow();
+                let _ = reply.send(crate::daemon::resource_view(&s.engine, &s.resource));
+            }
             LoopMessage::Shutdown(done) => {
                 shutdown(&shared).await;
                 let _ = std::fs::remove_file(&socket);
@@ -375,10 +381,6 @@ async fn control(shared: &SharedRef, request: ControlRequest) -> ControlReply {
         "secondary" => {
             let rx = shared.borrow_mut().command(AdminCommand::Secondary);
             rx.await
-        }
-        "status" => {
-            let s = shared.borrow();
-            return ControlReply::ok(crate::daemon::status_text(&s.engine, &s.resource, &request));
         }
         other => return ControlReply::error(format!("{name}: unknown verb '{other}'"), 20),
     };
