@@ -141,6 +141,8 @@ pub(crate) struct Request {
     pub(crate) holds_extents: bool,
     /// The outstanding data operation, once submitted.
     pub(crate) op: Option<DiskOpId>,
+    /// A discard or write-zeroes with FUA: a flush follows before it completes.
+    pub(crate) flush_after: bool,
 }
 
 /// Counters reported by `status --statistics`.

@@ -59,6 +59,10 @@ impl Resource {
             )),
             _ => None,
         };
+        let flush_after = matches!(
+            request,
+            BlockRequest::Discard { fua: true, .. } | BlockRequest::WriteZeroes { fua: true, .. }
+        );
         self.requests.insert(
             id,
             Request {
@@ -66,6 +70,7 @@ impl Resource {
                 extents,
                 holds_extents: false,
                 op: None,
+                flush_after,
             },
         );
         if extents.is_some() {
@@ -223,6 +228,13 @@ impl Resource {
         id: BlockRequestId,
         result: Result<Option<Bytes>, DiskError>,
     ) {
+        let r = self.requests.get_mut(&id).expect("completed request");
+        if result.is_ok() && std::mem::take(&mut r.flush_after) {
+            // Discard and write-zeroes with FUA: durable through a flush before completing.
+            let op = self.submit(OpPurpose::Request(id), DiskArea::Data, 0, DiskOpKind::Flush);
+            self.requests.get_mut(&id).expect("request").op = Some(op);
+            return;
+        }
         self.release_extents(id);
         let r = self.requests.remove(&id).expect("completed request");
         match result {

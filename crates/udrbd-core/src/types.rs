@@ -152,6 +152,8 @@ pub enum BlockRequest {
         offset: u64,
         /// Length.
         len: u64,
+        /// Durable when completed.
+        fua: bool,
     },
     /// Write zeros over a range.
     WriteZeroes {
@@ -163,6 +165,8 @@ pub enum BlockRequest {
         len: u64,
         /// Allocate (no hole).
         no_hole: bool,
+        /// Durable when completed.
+        fua: bool,
     },
 }
 

@@ -386,3 +386,44 @@ fn attach_refuses_bad_meta_data() {
     n.attach().unwrap();
     assert_eq!(n.attach(), Err(CommandError::AlreadyAttached));
 }
+
+#[test]
+fn discard_and_write_zeroes_with_fua_flush_before_completing() {
+    let mut n = Node::new(64 * MIB);
+    n.attach().unwrap();
+    n.command(AdminCommand::Primary { force: true }).unwrap();
+    n.write(MIB, 9, 8192);
+    n.hold = true;
+    let id = n.request(|id| BlockRequest::Discard {
+        id,
+        offset: MIB,
+        len: 4096,
+        fua: true,
+    });
+    let kinds = |n: &Node| n.queued.iter().map(|o| o.kind.clone()).collect::<Vec<_>>();
+    assert_eq!(kinds(&n), vec![DiskOpKind::Discard { len: 4096 }]);
+    let op = n.queued.pop_front().unwrap();
+    let c = n.disk.execute(&op);
+    n.engine.handle(n.now, Input::Disk(c));
+    n.drain();
+    assert_eq!(
+        kinds(&n),
+        vec![DiskOpKind::Flush],
+        "flush before the completion"
+    );
+    assert_eq!(n.result(id), None);
+    n.hold = false;
+    n.drain();
+    assert_eq!(n.result(id), Some(&Ok(None)));
+    assert_eq!(n.read(MIB, 8192)[..4096], [0u8; 4096]);
+    assert_eq!(n.read(MIB, 8192)[4096..], [9u8; 4096]);
+    let id = n.request(|id| BlockRequest::WriteZeroes {
+        id,
+        offset: MIB + 4096,
+        len: 4096,
+        no_hole: true,
+        fua: false,
+    });
+    assert_eq!(n.result(id), Some(&Ok(None)));
+    assert_eq!(n.read(MIB, 8192), vec![0u8; 8192]);
+}

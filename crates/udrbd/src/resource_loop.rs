@@ -567,21 +567,23 @@ fn submit_request(shared: &SharedRef, conn: u64, request: nbd::BlockRequest) {
             fua,
         },
         nbd::Op::Flush => BlockRequest::Flush { id },
-        nbd::Op::Trim { offset, len, .. } => BlockRequest::Discard {
+        nbd::Op::Trim { offset, len, fua } => BlockRequest::Discard {
             id,
             offset,
             len: u64::from(len),
+            fua,
         },
         nbd::Op::WriteZeroes {
             offset,
             len,
             no_hole,
-            ..
+            fua,
         } => BlockRequest::WriteZeroes {
             id,
             offset,
             len: u64::from(len),
             no_hole,
+            fua,
         },
     };
     s.handle(Input::Block(block));
