@@ -335,6 +335,8 @@ impl Resource {
                 d.sb.magic = Magic::V84Unclean;
                 d.sb.flags.set(MdFlags::AL_CLEAN, false);
                 d.sb.la_size_sect = d.size_sect;
+                // The kernel records its current number of AL slots here.
+                d.sb.al_nr_extents = u32::from(d.al.al_extents());
                 d.sb_version += 1;
                 let version = d.sb_version;
                 self.disk_state = disk_state;
