@@ -1,3 +1,12 @@
-//! The deterministic cluster simulator (ARCHITECTURE.md §4). Not built yet: this crate fixes
-//! the workspace layout (ARCHITECTURE.md §2).
+//! The deterministic simulator (ARCHITECTURE.md §4): the real engine around simulated disks,
+//! driven by one seeded generator and one simulated clock that jumps to the next deadline.
+//!
+//! So far it runs single-node scenarios ([`single`]): random workloads with crashes, checked
+//! for durability, register semantics and bitmap soundness. Two-node clusters, networks and
+//! the `vopr` binary come with replication.
 #![forbid(unsafe_code)]
+
+pub mod disk;
+pub mod single;
+
+pub use disk::{Faults, SimDisk};
