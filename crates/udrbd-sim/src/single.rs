@@ -273,7 +273,7 @@ impl Run {
         let id = BlockRequestId(self.next_request);
         self.next_request += 1;
         // Concentrate on a few extents so the small activity log churns.
-        let hot = self.rng.next_u64() % 3 != 0;
+        let hot = !self.rng.next_u64().is_multiple_of(3);
         let span = if hot {
             self.size_blocks.min(24 * 1024)
         } else {
