@@ -28,6 +28,7 @@ mod attach;
 mod engine;
 mod requests;
 pub mod state;
+pub mod sync_decision;
 pub mod timer;
 pub mod types;
 
