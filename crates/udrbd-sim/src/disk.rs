@@ -237,7 +237,11 @@ impl SimDisk {
     /// write in flight lands or is lost, per unit of 512 bytes or 4 KiB. The cache becomes the
     /// durable image.
     pub fn crash(&mut self) {
-        let unit = if self.rng.next_u64().is_multiple_of(2) { 1 } else { 8 };
+        let unit = if self.rng.next_u64().is_multiple_of(2) {
+            1
+        } else {
+            8
+        };
         // Writes in flight first (older than nothing in the cache: they never completed).
         let pending = std::mem::take(&mut self.pending);
         for (_, p) in pending {

@@ -33,7 +33,8 @@ pub struct Backing {
 }
 
 impl Backing {
-    fn device_for(&self, area: DiskArea) -> &MetaDevice {
+    /// The device an operation on `area` goes to.
+    pub fn device_for(&self, area: DiskArea) -> &MetaDevice {
         match (area, &self.meta) {
             (DiskArea::Data, _) | (_, None) => &self.data,
             (_, Some(meta)) => meta,

@@ -12,3 +12,4 @@ pub mod meta_io;
 pub mod offline;
 pub mod resource_loop;
 pub mod status_format;
+pub mod uring;

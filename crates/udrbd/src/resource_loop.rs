@@ -27,9 +27,11 @@ use crate::backing::{Backing, IoPool};
 use crate::config::{MetaDisk, ResolvedResource};
 use crate::control::{ControlReply, ControlRequest};
 use crate::meta_io::{Access, MetaDevice};
+use crate::uring::Uring;
 
-/// IO threads per resource.
-const IO_THREADS: usize = 8;
+/// IO threads per resource: as many as an NBD client's queue depth commonly is (QD32), so
+/// O_DIRECT reads are not limited to fewer concurrent IOs than the client offers.
+const IO_THREADS: usize = 32;
 
 /// Messages from the daemon's main thread.
 pub enum LoopMessage {
@@ -46,6 +48,8 @@ struct Shared {
     engine: Resource,
     resource: ResolvedResource,
     backing: Option<Arc<Backing>>,
+    /// io_uring on this thread when available, otherwise the IO threads.
+    uring: Option<Uring>,
     pool: IoPool,
     disk_tx: UnboundedSender<DiskCompletion>,
     origin: std::time::Instant,
@@ -58,6 +62,8 @@ struct Shared {
     /// The only resource of the daemon: the default export "" maps to it.
     default_export: bool,
     timer: Rc<Notify>,
+    /// The deadline the timer task sleeps until (it is woken only when this changes).
+    armed: Option<Instant>,
     shutting_down: bool,
 }
 
@@ -83,7 +89,10 @@ impl Shared {
                         .backing
                         .clone()
                         .expect("disk IO without a backing device");
-                    self.pool.submit(op, backing, self.disk_tx.clone());
+                    match self.uring.as_mut() {
+                        Some(ring) => ring.push(op, backing),
+                        None => self.pool.submit(op, backing, self.disk_tx.clone()),
+                    }
                 }
                 Output::Block(c) => self.route_completion(c),
                 Output::Event(Event::CommandDone { id, result }) => {
@@ -103,7 +112,18 @@ impl Shared {
                 }
             }
         }
-        self.timer.notify_one();
+        if let Some(ring) = self.uring.as_mut()
+            && let Err(e) = ring.submit()
+        {
+            tracing::error!("io_uring submit failed: {e}");
+        }
+        // Wake the timer task only when the deadline moved: a wake-up per request would cost
+        // a task switch on the data path.
+        let deadline = self.engine.poll_timeout();
+        if deadline != self.armed {
+            self.armed = deadline;
+            self.timer.notify_one();
+        }
     }
 
     fn route_completion(&mut self, c: BlockCompletion) {
@@ -227,9 +247,27 @@ async fn run_loop(
     let mut seed = [0u8; 32];
     fill_seed(&mut seed);
     let timer = Rc::new(Notify::new());
+    let uring = match Uring::new() {
+        Ok(ring) => Some(ring),
+        Err(e) => {
+            if !crate::uring::unavailable(&e) {
+                tracing::warn!("io_uring setup failed ({e}); using IO threads");
+            }
+            None
+        }
+    };
+    let uring_eventfd = uring.as_ref().and_then(|r| r.eventfd().try_clone().ok());
     let shared = Rc::new(RefCell::new(Shared {
+        uring,
         engine: Resource::new(config, seed),
-        pool: IoPool::new(&resource.name, IO_THREADS),
+        pool: IoPool::new(
+            &resource.name,
+            if uring_eventfd.is_some() {
+                1
+            } else {
+                IO_THREADS
+            },
+        ),
         resource: resource.clone(),
         backing: None,
         disk_tx,
@@ -241,9 +279,13 @@ async fn run_loop(
         next_connection: 1,
         default_export,
         timer: timer.clone(),
+        armed: None,
         shutting_down: false,
     }));
     tokio::task::spawn_local(disk_task(shared.clone(), disk_rx));
+    if let Some(fd) = uring_eventfd {
+        tokio::task::spawn_local(uring_task(shared.clone(), fd));
+    }
     tokio::task::spawn_local(timer_task(shared.clone(), timer));
     let socket = run_dir.join(format!("{}.nbd", resource.name));
     let _ = std::fs::remove_file(&socket);
@@ -312,6 +354,39 @@ async fn disk_task(shared: SharedRef, mut rx: UnboundedReceiver<DiskCompletion>)
         s.engine.handle(now, Input::Disk(c));
         // Batch whatever else already completed.
         while let Ok(c) = rx.try_recv() {
+            s.engine.handle(now, Input::Disk(c));
+        }
+        s.pump();
+    }
+}
+
+/// Feeds io_uring completions to the engine whenever the ring's eventfd fires.
+async fn uring_task(shared: SharedRef, eventfd: std::os::fd::OwnedFd) {
+    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for
+    // the AsyncFd's whole lifetime.
+    #[allow(unsafe_code)]
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(eventfd, tokio::io::Interest::READABLE)
+    };
+    let fd = match registered.map_err(std::io::Error::from) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!("cannot watch the io_uring eventfd: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable().await else {
+            return;
+        };
+        guard.clear_ready();
+        let mut s = shared.borrow_mut();
+        let done = s.uring.as_mut().map(Uring::reap).unwrap_or_default();
+        if done.is_empty() {
+            continue;
+        }
+        let now = s.now();
+        for c in done {
             s.engine.handle(now, Input::Disk(c));
         }
         s.pump();
@@ -471,19 +546,18 @@ where
     let mut opened = false;
     let mut buf = vec![0u8; 1 << 20];
     let mut eof = false;
+    let mut segments: Vec<bytes::Bytes> = Vec::new();
+    let mut unsent = 0u64;
     'conn: loop {
         // Act on everything the machine asked for.
         while let Some(out) = machine.poll_output() {
             match out {
                 nbd::Output::Send(t) => {
-                    let n = t.len();
-                    if writer.write_all(&t.head).await.is_err()
-                        || (!t.payload.is_empty() && writer.write_all(&t.payload).await.is_err())
-                    {
-                        break 'conn;
-                    }
-                    if machine.handle(nbd::Input::Sent(n)).is_err() {
-                        break 'conn;
+                    // Gathered and written together below: one syscall for many replies.
+                    unsent += t.len();
+                    segments.push(t.head);
+                    if !t.payload.is_empty() {
+                        segments.push(t.payload);
                     }
                 }
                 nbd::Output::ExportQuery { name, .. } => {
@@ -510,7 +584,18 @@ where
                 nbd::Output::Close(_) => break 'conn,
             }
         }
-        let _ = writer.flush().await;
+        if !segments.is_empty() {
+            if write_segments(&mut writer, &mut segments).await.is_err() {
+                break 'conn;
+            }
+            if machine
+                .handle(nbd::Input::Sent(std::mem::take(&mut unsent)))
+                .is_err()
+            {
+                break 'conn;
+            }
+            continue;
+        }
         let window = machine.receive_window().min(buf.len());
         tokio::select! {
             read = reader.read(&mut buf[..window.max(1)]), if window > 0 && !eof => {
@@ -551,6 +636,37 @@ where
     if opened {
         s.handle(Input::Closed);
     }
+}
+
+/// Writes every segment, in order, with vectored writes.
+async fn write_segments<W>(writer: &mut W, segments: &mut Vec<bytes::Bytes>) -> std::io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use bytes::Buf;
+    let mut i = 0;
+    while i < segments.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = segments[i..]
+            .iter()
+            .take(64)
+            .map(|b| std::io::IoSlice::new(b))
+            .collect();
+        let mut n = writer.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let first = &mut segments[i];
+            let k = n.min(first.len());
+            first.advance(k);
+            n -= k;
+            if first.is_empty() {
+                i += 1;
+            }
+        }
+    }
+    segments.clear();
+    Ok(())
 }
 
 fn submit_request(shared: &SharedRef, conn: u64, request: nbd::BlockRequest) {
