@@ -60,7 +60,7 @@ const R0: &str = r#"resource r0 {
         c-min-rate 4096;
         c-delay-target 5;               # 0.5 s
         al-extents 3389;
-        md-flushes no;
+        md-flushes yes;
     }
     handlers {
         fence-peer "/usr/lib/drbd/crm-fence-peer.sh";
@@ -207,7 +207,7 @@ fn realistic_r0_for_alice_inherits_and_converts_units() {
     assert_eq!(disk.c_min_rate_kib_per_sec, 4096);
     assert_eq!(disk.c_delay_target, Duration::from_millis(500));
     assert_eq!(disk.al_extents, 3389);
-    assert!(!disk.md_flushes && disk.disk_flushes && disk.al_updates);
+    assert!(disk.md_flushes && disk.disk_flushes && disk.al_updates);
 
     let startup = &r0.options.startup;
     assert_eq!(startup.wfc_timeout, Duration::from_secs(120));
@@ -772,4 +772,20 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
     assert!(message.contains("blocks nested too deeply"), "{message}");
     let skip = format!("skip {}", "{".repeat(100_000));
     assert!(error(&skip).contains("unterminated block"));
+}
+
+/// udrbd always flushes data and meta-data: turning flushes off is not supported (yet), and is
+/// refused rather than silently ignored.
+#[test]
+fn turning_flushes_off_is_not_supported_yet() {
+    for option in ["disk-flushes", "md-flushes", "disk-drain"] {
+        let text = format!(
+            "resource r0 {{\n  disk {{ {option} no; }}\n  on a {{ device minor 0; disk /x; address 127.0.0.1:7789; meta-disk internal; }}\n  on b {{ device minor 0; disk /y; address 127.0.0.2:7789; meta-disk internal; }}\n}}\n"
+        );
+        let e = parse_str("t.res", &text).unwrap_err().to_string();
+        assert!(e.starts_with("t.res:2:"), "{e}");
+        assert!(e.contains("not supported yet"), "{e}");
+        let ok = text.replace(" no;", " yes;");
+        parse_str("t.res", &ok).unwrap();
+    }
 }
