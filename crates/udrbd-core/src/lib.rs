@@ -27,6 +27,7 @@
 mod attach;
 mod engine;
 mod requests;
+pub mod resync_controller;
 pub mod state;
 pub mod sync_decision;
 pub mod timer;

@@ -33,6 +33,11 @@ pub struct Backing {
 }
 
 impl Backing {
+    /// Whether every device bypasses the page cache (O_DIRECT).
+    pub fn is_direct(&self) -> bool {
+        self.data.is_direct() && self.meta.as_ref().is_none_or(MetaDevice::is_direct)
+    }
+
     /// The device an operation on `area` goes to.
     pub fn device_for(&self, area: DiskArea) -> &MetaDevice {
         match (area, &self.meta) {

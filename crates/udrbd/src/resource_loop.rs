@@ -89,9 +89,14 @@ impl Shared {
                         .backing
                         .clone()
                         .expect("disk IO without a backing device");
+                    // FUA writes go to the IO threads (pwritev2 with RWF_DSYNC): through
+                    // io_uring, RWF_DSYNC writes were lost by the power-cut test (nbdkit cache
+                    // behind nbdfuse), while pwritev2 keeps them. Everything else, including
+                    // flushes, goes through io_uring when the devices are O_DIRECT.
+                    let fua = matches!(op.kind, udrbd_core::DiskOpKind::Write { fua: true, .. });
                     match self.uring.as_mut() {
-                        Some(ring) => ring.push(op, backing),
-                        None => self.pool.submit(op, backing, self.disk_tx.clone()),
+                        Some(ring) if backing.is_direct() && !fua => ring.push(op, backing),
+                        _ => self.pool.submit(op, backing, self.disk_tx.clone()),
                     }
                 }
                 Output::Block(c) => self.route_completion(c),
@@ -247,7 +252,15 @@ async fn run_loop(
     let mut seed = [0u8; 32];
     fill_seed(&mut seed);
     let timer = Rc::new(Notify::new());
-    let uring = match Uring::new() {
+    // UDRBD_IO=threads forces the IO-thread backend (for comparisons and diagnosis).
+    let threads_only = std::env::var("UDRBD_IO").is_ok_and(|v| v == "threads");
+    let uring = match Uring::new().and_then(|r| {
+        if threads_only {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSYS))
+        } else {
+            Ok(r)
+        }
+    }) {
         Ok(ring) => Some(ring),
         Err(e) => {
             if !crate::uring::unavailable(&e) {
