@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod disk;
+pub mod net;
 pub mod single;
 
 pub use disk::{Faults, SimDisk};
+pub use net::{NetEvent, SimNet};
