@@ -338,10 +338,9 @@ impl Resource {
                 // The kernel records its current number of AL slots here.
                 d.sb.al_nr_extents = u32::from(d.al.al_extents());
                 d.sb_version += 1;
-                let version = d.sb_version;
                 self.disk_state = disk_state;
                 self.update_md_flags();
-                let version = self.disk.as_ref().map_or(version, |d| d.sb_version);
+                let version = self.disk.as_ref().expect("attaching").sb_version;
                 self.set_attach_step(AttachStep::Superblock2 {
                     version,
                     disk_state,
@@ -392,9 +391,7 @@ impl Resource {
             d.sb_version += 1;
         }
         // The role changes when the superblock saying so is durable.
-        self.role = Role::Primary;
-        self.update_md_flags();
-        self.role = Role::Secondary;
+        self.update_md_flags_for(Role::Primary);
         let sb_version = self.disk.as_ref().expect("attached").sb_version;
         Ok(Some(Pending::Primary { sb_version }))
     }

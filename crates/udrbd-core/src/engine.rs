@@ -454,7 +454,12 @@ impl Resource {
     /// Recomputes the MDF flags from the states (drbd-v08-facts.md §2.2) and bumps the
     /// superblock version if they changed. FULL_SYNC and AL_DISABLED are preserved.
     pub(crate) fn update_md_flags(&mut self) {
-        let role = self.role;
+        self.update_md_flags_for(self.role);
+    }
+
+    /// As [`Resource::update_md_flags`], for the role the node is taking (a promotion writes
+    /// "Primary" before it is Primary).
+    pub(crate) fn update_md_flags_for(&mut self, role: Role) {
         let disk_state = self.disk_state;
         let crashed = self.crashed_primary;
         let Some(d) = self.disk.as_mut() else { return };
