@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod attach;
+pub mod connection;
 mod engine;
 mod requests;
 pub mod resync_controller;

@@ -1,0 +1,708 @@
+//! Two connection-setup machines wired through a simulated network: byte pipes that deliver
+//! in order, cut at random points, with random latency; a connect succeeds when the other node
+//! listens. Every step is followed by `invariants()`. After Established, each node's "engine"
+//! sends a marker packet on each socket, and the test checks that the peer gets exactly those
+//! bytes (as leftovers of its setup, or later), so no byte is lost in the hand-over.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use udrbd_core::Instant;
+use udrbd_core::connection::*;
+use udrbd_wire::{DecodeContext, Deframer, FeatureFlags, HeaderFormat};
+
+const ADDR: [&str; 2] = ["10.0.0.1:7789", "10.0.0.2:7789"];
+/// P_PROTOCOL (protocol C, no integrity alg) as 8.4.11 sends it: the engine's first packet.
+const DATA_MARKER: &str = "8620ec200000000b0000001900000000000000030000000000000000000000000000000000000000000000000000000000";
+/// P_PING.
+const META_MARKER: &str = "8620ec20000000130000000000000000";
+
+/// Set to print every input and output (to debug one seed).
+const TRACE: bool = false;
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug)]
+struct End {
+    node: usize,
+    conn: ConnId,
+}
+
+/// One TCP connection: `ends[0]` connected, `ends[1]` accepted.
+struct Tcp {
+    ends: [End; 2],
+    open: [bool; 2],
+    /// Latest delivery time scheduled towards each end (keeps streams in order).
+    last: [u64; 2],
+}
+
+enum Ev {
+    Input(usize, SetupInput),
+    Syn { node: usize, conn: ConnId },
+}
+
+struct Node {
+    m: ConnectionSetup,
+    listening: bool,
+    next_accept: u64,
+    result: Option<SetupOutput>,
+    /// Bytes received on the established sockets after Established (data, meta).
+    after: [Vec<u8>; 2],
+    retrying: u32,
+    /// An established socket was closed by the peer.
+    closed_after: bool,
+    /// When the result came.
+    done_at: u64,
+}
+
+struct Sim {
+    rng: ChaCha20Rng,
+    now: u64,
+    seq: u64,
+    events: BTreeMap<(u64, u64), Ev>,
+    nodes: Vec<Node>,
+    tcps: Vec<Tcp>,
+    /// (node, conn) -> (tcp, side)
+    ends: BTreeMap<(usize, u64), (usize, usize)>,
+    /// Sends emitted after the first Failed (must stay 0).
+    sends_after_failed: u32,
+    failed_seen: bool,
+}
+
+impl Sim {
+    fn new(seed: u64, auth: [Option<(&str, &[u8])>; 2]) -> Sim {
+        let nodes = (0..2)
+            .map(|i| {
+                let mut c =
+                    SetupConfig::new(ADDR[i].parse().unwrap(), ADDR[1 - i].parse().unwrap());
+                c.cram_hmac = auth[i].map(|(alg, secret)| CramHmac::new(alg, secret).unwrap());
+                c.features = FeatureFlags(0x7);
+                let rng = ChaCha20Rng::seed_from_u64(seed.wrapping_mul(2).wrapping_add(i as u64));
+                Node {
+                    m: ConnectionSetup::new(c, rng),
+                    listening: false,
+                    next_accept: 1,
+                    result: None,
+                    after: [Vec::new(), Vec::new()],
+                    retrying: 0,
+                    closed_after: false,
+                    done_at: 0,
+                }
+            })
+            .collect();
+        Sim {
+            rng: ChaCha20Rng::seed_from_u64(seed ^ 0x5eed_0000_0000),
+            now: 0,
+            seq: 0,
+            events: BTreeMap::new(),
+            nodes,
+            tcps: Vec::new(),
+            ends: BTreeMap::new(),
+            sends_after_failed: 0,
+            failed_seen: false,
+        }
+    }
+
+    fn latency(&mut self) -> u64 {
+        20_000 + self.rng.next_u64() % 2_000_000
+    }
+
+    fn schedule(&mut self, at: u64, node: usize, input: SetupInput) {
+        self.seq += 1;
+        self.events.insert((at, self.seq), Ev::Input(node, input));
+    }
+
+    /// A SYN from `node` reaches the peer: accepted if it listens, refused otherwise.
+    fn syn(&mut self, node: usize, conn: ConnId) {
+        let peer = 1 - node;
+        let tcp = self.tcps.len();
+        self.ends.insert((node, conn.0), (tcp, 0));
+        let back = self.now + self.latency();
+        if !self.nodes[peer].listening {
+            self.tcps.push(Tcp {
+                ends: [End { node, conn }, End { node, conn }],
+                open: [true, false],
+                last: [back, back],
+            });
+            self.schedule(back, node, SetupInput::Closed { conn });
+            return;
+        }
+        let accepted = ConnId(self.nodes[peer].next_accept);
+        self.nodes[peer].next_accept += 1;
+        self.ends.insert((peer, accepted.0), (tcp, 1));
+        self.tcps.push(Tcp {
+            ends: [
+                End { node, conn },
+                End {
+                    node: peer,
+                    conn: accepted,
+                },
+            ],
+            open: [true, true],
+            last: [back, self.now],
+        });
+        self.schedule(back, node, SetupInput::Connected { conn });
+        self.schedule(self.now, peer, SetupInput::Accepted { conn: accepted });
+    }
+
+    /// Runs until both nodes are finished and the network is quiet.
+    fn run(&mut self, start_offset: [u64; 2]) {
+        for (node, offset) in start_offset.into_iter().enumerate() {
+            self.schedule(offset, node, SetupInput::Start);
+        }
+        let limit = 3_600 * 1_000_000_000u64;
+        loop {
+            let timer = (0..2)
+                .filter_map(|n| self.nodes[n].m.poll_timeout().map(|t| (t.0, n)))
+                .min();
+            let event = self.events.first_key_value().map(|(k, _)| k.0);
+            match (event, timer) {
+                (Some(e), t) if t.is_none_or(|(t, _)| e <= t) => {
+                    let ((at, _), ev) = self.events.pop_first().unwrap();
+                    self.now = at;
+                    match ev {
+                        Ev::Input(node, input) => self.deliver(node, input),
+                        Ev::Syn { node, conn } => self.syn(node, conn),
+                    }
+                }
+                (_, Some((t, node))) => {
+                    self.now = t;
+                    self.step(node, SetupInput::Timeout);
+                }
+                _ => break,
+            }
+            assert!(
+                self.now < limit,
+                "no result after an hour of simulated time"
+            );
+        }
+    }
+
+    /// Gives an input to a node's driver: the machine, or the "engine" once established.
+    fn deliver(&mut self, node: usize, input: SetupInput) {
+        let conn = match &input {
+            SetupInput::Connected { conn }
+            | SetupInput::Received { conn, .. }
+            | SetupInput::Closed { conn } => Some(*conn),
+            _ => None,
+        };
+        if let Some(conn) = conn {
+            let (tcp, side) = self.ends[&(node, conn.0)];
+            if !self.tcps[tcp].open[side] {
+                return; // closed locally: the driver drops it
+            }
+        }
+        if let Some(SetupOutput::Established { data, meta, .. }) = &self.nodes[node].result {
+            let slot = [*data, *meta].iter().position(|c| Some(*c) == conn);
+            if let Some(slot) = slot {
+                match input {
+                    SetupInput::Received { bytes, .. } => {
+                        self.nodes[node].after[slot].extend_from_slice(&bytes)
+                    }
+                    SetupInput::Closed { .. } => self.nodes[node].closed_after = true,
+                    other => panic!("node {node}: established socket got {other:?}"),
+                }
+                return;
+            }
+        }
+        if let SetupInput::Closed { conn } = input {
+            let (tcp, side) = self.ends[&(node, conn.0)];
+            self.tcps[tcp].open[side] = false;
+        }
+        self.step(node, input);
+    }
+
+    fn step(&mut self, node: usize, input: SetupInput) {
+        let now = Instant(self.now);
+        if TRACE {
+            eprintln!("{:>14} n{node} <- {input:?}", self.now);
+        }
+        self.nodes[node].m.handle(now, input);
+        self.nodes[node].m.invariants();
+        let mut outputs = Vec::new();
+        while let Some(o) = self.nodes[node].m.poll_output() {
+            outputs.push(o);
+        }
+        for o in outputs {
+            self.output(node, o);
+        }
+    }
+
+    fn output(&mut self, node: usize, output: SetupOutput) {
+        if TRACE {
+            eprintln!("{:>14} n{node} -> {output:?}", self.now);
+        }
+        match output {
+            SetupOutput::Listen { addr } => {
+                assert_eq!(addr, ADDR[node].parse().unwrap());
+                self.nodes[node].listening = true;
+            }
+            SetupOutput::Connect { conn, addr } => {
+                assert_eq!(addr, ADDR[1 - node].parse().unwrap());
+                let at = self.now + self.latency();
+                self.seq += 1;
+                self.events.insert((at, self.seq), Ev::Syn { node, conn });
+            }
+            SetupOutput::Send { conn, bytes } => {
+                if self.failed_seen {
+                    self.sends_after_failed += 1;
+                }
+                self.send(node, conn, &bytes);
+            }
+            SetupOutput::Close { conn } => {
+                let (tcp, side) = self.ends[&(node, conn.0)];
+                self.tcps[tcp].open[side] = false;
+                let other = 1 - side;
+                if self.tcps[tcp].open[other] {
+                    let end = self.tcps[tcp].ends[other];
+                    let at = self.tcps[tcp].last[other].max(self.now + self.latency());
+                    self.tcps[tcp].last[other] = at;
+                    self.schedule(at, end.node, SetupInput::Closed { conn: end.conn });
+                }
+            }
+            SetupOutput::Retrying { .. } => self.nodes[node].retrying += 1,
+            SetupOutput::Established { data, meta, .. } => {
+                assert!(self.nodes[node].result.is_none());
+                self.nodes[node].result = Some(output);
+                self.nodes[node].done_at = self.now;
+                // The engine starts talking at once.
+                self.send(node, data, &hex(DATA_MARKER));
+                self.send(node, meta, &hex(META_MARKER));
+            }
+            SetupOutput::Failed { .. } => {
+                assert!(self.nodes[node].result.is_none());
+                self.failed_seen = true;
+                self.nodes[node].result = Some(output);
+                self.nodes[node].done_at = self.now;
+            }
+        }
+    }
+
+    /// Writes bytes into a pipe, cut into 1..=4 chunks at random points.
+    fn send(&mut self, node: usize, conn: ConnId, bytes: &[u8]) {
+        let (tcp, side) = self.ends[&(node, conn.0)];
+        assert!(self.tcps[tcp].open[side], "send on a closed socket");
+        let other = 1 - side;
+        if !self.tcps[tcp].open[other] {
+            return; // reset by the peer
+        }
+        let end = self.tcps[tcp].ends[other];
+        let mut cuts: Vec<usize> = (0..self.rng.next_u32() % 4)
+            .map(|_| self.rng.next_u32() as usize % (bytes.len() + 1))
+            .collect();
+        cuts.push(0);
+        cuts.push(bytes.len());
+        cuts.sort();
+        for w in cuts.windows(2) {
+            if w[0] == w[1] {
+                continue;
+            }
+            let at = self.tcps[tcp].last[other].max(self.now + self.latency());
+            self.tcps[tcp].last[other] = at;
+            let chunk = Bytes::copy_from_slice(&bytes[w[0]..w[1]]);
+            self.schedule(
+                at,
+                end.node,
+                SetupInput::Received {
+                    conn: end.conn,
+                    bytes: chunk,
+                },
+            );
+        }
+    }
+
+    /// The TCP connection and side of a node's socket.
+    fn tcp_of(&self, node: usize, conn: ConnId) -> (usize, usize) {
+        self.ends[&(node, conn.0)]
+    }
+}
+
+struct Established {
+    data: ConnId,
+    meta: ConnId,
+    version: u32,
+    features: u32,
+    resolve_conflicts: bool,
+    data_bytes: Vec<u8>,
+    meta_bytes: Vec<u8>,
+}
+
+fn established(sim: &Sim, node: usize) -> Established {
+    match &sim.nodes[node].result {
+        Some(SetupOutput::Established {
+            data,
+            meta,
+            agreed_version,
+            agreed_features,
+            resolve_conflicts,
+            leftover_data,
+            leftover_meta,
+        }) => Established {
+            data: *data,
+            meta: *meta,
+            version: *agreed_version,
+            features: *agreed_features,
+            resolve_conflicts: *resolve_conflicts,
+            data_bytes: [&leftover_data[..], &sim.nodes[node].after[0]].concat(),
+            meta_bytes: [&leftover_meta[..], &sim.nodes[node].after[1]].concat(),
+        },
+        other => panic!("node {node}: {other:?}"),
+    }
+}
+
+/// Runs one seed to the end and checks the pair; returns (crossed, retries).
+/// What one established run looked like.
+struct Outcome {
+    crossed: u32,
+    retries: u32,
+    /// From the later start to the later Established, in ns.
+    duration: u64,
+}
+
+fn run_established(seed: u64, auth: [Option<(&str, &[u8])>; 2], offset: [u64; 2]) -> Outcome {
+    let mut sim = Sim::new(seed, auth);
+    sim.run(offset);
+    let a = established(&sim, 0);
+    let b = established(&sim, 1);
+    let (data_tcp, data_side) = sim.tcp_of(0, a.data);
+    assert_eq!(
+        sim.tcp_of(1, b.data),
+        (data_tcp, 1 - data_side),
+        "seed {seed}: data sockets differ"
+    );
+    let (meta_tcp, meta_side) = sim.tcp_of(0, a.meta);
+    assert_eq!(
+        sim.tcp_of(1, b.meta),
+        (meta_tcp, 1 - meta_side),
+        "seed {seed}: meta sockets differ"
+    );
+    assert_ne!(data_tcp, meta_tcp);
+    assert_eq!((a.version, b.version), (101, 101), "seed {seed}");
+    assert_eq!((a.features, b.features), (0x7, 0x7), "seed {seed}");
+    assert_ne!(
+        a.resolve_conflicts, b.resolve_conflicts,
+        "seed {seed}: exactly one tie-breaker"
+    );
+    // The tie-breaker is the node that accepted the meta socket.
+    assert_eq!(a.resolve_conflicts, meta_side == 1, "seed {seed}");
+    for e in [&a, &b] {
+        assert_eq!(
+            e.data_bytes,
+            hex(DATA_MARKER),
+            "seed {seed}: data bytes after setup"
+        );
+        assert_eq!(
+            e.meta_bytes,
+            hex(META_MARKER),
+            "seed {seed}: meta bytes after setup"
+        );
+    }
+    assert!(
+        sim.nodes.iter().all(|n| !n.closed_after),
+        "seed {seed}: an established socket was closed"
+    );
+    Outcome {
+        crossed: sim.nodes.iter().map(|n| n.m.stats().crossed).sum(),
+        retries: sim.nodes.iter().map(|n| n.retrying).sum(),
+        duration: sim.nodes.iter().map(|n| n.done_at).max().unwrap() - offset[0].max(offset[1]),
+    }
+}
+
+fn offsets(seed: u64) -> [u64; 2] {
+    // Mostly simultaneous starts; every fourth seed starts one node up to 25 s later.
+    if seed % 4 == 3 {
+        let late = (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) % 25_000_000_000;
+        if seed % 8 == 3 { [0, late] } else { [late, 0] }
+    } else {
+        [0, 0]
+    }
+}
+
+#[test]
+fn random_seeds_always_establish_one_matching_pair() {
+    let seeds = 10_000u64;
+    let (mut crossed, mut seeds_crossed, mut retries, mut slowest) = (0, 0, 0, 0);
+    let mut durations = Vec::new();
+    for seed in 0..seeds {
+        let o = run_established(seed, [None, None], offsets(seed));
+        crossed += o.crossed;
+        seeds_crossed += u32::from(o.crossed > 0);
+        retries += o.retries;
+        slowest = slowest.max(o.duration);
+        durations.push(o.duration);
+    }
+    durations.sort();
+    eprintln!(
+        "{seeds} seeds: {seeds_crossed} with crossed sockets, {crossed} crossings, {retries} \
+         retries; time to Established: median {} ms, max {} ms",
+        durations[durations.len() / 2] / 1_000_000,
+        slowest / 1_000_000
+    );
+    assert!(seeds_crossed > 0, "crossed sockets happen");
+}
+
+#[test]
+fn cram_hmac_with_the_same_secret_establishes() {
+    for (alg, seeds) in [
+        ("sha1", 0..1000u64),
+        ("sha256", 1000..2000),
+        ("sha512", 2000..2300),
+    ] {
+        let auth = Some((alg, &b"correct horse"[..]));
+        let mut crossed = 0;
+        for seed in seeds.clone() {
+            crossed += run_established(seed, [auth, auth], offsets(seed)).crossed;
+        }
+        eprintln!(
+            "{alg}: {} seeds, {crossed} crossings",
+            seeds.end - seeds.start
+        );
+        assert!(crossed > 0, "{alg}");
+    }
+}
+
+fn run_failed(seed: u64, auth: [Option<(&str, &[u8])>; 2]) -> Sim {
+    let mut sim = Sim::new(seed, auth);
+    sim.run(offsets(seed));
+    sim
+}
+
+fn failure(sim: &Sim, node: usize) -> Option<SetupError> {
+    match &sim.nodes[node].result {
+        Some(SetupOutput::Failed { reason }) => Some(reason.clone()),
+        _ => None,
+    }
+}
+
+#[test]
+fn different_secrets_both_fail_and_fall_silent() {
+    for seed in 1..2 {
+        let sim = run_failed(seed, [Some(("sha256", b"one")), Some(("sha256", b"two"))]);
+        assert_eq!(
+            failure(&sim, 0),
+            Some(SetupError::AuthFailed),
+            "seed {seed}"
+        );
+        assert_eq!(
+            failure(&sim, 1),
+            Some(SetupError::AuthFailed),
+            "seed {seed}"
+        );
+        assert_eq!(
+            sim.sends_after_failed, 0,
+            "seed {seed}: a packet after the failure"
+        );
+        assert!(
+            sim.nodes.iter().all(|n| n.m.poll_timeout().is_none()),
+            "no retry"
+        );
+        assert!(
+            sim.tcps.iter().all(|t| !t.open[0] && !t.open[1]),
+            "every socket closed"
+        );
+    }
+}
+
+#[test]
+fn different_algorithms_both_fail() {
+    for seed in 0..100 {
+        let sim = run_failed(seed, [Some(("sha1", b"same")), Some(("sha256", b"same"))]);
+        assert_eq!(
+            failure(&sim, 0),
+            Some(SetupError::AuthFailed),
+            "seed {seed}"
+        );
+        assert_eq!(
+            failure(&sim, 1),
+            Some(SetupError::AuthFailed),
+            "seed {seed}"
+        );
+        assert_eq!(sim.sends_after_failed, 0);
+    }
+}
+
+#[test]
+fn auth_on_one_side_only_is_named_on_both() {
+    for seed in 0..200 {
+        let sim = run_failed(seed, [Some(("sha1", b"secret")), None]);
+        assert_eq!(
+            failure(&sim, 0),
+            Some(SetupError::AuthNotConfiguredOnPeer),
+            "seed {seed}"
+        );
+        // The node without auth sees the peer's challenge either during setup or as the
+        // first packet its engine decodes.
+        let reason = match failure(&sim, 1) {
+            Some(reason) => reason,
+            None => {
+                let e = established(&sim, 1);
+                let mut d = Deframer::new(DecodeContext::new(HeaderFormat::Long));
+                d.push(&e.data_bytes);
+                let frame = d.next_frame().unwrap().unwrap();
+                SetupError::first_packet_after_setup(&frame.packet).unwrap()
+            }
+        };
+        assert_eq!(reason, SetupError::AuthExpectedButNotOffered, "seed {seed}");
+    }
+}
+
+/// Drives one machine by hand with arbitrary bytes and events: it never panics and its
+/// invariants hold after every step.
+fn fuzz_one(auth: bool, prefix: u8, ops: Vec<(u8, Vec<u8>)>) {
+    let mut c = SetupConfig::new(ADDR[0].parse().unwrap(), ADDR[1].parse().unwrap());
+    if auth {
+        c.cram_hmac = Some(CramHmac::new("sha256", b"s").unwrap());
+    }
+    let mut m = ConnectionSetup::new(c, ChaCha20Rng::seed_from_u64(ops.len() as u64));
+    let mut now = Instant(0);
+    let mut pending: Option<ConnId> = None;
+    let mut known: Vec<ConnId> = Vec::new();
+    let mut next_accept = 1;
+    let drive = |m: &mut ConnectionSetup,
+                 now: Instant,
+                 input: SetupInput,
+                 pending: &mut Option<ConnId>,
+                 known: &mut Vec<ConnId>| {
+        m.handle(now, input);
+        m.invariants();
+        while let Some(o) = m.poll_output() {
+            match o {
+                SetupOutput::Connect { conn, .. } => {
+                    *pending = Some(conn);
+                    known.push(conn);
+                }
+                SetupOutput::Close { conn } => known.retain(|c| *c != conn),
+                _ => {}
+            }
+        }
+    };
+    drive(&mut m, now, SetupInput::Start, &mut pending, &mut known);
+    let first = pending.take().unwrap();
+    drive(
+        &mut m,
+        now,
+        SetupInput::Connected { conn: first },
+        &mut pending,
+        &mut known,
+    );
+    drive(
+        &mut m,
+        now,
+        SetupInput::Accepted { conn: ConnId(1) },
+        &mut pending,
+        &mut known,
+    );
+    known.push(ConnId(1));
+    if prefix >= 1 {
+        let bytes = Bytes::from(hex("83740267fff10000"));
+        drive(
+            &mut m,
+            now,
+            SetupInput::Received {
+                conn: ConnId(1),
+                bytes,
+            },
+            &mut pending,
+            &mut known,
+        );
+        // The socket check passes: the handshake starts (our features go out).
+        now = m.poll_timeout().unwrap();
+        drive(&mut m, now, SetupInput::Timeout, &mut pending, &mut known);
+    }
+    if prefix >= 2 {
+        let mut f = hex("83740267fffe0048000000560000000f0000006500000000");
+        f.extend_from_slice(&[0; 56]);
+        let bytes = Bytes::from(f);
+        drive(
+            &mut m,
+            now,
+            SetupInput::Received { conn: first, bytes },
+            &mut pending,
+            &mut known,
+        );
+    }
+    for (selector, bytes) in ops {
+        let target = if known.is_empty() {
+            first
+        } else {
+            known[selector as usize % known.len()]
+        };
+        let input = match selector % 6 {
+            0..=2 => SetupInput::Received {
+                conn: target,
+                bytes: Bytes::from(bytes),
+            },
+            3 => {
+                now = m.poll_timeout().unwrap_or(now).max(now);
+                SetupInput::Timeout
+            }
+            4 => match pending.take() {
+                Some(conn) => SetupInput::Connected { conn },
+                None => {
+                    next_accept += 1;
+                    known.push(ConnId(next_accept));
+                    SetupInput::Accepted {
+                        conn: ConnId(next_accept),
+                    }
+                }
+            },
+            _ => {
+                known.retain(|c| *c != target);
+                SetupInput::Closed { conn: target }
+            }
+        };
+        drive(&mut m, now, input, &mut pending, &mut known);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        auth in any::<bool>(),
+        prefix in 0u8..3,
+        ops in proptest::collection::vec((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..200)), 0..24),
+    ) {
+        fuzz_one(auth, prefix, ops);
+    }
+}
+
+#[test]
+fn timers_follow_the_configuration() {
+    // connect-int with DRBD's 1/7 jitter after a refused connect.
+    let c = SetupConfig::new(ADDR[0].parse().unwrap(), ADDR[1].parse().unwrap());
+    let mut m = ConnectionSetup::new(c, ChaCha20Rng::seed_from_u64(1));
+    m.handle(Instant(0), SetupInput::Start);
+    let mut conn = None;
+    while let Some(o) = m.poll_output() {
+        if let SetupOutput::Connect { conn: c, .. } = o {
+            conn = Some(c);
+        }
+    }
+    assert_eq!(
+        m.poll_timeout(),
+        Some(Instant(0).plus(Duration::from_secs(10))),
+        "connect timeout"
+    );
+    m.handle(
+        Instant(5),
+        SetupInput::Closed {
+            conn: conn.unwrap(),
+        },
+    );
+    let wait = m.poll_timeout().unwrap().0 - 5;
+    let (short, long) = (
+        10_000_000_000 - 10_000_000_000 / 7,
+        10_000_000_000 + 10_000_000_000 / 7,
+    );
+    assert!(wait == short || wait == long, "{wait}");
+}
