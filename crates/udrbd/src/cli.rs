@@ -17,7 +17,7 @@ use crate::offline::{self, CreateOptions, MetaTarget, OfflineError, RestoreOptio
 /// The exit codes of offline and online verbs, for `udrbd help`.
 fn help_footer() -> String {
     format!(
-        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, status) exit like drbdsetup:\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
+        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, status, events) exit like drbdsetup:\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
         ExitCode::help_table()
     )
 }
@@ -185,6 +185,17 @@ pub enum Verb {
         /// Resource name.
         resource: String,
     },
+    /// Stream state changes (drbdsetup events2 form) until interrupted.
+    Events {
+        /// Resource name (default: all).
+        resource: Option<String>,
+        /// Print the current state and exit.
+        #[arg(long)]
+        now: bool,
+        /// Include the statistics.
+        #[arg(long, short)]
+        statistics: bool,
+    },
     /// Show the state of one or all resources (DRBD 9's status format).
     Status {
         /// Resource name (default: all).
@@ -323,6 +334,16 @@ pub fn run(
         }
         Verb::Secondary { resource } => {
             online(g, ControlRequest::new("secondary", Some(&resource)), out)?
+        }
+        Verb::Events {
+            resource,
+            now,
+            statistics,
+        } => {
+            let mut r = ControlRequest::new("events", resource.as_deref());
+            r.now = now;
+            r.statistics = statistics;
+            crate::control::stream(&g.run_dir, &r, out)?;
         }
         Verb::Status {
             resource,

@@ -32,6 +32,9 @@ pub struct ControlRequest {
     /// `status --json`.
     #[serde(default)]
     pub json: bool,
+    /// `events --now`: the current state only.
+    #[serde(default)]
+    pub now: bool,
 }
 
 impl ControlRequest {
@@ -44,6 +47,7 @@ impl ControlRequest {
             verbose: false,
             statistics: false,
             json: false,
+            now: false,
         }
     }
 }
@@ -114,6 +118,38 @@ pub enum ControlError {
         /// The socket path.
         path: PathBuf,
     },
+}
+
+/// Sends one request and prints every reply line's output as it arrives, until the daemon
+/// closes the stream (`events`).
+pub fn stream(
+    run_dir: &Path,
+    request: &ControlRequest,
+    out: &mut dyn Write,
+) -> Result<(), ControlError> {
+    let path = run_dir.join(CONTROL_SOCKET);
+    let io = |source| ControlError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let mut line = serde_json::to_string(request).expect("serialisable");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    for reply in BufReader::new(stream).lines() {
+        let reply = reply.map_err(io)?;
+        let reply: ControlReply =
+            serde_json::from_str(&reply).map_err(|e| ControlError::BadReply {
+                reason: e.to_string(),
+                path: path.clone(),
+            })?;
+        out.write_all(reply.output.as_bytes()).map_err(io)?;
+        out.flush().map_err(io)?;
+    }
+    Ok(())
 }
 
 /// Sends one request and waits (up to `timeout`) for the reply.

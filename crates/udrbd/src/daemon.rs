@@ -162,6 +162,11 @@ async fn control_connection(
     let mut lines = BufReader::new(r).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let reply = match serde_json::from_str::<ControlRequest>(&line) {
+            Ok(request) if request.verb == "events" => {
+                // A stream of events2 lines, one JSON reply per line, until the client goes.
+                events(&request, &resources, &mut w).await;
+                return;
+            }
             Ok(request) => dispatch(request, &resources).await,
             Err(e) => ControlReply::error(format!("bad control request: {e}"), 20),
         };
@@ -292,6 +297,67 @@ pub fn resource_view(engine: &Resource, resource: &ResolvedResource) -> sf::Reso
         write_ordering: sf::WriteOrdering::Flush,
         device,
         connections,
+    }
+}
+
+/// `events`: `drbdsetup events2` lines: the current state (`exists` ... `exists -`), then a
+/// `change` batch after every state change, until the client disconnects (`--now`: only the
+/// current state). Each line travels as one [`ControlReply`] with the line as output.
+async fn events(
+    request: &ControlRequest,
+    resources: &BTreeMap<String, UnboundedSender<LoopMessage>>,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+) {
+    let names: Vec<&String> = match &request.resource {
+        Some(name) if name != "all" => resources.keys().filter(|n| *n == name).collect(),
+        _ => resources.keys().collect(),
+    };
+    let (tx, mut rx) = unbounded_channel::<String>();
+    let mut views = Vec::new();
+    for name in names {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        if resources[name]
+            .send(LoopMessage::Subscribe(reply_tx))
+            .is_err()
+        {
+            continue;
+        }
+        let Ok((view, mut updates)) = reply_rx.await else {
+            continue;
+        };
+        views.push(view.clone());
+        let tx = tx.clone();
+        let statistics = request.statistics;
+        tokio::spawn(async move {
+            let mut old = view;
+            while let Ok(new) = updates.recv().await {
+                for line in sf::events2_changes(Some(&old), Some(&new), statistics) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+                old = new;
+            }
+        });
+    }
+    drop(tx);
+    let encode = |line: String| {
+        let mut text = serde_json::to_string(&ControlReply::ok(line + "\n")).expect("serialisable");
+        text.push('\n');
+        text
+    };
+    for line in sf::events2_now_all(&views, request.statistics) {
+        if w.write_all(encode(line).as_bytes()).await.is_err() {
+            return;
+        }
+    }
+    if request.now {
+        return;
+    }
+    while let Some(line) = rx.recv().await {
+        if w.write_all(encode(line).as_bytes()).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -39,6 +39,13 @@ pub enum LoopMessage {
     Control(ControlRequest, oneshot::Sender<ControlReply>),
     /// The resource's state for `status`.
     View(oneshot::Sender<crate::status_format::ResourceView>),
+    /// The resource's state now and a subscription to its later states (for `events`).
+    Subscribe(
+        oneshot::Sender<(
+            crate::status_format::ResourceView,
+            tokio::sync::broadcast::Receiver<crate::status_format::ResourceView>,
+        )>,
+    ),
     /// Close NBD clients, take the resource down, and stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -65,6 +72,10 @@ struct Shared {
     /// The deadline the timer task sleeps until (it is woken only when this changes).
     armed: Option<Instant>,
     shutting_down: bool,
+    /// State snapshots for `events` subscribers, sent after every batch of state changes.
+    events: tokio::sync::broadcast::Sender<crate::status_format::ResourceView>,
+    /// Openers at the last snapshot (`open:` is reported by events too).
+    last_openers: u32,
 }
 
 type SharedRef = Rc<RefCell<Shared>>;
@@ -82,6 +93,7 @@ impl Shared {
     }
 
     fn pump(&mut self) {
+        let mut state_changed = false;
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Disk(op) => {
@@ -114,6 +126,7 @@ impl Shared {
                 Output::Event(Event::StateChanged) => {
                     let s = self.engine.status();
                     tracing::info!(resource = %s.name, role = s.role.name(), disk = s.disk.name(), "state");
+                    state_changed = true;
                 }
             }
         }
@@ -122,6 +135,14 @@ impl Shared {
         {
             tracing::error!("io_uring submit failed: {e}");
         }
+        if (state_changed || self.engine.status().openers != self.last_openers)
+            && self.events.receiver_count() > 0
+        {
+            let _ = self
+                .events
+                .send(crate::daemon::resource_view(&self.engine, &self.resource));
+        }
+        self.last_openers = self.engine.status().openers;
         // Wake the timer task only when the deadline moved: a wake-up per request would cost
         // a task switch on the data path.
         let deadline = self.engine.poll_timeout();
@@ -293,6 +314,8 @@ async fn run_loop(
         default_export,
         timer: timer.clone(),
         armed: None,
+        events: tokio::sync::broadcast::channel(256).0,
+        last_openers: 0,
         shutting_down: false,
     }));
     tokio::task::spawn_local(disk_task(shared.clone(), disk_rx));
@@ -329,6 +352,11 @@ async fn run_loop(
                 tokio::task::spawn_local(async move {
                     let _ = reply.send(control(&shared, request).await);
                 });
+            }
+            LoopMessage::Subscribe(reply) => {
+                let s = shared.borrow();
+                let view = crate::daemon::resource_view(&s.engine, &s.resource);
+                let _ = reply.send((view, s.events.subscribe()));
             }
             LoopMessage::View(reply) => {
                 let s = shared.borrow();

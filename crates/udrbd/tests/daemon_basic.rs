@@ -182,3 +182,76 @@ fn sigterm_takes_every_resource_down_cleanly() {
     assert!(gi.trim_end().ends_with(":1:1:0:0:0:0:0"), "{gi}");
     assert!(!d.run_dir.join("udrbd.sock").exists());
 }
+
+#[test]
+fn events_streams_state_changes_in_events2_form() {
+    use std::io::BufRead;
+    let (dir, _disk, config) = setup(64 << 20);
+    let d = TestDaemon::start(dir.path(), &config, &[]);
+    // --now: the current state, then "exists -", then exit.
+    let now = d.ok(&["events", "r0", "--now"]);
+    let lines: Vec<&str> = now.lines().collect();
+    assert_eq!(lines.last(), Some(&"exists -"), "{now}");
+    assert!(
+        lines[0].starts_with("exists resource name:r0 role:Secondary"),
+        "{now}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("exists device name:r0 volume:0 minor:0")
+                && l.contains(" disk:Inconsistent ")),
+        "{now}"
+    );
+    assert!(
+        now.contains(
+            "exists connection name:r0 peer-node-id:1 conn-name:bob connection:StandAlone"
+        ),
+        "{now}"
+    );
+    // Streaming: a promotion shows up as change lines.
+    let mut child = std::process::Command::new(udrbd_bin())
+        .arg("--run-dir")
+        .arg(&d.run_dir)
+        .args(["events", "r0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "events ended early"
+        );
+        if line == "exists -\n" {
+            break;
+        }
+    }
+    d.ok(&["primary", "r0", "--force"]);
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let promoted = |seen: &[String]| {
+        seen.iter()
+            .any(|l| l.starts_with("change resource name:r0 role:Primary"))
+            && seen.iter().any(|l| {
+                l.starts_with("change device name:r0 volume:0 minor:0")
+                    && l.contains("disk:UpToDate")
+            })
+    };
+    while !promoted(&seen) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no promotion event: {seen:?}"
+        );
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "events ended: {seen:?}"
+        );
+        seen.push(line.trim_end().to_string());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
