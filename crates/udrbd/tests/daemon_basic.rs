@@ -255,3 +255,55 @@ fn events_streams_state_changes_in_events2_form() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// SIGTERM with an NBD client connected: the daemon closes the client, takes the resource
+/// down cleanly and exits.
+#[test]
+fn sigterm_closes_connected_clients_and_goes_down_cleanly() {
+    use std::io::BufRead;
+    let (dir, disk, config) = setup(64 << 20);
+    let mut d = TestDaemon::start(dir.path(), &config, &[]);
+    d.ok(&["primary", "r0", "--force"]);
+    let mut holder = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import nbd,sys\nh=nbd.NBD(); h.connect_uri(sys.argv[1]); h.pwrite(b'x'*4096, 0); print('open', flush=True)\ntry:\n    sys.stdin.read(); h.pread(4096, 0)\nexcept Exception as e:\n    print('closed:', e, flush=True)",
+            &d.uri("r0"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "open\n");
+    assert!(d.ok(&["status", "r0"]).contains("open:yes"));
+    let status = d.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status}: {}", d.log_text());
+    // The client's next request fails: its connection was closed.
+    drop(holder.stdin.take());
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("closed:"), "{line:?}");
+    holder.wait().unwrap();
+    let o = std::process::Command::new(udrbd_bin())
+        .arg("dump-md")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "clean meta-data: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let gi = run_ok(
+        std::process::Command::new(udrbd_bin())
+            .arg("get-gi")
+            .arg(&disk),
+    );
+    assert!(
+        gi.trim_end().ends_with(":1:1:0:0:0:0:0"),
+        "not Primary any more: {gi}"
+    );
+}
