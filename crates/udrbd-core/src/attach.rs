@@ -304,18 +304,8 @@ impl Resource {
                 }
                 let d = self.disk.as_mut().expect("attaching");
                 d.sb.flags.set(MdFlags::FULL_SYNC, false);
-                let ring = initialized_ring(d.layout.al.ring_blocks());
-                let offset = d.layout.al_byte();
                 self.set_attach_step(AttachStep::InitializeAl);
-                self.submit(
-                    OpPurpose::AlInitialize,
-                    DiskArea::ActivityLog,
-                    offset,
-                    DiskOpKind::Write {
-                        data: ring,
-                        fua: true,
-                    },
-                );
+                self.initialize_activity_log();
                 false
             }
             AttachStep::InitializeAl => {
@@ -543,19 +533,8 @@ impl Resource {
                     self.set_detach_step(DetachStep::Release);
                     return self.drive_detach(DetachStep::Release);
                 }
-                let d = self.disk.as_mut().expect("attached");
-                let ring = initialized_ring(d.layout.al.ring_blocks());
-                let offset = d.layout.al_byte();
                 self.set_detach_step(DetachStep::InitializeAl);
-                self.submit(
-                    OpPurpose::AlInitialize,
-                    DiskArea::ActivityLog,
-                    offset,
-                    DiskOpKind::Write {
-                        data: ring,
-                        fua: true,
-                    },
-                );
+                self.initialize_activity_log();
                 false
             }
             DetachStep::InitializeAl => {
@@ -593,6 +572,24 @@ impl Resource {
                 true
             }
         }
+    }
+}
+
+impl Resource {
+    /// Writes the whole ring as create-md does (every block INITIALIZED), with FUA.
+    fn initialize_activity_log(&mut self) {
+        let d = self.disk.as_ref().expect("attached");
+        let ring = initialized_ring(d.layout.al.ring_blocks());
+        let offset = d.layout.al_byte();
+        self.submit(
+            OpPurpose::AlInitialize,
+            DiskArea::ActivityLog,
+            offset,
+            DiskOpKind::Write {
+                data: ring,
+                fua: true,
+            },
+        );
     }
 }
 

@@ -1,67 +1,8 @@
-//! Roles, disk states, and why a state change is refused (DRBD's SS_* and ERR_* codes,
+//! Roles, disk states (re-exported from the wire codec), and why a state change is refused (DRBD's SS_* and ERR_* codes,
 //! drbd-ops-formats.md §7), with their exact messages.
 
-/// The role of a node (P_STATE values).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    /// Not known (a peer that is not connected).
-    Unknown = 0,
-    /// Serves the device.
-    Primary = 1,
-    /// Does not serve the device.
-    Secondary = 2,
-}
-
-impl Role {
-    /// DRBD's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Unknown => "Unknown",
-            Role::Primary => "Primary",
-            Role::Secondary => "Secondary",
-        }
-    }
-}
-
-/// Disk states, in DRBD 8.4's order (the wire values of P_STATE).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum DiskState {
-    /// No backing device.
-    Diskless = 0,
-    /// Reading the meta-data.
-    Attaching = 1,
-    /// An IO error (or timeout): on the way to Diskless.
-    Failed = 2,
-    /// Negotiating with the peer.
-    Negotiating = 3,
-    /// The data is not usable (a resync target, or never synced).
-    Inconsistent = 4,
-    /// Consistent but known to be older than the peer's.
-    Outdated = 5,
-    /// The peer's disk state is not known (peer disks only).
-    DUnknown = 6,
-    /// Consistent, not known whether up to date.
-    Consistent = 7,
-    /// The newest data.
-    UpToDate = 8,
-}
-
-impl DiskState {
-    /// DRBD's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            DiskState::Diskless => "Diskless",
-            DiskState::Attaching => "Attaching",
-            DiskState::Failed => "Failed",
-            DiskState::Negotiating => "Negotiating",
-            DiskState::Inconsistent => "Inconsistent",
-            DiskState::Outdated => "Outdated",
-            DiskState::DUnknown => "DUnknown",
-            DiskState::Consistent => "Consistent",
-            DiskState::UpToDate => "UpToDate",
-        }
-    }
-}
+/// Roles and disk states are the wire's (P_STATE values, DRBD's names): one definition.
+pub use udrbd_wire::state::{DiskState, Role};
 
 /// DRBD's SS_* refusal codes used by udrbd, with their messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
