@@ -328,6 +328,11 @@ impl Resource {
         }
     }
 
+    /// Number of openers (cheap, unlike [`Resource::status`], for the data path).
+    pub fn openers(&self) -> u32 {
+        self.openers
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ResourceConfig {
         &self.config

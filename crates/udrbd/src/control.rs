@@ -120,6 +120,30 @@ pub enum ControlError {
     },
 }
 
+/// Connects to the control socket and sends one request line; returns the stream (with the
+/// read timeout set, if any) and the socket path for error messages.
+fn send_request(
+    run_dir: &Path,
+    request: &ControlRequest,
+    timeout: Option<Duration>,
+) -> Result<(UnixStream, PathBuf), ControlError> {
+    let path = run_dir.join(CONTROL_SOCKET);
+    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let mut line = serde_json::to_string(request).expect("serialisable");
+    line.push('\n');
+    let sent = stream
+        .set_read_timeout(timeout)
+        .and_then(|()| stream.write_all(line.as_bytes()));
+    sent.map_err(|source| ControlError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((stream, path))
+}
+
 /// Sends one request and prints every reply line's output as it arrives, until the daemon
 /// closes the stream (`events`).
 pub fn stream(
@@ -127,18 +151,11 @@ pub fn stream(
     request: &ControlRequest,
     out: &mut dyn Write,
 ) -> Result<(), ControlError> {
-    let path = run_dir.join(CONTROL_SOCKET);
+    let (stream, path) = send_request(run_dir, request, None)?;
     let io = |source| ControlError::Io {
         path: path.clone(),
         source,
     };
-    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::Connect {
-        path: path.clone(),
-        source,
-    })?;
-    let mut line = serde_json::to_string(request).expect("serialisable");
-    line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(io)?;
     for reply in BufReader::new(stream).lines() {
         let reply = reply.map_err(io)?;
         let reply: ControlReply =
@@ -158,19 +175,11 @@ pub fn call(
     request: &ControlRequest,
     timeout: Duration,
 ) -> Result<ControlReply, ControlError> {
-    let path = run_dir.join(CONTROL_SOCKET);
+    let (stream, path) = send_request(run_dir, request, Some(timeout))?;
     let io = |source| ControlError::Io {
         path: path.clone(),
         source,
     };
-    let mut stream = UnixStream::connect(&path).map_err(|source| ControlError::Connect {
-        path: path.clone(),
-        source,
-    })?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    let mut line = serde_json::to_string(request).expect("serialisable");
-    line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(io)?;
     let mut reader = BufReader::new(stream);
     let mut reply = String::new();
     reader.read_line(&mut reply).map_err(io)?;

@@ -135,14 +135,14 @@ impl Shared {
         {
             tracing::error!("io_uring submit failed: {e}");
         }
-        if (state_changed || self.engine.status().openers != self.last_openers)
-            && self.events.receiver_count() > 0
-        {
+        // Called on every request: only cheap accessors here, no `status()` snapshot.
+        let openers = self.engine.openers();
+        if (state_changed || openers != self.last_openers) && self.events.receiver_count() > 0 {
             let _ = self
                 .events
                 .send(crate::daemon::resource_view(&self.engine, &self.resource));
         }
-        self.last_openers = self.engine.status().openers;
+        self.last_openers = openers;
         // Wake the timer task only when the deadline moved: a wake-up per request would cost
         // a task switch on the data path.
         let deadline = self.engine.poll_timeout();
@@ -526,7 +526,7 @@ async fn shutdown(shared: &SharedRef) {
         shared.borrow_mut().connections.remove(&c);
     }
     for _ in 0..600 {
-        if shared.borrow().engine.status().openers == 0 {
+        if shared.borrow().engine.openers() == 0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
