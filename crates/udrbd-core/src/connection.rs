@@ -674,6 +674,18 @@ impl ConnectionSetup {
         }
     }
 
+    /// Numbers outgoing sockets from `first` on (at or above [`OUTGOING_CONN_ID_BASE`]), so
+    /// that successive machines of one engine never reuse an id the driver may still hold.
+    #[must_use]
+    pub fn with_first_outgoing_id(mut self, first: u64) -> ConnectionSetup {
+        assert!(
+            first >= OUTGOING_CONN_ID_BASE,
+            "outgoing ids start at the base"
+        );
+        self.next_outgoing = first;
+        self
+    }
+
     /// Processes one input; then drain `poll_output` and re-arm the timer.
     pub fn handle(&mut self, now: Instant, input: SetupInput) {
         match input {

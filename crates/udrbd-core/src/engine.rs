@@ -38,6 +38,8 @@ pub struct ResourceConfig {
     pub al_extents: u16,
     /// Whether a peer is configured: writes that do not reach it are marked out of sync.
     pub has_peer: bool,
+    /// The peer's net options (`None`: no peer, never connects).
+    pub net: Option<crate::peer_config::NetConfig>,
     /// Maximum in-flight block requests; more are answered `Busy`.
     pub max_requests: usize,
     /// Interval of the lazy bitmap write-out.
@@ -52,6 +54,7 @@ impl ResourceConfig {
             minor,
             al_extents: 1237,
             has_peer: true,
+            net: None,
             max_requests: 8192,
             bitmap_writeout_interval: Duration::from_secs(5),
         }
@@ -187,6 +190,8 @@ pub struct Status {
     pub statistics: Statistics,
     /// A command in progress (attach, detach, ...), for `status`.
     pub busy_with: Option<&'static str>,
+    /// The peer, if one is configured.
+    pub peer: Option<crate::peer_config::PeerStatus>,
 }
 
 /// One DRBD resource on one node. See the module doc for the call order and invariants.
@@ -252,6 +257,7 @@ impl Resource {
                 assert!(self.openers > 0, "close without open");
                 self.openers -= 1;
             }
+            Input::Peer(input) => self.on_peer_input(input),
         }
         self.progress();
     }
@@ -276,6 +282,7 @@ impl Resource {
             AdminCommand::Primary { force } => self.start_primary(force),
             AdminCommand::Secondary => self.start_secondary(),
             AdminCommand::Down => self.start_down(),
+            other => self.start_peer_command(other),
         };
         match started {
             Ok(Some(pending)) => self.pending = Some((id, pending)),
@@ -325,6 +332,7 @@ impl Resource {
                 Pending::Secondary { .. } => "demoting",
                 Pending::Detach(_) => "detaching",
             }),
+            peer: self.peer_status(),
         }
     }
 

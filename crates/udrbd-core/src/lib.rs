@@ -27,6 +27,8 @@
 mod attach;
 pub mod connection;
 mod engine;
+mod peer;
+pub mod peer_config;
 mod requests;
 pub mod resync_controller;
 pub mod state;
@@ -35,5 +37,6 @@ pub mod timer;
 pub mod types;
 
 pub use engine::{Resource, ResourceConfig};
-pub use state::{CommandError, DiskState, Role, StateChangeError};
+pub use peer_config::{NetConfig, PeerStatus, ResyncStatus};
+pub use state::{CommandError, ConnState, DiskState, Role, StateChangeError};
 pub use types::*;

@@ -2,7 +2,7 @@
 //! drbd-ops-formats.md §7), with their exact messages.
 
 /// Roles and disk states are the wire's (P_STATE values, DRBD's names): one definition.
-pub use udrbd_wire::state::{DiskState, Role};
+pub use udrbd_wire::state::{ConnState, DiskState, Role};
 
 /// DRBD's SS_* refusal codes used by udrbd, with their messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +15,34 @@ pub enum StateChangeError {
     DeviceInUse,
     /// -18: another state change is in progress.
     InTransientState,
+    /// 0: the peer refused without a reason.
+    Unknown,
+    /// -1: only one Primary is allowed (no allow-two-primaries).
+    TwoPrimaries,
+    /// -4: a resync needs a local disk.
+    NoLocalDisk,
+    /// -5: a resync needs the peer's disk.
+    NoRemoteDisk,
+    /// -6: refusing to be Outdated while Connected.
+    ConnectedOutdates,
+    /// -8: a resync is already running.
+    ResyncRunning,
+    /// -9: already StandAlone.
+    AlreadyStandAlone,
+    /// -10: the peer refused the state change.
+    FailedByPeer,
+    /// -13: the command needs a net configuration.
+    NoNetConfig,
+    /// -15: the command needs a connection.
+    NeedConnection,
+    /// -16: the disk state is lower than Outdated.
+    LowerThanOutdated,
+    /// -19: another cluster-wide state change was in progress (the race was lost).
+    ConcurrentStateChange,
+    /// -23: the peer did not answer in time.
+    Timeout,
+    /// The peer refused with a code udrbd does not name.
+    Peer(i32),
 }
 
 impl StateChangeError {
@@ -25,7 +53,48 @@ impl StateChangeError {
             StateChangeError::IsDiskless => -11,
             StateChangeError::DeviceInUse => -12,
             StateChangeError::InTransientState => -18,
+            StateChangeError::Unknown => 0,
+            StateChangeError::TwoPrimaries => -1,
+            StateChangeError::NoLocalDisk => -4,
+            StateChangeError::NoRemoteDisk => -5,
+            StateChangeError::ConnectedOutdates => -6,
+            StateChangeError::ResyncRunning => -8,
+            StateChangeError::AlreadyStandAlone => -9,
+            StateChangeError::FailedByPeer => -10,
+            StateChangeError::NoNetConfig => -13,
+            StateChangeError::NeedConnection => -15,
+            StateChangeError::LowerThanOutdated => -16,
+            StateChangeError::ConcurrentStateChange => -19,
+            StateChangeError::Timeout => -23,
+            StateChangeError::Peer(code) => code,
         }
+    }
+
+    /// The error for an SS_* code a peer replied with (`None` for success codes).
+    pub fn from_code(code: i32) -> Option<StateChangeError> {
+        if code >= 1 {
+            return None;
+        }
+        Some(match code {
+            -2 => StateChangeError::NoUpToDateDisk,
+            -11 => StateChangeError::IsDiskless,
+            -12 => StateChangeError::DeviceInUse,
+            -18 => StateChangeError::InTransientState,
+            0 => StateChangeError::Unknown,
+            -1 => StateChangeError::TwoPrimaries,
+            -4 => StateChangeError::NoLocalDisk,
+            -5 => StateChangeError::NoRemoteDisk,
+            -6 => StateChangeError::ConnectedOutdates,
+            -8 => StateChangeError::ResyncRunning,
+            -9 => StateChangeError::AlreadyStandAlone,
+            -10 => StateChangeError::FailedByPeer,
+            -13 => StateChangeError::NoNetConfig,
+            -15 => StateChangeError::NeedConnection,
+            -16 => StateChangeError::LowerThanOutdated,
+            -19 => StateChangeError::ConcurrentStateChange,
+            -23 => StateChangeError::Timeout,
+            other => StateChangeError::Peer(other),
+        })
     }
 
     /// DRBD's message for the code.
@@ -39,13 +108,32 @@ impl StateChangeError {
             StateChangeError::InTransientState => {
                 "In transient state, retry after next state change"
             }
+            StateChangeError::Unknown => "unknown error.",
+            StateChangeError::TwoPrimaries => "Multiple primaries not allowed by config",
+            StateChangeError::NoLocalDisk => "Can not resync without local disk",
+            StateChangeError::NoRemoteDisk => "Can not resync without remote disk",
+            StateChangeError::ConnectedOutdates => "Refusing to be Outdated while Connected",
+            StateChangeError::ResyncRunning => "Can not start OV/resync since it is already active",
+            StateChangeError::AlreadyStandAlone => "Can not disconnect a StandAlone device",
+            StateChangeError::FailedByPeer => "State change was refused by peer node",
+            StateChangeError::NoNetConfig => "Have no net/connection configuration",
+            StateChangeError::NeedConnection => "Need a connection to start verify or resync",
+            StateChangeError::LowerThanOutdated => "Disk state is lower than outdated",
+            StateChangeError::ConcurrentStateChange => {
+                "Concurrent state changes detected and aborted"
+            }
+            StateChangeError::Timeout => "Timeout in operation",
+            StateChangeError::Peer(_) => "Refused by the peer",
         }
     }
 
-    /// drbdsetup's exit code for the refusal (17 for -2, 11 for the others).
+    /// drbdsetup's exit code for the refusal (17 for -2, 5 for -16, 16 for -4, 11 for the
+    /// others).
     pub fn exit_code(self) -> u8 {
         match self {
             StateChangeError::NoUpToDateDisk => 17,
+            StateChangeError::LowerThanOutdated => 5,
+            StateChangeError::NoLocalDisk => 16,
             _ => 11,
         }
     }

@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use udrbd_meta::MetaDiskKind;
+
+pub use crate::connection::ConnId;
 
 /// A point in monotonic time, in nanoseconds since an arbitrary origin. The engine never reads
 /// a clock: every call carries `now`.
@@ -237,8 +241,27 @@ pub enum AdminCommand {
     },
     /// Become Secondary.
     Secondary,
-    /// Demote (if needed and allowed) and detach.
+    /// Demote (if needed and allowed), disconnect and detach.
     Down,
+    /// Start connecting to the peer (from StandAlone).
+    Connect {
+        /// `--discard-my-data`: this node gives up its changes in a split brain.
+        discard_my_data: bool,
+    },
+    /// Close the connection and stay StandAlone.
+    Disconnect,
+    /// This node's data is invalid: a full resync from the peer.
+    Invalidate,
+    /// The peer's data is invalid: a full resync to the peer.
+    InvalidateRemote,
+    /// Start a new data generation; with `clear_bitmap` on a connected pair of fresh disks
+    /// both become UpToDate without a resync (DRBD's "skip initial sync").
+    NewCurrentUuid {
+        /// `--clear-bitmap`.
+        clear_bitmap: bool,
+    },
+    /// Mark the local data Outdated (not while connected).
+    Outdate,
 }
 
 /// Something the driver should know or report.
@@ -258,6 +281,100 @@ pub enum Event {
         /// The attach generation that ended.
         generation: u32,
     },
+    /// Run a user-space handler (drbd.conf `handlers { NAME "cmd"; }`); the engine does not
+    /// wait for it.
+    Handler {
+        /// The handler's name in drbd.conf (`split-brain`, `initial-split-brain`, ...).
+        name: &'static str,
+    },
+    /// Something for the log (connection progress, a peer's protocol error, an auth failure).
+    Log {
+        /// Severity.
+        level: LogLevel,
+        /// The message, in DRBD's words where DRBD has some.
+        message: String,
+    },
+}
+
+/// Severity of an [`Event::Log`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    /// Normal progress.
+    Info,
+    /// Something went wrong but the engine goes on.
+    Warn,
+    /// A failure (a dropped connection, a refused peer).
+    Error,
+}
+
+/// Network events the driver reports. Sockets are named by [`ConnId`]s: accepted ones get ids
+/// from the driver (below [`crate::connection::OUTGOING_CONN_ID_BASE`]), outgoing ones from the
+/// engine's `Connect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerInput {
+    /// The listener accepted a socket.
+    Accepted {
+        /// Its id.
+        conn: ConnId,
+    },
+    /// A `Connect` succeeded.
+    Connected {
+        /// The socket named in the `Connect`.
+        conn: ConnId,
+    },
+    /// Bytes read from a socket, in stream order.
+    Received {
+        /// The socket.
+        conn: ConnId,
+        /// The bytes.
+        bytes: Bytes,
+    },
+    /// The socket took `bytes` more bytes of what was sent (cumulative per report, in order):
+    /// protocol A completes on it and the send queue is bounded by it.
+    Sent {
+        /// The socket.
+        conn: ConnId,
+        /// Bytes handed to the kernel since the last report.
+        bytes: u64,
+    },
+    /// A socket reached EOF or failed, or a `Connect` failed; the driver released it.
+    Closed {
+        /// The socket.
+        conn: ConnId,
+    },
+}
+
+/// What the engine asks of the network driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerOutput {
+    /// Listen on our address and report accepted sockets.
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// Stop listening (the connection is established, or StandAlone).
+    StopListening,
+    /// Open a connection; report `Connected` or `Closed` for `conn`.
+    Connect {
+        /// The id of the new socket.
+        conn: ConnId,
+        /// The peer's address.
+        addr: SocketAddr,
+    },
+    /// Write `head` then `data` to the socket, in order after everything sent before.
+    Send {
+        /// The socket.
+        conn: ConnId,
+        /// Header (and small payload) bytes.
+        head: Bytes,
+        /// Data payload, shared, possibly empty.
+        data: Bytes,
+    },
+    /// Close the socket and forget it (pending sends may be dropped).
+    Close {
+        /// The socket.
+        conn: ConnId,
+    },
 }
 
 /// What the caller gives the engine.
@@ -273,6 +390,8 @@ pub enum Input {
     Opened,
     /// An application closed the device (all its requests have completed).
     Closed,
+    /// The network.
+    Peer(PeerInput),
 }
 
 /// What the engine asks of the caller.
@@ -284,4 +403,6 @@ pub enum Output {
     Block(BlockCompletion),
     /// Report an event.
     Event(Event),
+    /// Network.
+    Peer(PeerOutput),
 }

@@ -132,6 +132,7 @@ impl Node {
                     Output::Disk(op) => self.queued.push_back(op),
                     Output::Block(c) => self.completions.push(c),
                     Output::Event(e) => self.events.push(e),
+                    Output::Peer(p) => panic!("no peer is configured, yet the engine sent {p:?}"),
                 }
             }
             if self.hold {

@@ -197,6 +197,7 @@ impl Run {
                 }
                 Output::Block(c) => self.on_completion(c),
                 Output::Event(e) => self.events.push(e),
+                Output::Peer(p) => panic!("a single node without a peer sent {p:?}"),
             }
         }
     }

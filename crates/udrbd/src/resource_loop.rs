@@ -128,6 +128,17 @@ impl Shared {
                     tracing::info!(resource = %s.name, role = s.role.name(), disk = s.disk.name(), "state");
                     state_changed = true;
                 }
+                Output::Event(Event::Handler { name }) => {
+                    tracing::warn!("handler {name} requested (handlers are not run yet)");
+                }
+                Output::Event(Event::Log { level, message }) => match level {
+                    udrbd_core::LogLevel::Info => tracing::info!("{message}"),
+                    udrbd_core::LogLevel::Warn => tracing::warn!("{message}"),
+                    udrbd_core::LogLevel::Error => tracing::error!("{message}"),
+                },
+                Output::Peer(_) => {
+                    // The network driver is not wired yet.
+                }
             }
         }
         if let Some(ring) = self.uring.as_mut()
