@@ -531,3 +531,73 @@ fn skip_initial_sync_with_new_current_uuid_clear_bitmap() {
     c.write(0, 0, pattern(3, 4096)).unwrap();
     assert_eq!(&c.data_area(1)[..4096], &pattern(3, 4096)[..]);
 }
+
+#[test]
+fn a_wrong_shared_secret_stops_both_sides_before_any_data() {
+    let mut c = Cluster::new(|i, config| {
+        let net = config.net.as_mut().unwrap();
+        let secret: &[u8] = if i == 0 { b"right" } else { b"wrong" };
+        net.cram_hmac = Some(connection::CramHmac::new("sha256", secret).unwrap());
+    });
+    c.connect_both();
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::StandAlone)
+    });
+    for i in 0..2 {
+        let error = c.status(i).peer.unwrap().last_error.unwrap();
+        assert!(error.contains("authentication"), "{error}");
+        let logged = c.nodes[i].events.iter().any(|e| {
+            matches!(e, Event::Log { level: LogLevel::Error, message } if message.contains("authentication"))
+        });
+        assert!(logged);
+        // Only the setup packets crossed: features, challenge and response (no handshake).
+        assert!(
+            c.nodes[i].sent_bytes < 1024,
+            "{} bytes",
+            c.nodes[i].sent_bytes
+        );
+    }
+}
+
+#[test]
+fn garbage_from_the_peer_is_a_named_protocol_error_and_the_node_reconnects() {
+    let mut c = synced_pair();
+    let (&(_, conn), _) = c
+        .links
+        .iter()
+        .find(|((n, _), _)| *n == 1)
+        .expect("a socket of bob");
+    c.queue.push_back((
+        1,
+        Input::Peer(PeerInput::Received {
+            conn,
+            bytes: Bytes::from_static(b"this is not a DRBD packet at all"),
+        }),
+    ));
+    c.run_until(Duration::from_secs(5), |c| c.conn(1) < ConnState::Connected);
+    let error = c.status(1).peer.unwrap().last_error.unwrap();
+    assert!(error.contains("protocol error"), "{error}");
+    // The Primary keeps serving while the peer is away, and the pair reconnects.
+    c.write(0, 0, pattern(9, 4096)).unwrap();
+    c.run_until(Duration::from_secs(60), |c| {
+        c.conn(0) == ConnState::Connected && c.conn(1) == ConnState::Connected
+    });
+    assert_eq!(c.data_area(0), c.data_area(1));
+}
+
+#[test]
+fn a_partition_is_noticed_by_ping_and_acknowledged_writes_survive_promotion() {
+    let mut c = synced_pair();
+    for k in 0..8u64 {
+        c.write(0, k * 4096, pattern(k as u8 + 40, 4096)).unwrap();
+    }
+    c.partitioned = true;
+    c.run_until(Duration::from_secs(60), |c| {
+        c.conn(0) < ConnState::Connected && c.conn(1) < ConnState::Connected
+    });
+    c.command(1, AdminCommand::Primary { force: false })
+        .unwrap();
+    for k in 0..8u64 {
+        assert_eq!(c.read(1, k * 4096, 4096), pattern(k as u8 + 40, 4096));
+    }
+}
