@@ -120,6 +120,9 @@ pub(crate) struct Link {
     pub(crate) state_request: Option<(CommandId, StateRequest)>,
     /// Primary side: block id → write/read sent to the peer.
     pub(crate) sent: BTreeMap<u64, SentRequest>,
+    /// When each request was sent, oldest first (entries of answered requests are dropped
+    /// lazily): ko-count x timeout bounds the wait for an answer.
+    pub(crate) sent_log: VecDeque<(u64, Instant)>,
     pub(crate) next_block_id: u64,
     /// Primary side: the current epoch (its number is `Peer::next_epoch`), writes in it and
     /// their ranges.
@@ -690,6 +693,7 @@ impl Resource {
             bm_sent: false,
             state_request: None,
             sent: BTreeMap::new(),
+            sent_log: VecDeque::new(),
             next_block_id: 1 << 32,
             epoch_writes: 0,
             epoch_ranges: Vec::new(),
@@ -1700,6 +1704,9 @@ impl Resource {
                 if p.link.is_none() {
                     return;
                 }
+                if self.peer_ko() {
+                    return;
+                }
                 if !self.link_mut().ping_sent {
                     self.link_mut().ping_sent = true;
                     self.send(Socket::Meta, &Packet::Ping);
@@ -1718,6 +1725,37 @@ impl Resource {
             Timer::ResyncStep => self.resync_step(),
             Timer::BitmapWriteout => unreachable!("handled by the engine"),
         }
+    }
+
+    /// ko-count: a request the peer has not answered within ko-count x timeout drops the
+    /// connection (DRBD's request timer); true if it did.
+    fn peer_ko(&mut self) -> bool {
+        let p = self.peer.as_ref().expect("peer");
+        if p.config.ko_count == 0 {
+            return false;
+        }
+        let limit = p.config.timeout * p.config.ko_count;
+        let now = self.now;
+        let link = self.link_mut();
+        while let Some(&(block_id, _)) = link.sent_log.front() {
+            if link.sent.contains_key(&block_id) {
+                break;
+            }
+            link.sent_log.pop_front();
+        }
+        let stale = link
+            .sent_log
+            .front()
+            .is_some_and(|&(_, at)| now.since(at) > limit);
+        if stale {
+            self.drop_connection(
+                ConnState::Timeout,
+                Some(format!(
+                    "the peer did not answer a request within ko-count x timeout ({limit:?})"
+                )),
+            );
+        }
+        stale
     }
 
     // ---- status ------------------------------------------------------------------------
