@@ -86,6 +86,10 @@ pub(crate) struct Peer {
     pub(crate) reconnect_at: Option<Instant>,
     /// The listener is open.
     pub(crate) listening: bool,
+    /// Bytes queued and reported sent per socket while the setup machine owns them: the
+    /// link's send accounting starts from there (a `Sent` for setup bytes may arrive after
+    /// the link exists).
+    pub(crate) setup_bytes: BTreeMap<ConnId, (u64, u64)>,
 }
 
 /// An established connection: both sockets and everything that lives as long as they do.
@@ -208,6 +212,7 @@ impl Peer {
             received_bytes: 0,
             reconnect_at: None,
             listening: false,
+            setup_bytes: BTreeMap::new(),
         }
     }
 
@@ -528,6 +533,7 @@ impl Resource {
         setup_config.features = FeatureFlags::TRIM;
         let first = p.next_outgoing_block;
         p.next_outgoing_block += 1 << 32;
+        p.setup_bytes.clear();
         let mut setup = ConnectionSetup::new(setup_config, ChaCha20Rng::from_seed(seed))
             .with_first_outgoing_id(first);
         setup.handle(now, SetupInput::Start);
@@ -671,6 +677,8 @@ impl Resource {
         let context = DecodeContext::new(HeaderFormat::Long);
         let p = self.peer.as_mut().expect("a peer");
         p.last_error = None;
+        let (queued, sent) = p.setup_bytes.get(&data).copied().unwrap_or_default();
+        p.setup_bytes.clear();
         p.link = Some(Link {
             data,
             meta,
@@ -679,8 +687,8 @@ impl Resource {
             version,
             features,
             resolve_conflicts,
-            data_queued: 0,
-            data_sent: 0,
+            data_queued: queued,
+            data_sent: sent,
             got_protocol: false,
             peer_sizes: None,
             peer_uuids: None,
@@ -996,7 +1004,10 @@ impl Resource {
                 PeerInput::Connected { conn } => Some(SetupInput::Connected { conn }),
                 PeerInput::Received { conn, bytes } => Some(SetupInput::Received { conn, bytes }),
                 PeerInput::Closed { conn } => Some(SetupInput::Closed { conn }),
-                PeerInput::Sent { .. } => None,
+                PeerInput::Sent { conn, bytes } => {
+                    p.setup_bytes.entry(conn).or_default().1 += bytes;
+                    None
+                }
             };
             if let Some(i) = setup_input {
                 setup.handle(self.now, i);
@@ -1027,6 +1038,10 @@ impl Resource {
             PeerInput::Sent { conn, bytes } => {
                 if conn == link.data {
                     link.data_sent += bytes;
+                    assert!(
+                        link.data_sent <= link.data_queued,
+                        "the driver reported more bytes sent than were queued"
+                    );
                     self.on_data_sent();
                 }
             }
