@@ -1,14 +1,17 @@
 //! The deterministic simulator (ARCHITECTURE.md §4): the real engine around simulated disks,
 //! driven by one seeded generator and one simulated clock that jumps to the next deadline.
 //!
-//! So far it runs single-node scenarios ([`single`]): random workloads with crashes, checked
-//! for durability, register semantics and bitmap soundness. Two-node clusters, networks and
-//! the `vopr` binary come with replication.
+//! Single-node scenarios ([`single`]): random workloads with crashes, checked for durability,
+//! register semantics and bitmap soundness. Clusters ([`cluster`]): two (or more) engines
+//! joined by a [`SimNet`], for scripted replication scenarios, with durability and
+//! convergence checkers. The `vopr` binary comes with random cluster workloads.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod disk;
 pub mod net;
 pub mod single;
 
+pub use cluster::{Cluster, ClusterOptions};
 pub use disk::{Faults, SimDisk};
 pub use net::{NetEvent, SimNet};

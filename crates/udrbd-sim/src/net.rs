@@ -152,6 +152,46 @@ impl SimNet {
         self.listening.insert(node);
     }
 
+    /// `node` no longer accepts connections (established ones live on).
+    pub fn stop_listening(&mut self, node: NodeId) {
+        self.listening.remove(&node);
+    }
+
+    /// Whether `node` accepts connections.
+    pub fn is_listening(&self, node: NodeId) -> bool {
+        self.listening.contains(&node)
+    }
+
+    /// Bytes sent by `from` on connections to `to` that have not been delivered yet (queued
+    /// behind a partition or a stall, or scheduled for delivery).
+    pub fn undelivered(&self, from: NodeId, to: NodeId) -> u64 {
+        let queued: u64 = self
+            .conns
+            .values()
+            .flat_map(|s| s.iter())
+            .filter(|s| s.from == from && s.to == to)
+            .flat_map(|s| s.queued.iter())
+            .map(|b| b.len() as u64)
+            .sum();
+        let scheduled: u64 = self
+            .schedule
+            .values()
+            .filter_map(|e| match e {
+                NetEvent::Received { node, conn, bytes }
+                    if *node == to
+                        && self
+                            .conns
+                            .get(conn)
+                            .is_some_and(|s| s[0].from == from || s[1].from == from) =>
+                {
+                    Some(bytes.len() as u64)
+                }
+                _ => None,
+            })
+            .sum();
+        queued + scheduled
+    }
+
     /// `from` connects to `to`; the outcome arrives as an event.
     pub fn connect(&mut self, now: Instant, from: NodeId, to: NodeId) -> NetConnId {
         let conn = NetConnId(self.next_conn);
