@@ -19,6 +19,8 @@
 //!   when the kernel took it, not when the peer received it. Protocol A completes on that,
 //!   so an acknowledged protocol A write can be lost with the Primary's crash while the
 //!   network still holds it (a partition stalls streams without loss).
+//! - `Close` shuts the socket down gracefully ([`SimNet::shutdown`]: what was sent is still
+//!   delivered, then the peer sees the close), or abortively with `abortive_close`.
 //! - Network events become `Accepted`, `Connected`, `Closed` (a failed connect too),
 //!   `Received`. Events for a socket the engine closed are dropped; sends on a socket the
 //!   network closed (its `Closed` not yet delivered) are dropped.
@@ -107,6 +109,9 @@ pub struct ClusterOptions {
     pub net_latency_ns: (u64, u64),
     /// Network bandwidth per stream, bytes per second.
     pub net_bandwidth: u64,
+    /// An engine's `Close` drops what the network has not delivered yet (an RST) instead of
+    /// delivering it before the peer learns of the close (a FIN, the default).
+    pub abortive_close: bool,
     /// Attach and connect every node in [`Cluster::new`] (`drbdadm up`).
     pub up_at_start: bool,
     /// Simulated time a command or a block request may take before the run fails.
@@ -136,6 +141,7 @@ impl Default for ClusterOptions {
             bitmap_writeout_interval: Duration::from_secs(5),
             net_latency_ns: (20_000, 200_000),
             net_bandwidth: 1 << 30,
+            abortive_close: false,
             up_at_start: true,
             limit: Duration::from_secs(120),
             configure: None,
@@ -1300,7 +1306,11 @@ impl Cluster {
                     && let Some(net) = socket.net
                 {
                     n.from_net.remove(&net);
-                    self.net.close(now, node, net);
+                    if self.options.abortive_close {
+                        self.net.close(now, node, net);
+                    } else {
+                        self.net.shutdown(now, node, net);
+                    }
                 }
             }
         }

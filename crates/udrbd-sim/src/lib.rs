@@ -4,13 +4,15 @@
 //! Single-node scenarios ([`single`]): random workloads with crashes, checked for durability,
 //! register semantics and bitmap soundness. Clusters ([`cluster`]): two (or more) engines
 //! joined by a [`SimNet`], for scripted replication scenarios, with durability and
-//! convergence checkers. The `vopr` binary comes with random cluster workloads.
+//! convergence checkers. Random pair runs ([`workload`]): one fault per epoch, checked for
+//! durability across failovers and convergence; the `vopr` binary runs one seed.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod disk;
 pub mod net;
 pub mod single;
+pub mod workload;
 
 pub use cluster::{Cluster, ClusterOptions};
 pub use disk::{Faults, SimDisk};
