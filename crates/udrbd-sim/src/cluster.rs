@@ -53,6 +53,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -421,7 +422,7 @@ impl Cluster {
     /// Node `i`'s peer, if it has one.
     pub fn peer_of(&self, node: NodeId) -> Option<NodeId> {
         let peer = node ^ 1;
-        (usize::from(peer) < self.nodes.len()).then_some(peer)
+        (usize::from(peer) < self.options.nodes).then_some(peer)
     }
 
     fn node_at(&self, addr: SocketAddr) -> Option<NodeId> {
@@ -707,11 +708,18 @@ impl Cluster {
     /// within the limit.
     pub fn command(&mut self, node: NodeId, cmd: AdminCommand) -> Result<(), CommandError> {
         let now = self.now;
-        let id = match self.nodes[usize::from(node)].engine.as_mut() {
-            Some(e) => e.command(now, cmd.clone()),
-            None => self.fail(&format!("{cmd:?} on node {node}, which is down")),
+        let Some(engine) = self.nodes[usize::from(node)].engine.as_mut() else {
+            self.fail(&format!("{cmd:?} on node {node}, which is down"));
         };
-        self.engine(node).invariants();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let id = engine.command(now, cmd.clone());
+            engine.invariants();
+            id
+        }));
+        let id = match result {
+            Ok(id) => id,
+            Err(panic) => self.engine_panicked(node, panic),
+        };
         self.route(node);
         let deadline = now.plus(self.options.limit);
         loop {
@@ -1139,8 +1147,15 @@ impl Cluster {
             }
             _ => None,
         };
-        engine.handle(self.now, input);
-        engine.invariants();
+        let now = self.now;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            engine.handle(now, input);
+            engine.invariants();
+        }));
+        if let Err(panic) = result {
+            self.engine_panicked(node, panic);
+        }
+        let n = &mut self.nodes[usize::from(node)];
         if let Some(conn) = closed
             && let Some(socket) = n.sockets.remove(&conn)
             && let Some(net) = socket.net
@@ -1148,6 +1163,16 @@ impl Cluster {
             n.from_net.remove(&net);
         }
         self.route(node);
+    }
+
+    /// An engine's panic (a bug or a violated invariant) fails the run with the seed.
+    fn engine_panicked(&self, node: NodeId, panic: Box<dyn std::any::Any + Send>) -> ! {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        self.fail(&format!("node {node}: the engine panicked: {message}"))
     }
 
     // ---- routing -------------------------------------------------------------------------
@@ -1374,6 +1399,23 @@ impl Cluster {
     /// Forgets the write model (after a split-brain resolution discarded writes on purpose).
     pub fn forget_writes(&mut self) {
         self.writes.clear();
+    }
+
+    /// Whether a later modelled write (submitted after `id`) overlaps write `id`.
+    pub fn superseded(&self, id: BlockRequestId) -> bool {
+        let Some(at) = self.writes.iter().position(|w| w.id == id) else {
+            return false;
+        };
+        let w = &self.writes[at];
+        let end = w.offset + w.data.len() as u64;
+        self.writes[at + 1..]
+            .iter()
+            .any(|l| l.offset < end && w.offset < l.offset + l.data.len() as u64)
+    }
+
+    /// Whether node `i`'s data holds write `id`, or a later write overlaps it.
+    pub fn holds_write_or_newer(&self, node: NodeId, id: BlockRequestId) -> bool {
+        self.superseded(id) || self.holds_write(node, id)
     }
 
     /// Whether node `i`'s data holds all of write `id`.
