@@ -298,6 +298,8 @@ pub struct Cluster {
     steps: u64,
     /// The harness's own randomness (random writes).
     rng: ChaCha8Rng,
+    /// What the driver of the run is doing (for failure messages).
+    context: String,
 }
 
 /// splitmix64 over the run's seed and two salts: independent streams per node and purpose.
@@ -367,6 +369,7 @@ impl Cluster {
             steps_at_now: 0,
             steps: 0,
             rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x77, 0)),
+            context: String::new(),
         };
         for i in 0..options.nodes {
             let mut disk = SimDisk::new(options.device_bytes, derive_seed(seed, i as u64, 0xD15C));
@@ -691,13 +694,19 @@ impl Cluster {
         s
     }
 
-    /// Fails the run: the seed, the time and every node's state.
+    /// Says what the run is doing, for failure messages (a workload's epoch and fault).
+    pub fn set_context(&mut self, context: String) {
+        self.context = context;
+    }
+
+    /// Fails the run: the seed, the time, the context and every node's state.
     pub fn fail(&self, what: &str) -> ! {
         panic!(
-            "seed {}: t={:.6}s step {}: {what}\n{}",
+            "seed {}: t={:.6}s step {}: {what}\n  during: {}\n{}",
             self.seed,
             self.now.0 as f64 / 1e9,
             self.steps,
+            self.context,
             self.describe()
         )
     }
@@ -1457,6 +1466,45 @@ impl Cluster {
                 ));
             }
             verified += 1;
+        }
+        verified
+    }
+
+    /// Register: on node `i` (a Primary), every modelled write that completed successfully
+    /// and that no later write overlaps reads back. A write lost in a crash before it
+    /// completed makes the blocks it covers unknown, so they are skipped. Returns the number
+    /// of writes read back.
+    pub fn check_reads(&mut self, node: NodeId) -> u64 {
+        let lost: Vec<(u64, u64)> = self
+            .writes
+            .iter()
+            .filter(|w| self.lost.contains(&w.id))
+            .map(|w| (w.offset, w.offset + w.data.len() as u64))
+            .collect();
+        let candidates: Vec<(BlockRequestId, u64, Bytes)> = self
+            .writes
+            .iter()
+            .filter(|w| {
+                w.acked
+                    && matches!(self.completions.get(&w.id), Some((_, Ok(_))))
+                    && !lost
+                        .iter()
+                        .any(|(a, b)| *a < w.offset + w.data.len() as u64 && w.offset < *b)
+            })
+            .map(|w| (w.id, w.offset, w.data.clone()))
+            .collect();
+        let mut verified = 0;
+        for (id, offset, data) in candidates {
+            if self.superseded(id) {
+                continue;
+            }
+            match self.read(node, offset, data.len() as u32) {
+                Ok(got) if got == data => verified += 1,
+                Ok(_) => self.fail(&format!(
+                    "register: node {node} does not read back write {id:?} at {offset}"
+                )),
+                Err(e) => self.fail(&format!("read on node {node} failed: {e:?}")),
+            }
         }
         verified
     }

@@ -13,17 +13,20 @@
 //!   survivor is promoted and writes, the crashed node restarts as the new Secondary;
 //! - a switchover (demote, promote the other);
 //! - `disconnect` / `connect` of the Secondary with writes in between;
-//! - `invalidate` of the Secondary (a full resync) with writes during the resync.
+//! - `invalidate` of the Secondary (a full resync) with writes during the resync;
+//! - a power cut of both nodes: both restart, resync what the crashed Primary may have
+//!   changed, and the old Primary is promoted again.
 //!
 //! Checkers: those of [`Cluster`] after every step (invariants, no two Primaries
 //! connected), durability at a Primary's crash, every request not lost in a crash
-//! completes, and byte-identical replicas after every epoch.
+//! completes, byte-identical replicas after every epoch, and every completed write reads back
+//! on the Primary ([`Cluster::check_reads`]). The network's latency and bandwidth vary per seed.
 
 use std::time::Duration;
 
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
-use udrbd_core::{AdminCommand, BlockRequestId};
+use udrbd_core::{AdminCommand, BlockRequestId, Role};
 
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::net::NodeId;
@@ -73,9 +76,11 @@ pub enum Fault {
     DisconnectConnect,
     /// The Secondary invalidates its data.
     Invalidate,
+    /// Both nodes lose power; both restart and the old Primary is promoted again.
+    CrashBoth,
 }
 
-const FAULTS: [Fault; 7] = [
+const FAULTS: [Fault; 8] = [
     Fault::None,
     Fault::Partition,
     Fault::CrashSecondary,
@@ -83,6 +88,7 @@ const FAULTS: [Fault; 7] = [
     Fault::Switchover,
     Fault::DisconnectConnect,
     Fault::Invalidate,
+    Fault::CrashBoth,
 ];
 
 /// What a run did.
@@ -94,6 +100,8 @@ pub struct Report {
     pub writes: u64,
     /// Sectors verified on a survivor after a Primary's crash.
     pub verified_sectors: u64,
+    /// Writes read back on the Primary after an epoch.
+    pub verified_reads: u64,
     /// Simulated nanoseconds at the end.
     pub simulated_ns: u64,
     /// Steps.
@@ -113,8 +121,14 @@ struct Run {
 /// Runs one seed; panics (naming the seed) on a checker violation.
 pub fn run(seed: u64, opts: WorkloadOptions) -> Report {
     assert_eq!(opts.cluster.nodes, 2, "the workload drives a pair");
+    let mut cluster = opts.cluster;
+    // A network from a LAN to a slow WAN, per seed.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED);
+    let high = 50_000 + rng.next_u64() % 5_000_000;
+    cluster.net_latency_ns = (high / 10, high);
+    cluster.net_bandwidth = (16 << 20) + rng.next_u64() % (1 << 30);
     let mut r = Run {
-        c: Cluster::new(seed, opts.cluster),
+        c: Cluster::new(seed, cluster),
         rng: ChaCha8Rng::seed_from_u64(seed ^ 0x0F0F_F0F0),
         opts,
         primary: 0,
@@ -167,6 +181,7 @@ impl Run {
         if self.c.check_identical() != 1 {
             self.c.fail("the pair is not comparable after settling");
         }
+        self.report.verified_reads += self.c.check_reads(self.primary);
     }
 
     /// Some writes, waited for, then some left in flight.
@@ -180,13 +195,23 @@ impl Run {
 
     fn submit_some(&mut self) {
         for _ in 0..self.below(self.opts.queue_depth as u64) {
-            let id = self.c.submit_random_write(self.primary, 8);
+            let id = if self.below(6) == 0 {
+                self.c.submit_flush(self.primary)
+            } else {
+                self.c.submit_random_write(self.primary, 8)
+            };
             self.pending.push(id);
         }
     }
 
     fn epoch(&mut self, fault: Fault) {
         self.report.faults.push(fault);
+        self.c.set_context(format!(
+            "epoch {} (faults {:?}), Primary node {}",
+            self.report.faults.len() - 1,
+            self.report.faults,
+            self.primary
+        ));
         self.c.forget_writes();
         self.writes();
         let (p, s) = (self.primary, self.secondary());
@@ -225,6 +250,12 @@ impl Run {
             Fault::Switchover => {
                 self.settle();
                 self.c.must(p, AdminCommand::Secondary);
+                // As a cluster manager does: promote once the peer has seen the demotion
+                // (before, DRBD refuses with "Multiple primaries not allowed").
+                self.c
+                    .run_until("the peer sees the demotion", Duration::from_secs(30), |c| {
+                        c.snapshot(s).peer_role == Role::Secondary
+                    });
                 self.c.must(s, AdminCommand::Primary { force: false });
                 self.primary = s;
                 self.writes();
@@ -243,6 +274,18 @@ impl Run {
                 self.settle();
                 self.c.must(s, AdminCommand::Invalidate);
                 self.writes();
+            }
+            Fault::CrashBoth => {
+                let d = Duration::from_micros(self.below(3_000));
+                self.c.run_for(d);
+                self.c.crash(p);
+                self.c.crash(s);
+                // What was not flushed may be gone on both: the model starts again.
+                self.c.forget_writes();
+                self.c.restart(s);
+                self.c.restart(p);
+                self.c.wait_in_sync(Duration::from_secs(300));
+                self.c.must(p, AdminCommand::Primary { force: false });
             }
         }
         self.settle();
