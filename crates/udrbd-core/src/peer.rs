@@ -565,6 +565,7 @@ impl Resource {
                     .outputs
                     .push_back(Output::Peer(PeerOutput::Connect { conn, addr })),
                 SetupOutput::Send { conn, bytes } => {
+                    p.setup_bytes.entry(conn).or_default().0 += bytes.len() as u64;
                     self.outputs.push_back(Output::Peer(PeerOutput::Send {
                         conn,
                         head: bytes,
@@ -1040,7 +1041,9 @@ impl Resource {
                     link.data_sent += bytes;
                     assert!(
                         link.data_sent <= link.data_queued,
-                        "the driver reported more bytes sent than were queued"
+                        "the driver reported more bytes sent than were queued ({} > {})",
+                        link.data_sent,
+                        link.data_queued
                     );
                     self.on_data_sent();
                 }
