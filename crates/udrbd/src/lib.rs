@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod exit_code;
 pub mod meta_io;
+pub mod nbd_client;
 pub mod offline;
 pub mod resource_loop;
 pub mod status_format;
