@@ -359,23 +359,60 @@ impl Resource {
         Ok(Some(Pending::Detach(DetachStep::Drain)))
     }
 
-    pub(crate) fn start_primary(&mut self, force: bool) -> Result<Option<Pending>, CommandError> {
+    pub(crate) fn start_primary(
+        &mut self,
+        id: CommandId,
+        force: bool,
+    ) -> Result<Option<Pending>, CommandError> {
         if self.role == Role::Primary {
             return Ok(None);
         }
-        let Some(_) = self.disk.as_ref() else {
+        self.check_promotable(force)?;
+        if let Some(p) = self.peer.as_ref()
+            && p.conn >= crate::state::ConnState::Connected
+        {
+            if p.peer_role == Role::Primary {
+                return Err(CommandError::StateChange(StateChangeError::TwoPrimaries));
+            }
+            // Cluster-wide: the peer must agree first (P_STATE_CHG_REQ).
+            if self.request_primary_from_peer(id, force) {
+                return Ok(Some(Pending::PeerApproval));
+            }
+        }
+        self.promote_locally(force)
+    }
+
+    /// Primary needs UpToDate data: the local disk's, or a connected UpToDate peer's;
+    /// `--force` takes an Inconsistent local disk as UpToDate.
+    fn check_promotable(&self, force: bool) -> Result<(), CommandError> {
+        let peer_up_to_date = self.peer.as_ref().is_some_and(|p| {
+            p.conn >= crate::state::ConnState::Connected && p.peer_disk == DiskState::UpToDate
+        });
+        if self.disk.is_none() && !peer_up_to_date {
             return Err(CommandError::StateChange(StateChangeError::NoUpToDateDisk));
-        };
-        let usable = matches!(self.disk_state, DiskState::UpToDate)
-            || (force && self.disk_state >= DiskState::Inconsistent);
+        }
+        let usable = self.disk_state == DiskState::UpToDate
+            || (force && self.disk_state >= DiskState::Inconsistent)
+            || (peer_up_to_date && self.disk_state >= DiskState::Inconsistent);
         if !usable {
             return Err(CommandError::StateChange(StateChangeError::NoUpToDateDisk));
         }
-        self.disk_state = DiskState::UpToDate;
-        // A new data generation: not connected (or forced), so the peer cannot follow.
+        Ok(())
+    }
+
+    /// The local part of a promotion: a new data generation unless a connected peer follows,
+    /// then the superblock saying Primary.
+    pub(crate) fn promote_locally(&mut self, force: bool) -> Result<Option<Pending>, CommandError> {
+        self.check_promotable(force)?;
+        if force {
+            self.disk_state = DiskState::UpToDate;
+        }
+        let peer_follows = self.peer.as_ref().is_some_and(|p| {
+            p.conn >= crate::state::ConnState::Connected && p.peer_disk >= DiskState::Inconsistent
+        });
         let current = self.new_uuid() | 1;
-        let d = self.disk.as_mut().expect("attached");
-        if d.sb.uuids.bitmap == 0 || force {
+        let d = self.disk.as_mut().expect("checked");
+        if (!peer_follows && d.sb.uuids.bitmap == 0) || force {
             d.sb.uuids.bitmap = d.sb.uuids.current;
             d.sb.uuids.current = current;
             d.sb_version += 1;
@@ -395,6 +432,7 @@ impl Resource {
         }
         self.role = Role::Secondary;
         self.state_changed();
+        self.send_state();
         if self.disk.is_none() {
             return Ok(None);
         }
@@ -407,6 +445,13 @@ impl Resource {
     pub(crate) fn start_down(&mut self) -> Result<Option<Pending>, CommandError> {
         if self.openers > 0 {
             return Err(CommandError::StateChange(StateChangeError::DeviceInUse));
+        }
+        if self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.conn != crate::state::ConnState::StandAlone)
+        {
+            self.disconnect_now();
         }
         if self.role == Role::Primary {
             self.role = Role::Secondary;
@@ -430,6 +475,7 @@ impl Resource {
         }
         self.disk_state = DiskState::Failed;
         self.state_changed();
+        self.send_state();
         // Writes waiting for the AL can no longer be written.
         let waiting: Vec<BlockRequestId> = self.al_waiting.drain(..).collect();
         for id in waiting {
@@ -467,6 +513,12 @@ impl Resource {
                 if durable {
                     self.role = Role::Primary;
                     self.state_changed();
+                    // The peer learns the new role (and generation, after a forced or
+                    // disconnected promotion) as the kernel tells it: P_UUIDS, P_STATE.
+                    if self.link().is_some() {
+                        self.send_uuids(0);
+                        self.send_state();
+                    }
                 }
                 durable
             }
@@ -487,6 +539,7 @@ impl Resource {
                 sb_version: Some(v),
             } => self.disk.as_ref().is_none_or(|d| d.sb_durable >= v),
             Pending::Detach(step) => self.drive_detach(step),
+            Pending::PeerApproval => false,
         };
         if done && self.pending.as_ref().is_some_and(|(p, _)| *p == id) {
             self.pending = None;
@@ -569,6 +622,7 @@ impl Resource {
                 self.disk = None;
                 self.disk_state = DiskState::Diskless;
                 self.state_changed();
+                self.send_state();
                 true
             }
         }

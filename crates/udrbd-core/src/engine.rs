@@ -80,6 +80,14 @@ pub(crate) enum OpPurpose {
     AlInitialize,
     /// Writing the superblock (carrying this version).
     Superblock(u64),
+    /// Writing data received from the peer (application or resync).
+    PeerWrite(u64),
+    /// Reading data for the peer.
+    PeerRead(u64),
+    /// Flushing before acking a received epoch (its absolute number).
+    EpochFlush(u64),
+    /// Flushing resync writes before clearing their bits.
+    ResyncFlush,
 }
 
 /// Attach, detach and the other commands that take several steps.
@@ -93,6 +101,8 @@ pub(crate) enum Pending {
     Secondary { sb_version: Option<u64> },
     /// Detach (also the tail of `down` and of a disk failure).
     Detach(crate::attach::DetachStep),
+    /// A cluster-wide state change waits for the peer's P_STATE_CHG_REPLY.
+    PeerApproval,
 }
 
 /// The attached disk: meta-data in memory and its write state.
@@ -146,6 +156,24 @@ pub(crate) struct Request {
     pub(crate) op: Option<DiskOpId>,
     /// A discard or write-zeroes with FUA: a flush follows before it completes.
     pub(crate) flush_after: bool,
+    /// The local part is done (or not needed).
+    pub(crate) local_done: bool,
+    /// The local part failed.
+    pub(crate) local_error: bool,
+    /// Network parts (packets) not yet confirmed as the protocol demands.
+    pub(crate) net_pending: u32,
+    /// A read from the peer failed.
+    pub(crate) net_failed: bool,
+    /// The write was sent to the peer.
+    pub(crate) replicated: bool,
+    /// The epoch the write was sent in.
+    pub(crate) epoch: Option<u64>,
+    /// A flush waits for the barrier ack of this epoch.
+    pub(crate) flush_epoch: Option<u64>,
+    /// Read data: (byte offset, bytes); a local read is one part at 0.
+    pub(crate) read_parts: Vec<(u64, Bytes)>,
+    /// The range lock of a write in flight.
+    pub(crate) lock: Option<u64>,
 }
 
 /// Counters reported by `status --statistics`.
@@ -217,12 +245,31 @@ pub struct Resource {
     pub(crate) crashed_primary: bool,
     pub(crate) statistics: Statistics,
     pub(crate) now: Instant,
+    /// The peer, if one is configured.
+    pub(crate) peer: Option<crate::peer::Peer>,
+    /// Incremented for every established link: completions of older links send nothing.
+    pub(crate) link_gen: u64,
+    /// Byte ranges with a write or a resync read/request in flight.
+    pub(crate) locks: BTreeMap<u64, (u64, u64)>,
+    pub(crate) next_lock: u64,
+    /// The peer's writes and resync reads waiting for a range lock, in arrival order.
+    pub(crate) lock_waiting: VecDeque<crate::replication::LockWaiter>,
+    pub(crate) peer_writes: BTreeMap<u64, crate::replication::PeerWrite>,
+    pub(crate) peer_reads: BTreeMap<u64, crate::replication::PeerRead>,
+    pub(crate) next_peer_op: u64,
+    /// Resync target: written resync ranges not yet flushed, and the ones being flushed.
+    pub(crate) rs_unflushed: Vec<(u64, u64)>,
+    pub(crate) rs_flush_in_flight: Option<Vec<(u64, u64)>>,
+    /// Resync target: the range lock of each request in flight, by sector.
+    pub(crate) rs_request_locks: BTreeMap<u64, u64>,
+    /// Zeros for write-zeroes sent as data.
+    pub(crate) zero_buffer: Bytes,
 }
 
 impl Resource {
     /// A resource with no disk, Secondary. `seed` feeds generation UUIDs.
     pub fn new(config: ResourceConfig, seed: [u8; 32]) -> Resource {
-        Resource {
+        let mut resource = Resource {
             config,
             role: Role::Secondary,
             disk_state: DiskState::Diskless,
@@ -242,7 +289,21 @@ impl Resource {
             crashed_primary: false,
             statistics: Statistics::default(),
             now: Instant(0),
-        }
+            peer: None,
+            link_gen: 0,
+            locks: BTreeMap::new(),
+            next_lock: 1,
+            lock_waiting: VecDeque::new(),
+            peer_writes: BTreeMap::new(),
+            peer_reads: BTreeMap::new(),
+            next_peer_op: 1,
+            rs_unflushed: Vec::new(),
+            rs_flush_in_flight: None,
+            rs_request_locks: BTreeMap::new(),
+            zero_buffer: Bytes::new(),
+        };
+        resource.init_peer();
+        resource
     }
 
     /// Processes one input.
@@ -279,7 +340,7 @@ impl Resource {
         let started = match cmd {
             AdminCommand::Attach(params) => self.start_attach(params),
             AdminCommand::Detach { force } => self.start_detach(force),
-            AdminCommand::Primary { force } => self.start_primary(force),
+            AdminCommand::Primary { force } => self.start_primary(id, force),
             AdminCommand::Secondary => self.start_secondary(),
             AdminCommand::Down => self.start_down(),
             other => self.start_peer_command(other),
@@ -331,6 +392,7 @@ impl Resource {
                 Pending::Primary { .. } => "promoting",
                 Pending::Secondary { .. } => "demoting",
                 Pending::Detach(_) => "detaching",
+                Pending::PeerApproval => "waiting for the peer",
             }),
             peer: self.peer_status(),
         }
@@ -348,11 +410,26 @@ impl Resource {
 
     /// Checks every invariant of the module doc; panics on a violation (a bug).
     pub fn invariants(&self) {
+        self.peer_invariants();
+        let sent_parts: u64 = self.link().map_or(0, |l| l.sent.len() as u64);
+        let waiting_parts: u64 = self
+            .requests
+            .values()
+            .map(|r| u64::from(r.net_pending))
+            .sum();
+        assert!(
+            self.link().is_none() || sent_parts == waiting_parts,
+            "network parts: {sent_parts} sent, {waiting_parts} awaited"
+        );
         let mut held = 0u64;
         for (id, r) in &self.requests {
             match r.op {
                 Some(op) => assert_eq!(self.ops.get(&op), Some(&OpPurpose::Request(*id))),
-                None => assert!(self.al_waiting.contains(id), "request {id:?} is lost"),
+                None => assert!(
+                    self.al_waiting.contains(id)
+                        || (r.local_done && (r.net_pending > 0 || r.flush_epoch.is_some())),
+                    "request {id:?} is lost"
+                ),
             }
             if r.holds_extents {
                 let (a, b) = r.extents.expect("held extents");
@@ -475,14 +552,23 @@ impl Resource {
     pub(crate) fn update_md_flags_for(&mut self, role: Role) {
         let disk_state = self.disk_state;
         let crashed = self.crashed_primary;
-        let Some(d) = self.disk.as_mut() else { return };
+        let Some(d) = self.disk.as_ref() else { return };
         let mut f = MdFlags(d.sb.flags.0 & (MdFlags::FULL_SYNC | MdFlags::AL_DISABLED));
         f.set(MdFlags::CONSISTENT, disk_state > DiskState::Inconsistent);
         f.set(MdFlags::WAS_UP_TO_DATE, disk_state > DiskState::Outdated);
         f.set(MdFlags::PRIMARY_IND, role == Role::Primary);
         f.set(MdFlags::CRASHED_PRIMARY, crashed);
-        // Not connected (replication is not built yet): CONNECTED_IND and PEER_OUT_DATED
-        // stay clear.
+        let connected = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.conn >= crate::state::ConnState::Connected);
+        let peer_outdated = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.peer_disk == DiskState::Outdated);
+        let Some(d) = self.disk.as_mut() else { return };
+        f.set(MdFlags::CONNECTED_IND, connected);
+        f.set(MdFlags::PEER_OUT_DATED, peer_outdated);
         // Bit 0 of the current UUID records "this generation was held by a Primary".
         let current = if role == Role::Primary {
             d.sb.uuids.current | 1
@@ -509,6 +595,7 @@ impl Resource {
             self.timers.stop(timer);
             match timer {
                 Timer::BitmapWriteout => self.write_dirty_pages(),
+                other => self.on_peer_timer(other),
             }
         }
     }
@@ -567,6 +654,10 @@ impl Resource {
             | OpPurpose::ReadActivityLog
             | OpPurpose::ReadBitmap { .. }
             | OpPurpose::AlInitialize => self.on_attach_io(purpose, c.result),
+            OpPurpose::PeerWrite(id) => self.on_peer_write_done(id, c.result),
+            OpPurpose::PeerRead(id) => self.on_peer_read_done(id, c.result),
+            OpPurpose::EpochFlush(epoch) => self.on_epoch_flushed(epoch, c.result),
+            OpPurpose::ResyncFlush => self.on_resync_flushed(c.result),
         }
     }
 
@@ -575,6 +666,8 @@ impl Resource {
         loop {
             let before = self.progress_fingerprint();
             self.start_waiting_writes();
+            self.start_lock_waiters();
+            self.drive_resync_flush();
             self.drive_activity_log();
             self.drive_superblock();
             self.drive_pending_command();

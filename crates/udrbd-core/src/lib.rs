@@ -29,6 +29,7 @@ pub mod connection;
 mod engine;
 mod peer;
 pub mod peer_config;
+mod replication;
 mod requests;
 pub mod resync_controller;
 pub mod state;
@@ -36,7 +37,7 @@ pub mod sync_decision;
 pub mod timer;
 pub mod types;
 
-pub use engine::{Resource, ResourceConfig};
+pub use engine::{Resource, ResourceConfig, Statistics, Status};
 pub use peer_config::{NetConfig, PeerStatus, ResyncStatus};
 pub use state::{CommandError, ConnState, DiskState, Role, StateChangeError};
 pub use types::*;

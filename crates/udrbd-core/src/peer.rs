@@ -1,21 +1,1823 @@
-//! The peer: connection, handshake, replication and resync (in progress).
+//! The peer: connection life cycle, the sync handshake, cluster-wide state changes and the
+//! admin commands that involve the peer (drbd-v08-facts.md §4-§6, drbd-wire-observed.md).
+//!
+//! ```text
+//!  StandAlone --connect--> WFConnection (ConnectionSetup: sockets, features, auth)
+//!        ^                      | Established
+//!        |                      v
+//!        |               WFReportParams: send P_PROTOCOL, P_SYNC_PARAM89, P_SIZES, P_UUIDS,
+//!        |                 P_STATE(WFConnection); the peer's P_STATE runs the sync handshake
+//!        |                      |
+//!        |   split brain,       +--> Connected
+//!        +-- unrelated data,    +--> WFBitMapS --bitmaps--> SyncSource --done--> Connected
+//!            incompatible       +--> WFBitMapT --bitmaps--> WFSyncUUID --P_SYNC_UUID-->
+//!            options                 SyncTarget --done--> Connected
+//!
+//!  A socket error, a protocol error or a ping timeout in any connected state: NetworkFailure
+//!  / ProtocolError / Timeout, the connection's loose ends are tied (unacknowledged writes
+//!  marked out of sync), then WFConnection again.
+//! ```
+//!
+//! Invariants (checked by [`Resource::invariants`]): a link exists exactly in the states from
+//! WFReportParams up; the setup machine runs exactly in WFConnection; the peer's role and disk
+//! are Unknown/DUnknown without a link; every resync request in flight lies inside the
+//! bitmap; the epochs awaiting a barrier ack are in order.
 
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use udrbd_meta::MdFlags;
+use udrbd_wire::{
+    AfterSbPolicy, BitmapProgress, BitmapReceiver, BitmapSender, BlockAck, ConnFlags,
+    DecodeContext, Deframer, FeatureFlags, HeaderFormat, Packet, ProtocolParams, Sizes, State,
+    StateChange, StateChangeReply, StateField, StateWord, SyncParams, Uuids, WireProtocol,
+};
+
+use crate::connection::{
+    ConnectionSetup, OUTGOING_CONN_ID_BASE, SetupConfig, SetupError, SetupInput, SetupOutput,
+};
 use crate::engine::{Pending, Resource};
-use crate::peer_config::PeerStatus;
-use crate::state::{CommandError, StateChangeError};
+use crate::peer_config::{NetConfig, PeerStatus, ResyncStatus};
+use crate::resync_controller::ResyncController;
+use crate::state::{CommandError, ConnState, DiskState, Role, StateChangeError};
+use crate::sync_decision::{
+    self, AfterSb0pri, AfterSb1pri, AfterSb2pri, CompareInput, HandshakeInput, HandshakeOutcome,
+    HandshakeStep, PeerUuids, SyncDirection, UUID_FLAG_CRASHED_PRIMARY, UUID_FLAG_DISCARD_MY_DATA,
+    UUID_FLAG_INCONSISTENT, UUID_FLAG_SKIP_INITIAL_SYNC,
+};
+use crate::timer::Timer;
 use crate::types::*;
 
+/// DRBD_MAX_BIO_SIZE: the largest request we accept from the peer.
+pub(crate) const MAX_BIO_SIZE: u32 = 1 << 20;
+/// The largest resync request we issue.
+pub(crate) const MAX_RESYNC_REQUEST: u64 = 128 * 1024;
+/// sndbuf-size 0 ("auto"): bytes queued on the data socket beyond which new writes wait.
+pub(crate) const AUTO_SNDBUF: u64 = 4 << 20;
+
+/// Which of the two sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Socket {
+    Data,
+    Meta,
+}
+
+/// The peer of a resource (one per resource: DRBD 8.4 has one connection per resource).
+pub(crate) struct Peer {
+    pub(crate) config: NetConfig,
+    pub(crate) conn: ConnState,
+    pub(crate) peer_role: Role,
+    pub(crate) peer_disk: DiskState,
+    pub(crate) setup: Option<ConnectionSetup>,
+    pub(crate) link: Option<Link>,
+    /// Outgoing socket ids of the next setup machine start here.
+    pub(crate) next_outgoing_block: u64,
+    pub(crate) discard_my_data: bool,
+    pub(crate) last_error: Option<String>,
+    pub(crate) split_brain: bool,
+    /// The epoch counter (P_BARRIER numbers); not reset on reconnect, as DRBD.
+    pub(crate) next_epoch: u64,
+    pub(crate) sent_bytes: u64,
+    pub(crate) received_bytes: u64,
+    /// A reconnect is due at this time (after connect-int, following a failure).
+    pub(crate) reconnect_at: Option<Instant>,
+    /// The listener is open.
+    pub(crate) listening: bool,
+}
+
+/// An established connection: both sockets and everything that lives as long as they do.
+pub(crate) struct Link {
+    pub(crate) data: ConnId,
+    pub(crate) meta: ConnId,
+    pub(crate) data_in: Deframer,
+    pub(crate) meta_in: Deframer,
+    pub(crate) version: u32,
+    pub(crate) features: FeatureFlags,
+    pub(crate) resolve_conflicts: bool,
+    /// Bytes queued on / taken by the data socket.
+    pub(crate) data_queued: u64,
+    pub(crate) data_sent: u64,
+    /// Handshake packets received.
+    pub(crate) got_protocol: bool,
+    pub(crate) peer_sizes: Option<Sizes>,
+    pub(crate) peer_uuids: Option<PeerUuids>,
+    /// The peer's first P_STATE ran the sync handshake.
+    pub(crate) handshake_done: bool,
+    /// The agreed device size, sectors.
+    pub(crate) agreed_size_sect: u64,
+    pub(crate) peer_max_bio: u32,
+    /// Per-connection sequence number of P_DATA and acks.
+    pub(crate) seq: u32,
+    /// A ping is unanswered since.
+    pub(crate) ping_sent: bool,
+    /// Bitmap exchange.
+    pub(crate) bm_receiver: Option<BitmapReceiver>,
+    pub(crate) bm_sent: bool,
+    /// A cluster-wide state change we asked the peer for.
+    pub(crate) state_request: Option<(CommandId, StateRequest)>,
+    /// Primary side: block id → write/read sent to the peer.
+    pub(crate) sent: BTreeMap<u64, SentRequest>,
+    pub(crate) next_block_id: u64,
+    /// Primary side: the current epoch (its number is `Peer::next_epoch`), writes in it and
+    /// their ranges.
+    pub(crate) epoch_writes: u32,
+    pub(crate) epoch_ranges: Vec<(u64, u64)>,
+    /// Closed epochs waiting for their P_BARRIER_ACK: (number, writes, ranges).
+    pub(crate) unacked_epochs: VecDeque<ClosedEpoch>,
+    /// Receiver side: epochs of received writes, oldest first; the last one is open.
+    pub(crate) recv_epochs: VecDeque<RecvEpoch>,
+    /// The absolute number of `recv_epochs[0]`.
+    pub(crate) recv_epoch_base: u64,
+    /// Resync target: requests in flight, by sector: (bytes, sent at).
+    pub(crate) rs_requests: BTreeMap<u64, u64>,
+    /// Resync: sectors of replies received since the controller's last step.
+    pub(crate) rs_sect_in: u64,
+    pub(crate) resync: Option<Resync>,
+}
+
+/// A closed epoch awaiting its barrier ack: (number, writes, byte ranges of its writes).
+pub(crate) type ClosedEpoch = (u64, u32, Vec<(u64, u64)>);
+
+/// A cluster-wide state change in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StateRequest {
+    Primary { force: bool },
+}
+
+/// What a block id of ours stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SentRequest {
+    /// A part of a replicated write: request, byte range, epoch, socket offset at its end.
+    Write {
+        request: BlockRequestId,
+        offset: u64,
+        len: u64,
+        queued_end: u64,
+        ack: WireProtocol,
+    },
+    /// A read served by the peer.
+    Read { request: BlockRequestId },
+}
+
+/// An epoch of writes received from the peer.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RecvEpoch {
+    pub(crate) writes: u32,
+    pub(crate) done: u32,
+    pub(crate) barrier: Option<u32>,
+    pub(crate) flushing: bool,
+    pub(crate) flush_done: bool,
+}
+
+/// A running resync (either direction).
+pub(crate) struct Resync {
+    pub(crate) source: bool,
+    pub(crate) controller: ResyncController,
+    pub(crate) total_bits: u64,
+    /// Target: the next bit to request.
+    pub(crate) cursor: u64,
+    /// Target: requests wait until the superblock saying "Inconsistent" and the bitmap are
+    /// durable.
+    pub(crate) sb_version: u64,
+    pub(crate) started: Instant,
+    /// The bitmap was durable once since the exchange.
+    pub(crate) bitmap_written: bool,
+}
+
+impl Peer {
+    pub(crate) fn new(config: NetConfig) -> Peer {
+        Peer {
+            discard_my_data: config.discard_my_data,
+            config,
+            conn: ConnState::StandAlone,
+            peer_role: Role::Unknown,
+            peer_disk: DiskState::DUnknown,
+            setup: None,
+            link: None,
+            next_outgoing_block: OUTGOING_CONN_ID_BASE,
+            last_error: None,
+            split_brain: false,
+            next_epoch: 0,
+            sent_bytes: 0,
+            received_bytes: 0,
+            reconnect_at: None,
+            listening: false,
+        }
+    }
+
+    /// Connected or in a sync state: the peer receives writes.
+    pub(crate) fn replicating(&self) -> bool {
+        self.conn >= ConnState::Connected && self.peer_disk >= DiskState::Inconsistent
+    }
+}
+
+fn to_wire_0p(p: AfterSb0pri) -> AfterSbPolicy {
+    match p {
+        AfterSb0pri::Disconnect => AfterSbPolicy::Disconnect,
+        AfterSb0pri::DiscardYoungerPrimary => AfterSbPolicy::DiscardYoungerPrimary,
+        AfterSb0pri::DiscardOlderPrimary => AfterSbPolicy::DiscardOlderPrimary,
+        AfterSb0pri::DiscardZeroChanges => AfterSbPolicy::DiscardZeroChanges,
+        AfterSb0pri::DiscardLeastChanges => AfterSbPolicy::DiscardLeastChanges,
+        AfterSb0pri::DiscardLocal => AfterSbPolicy::DiscardLocal,
+        AfterSb0pri::DiscardRemote => AfterSbPolicy::DiscardRemote,
+    }
+}
+
+fn to_wire_1p(p: AfterSb1pri) -> AfterSbPolicy {
+    match p {
+        AfterSb1pri::Disconnect => AfterSbPolicy::Disconnect,
+        AfterSb1pri::Consensus => AfterSbPolicy::Consensus,
+        AfterSb1pri::ViolentlyAs0p => AfterSbPolicy::Violently,
+        AfterSb1pri::DiscardSecondary => AfterSbPolicy::DiscardSecondary,
+        AfterSb1pri::CallPriLostAfterSb => AfterSbPolicy::CallHelper,
+    }
+}
+
+fn to_wire_2p(p: AfterSb2pri) -> AfterSbPolicy {
+    match p {
+        AfterSb2pri::Disconnect => AfterSbPolicy::Disconnect,
+        AfterSb2pri::ViolentlyAs0p => AfterSbPolicy::Violently,
+        AfterSb2pri::CallPriLostAfterSb => AfterSbPolicy::CallHelper,
+    }
+}
+
+/// The peer's discard-local is our discard-remote (DRBD's `cmp_after_sb`).
+fn mirrored(p: AfterSbPolicy) -> AfterSbPolicy {
+    match p {
+        AfterSbPolicy::DiscardLocal => AfterSbPolicy::DiscardRemote,
+        AfterSbPolicy::DiscardRemote => AfterSbPolicy::DiscardLocal,
+        other => other,
+    }
+}
+
+/// A bitmap seen through the agreed size (the peer's bitmap has as many bits).
+struct Window<'a> {
+    bitmap: &'a mut udrbd_meta::Bitmap,
+    bits: u64,
+}
+
+impl udrbd_wire::BitmapSource for Window<'_> {
+    fn bit_count(&self) -> u64 {
+        self.bits
+    }
+    fn word(&self, index: u64) -> u64 {
+        self.bitmap.word(index as usize)
+    }
+}
+
+impl udrbd_wire::BitmapSink for Window<'_> {
+    fn or_words(&mut self, first_word: u64, words: &[u64]) {
+        let last_word = self.bits.div_ceil(64);
+        let n = (last_word.saturating_sub(first_word) as usize).min(words.len());
+        let mut w = words[..n].to_vec();
+        if let Some(last) = w.last_mut()
+            && first_word + n as u64 == last_word
+            && !self.bits.is_multiple_of(64)
+        {
+            *last &= (1u64 << (self.bits % 64)) - 1;
+        }
+        self.bitmap.or_words(first_word as usize, &w);
+    }
+    fn set_bits(&mut self, range: std::ops::Range<u64>) {
+        self.bitmap
+            .set_range(range.start.min(self.bits)..range.end.min(self.bits));
+    }
+}
+
 impl Resource {
-    pub(crate) fn on_peer_input(&mut self, _input: PeerInput) {}
+    // ---- commands ----------------------------------------------------------------------
 
     pub(crate) fn start_peer_command(
         &mut self,
-        _cmd: AdminCommand,
+        cmd: AdminCommand,
     ) -> Result<Option<Pending>, CommandError> {
-        Err(CommandError::StateChange(StateChangeError::NoNetConfig))
+        let refuse = |e| Err(CommandError::StateChange(e));
+        if self.peer.is_none()
+            && !matches!(
+                cmd,
+                AdminCommand::NewCurrentUuid { .. } | AdminCommand::Outdate
+            )
+        {
+            return refuse(StateChangeError::NoNetConfig);
+        }
+        match cmd {
+            AdminCommand::Connect { discard_my_data } => {
+                let p = self.peer.as_mut().expect("checked");
+                if p.conn != ConnState::StandAlone {
+                    // drbdadm connect on a connecting resource: nothing to do.
+                    return Ok(None);
+                }
+                p.discard_my_data = discard_my_data || p.config.discard_my_data;
+                p.split_brain = false;
+                self.start_connecting();
+                Ok(None)
+            }
+            AdminCommand::Disconnect => {
+                let p = self.peer.as_ref().expect("checked");
+                if p.conn == ConnState::StandAlone {
+                    return Ok(None);
+                }
+                self.disconnect_now();
+                Ok(None)
+            }
+            AdminCommand::Invalidate => self.invalidate(),
+            AdminCommand::InvalidateRemote => self.invalidate_remote(),
+            AdminCommand::NewCurrentUuid { clear_bitmap } => {
+                self.new_current_uuid_command(clear_bitmap)
+            }
+            AdminCommand::Outdate => {
+                if self.disk.is_none() {
+                    return refuse(StateChangeError::IsDiskless);
+                }
+                if self
+                    .peer
+                    .as_ref()
+                    .is_some_and(|p| p.conn >= ConnState::Connected)
+                {
+                    return refuse(StateChangeError::ConnectedOutdates);
+                }
+                if self.role == Role::Primary {
+                    return refuse(StateChangeError::NoUpToDateDisk);
+                }
+                if self.disk_state < DiskState::Outdated {
+                    return refuse(StateChangeError::LowerThanOutdated);
+                }
+                self.disk_state = DiskState::Outdated;
+                self.update_md_flags();
+                self.state_changed();
+                Ok(None)
+            }
+            _ => unreachable!("not a peer command"),
+        }
     }
 
+    /// `disconnect`: close the link (if any) and stay StandAlone.
+    pub(crate) fn disconnect_now(&mut self) {
+        if self.link().is_some() {
+            self.drop_connection(ConnState::Disconnecting, None);
+        }
+        self.go_standalone();
+    }
+
+    fn invalidate(&mut self) -> Result<Option<Pending>, CommandError> {
+        let refuse = |e| Err(CommandError::StateChange(e));
+        if self.disk.is_none() {
+            return refuse(StateChangeError::IsDiskless);
+        }
+        let p = self.peer.as_ref().expect("checked");
+        if p.conn > ConnState::Connected {
+            return refuse(StateChangeError::ResyncRunning);
+        }
+        let connected = p.conn == ConnState::Connected;
+        if connected && p.peer_disk != DiskState::UpToDate {
+            return refuse(StateChangeError::NoUpToDateDisk);
+        }
+        if self.role == Role::Primary && !connected {
+            return refuse(StateChangeError::NoUpToDateDisk);
+        }
+        self.set_all_out_of_sync();
+        self.disk_state = DiskState::Inconsistent;
+        self.update_md_flags();
+        self.state_changed();
+        if connected {
+            self.enter_bitmap_exchange(false);
+        }
+        Ok(None)
+    }
+
+    fn invalidate_remote(&mut self) -> Result<Option<Pending>, CommandError> {
+        let refuse = |e| Err(CommandError::StateChange(e));
+        if self.disk.is_none() {
+            return refuse(StateChangeError::IsDiskless);
+        }
+        let p = self.peer.as_ref().expect("checked");
+        if p.conn > ConnState::Connected {
+            return refuse(StateChangeError::ResyncRunning);
+        }
+        if p.conn < ConnState::Connected {
+            return refuse(StateChangeError::NeedConnection);
+        }
+        if self.disk_state != DiskState::UpToDate {
+            return refuse(StateChangeError::NoUpToDateDisk);
+        }
+        if p.peer_role == Role::Primary {
+            return refuse(StateChangeError::NoUpToDateDisk);
+        }
+        self.set_all_out_of_sync();
+        self.enter_bitmap_exchange(true);
+        Ok(None)
+    }
+
+    fn set_all_out_of_sync(&mut self) {
+        if let Some(d) = self.disk.as_mut() {
+            d.bitmap.set_all();
+        }
+        self.write_dirty_pages();
+    }
+
+    fn new_current_uuid_command(
+        &mut self,
+        clear_bitmap: bool,
+    ) -> Result<Option<Pending>, CommandError> {
+        if self.disk.is_none() {
+            return Err(CommandError::StateChange(StateChangeError::IsDiskless));
+        }
+        let random = self.new_uuid();
+        let primary = self.role == Role::Primary;
+        let connected = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.conn == ConnState::Connected);
+        let d = self.disk.as_mut().expect("attached");
+        let just_created = d.sb.uuids.current & !1 == sync_decision::UUID_JUST_CREATED;
+        if clear_bitmap && connected && just_created {
+            // Skip the initial sync: both sides adopt the new UUID with empty bitmaps.
+            d.sb.uuids = udrbd_meta::GenerationUuids {
+                current: if primary { random | 1 } else { random },
+                bitmap: 0,
+                history: d.sb.uuids.history,
+            };
+            d.bitmap.clear_range(0..d.bitmap.bits());
+            d.sb_version += 1;
+            self.disk_state = DiskState::UpToDate;
+            self.update_md_flags();
+            self.write_dirty_pages();
+            self.send_uuids(UUID_FLAG_SKIP_INITIAL_SYNC);
+            self.send_state();
+            self.state_changed();
+            return Ok(None);
+        }
+        let rotated = sync_decision::clear_bitmap_uuid(d.sb.uuids);
+        d.sb.uuids = sync_decision::new_current_uuid(rotated, random, primary);
+        if clear_bitmap {
+            d.bitmap.clear_range(0..d.bitmap.bits());
+            d.sb.uuids.bitmap = 0;
+        }
+        d.sb_version += 1;
+        self.write_dirty_pages();
+        if connected {
+            self.send_uuids(0);
+        }
+        self.state_changed();
+        Ok(None)
+    }
+
+    /// `primary` while connected: the peer must agree (P_STATE_CHG_REQ).
+    pub(crate) fn request_primary_from_peer(&mut self, id: CommandId, force: bool) -> bool {
+        let Some(p) = self.peer.as_mut() else {
+            return false;
+        };
+        if p.conn < ConnState::Connected {
+            return false;
+        }
+        let link = p.link.as_mut().expect("connected");
+        link.state_request = Some((id, StateRequest::Primary { force }));
+        let (mask, val) = if force {
+            (
+                StateWord::mask_of(&[StateField::Role, StateField::Disk]),
+                StateWord(0)
+                    .with_field(StateField::Role, Role::Primary as u32)
+                    .with_field(StateField::Disk, DiskState::UpToDate as u32),
+            )
+        } else {
+            (
+                StateWord::mask_of(&[StateField::Role]),
+                StateWord(0).with_field(StateField::Role, Role::Primary as u32),
+            )
+        };
+        self.send(
+            Socket::Data,
+            &Packet::StateChgReq(StateChange { mask, val }),
+        );
+        true
+    }
+
+    // ---- connection life cycle -----------------------------------------------------------
+
+    /// Creates the peer from the configuration; starts connecting if configured to.
+    pub(crate) fn init_peer(&mut self) {
+        if let Some(net) = self.config.net.clone() {
+            let start = net.connect_at_start;
+            self.peer = Some(Peer::new(net));
+            if start {
+                self.start_connecting();
+            }
+        }
+    }
+
+    fn start_connecting(&mut self) {
+        let seed = {
+            let mut s = [0u8; 32];
+            self.rng.fill_bytes(&mut s);
+            s
+        };
+        let now = self.now;
+        let p = self.peer.as_mut().expect("a peer");
+        let c = &p.config;
+        let mut setup_config = SetupConfig::new(c.own_address, c.peer_address);
+        setup_config.connect_int = c.connect_int.max(Duration::from_secs(1));
+        setup_config.ping_timeout = c.ping_timeout.max(Duration::from_millis(100));
+        setup_config.socket_check_timeout = c.socket_check_timeout;
+        setup_config.cram_hmac = c.cram_hmac.clone();
+        setup_config.features = FeatureFlags::TRIM;
+        let first = p.next_outgoing_block;
+        p.next_outgoing_block += 1 << 32;
+        let mut setup = ConnectionSetup::new(setup_config, ChaCha20Rng::from_seed(seed))
+            .with_first_outgoing_id(first);
+        setup.handle(now, SetupInput::Start);
+        p.setup = Some(setup);
+        p.reconnect_at = None;
+        self.set_conn(ConnState::WfConnection);
+        self.drive_setup();
+    }
+
+    /// Routes the setup machine's outputs.
+    fn drive_setup(&mut self) {
+        loop {
+            let Some(p) = self.peer.as_mut() else { return };
+            let Some(setup) = p.setup.as_mut() else {
+                return;
+            };
+            let Some(out) = setup.poll_output() else {
+                break;
+            };
+            match out {
+                SetupOutput::Listen { addr } => {
+                    if !p.listening {
+                        p.listening = true;
+                        self.outputs
+                            .push_back(Output::Peer(PeerOutput::Listen { addr }));
+                    }
+                }
+                SetupOutput::Connect { conn, addr } => self
+                    .outputs
+                    .push_back(Output::Peer(PeerOutput::Connect { conn, addr })),
+                SetupOutput::Send { conn, bytes } => {
+                    self.outputs.push_back(Output::Peer(PeerOutput::Send {
+                        conn,
+                        head: bytes,
+                        data: Bytes::new(),
+                    }))
+                }
+                SetupOutput::Close { conn } => self
+                    .outputs
+                    .push_back(Output::Peer(PeerOutput::Close { conn })),
+                SetupOutput::Retrying { reason } => {
+                    self.log(LogLevel::Info, format!("connection attempt: {reason}"));
+                }
+                SetupOutput::Established {
+                    data,
+                    meta,
+                    agreed_version,
+                    agreed_features,
+                    resolve_conflicts,
+                    leftover_data,
+                    leftover_meta,
+                } => {
+                    p.setup = None;
+                    self.stop_listening();
+                    self.established(
+                        data,
+                        meta,
+                        agreed_version,
+                        FeatureFlags(agreed_features),
+                        resolve_conflicts,
+                    );
+                    if !leftover_meta.is_empty() {
+                        self.on_bytes(Socket::Meta, &leftover_meta);
+                    }
+                    if !leftover_data.is_empty() {
+                        self.on_bytes(Socket::Data, &leftover_data);
+                    }
+                    return;
+                }
+                SetupOutput::Failed { reason } => {
+                    p.setup = None;
+                    p.last_error = Some(reason.to_string());
+                    self.log(LogLevel::Error, format!("connection failed: {reason}"));
+                    self.stop_listening();
+                    self.go_standalone();
+                    return;
+                }
+            }
+        }
+        let deadline = self
+            .peer
+            .as_ref()
+            .and_then(|p| p.setup.as_ref())
+            .and_then(|s| s.poll_timeout());
+        match deadline {
+            Some(at) => self.timers.set(Timer::ConnectionSetup, at),
+            None => self.timers.stop(Timer::ConnectionSetup),
+        }
+    }
+
+    fn stop_listening(&mut self) {
+        if let Some(p) = self.peer.as_mut()
+            && std::mem::take(&mut p.listening)
+        {
+            self.outputs
+                .push_back(Output::Peer(PeerOutput::StopListening));
+        }
+    }
+
+    fn go_standalone(&mut self) {
+        self.timers.stop(Timer::ConnectionSetup);
+        if let Some(p) = self.peer.as_mut()
+            && let Some(mut setup) = p.setup.take()
+        {
+            {
+                setup.handle(self.now, SetupInput::Stop);
+                while let Some(out) = setup.poll_output() {
+                    if let SetupOutput::Close { conn } = out {
+                        self.outputs
+                            .push_back(Output::Peer(PeerOutput::Close { conn }));
+                    }
+                }
+            }
+        }
+        self.stop_listening();
+        self.set_conn(ConnState::StandAlone);
+    }
+
+    pub(crate) fn set_conn(&mut self, conn: ConnState) {
+        if let Some(p) = self.peer.as_mut()
+            && p.conn != conn
+        {
+            p.conn = conn;
+            if conn < ConnState::WfReportParams {
+                p.peer_role = Role::Unknown;
+                p.peer_disk = DiskState::DUnknown;
+            }
+            self.update_md_flags();
+            self.state_changed();
+        }
+    }
+
+    fn established(
+        &mut self,
+        data: ConnId,
+        meta: ConnId,
+        version: u32,
+        features: FeatureFlags,
+        resolve_conflicts: bool,
+    ) {
+        let context = DecodeContext::new(HeaderFormat::Long);
+        let p = self.peer.as_mut().expect("a peer");
+        p.last_error = None;
+        p.link = Some(Link {
+            data,
+            meta,
+            data_in: Deframer::new(context),
+            meta_in: Deframer::new(context),
+            version,
+            features,
+            resolve_conflicts,
+            data_queued: 0,
+            data_sent: 0,
+            got_protocol: false,
+            peer_sizes: None,
+            peer_uuids: None,
+            handshake_done: false,
+            agreed_size_sect: 0,
+            peer_max_bio: MAX_BIO_SIZE,
+            seq: 0,
+            ping_sent: false,
+            bm_receiver: None,
+            bm_sent: false,
+            state_request: None,
+            sent: BTreeMap::new(),
+            next_block_id: 1 << 32,
+            epoch_writes: 0,
+            epoch_ranges: Vec::new(),
+            unacked_epochs: VecDeque::new(),
+            recv_epochs: VecDeque::from([RecvEpoch::default()]),
+            recv_epoch_base: 0,
+            rs_requests: BTreeMap::new(),
+            rs_sect_in: 0,
+            resync: None,
+        });
+        self.set_conn(ConnState::WfReportParams);
+        self.log(
+            LogLevel::Info,
+            format!("Handshake successful: Agreed network protocol version {version}"),
+        );
+        self.send_handshake();
+        let ping_int = self.peer.as_ref().expect("peer").config.ping_int;
+        self.timers.set(Timer::Ping, self.now.plus(ping_int));
+    }
+
+    fn send_handshake(&mut self) {
+        let p = self.peer.as_ref().expect("peer");
+        let c = &p.config;
+        let mut conn_flags = ConnFlags::default();
+        if p.discard_my_data {
+            conn_flags = conn_flags | ConnFlags::DISCARD_MY_DATA;
+        }
+        let protocol = ProtocolParams {
+            protocol: c.protocol,
+            after_sb_0p: to_wire_0p(c.split_brain.after_sb_0pri),
+            after_sb_1p: to_wire_1p(c.split_brain.after_sb_1pri),
+            after_sb_2p: to_wire_2p(c.split_brain.after_sb_2pri),
+            conn_flags,
+            two_primaries: false,
+            integrity_alg: Some(udrbd_wire::AlgName::NONE),
+        };
+        let r = &c.resync;
+        let sync_params = SyncParams {
+            resync_rate: r.resync_rate_kib_per_sec as u32,
+            verify_alg: udrbd_wire::AlgName::NONE,
+            csums_alg: udrbd_wire::AlgName::NONE,
+            controller: Some(udrbd_wire::ResyncController {
+                c_plan_ahead: r.c_plan_ahead_tenths as u32,
+                c_delay_target: r.c_delay_target_tenths as u32,
+                c_fill_target: r.c_fill_target_sectors as u32,
+                c_max_rate: r.c_max_rate_kib_per_sec as u32,
+            }),
+        };
+        self.send(Socket::Data, &Packet::Protocol(protocol));
+        self.send(Socket::Data, &Packet::SyncParam89(sync_params));
+        self.send_sizes();
+        self.send_uuids(0);
+        self.send_state_as(ConnState::WfConnection);
+    }
+
+    fn send_sizes(&mut self) {
+        let (d_size, c_size) = match self.disk.as_ref() {
+            Some(d) => (d.size_sect, d.size_sect),
+            None => (0, 0),
+        };
+        let wsame = self
+            .peer
+            .as_ref()
+            .and_then(|p| p.link.as_ref())
+            .is_some_and(|l| l.features.contains(FeatureFlags::WSAME));
+        let sizes = Sizes {
+            d_size,
+            u_size: 0,
+            c_size,
+            max_bio_size: MAX_BIO_SIZE,
+            queue_order_type: 0,
+            dds_flags: 0,
+            queue_limits: wsame.then_some(udrbd_wire::QueueLimits {
+                physical_block_size: 4096,
+                logical_block_size: 512,
+                alignment_offset: 0,
+                io_min: 4096,
+                io_opt: 0,
+                discard_enabled: 1,
+                discard_zeroes_data: 1,
+                write_same_capable: 0,
+                pad: 0,
+            }),
+        };
+        self.send(Socket::Data, &Packet::Sizes(sizes));
+    }
+
+    pub(crate) fn send_uuids(&mut self, extra_flags: u64) {
+        let Some(d) = self.disk.as_ref() else {
+            return;
+        };
+        let mut flags = extra_flags;
+        let p = self.peer.as_ref().expect("peer");
+        if p.discard_my_data {
+            flags |= UUID_FLAG_DISCARD_MY_DATA;
+        }
+        if d.sb.flags.has(MdFlags::CRASHED_PRIMARY) {
+            flags |= UUID_FLAG_CRASHED_PRIMARY;
+        }
+        if self.disk_state <= DiskState::Inconsistent {
+            flags |= UUID_FLAG_INCONSISTENT;
+        }
+        let uuids = Uuids {
+            current: d.sb.uuids.current,
+            bitmap: d.sb.uuids.bitmap,
+            history: d.sb.uuids.history,
+            bits_set: d.bitmap.count(),
+            flags,
+        };
+        self.send(Socket::Data, &Packet::Uuids(uuids));
+    }
+
+    pub(crate) fn send_state(&mut self) {
+        let Some(conn) = self.peer.as_ref().map(|p| p.conn) else {
+            return;
+        };
+        self.send_state_as(conn);
+    }
+
+    fn send_state_as(&mut self, conn: ConnState) {
+        let Some(p) = self.peer.as_ref() else { return };
+        if p.link.is_none() {
+            return;
+        }
+        let state = State {
+            role: self.role,
+            peer: p.peer_role,
+            conn,
+            disk: self.disk_state,
+            pdsk: p.peer_disk,
+            susp: false,
+            aftr_isp: false,
+            peer_isp: false,
+            user_isp: false,
+            susp_nod: false,
+            susp_fen: false,
+        };
+        self.send(Socket::Data, &Packet::State(state));
+    }
+
+    /// Encodes and queues a packet on a socket of the link (dropped without one).
+    pub(crate) fn send(&mut self, socket: Socket, packet: &Packet) {
+        let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) else {
+            return;
+        };
+        let encoded = packet
+            .encode(0, HeaderFormat::Long)
+            .expect("the engine builds only encodable packets");
+        let conn = match socket {
+            Socket::Data => {
+                link.data_queued += encoded.len() as u64;
+                link.data
+            }
+            Socket::Meta => link.meta,
+        };
+        self.outputs.push_back(Output::Peer(PeerOutput::Send {
+            conn,
+            head: encoded.head,
+            data: encoded.data,
+        }));
+    }
+
+    /// The next sequence number for P_DATA and acks.
+    pub(crate) fn next_seq(&mut self) -> u32 {
+        let link = self.link_mut();
+        link.seq = link.seq.wrapping_add(1);
+        link.seq
+    }
+
+    pub(crate) fn link_mut(&mut self) -> &mut Link {
+        self.peer
+            .as_mut()
+            .and_then(|p| p.link.as_mut())
+            .expect("a link")
+    }
+
+    pub(crate) fn link(&self) -> Option<&Link> {
+        self.peer.as_ref().and_then(|p| p.link.as_ref())
+    }
+
+    pub(crate) fn log(&mut self, level: LogLevel, message: String) {
+        self.outputs
+            .push_back(Output::Event(Event::Log { level, message }));
+    }
+
+    /// Ends the link: ties every loose end, closes the sockets and goes to `reason`, then
+    /// (unless Disconnecting) back to WFConnection.
+    pub(crate) fn drop_connection(&mut self, reason: ConnState, error: Option<String>) {
+        let Some(p) = self.peer.as_mut() else { return };
+        if let Some(e) = &error {
+            p.last_error = Some(e.clone());
+        }
+        let was_connected_primary_peer = p.peer_disk >= DiskState::Inconsistent
+            && p.peer_disk != DiskState::DUnknown
+            && p.peer_disk != DiskState::Outdated;
+        if let Some(link) = p.link.take() {
+            for conn in [link.data, link.meta] {
+                self.outputs
+                    .push_back(Output::Peer(PeerOutput::Close { conn }));
+            }
+            self.connection_lost_cleanup(link);
+        }
+        if let Some(e) = error {
+            self.log(LogLevel::Error, e);
+        }
+        self.timers.stop(Timer::Ping);
+        self.timers.stop(Timer::PingAck);
+        self.timers.stop(Timer::ResyncStep);
+        self.link_gen += 1;
+        self.set_conn(reason);
+        // Lost contact to the peer's data while Primary: a new data generation, so that a
+        // later handshake sees what this side wrote alone (DRBD's after_state_ch).
+        let bitmap_uuid_unset = self.disk.as_ref().is_some_and(|d| d.sb.uuids.bitmap == 0);
+        if was_connected_primary_peer
+            && self.role == Role::Primary
+            && bitmap_uuid_unset
+            && self.disk_state == DiskState::UpToDate
+        {
+            let random = self.new_uuid();
+            let d = self.disk.as_mut().expect("attached");
+            d.sb.uuids = sync_decision::new_current_uuid(d.sb.uuids, random, true);
+            d.sb_version += 1;
+        }
+        if reason != ConnState::Disconnecting && reason != ConnState::StandAlone {
+            self.set_conn(ConnState::Unconnected);
+            self.start_connecting();
+        }
+    }
+
+    /// The link is gone: what was sent and not confirmed is out of sync, reads waiting for
+    /// the peer fail, a resync stops (its bitmap keeps what is left).
+    fn connection_lost_cleanup(&mut self, link: Link) {
+        let mut ranges: Vec<(u64, u64)> = link.epoch_ranges.clone();
+        for (_, _, r) in &link.unacked_epochs {
+            ranges.extend(r.iter().copied());
+        }
+        let mut finished_requests = Vec::new();
+        for (_, sent) in link.sent {
+            match sent {
+                SentRequest::Write {
+                    request,
+                    offset,
+                    len,
+                    ..
+                } => {
+                    ranges.push((offset, len));
+                    finished_requests.push((request, false));
+                }
+                SentRequest::Read { request } => finished_requests.push((request, true)),
+            }
+        }
+        for (offset, len) in ranges {
+            self.mark_out_of_sync(offset, len);
+        }
+        for (request, is_read) in finished_requests {
+            if is_read {
+                self.peer_read_failed(request);
+            } else {
+                self.net_part_done(request);
+            }
+        }
+        // Flushes waiting for barrier acks: the peer's part is moot now.
+        self.flushes_may_complete();
+        if link.resync.is_some() {
+            self.log(LogLevel::Warn, "resync interrupted".to_string());
+        }
+        let locks: Vec<u64> = std::mem::take(&mut self.rs_request_locks)
+            .into_values()
+            .collect();
+        for lock in locks {
+            self.unlock(Some(lock));
+        }
+    }
+
+    pub(crate) fn mark_out_of_sync(&mut self, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        if let Some(d) = self.disk.as_mut() {
+            let first = offset / udrbd_meta::BM_BLOCK_SIZE;
+            let end = (offset + len)
+                .div_ceil(udrbd_meta::BM_BLOCK_SIZE)
+                .min(d.bitmap.bits());
+            if first < end {
+                d.bitmap.set_range(first..end);
+            }
+        }
+        self.forget_unflushed(offset, len);
+    }
+
+    // ---- input -------------------------------------------------------------------------
+
+    pub(crate) fn on_peer_input(&mut self, input: PeerInput) {
+        let Some(p) = self.peer.as_mut() else {
+            return;
+        };
+        if let Some(setup) = p.setup.as_mut() {
+            let setup_input = match input.clone() {
+                PeerInput::Accepted { conn } => Some(SetupInput::Accepted { conn }),
+                PeerInput::Connected { conn } => Some(SetupInput::Connected { conn }),
+                PeerInput::Received { conn, bytes } => Some(SetupInput::Received { conn, bytes }),
+                PeerInput::Closed { conn } => Some(SetupInput::Closed { conn }),
+                PeerInput::Sent { .. } => None,
+            };
+            if let Some(i) = setup_input {
+                setup.handle(self.now, i);
+                self.drive_setup();
+                return;
+            }
+        }
+        let Some(link) = p.link.as_mut() else {
+            // A socket we no longer know (closed): an accepted one is refused.
+            if let PeerInput::Accepted { conn } | PeerInput::Connected { conn } = input {
+                self.outputs
+                    .push_back(Output::Peer(PeerOutput::Close { conn }));
+            }
+            return;
+        };
+        match input {
+            PeerInput::Received { conn, bytes } => {
+                let socket = if conn == link.data {
+                    Socket::Data
+                } else if conn == link.meta {
+                    Socket::Meta
+                } else {
+                    return;
+                };
+                p.received_bytes += bytes.len() as u64;
+                self.on_bytes(socket, &bytes);
+            }
+            PeerInput::Sent { conn, bytes } => {
+                if conn == link.data {
+                    link.data_sent += bytes;
+                    self.on_data_sent();
+                }
+            }
+            PeerInput::Closed { conn } => {
+                if conn == link.data || conn == link.meta {
+                    self.drop_connection(
+                        ConnState::NetworkFailure,
+                        Some("connection closed by peer".to_string()),
+                    );
+                }
+            }
+            PeerInput::Accepted { conn } | PeerInput::Connected { conn } => {
+                // Connected: no second connection (DRBD closes the listener).
+                self.outputs
+                    .push_back(Output::Peer(PeerOutput::Close { conn }));
+            }
+        }
+    }
+
+    fn on_bytes(&mut self, socket: Socket, bytes: &[u8]) {
+        {
+            let link = self.link_mut();
+            match socket {
+                Socket::Data => link.data_in.push(bytes),
+                Socket::Meta => link.meta_in.push(bytes),
+            }
+        }
+        loop {
+            let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) else {
+                return;
+            };
+            let frame = match socket {
+                Socket::Data => link.data_in.next_frame(),
+                Socket::Meta => link.meta_in.next_frame(),
+            };
+            match frame {
+                Ok(Some(frame)) => {
+                    if frame.volume != 0 {
+                        return self.protocol_error(format!(
+                            "packet for volume {} (only volume 0 exists)",
+                            frame.volume
+                        ));
+                    }
+                    if let Err(e) = self.on_packet(socket, frame.packet) {
+                        return self.protocol_error(e);
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => return self.protocol_error(format!("protocol error: {e}")),
+            }
+        }
+    }
+
+    pub(crate) fn protocol_error(&mut self, message: String) {
+        self.drop_connection(ConnState::ProtocolError, Some(message));
+    }
+
+    fn on_packet(&mut self, socket: Socket, packet: Packet) -> Result<(), String> {
+        let handshake_done = self.link().is_some_and(|l| l.handshake_done);
+        if let Some(e) = SetupError::first_packet_after_setup(&packet) {
+            let p = self.peer.as_mut().expect("peer");
+            p.last_error = Some(e.to_string());
+            self.log(LogLevel::Error, e.to_string());
+            self.drop_connection(ConnState::Disconnecting, None);
+            self.go_standalone();
+            return Ok(());
+        }
+        match packet {
+            Packet::Ping => self.send(Socket::Meta, &Packet::PingAck),
+            Packet::PingAck => {
+                self.link_mut().ping_sent = false;
+                self.timers.stop(Timer::PingAck);
+            }
+            Packet::Protocol(params) => self.receive_protocol(params)?,
+            Packet::SyncParam89(_) | Packet::SyncParam(_) => {}
+            Packet::Sizes(sizes) => self.receive_sizes(sizes)?,
+            Packet::Uuids(u) => self.receive_uuids(u),
+            Packet::State(state) => self.receive_state(state)?,
+            Packet::StateChgReq(req) => self.receive_state_change_request(req),
+            Packet::ConnStChgReq(_) => {
+                self.send(
+                    Socket::Meta,
+                    &Packet::ConnStChgReply(StateChangeReply { retcode: 1 }),
+                );
+            }
+            Packet::StateChgReply(reply) | Packet::ConnStChgReply(reply) => {
+                self.receive_state_change_reply(reply)
+            }
+            Packet::UnplugRemote | Packet::DelayProbe(_) | Packet::Ignored { .. } => {}
+            Packet::Bitmap(_) | Packet::CompressedBitmap(_) => self.receive_bitmap(&packet)?,
+            Packet::SyncUuid(uuid) => self.receive_sync_uuid(uuid)?,
+            other if !handshake_done => {
+                return Err(format!(
+                    "unexpected {:?} before the handshake finished",
+                    other.command()
+                ));
+            }
+            other => self.on_replication_packet(socket, other)?,
+        }
+        Ok(())
+    }
+
+    fn receive_protocol(&mut self, params: ProtocolParams) -> Result<(), String> {
+        let p = self.peer.as_mut().expect("peer");
+        let c = &p.config;
+        if params.protocol != c.protocol {
+            return Err(self.incompatible("incompatible communication protocols"));
+        }
+        if mirrored(params.after_sb_0p) != to_wire_0p(c.split_brain.after_sb_0pri) {
+            return Err(self.incompatible("incompatible after-sb-0pri settings"));
+        }
+        if mirrored(params.after_sb_1p) != to_wire_1p(c.split_brain.after_sb_1pri) {
+            return Err(self.incompatible("incompatible after-sb-1pri settings"));
+        }
+        if mirrored(params.after_sb_2p) != to_wire_2p(c.split_brain.after_sb_2pri) {
+            return Err(self.incompatible("incompatible after-sb-2pri settings"));
+        }
+        if params.two_primaries {
+            return Err(self.incompatible("incompatible setting of the two-primaries options"));
+        }
+        if params.conn_flags.contains(ConnFlags::DISCARD_MY_DATA) && p.discard_my_data {
+            return Err(self.incompatible("incompatible discard-my-data settings"));
+        }
+        if params
+            .integrity_alg
+            .is_some_and(|a| !a.as_bytes().is_empty())
+        {
+            return Err(self
+                .incompatible("incompatible setting of the data-integrity-alg (udrbd has none)"));
+        }
+        self.link_mut().got_protocol = true;
+        Ok(())
+    }
+
+    /// An incompatible configuration: DRBD goes StandAlone (no point in retrying).
+    fn incompatible(&mut self, what: &str) -> String {
+        let message = format!("{what}; peer refused, going StandAlone");
+        self.peer.as_mut().expect("peer").last_error = Some(message.clone());
+        self.log(LogLevel::Error, message);
+        self.drop_connection(ConnState::Disconnecting, None);
+        self.go_standalone();
+        String::new()
+    }
+
+    fn receive_sizes(&mut self, sizes: Sizes) -> Result<(), String> {
+        let own = self.disk.as_ref().map(|d| d.size_sect);
+        let link = self.link_mut();
+        link.peer_sizes = Some(sizes);
+        link.peer_max_bio = sizes.max_bio_size.clamp(4096, MAX_BIO_SIZE);
+        let agreed = match (own, sizes.d_size) {
+            (Some(o), 0) => o,
+            (Some(o), peer) => o.min(peer),
+            (None, peer) => peer,
+        };
+        link.agreed_size_sect = agreed;
+        if let Some(d) = self.disk.as_mut()
+            && agreed < d.size_sect
+        {
+            if self.role == Role::Primary {
+                return Err(format!(
+                    "the peer's disk is too small ({} < {} sectors)",
+                    agreed, d.size_sect
+                ));
+            }
+            d.size_sect = agreed;
+        }
+        Ok(())
+    }
+
+    fn receive_uuids(&mut self, u: Uuids) {
+        let peer_uuids = PeerUuids::from_wire([
+            u.current,
+            u.bitmap,
+            u.history[0],
+            u.history[1],
+            u.bits_set,
+            u.flags,
+        ]);
+        let handshake_done = {
+            let link = self.link_mut();
+            link.peer_uuids = Some(peer_uuids);
+            link.handshake_done
+        };
+        if !handshake_done {
+            return;
+        }
+        // Skip the initial sync: the peer created a new generation over two empty disks.
+        let skip = u.flags & UUID_FLAG_SKIP_INITIAL_SYNC != 0;
+        let conn = self.peer.as_ref().map(|p| p.conn);
+        if skip
+            && conn == Some(ConnState::Connected)
+            && let Some(d) = self.disk.as_mut()
+            && d.sb.uuids.current & !1 == sync_decision::UUID_JUST_CREATED
+        {
+            let primary = self.role == Role::Primary;
+            d.sb.uuids = udrbd_meta::GenerationUuids {
+                current: if primary {
+                    u.current | 1
+                } else {
+                    u.current & !1
+                },
+                bitmap: 0,
+                history: d.sb.uuids.history,
+            };
+            d.bitmap.clear_range(0..d.bitmap.bits());
+            d.sb_version += 1;
+            self.disk_state = DiskState::UpToDate;
+            self.peer.as_mut().expect("peer").peer_disk = DiskState::UpToDate;
+            self.update_md_flags();
+            self.write_dirty_pages();
+            self.send_state();
+            self.state_changed();
+            self.log(
+                LogLevel::Info,
+                "skipped the initial sync (new-current-uuid --clear-bitmap on the peer)"
+                    .to_string(),
+            );
+        }
+    }
+
+    fn receive_state(&mut self, state: State) -> Result<(), String> {
+        let (handshake_done, has_uuids, has_sizes, got_protocol) = {
+            let l = self.link_mut();
+            (
+                l.handshake_done,
+                l.peer_uuids.is_some(),
+                l.peer_sizes.is_some(),
+                l.got_protocol,
+            )
+        };
+        // The peer's view: its role is our peer role, its disk our peer disk.
+        let peer_role = state.role;
+        let peer_disk = state.disk;
+        let peer_conn = state.conn;
+        if !handshake_done {
+            if !(has_uuids && has_sizes && got_protocol) {
+                return Err("P_STATE before P_PROTOCOL, P_SIZES and P_UUIDS".to_string());
+            }
+            {
+                let p = self.peer.as_mut().expect("peer");
+                p.peer_role = peer_role;
+                p.peer_disk = peer_disk;
+            }
+            self.link_mut().handshake_done = true;
+            return self.sync_handshake(peer_role, peer_disk);
+        }
+        let conn = self.peer.as_ref().expect("peer").conn;
+        let old_peer_disk;
+        {
+            let p = self.peer.as_mut().expect("peer");
+            old_peer_disk = p.peer_disk;
+            p.peer_role = peer_role;
+            p.peer_disk = peer_disk;
+        }
+        if old_peer_disk != peer_disk || peer_role != Role::Unknown {
+            self.state_changed();
+        }
+        match (conn, peer_conn) {
+            // The peer wants our bitmap as its SyncTarget (invalidate, or its handshake
+            // re-run): we are the source.
+            (ConnState::Connected, ConnState::WfBitMapT | ConnState::StartingSyncT) => {
+                self.enter_bitmap_exchange(true);
+            }
+            (ConnState::Connected, ConnState::WfBitMapS | ConnState::StartingSyncS) => {
+                if self.disk_state == DiskState::UpToDate && self.role != Role::Primary {
+                    self.disk_state = DiskState::Inconsistent;
+                    self.update_md_flags();
+                }
+                self.enter_bitmap_exchange(false);
+            }
+            (ConnState::Connected, _)
+                if self.disk_state <= DiskState::Inconsistent
+                    && self.disk.is_some()
+                    && peer_disk == DiskState::UpToDate =>
+            {
+                // The peer became UpToDate (primary --force) while we are not: the handshake
+                // runs again and makes us SyncTarget.
+                return self.sync_handshake(peer_role, peer_disk);
+            }
+            (ConnState::SyncSource | ConnState::PausedSyncS, ConnState::Connected)
+                if peer_disk == DiskState::UpToDate =>
+            {
+                self.resync_finished_source();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// DRBD's `drbd_sync_handshake`: the UUID comparison, then the post-processing.
+    fn sync_handshake(&mut self, peer_role: Role, peer_disk: DiskState) -> Result<(), String> {
+        let Some(d) = self.disk.as_ref() else {
+            // Diskless: no resync; connected as a diskless node.
+            self.set_conn(ConnState::Connected);
+            self.send_state();
+            return Ok(());
+        };
+        let link = self.link().expect("link");
+        let mut peer = link.peer_uuids.expect("checked");
+        let mut local = d.sb.uuids;
+        let compare = CompareInput {
+            local,
+            local_crashed_primary: d.sb.flags.has(MdFlags::CRASHED_PRIMARY),
+            resolve_conflicts: link.resolve_conflicts,
+            peer,
+            agreed_protocol: link.version,
+            agreed_features: link.features.0,
+            local_role: self.role,
+            peer_role,
+        };
+        let outcome = sync_decision::uuid_compare(&compare);
+        if let Some(fixup) = outcome.fixup {
+            fixup.apply(&mut local, &mut peer);
+            let d = self.disk.as_mut().expect("attached");
+            if d.sb.uuids != local {
+                d.sb.uuids = local;
+                d.sb_version += 1;
+            }
+            self.link_mut().peer_uuids = Some(peer);
+        }
+        let p = self.peer.as_ref().expect("peer");
+        let d = self.disk.as_ref().expect("attached");
+        let input = HandshakeInput {
+            decision: outcome.decision,
+            local_role: self.role,
+            peer_role,
+            local_disk: self.disk_state,
+            local_disk_now: self.disk_state,
+            peer_disk: sync_decision::peer_disk_for_handshake(peer_disk, peer.flags),
+            local_bitmap_uuid: d.sb.uuids.bitmap,
+            peer_bitmap_uuid: peer.uuids.bitmap,
+            local_bits_set: d.bitmap.count(),
+            peer_bits_set: peer.bits_set,
+            peer_flags: peer.flags,
+            local_discard_my_data: p.discard_my_data,
+            resolve_conflicts: self.link().expect("link").resolve_conflicts,
+            local_demotion_allowed: self.openers == 0,
+            policy: p.config.split_brain,
+        };
+        let plan = sync_decision::post_process(&input);
+        self.log(
+            LogLevel::Info,
+            format!(
+                "drbd_sync_handshake: uuid_compare()={} by rule {}",
+                outcome.decision.code(),
+                outcome.rule
+            ),
+        );
+        if let Some(sb) = plan.split_brain {
+            self.log(LogLevel::Warn, "Split-Brain detected".to_string());
+            if sb.resolution != sync_decision::SplitBrainResolution::Unresolved {
+                self.log(
+                    LogLevel::Warn,
+                    format!("Split-Brain resolved: {:?}", sb.resolution),
+                );
+            }
+        }
+        for step in plan.steps() {
+            match step {
+                HandshakeStep::CallHandler(h) => self
+                    .outputs
+                    .push_back(Output::Event(Event::Handler { name: h.name() })),
+                HandshakeStep::BecomeSecondary => {
+                    if self.openers == 0 {
+                        self.role = Role::Secondary;
+                        self.update_md_flags();
+                        self.state_changed();
+                    }
+                }
+            }
+        }
+        match plan.outcome {
+            HandshakeOutcome::Disconnect { reason } => {
+                let message = format!("handshake: {reason:?}; dropping connection");
+                let p = self.peer.as_mut().expect("peer");
+                p.split_brain = plan.split_brain.is_some();
+                p.last_error = Some(if p.split_brain {
+                    "Split-Brain detected but unresolved, dropping connection!".to_string()
+                } else {
+                    message.clone()
+                });
+                self.log(LogLevel::Error, message);
+                self.drop_connection(ConnState::Disconnecting, None);
+                self.go_standalone();
+            }
+            HandshakeOutcome::Connect {
+                direction,
+                full_sync,
+            } => {
+                let p = self.peer.as_mut().expect("peer");
+                p.discard_my_data = false;
+                p.split_brain = false;
+                if full_sync {
+                    self.set_all_out_of_sync();
+                }
+                match direction {
+                    SyncDirection::None => {
+                        // Connected: Consistent/Outdated become UpToDate when the peer is.
+                        if self.disk_state >= DiskState::Outdated
+                            && self.disk_state < DiskState::UpToDate
+                            && peer_disk == DiskState::UpToDate
+                        {
+                            self.disk_state = DiskState::UpToDate;
+                        }
+                        let p = self.peer.as_mut().expect("peer");
+                        if p.peer_disk >= DiskState::Outdated
+                            && p.peer_disk < DiskState::UpToDate
+                            && self.disk_state == DiskState::UpToDate
+                        {
+                            p.peer_disk = DiskState::UpToDate;
+                        }
+                        self.set_conn(ConnState::Connected);
+                        self.update_md_flags();
+                        self.send_state();
+                    }
+                    SyncDirection::Source => self.enter_bitmap_exchange(true),
+                    SyncDirection::Target => self.enter_bitmap_exchange(false),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// WFBitMapS (the source sends its bitmap at once) or WFBitMapT.
+    pub(crate) fn enter_bitmap_exchange(&mut self, source: bool) {
+        let bits = self.exchange_bits();
+        {
+            let link = self.link_mut();
+            link.bm_receiver = Some(BitmapReceiver::new(bits, HeaderFormat::Long));
+            link.bm_sent = false;
+        }
+        if source {
+            let p = self.peer.as_mut().expect("peer");
+            if p.peer_disk == DiskState::UpToDate {
+                p.peer_disk = DiskState::Consistent;
+            }
+            self.set_conn(ConnState::WfBitMapS);
+            self.send_state();
+            self.send_bitmap();
+        } else {
+            if self.disk_state == DiskState::UpToDate {
+                self.disk_state = DiskState::Outdated;
+            }
+            self.set_conn(ConnState::WfBitMapT);
+            self.update_md_flags();
+            self.send_state();
+        }
+    }
+
+    fn exchange_bits(&self) -> u64 {
+        let size = self.link().map_or(0, |l| l.agreed_size_sect);
+        let own = self.disk.as_ref().map_or(0, |d| d.bitmap.bits());
+        size.div_ceil(udrbd_meta::SECTORS_PER_BIT).min(own)
+    }
+
+    fn send_bitmap(&mut self) {
+        let bits = self.exchange_bits();
+        let use_rle = self.peer.as_ref().expect("peer").config.use_rle;
+        let mut sender = BitmapSender::new(bits, HeaderFormat::Long, use_rle);
+        let mut packets = Vec::new();
+        {
+            let d = self.disk.as_mut().expect("attached");
+            let window = Window {
+                bitmap: &mut d.bitmap,
+                bits,
+            };
+            while let Some(packet) = sender.next_packet(&window) {
+                packets.push(packet);
+            }
+        }
+        for packet in packets {
+            self.send(Socket::Data, &packet);
+        }
+        self.link_mut().bm_sent = true;
+    }
+
+    fn receive_bitmap(&mut self, packet: &Packet) -> Result<(), String> {
+        let conn = self.peer.as_ref().expect("peer").conn;
+        if !matches!(conn, ConnState::WfBitMapS | ConnState::WfBitMapT) {
+            return Err(format!("bitmap packet in {conn:?}"));
+        }
+        let bits = self.exchange_bits();
+        let progress = {
+            let p = self.peer.as_mut().expect("peer");
+            let link = p.link.as_mut().expect("link");
+            let receiver = link.bm_receiver.as_mut().expect("set on entering WFBitMap");
+            let d = self.disk.as_mut().expect("attached");
+            let mut window = Window {
+                bitmap: &mut d.bitmap,
+                bits,
+            };
+            receiver
+                .receive(packet, &mut window)
+                .map_err(|e| format!("bitmap exchange: {e}"))?
+        };
+        if progress == BitmapProgress::More {
+            return Ok(());
+        }
+        self.link_mut().bm_receiver = None;
+        // The merged bitmap is what the resync works from; it must be durable first.
+        self.write_dirty_pages();
+        if conn == ConnState::WfBitMapT {
+            self.send_bitmap();
+            self.set_conn(ConnState::WfSyncUuid);
+        } else {
+            self.start_resync_source();
+        }
+        Ok(())
+    }
+
+    fn start_resync_source(&mut self) {
+        let random = self.new_uuid();
+        let d = self.disk.as_mut().expect("attached");
+        let (uuids, sync_uuid) = sync_decision::resync_start_source(d.sb.uuids, random);
+        d.sb.uuids = uuids;
+        d.sb_version += 1;
+        let total = d.bitmap.count();
+        self.send(Socket::Data, &Packet::SyncUuid(sync_uuid));
+        self.begin_resync(true, total);
+        let p = self.peer.as_mut().expect("peer");
+        p.peer_disk = DiskState::Inconsistent;
+        self.set_conn(ConnState::SyncSource);
+        self.log(
+            LogLevel::Info,
+            format!("Began resync as SyncSource (will sync {} KB)", total * 4),
+        );
+        if total == 0 {
+            self.resync_finished_source();
+        }
+    }
+
+    fn receive_sync_uuid(&mut self, uuid: u64) -> Result<(), String> {
+        let conn = self.peer.as_ref().expect("peer").conn;
+        if conn != ConnState::WfSyncUuid {
+            return Err(format!("P_SYNC_UUID in {conn:?}"));
+        }
+        let primary = self.role == Role::Primary;
+        let d = self.disk.as_mut().expect("attached");
+        d.sb.uuids = sync_decision::sync_target_received(d.sb.uuids, uuid, primary);
+        d.sb_version += 1;
+        let total = d.bitmap.count();
+        self.disk_state = DiskState::Inconsistent;
+        self.update_md_flags();
+        self.begin_resync(false, total);
+        self.peer.as_mut().expect("peer").peer_disk = DiskState::UpToDate;
+        self.set_conn(ConnState::SyncTarget);
+        self.log(
+            LogLevel::Info,
+            format!("Began resync as SyncTarget (will sync {} KB)", total * 4),
+        );
+        Ok(())
+    }
+
+    fn begin_resync(&mut self, source: bool, total_bits: u64) {
+        let now = self.now;
+        let sb_version = self.disk.as_ref().map_or(0, |d| d.sb_version);
+        let config = self.peer.as_ref().expect("peer").config.resync;
+        let link = self.link_mut();
+        link.rs_requests.clear();
+        link.rs_sect_in = 0;
+        link.resync = Some(Resync {
+            source,
+            controller: ResyncController::new(config, now, total_bits),
+            total_bits,
+            cursor: 0,
+            sb_version,
+            started: now,
+            bitmap_written: false,
+        });
+        self.timers.set(Timer::ResyncStep, now);
+    }
+
+    pub(crate) fn resync_finished_source(&mut self) {
+        if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
+            link.resync = None;
+        }
+        if let Some(d) = self.disk.as_mut() {
+            d.sb.uuids = sync_decision::clear_bitmap_uuid(d.sb.uuids);
+            d.sb_version += 1;
+        }
+        self.peer.as_mut().expect("peer").peer_disk = DiskState::UpToDate;
+        self.set_conn(ConnState::Connected);
+        self.update_md_flags();
+        self.log(LogLevel::Info, "Resync done (SyncSource)".to_string());
+    }
+
+    pub(crate) fn resync_finished_target(&mut self) {
+        self.timers.stop(Timer::ResyncStep);
+        let peer = self.link().and_then(|l| l.peer_uuids).map(|u| u.uuids);
+        if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
+            link.resync = None;
+        }
+        let primary = self.role == Role::Primary;
+        if let (Some(d), Some(peer)) = (self.disk.as_mut(), peer) {
+            let finished = sync_decision::resync_finished_target(d.sb.uuids, peer, primary);
+            d.sb.uuids = sync_decision::clear_bitmap_uuid(finished);
+            d.sb_version += 1;
+        }
+        self.disk_state = DiskState::UpToDate;
+        self.set_conn(ConnState::Connected);
+        self.update_md_flags();
+        self.send_state();
+        self.log(LogLevel::Info, "Resync done (SyncTarget)".to_string());
+    }
+
+    fn receive_state_change_request(&mut self, req: StateChange) {
+        let mask = req.mask.convert_for_peer();
+        let val = req.val.convert_for_peer();
+        let peer_field = mask.field(StateField::Peer);
+        let mut retcode = 1;
+        if peer_field != 0 && val.field(StateField::Peer) == Role::Primary as u32 {
+            let own_request = self.link().is_some_and(|l| l.state_request.is_some());
+            let resolve = self.link().is_some_and(|l| l.resolve_conflicts);
+            if self.role == Role::Primary {
+                retcode = StateChangeError::TwoPrimaries.code();
+            } else if own_request && resolve {
+                retcode = StateChangeError::ConcurrentStateChange.code();
+            } else {
+                self.peer.as_mut().expect("peer").peer_role = Role::Primary;
+                if mask.field(StateField::Pdsk) != 0 {
+                    self.peer.as_mut().expect("peer").peer_disk = DiskState::UpToDate;
+                }
+                self.state_changed();
+            }
+        }
+        self.send(
+            Socket::Meta,
+            &Packet::StateChgReply(StateChangeReply { retcode }),
+        );
+    }
+
+    fn receive_state_change_reply(&mut self, reply: StateChangeReply) {
+        let Some((id, request)) = self.link_mut().state_request.take() else {
+            return;
+        };
+        match StateChangeError::from_code(reply.retcode) {
+            None => match request {
+                StateRequest::Primary { force } => self.continue_primary(id, force),
+            },
+            Some(e) => {
+                if matches!(&self.pending, Some((p, Pending::PeerApproval)) if *p == id) {
+                    self.pending = None;
+                }
+                self.finish_command(id, Err(CommandError::StateChange(e)));
+            }
+        }
+    }
+
+    /// The peer agreed: promote locally.
+    fn continue_primary(&mut self, id: CommandId, force: bool) {
+        if !matches!(&self.pending, Some((p, Pending::PeerApproval)) if *p == id) {
+            return;
+        }
+        self.pending = None;
+        match self.promote_locally(force) {
+            Ok(Some(pending)) => self.pending = Some((id, pending)),
+            Ok(None) => self.finish_command(id, Ok(())),
+            Err(e) => self.finish_command(id, Err(e)),
+        }
+    }
+
+    // ---- timers ------------------------------------------------------------------------
+
+    pub(crate) fn on_peer_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::ConnectionSetup => {
+                if let Some(setup) = self.peer.as_mut().and_then(|p| p.setup.as_mut()) {
+                    setup.handle(self.now, SetupInput::Timeout);
+                    self.drive_setup();
+                }
+            }
+            Timer::Ping => {
+                let Some(p) = self.peer.as_ref() else { return };
+                let (ping_int, ping_timeout) = (p.config.ping_int, p.config.ping_timeout);
+                if p.link.is_none() {
+                    return;
+                }
+                if !self.link_mut().ping_sent {
+                    self.link_mut().ping_sent = true;
+                    self.send(Socket::Meta, &Packet::Ping);
+                    self.timers.set(Timer::PingAck, self.now.plus(ping_timeout));
+                }
+                self.timers.set(Timer::Ping, self.now.plus(ping_int));
+            }
+            Timer::PingAck => {
+                if self.link().is_some_and(|l| l.ping_sent) {
+                    self.drop_connection(
+                        ConnState::Timeout,
+                        Some("PingAck did not arrive in time".to_string()),
+                    );
+                }
+            }
+            Timer::ResyncStep => self.resync_step(),
+            Timer::BitmapWriteout => unreachable!("handled by the engine"),
+        }
+    }
+
+    // ---- status ------------------------------------------------------------------------
+
     pub(crate) fn peer_status(&self) -> Option<PeerStatus> {
-        None
+        let p = self.peer.as_ref()?;
+        let link = p.link.as_ref();
+        let resync = link.and_then(|l| l.resync.as_ref()).map(|r| {
+            let left = self.disk.as_ref().map_or(0, |d| d.bitmap.count());
+            let marks = r.controller.marks();
+            let progress = marks.progress(self.now, left);
+            let last = marks.last();
+            let _ = progress;
+            ResyncStatus {
+                total_sectors: r.total_bits * udrbd_meta::SECTORS_PER_BIT,
+                left_sectors: left * udrbd_meta::SECTORS_PER_BIT,
+                elapsed_ms: self.now.since(r.started).as_millis() as u64,
+                paused_ms: 0,
+                dt0_ms: self.now.since(r.started).as_millis() as u64,
+                db0_sectors: r.total_bits.saturating_sub(left) * udrbd_meta::SECTORS_PER_BIT,
+                dt1_ms: self.now.since(last.time).as_millis().max(1) as u64,
+                db1_sectors: last.bits_left.saturating_sub(left) * udrbd_meta::SECTORS_PER_BIT,
+                want_kib_per_sec: r.controller.rate_kib_per_sec(),
+            }
+        });
+        let (ap, pending) = link.map_or((0, 0), |l| {
+            let ap: u64 = l
+                .sent
+                .values()
+                .map(|s| match s {
+                    SentRequest::Write { len, .. } => len / 512,
+                    SentRequest::Read { .. } => 0,
+                })
+                .sum();
+            (ap, l.sent.len() as u32 + l.rs_requests.len() as u32)
+        });
+        let rs: u64 = link.map_or(0, |l| l.rs_requests.values().map(|b| b / 512).sum());
+        Some(PeerStatus {
+            name: p.config.peer_name.clone(),
+            own_address: p.config.own_address,
+            peer_address: p.config.peer_address,
+            conn: p.conn,
+            peer_role: p.peer_role,
+            peer_disk: p.peer_disk,
+            sent_kib: p.sent_bytes / 1024,
+            received_kib: p.received_bytes / 1024,
+            pending,
+            unacked: self.peer_unacked(),
+            ap_in_flight_sectors: ap,
+            rs_in_flight_sectors: rs,
+            resync,
+            split_brain: p.split_brain,
+            last_error: p.last_error.clone(),
+        })
+    }
+
+    /// Checks the peer's invariants (see the module doc).
+    pub(crate) fn peer_invariants(&self) {
+        let Some(p) = self.peer.as_ref() else { return };
+        assert_eq!(
+            p.link.is_some(),
+            p.conn >= ConnState::WfReportParams,
+            "a link exactly from WFReportParams up ({:?})",
+            p.conn
+        );
+        assert_eq!(
+            p.setup.is_some(),
+            p.conn == ConnState::WfConnection,
+            "setup exactly in WFConnection ({:?})",
+            p.conn
+        );
+        if p.link.is_none() {
+            assert_eq!(p.peer_role, Role::Unknown);
+            assert_eq!(p.peer_disk, DiskState::DUnknown);
+        }
+        if let Some(l) = &p.link {
+            let mut last = None;
+            for (nr, _, _) in &l.unacked_epochs {
+                assert!(last.is_none_or(|prev| prev < *nr), "epochs out of order");
+                last = Some(*nr);
+            }
+            if let Some(d) = self.disk.as_ref() {
+                for (&sector, &bytes) in &l.rs_requests {
+                    assert!(
+                        (sector * 512 + bytes).div_ceil(udrbd_meta::BM_BLOCK_SIZE)
+                            <= d.bitmap.bits(),
+                        "resync request past the bitmap"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Packs a byte length into a block ack's `blksize`.
+pub(crate) fn ack_for(sector: u64, block_id: u64, blksize: u32, seq_num: u32) -> BlockAck {
+    BlockAck {
+        sector,
+        block_id: udrbd_wire::BlockId(block_id),
+        blksize,
+        seq_num,
     }
 }

@@ -3,9 +3,10 @@
 //! A write (or discard, or write-zeroes) takes a reference on every activity-log extent it
 //! touches. It is submitted to the disk only when all of them are in the durable active set;
 //! otherwise it waits while the AL writer writes the bitmap pages of the extents it evicts and
-//! then the transaction (with FUA). When the write completes, its references are released and,
-//! because no peer received it, its blocks are marked out of sync. A failed write is never
-//! completed as a success.
+//! then the transaction (with FUA). While the peer receives writes, a write is sent to it when
+//! its local write is submitted and completes when both parts are done (replication.rs). A
+//! write no peer received marks its blocks out of sync. A failed write is never completed as
+//! a success unless the peer wrote it.
 
 use bytes::Bytes;
 use udrbd_meta::activity_log::{Activation, BITS_PER_AL_EXTENT, extent_of_sector};
@@ -27,8 +28,14 @@ impl Resource {
         if self.role != Role::Primary {
             return self.complete(id, Err(BlockError::NotPrimary));
         }
-        let usable = self.disk_state == DiskState::UpToDate && self.disk.is_some();
-        let size = self.disk.as_ref().map_or(0, |d| d.size_sect * 512);
+        let local_data = self.disk_state == DiskState::UpToDate && self.disk.is_some();
+        let peer_data = self.replicating()
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.peer_disk == DiskState::UpToDate);
+        let usable = local_data || peer_data;
+        let size = self.exported_size();
         let range = match &request {
             BlockRequest::Read { offset, len, .. } => Some((*offset, u64::from(*len))),
             BlockRequest::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
@@ -48,8 +55,12 @@ impl Resource {
                 }),
             );
         }
-        if !usable {
-            // No local data and no peer: nothing can serve the request.
+        // Writes need the local disk (a diskless Primary is the failure-handling issue's).
+        let local_writable = self.disk.is_some()
+            && self.disk_state >= DiskState::Inconsistent
+            && self.disk_state != DiskState::Failed;
+        if !usable || (is_write(&request) && !local_writable) {
+            // No good copy reachable: nothing can serve the request.
             return self.complete(id, Err(BlockError::Io));
         }
         let extents = match range {
@@ -63,6 +74,8 @@ impl Resource {
             request,
             BlockRequest::Discard { fua: true, .. } | BlockRequest::WriteZeroes { fua: true, .. }
         );
+        let read_remote = matches!(request, BlockRequest::Read { .. }) && !local_data;
+        let is_a_write = is_write(&request);
         self.requests.insert(
             id,
             Request {
@@ -71,12 +84,39 @@ impl Resource {
                 holds_extents: false,
                 op: None,
                 flush_after,
+                local_done: false,
+                local_error: false,
+                net_pending: 0,
+                net_failed: false,
+                replicated: false,
+                epoch: None,
+                flush_epoch: None,
+                read_parts: Vec::new(),
+                lock: None,
             },
         );
-        if extents.is_some() {
+        if read_remote {
+            let BlockRequest::Read { offset, len, .. } = self.requests[&id].request else {
+                unreachable!()
+            };
+            let parts = self.send_read(id, offset, len);
+            let r = self.requests.get_mut(&id).expect("request");
+            r.local_done = true;
+            r.net_pending = parts;
+            return;
+        }
+        if is_a_write {
             self.al_waiting.push_back(id);
         } else {
             self.submit_request(id);
+        }
+    }
+
+    /// The size of the replicated device in bytes.
+    pub(crate) fn exported_size(&self) -> u64 {
+        match self.disk.as_ref() {
+            Some(d) => d.size_sect * 512,
+            None => self.link().map_or(0, |l| l.agreed_size_sect * 512),
         }
     }
 
@@ -102,25 +142,51 @@ impl Resource {
                 (*offset, DiskOpKind::WriteZeroes { len: *len })
             }
         };
+        let is_flush = matches!(kind, DiskOpKind::Flush);
         let op = self.submit(OpPurpose::Request(id), DiskArea::Data, offset, kind);
         self.requests.get_mut(&id).expect("request").op = Some(op);
+        let request = self.requests[&id].request.clone();
+        if is_write(&request) && self.replicating() {
+            let parts = self.send_write(id, &request);
+            let r = self.requests.get_mut(&id).expect("request");
+            r.net_pending += parts;
+            r.replicated = true;
+        } else if is_flush {
+            // The peer's part: the barrier acks of every closed epoch (the peer flushed).
+            let epoch = self.flush_epoch();
+            self.requests.get_mut(&id).expect("request").flush_epoch = epoch;
+        }
     }
 
-    /// Tries to start every write waiting for activity-log extents, in arrival order.
+    /// Tries to start every write waiting for activity-log extents, in arrival order. A write
+    /// overlapping one in flight (or an earlier waiting one) waits; while the data socket is
+    /// congested nothing new starts.
     pub(crate) fn start_waiting_writes(&mut self) {
         if self.disk.is_none() || self.disk_state == DiskState::Failed {
             return;
         }
         let waiting: Vec<BlockRequestId> = self.al_waiting.iter().copied().collect();
+        let mut blocked: Vec<(u64, u64)> = Vec::new();
         for id in waiting {
-            if !self.hold_extents(id) {
+            if self.replicating() && self.send_congested() {
+                return;
+            }
+            let (offset, len) = written_range(&self.requests[&id].request).expect("a write");
+            let (start, end) = (offset, offset + len);
+            let overlaps_blocked = blocked.iter().any(|&(s, e)| s < end && start < e);
+            if overlaps_blocked || self.range_locked(start, end) || !self.hold_extents(id) {
+                blocked.push((start, end));
                 continue;
             }
             let (first, last) = self.requests[&id].extents.expect("a write");
             let d = self.disk.as_ref().expect("attached");
             if (first..=last).all(|e| d.al.is_active(e)) {
                 self.al_waiting.retain(|w| *w != id);
+                let lock = self.lock_range(start, end);
+                self.requests.get_mut(&id).expect("request").lock = Some(lock);
                 self.submit_request(id);
+            } else {
+                blocked.push((start, end));
             }
         }
     }
@@ -229,44 +295,83 @@ impl Resource {
         result: Result<Option<Bytes>, DiskError>,
     ) {
         let r = self.requests.get_mut(&id).expect("completed request");
+        r.op = None;
         if result.is_ok() && std::mem::take(&mut r.flush_after) {
             // Discard and write-zeroes with FUA: durable through a flush before completing.
             let op = self.submit(OpPurpose::Request(id), DiskArea::Data, 0, DiskOpKind::Flush);
             self.requests.get_mut(&id).expect("request").op = Some(op);
             return;
         }
-        self.release_extents(id);
-        let r = self.requests.remove(&id).expect("completed request");
+        let r = self.requests.get_mut(&id).expect("completed request");
+        r.local_done = true;
         match result {
-            Ok(data) => {
-                self.account(&r.request);
-                if self.config.has_peer
-                    && let Some((offset, len)) = written_range(&r.request)
-                    && let Some(d) = self.disk.as_mut()
-                {
-                    // No peer received it: out of sync until a resync.
-                    let first = offset / udrbd_meta::BM_BLOCK_SIZE;
-                    let end = (offset + len).div_ceil(udrbd_meta::BM_BLOCK_SIZE);
-                    d.bitmap.set_range(first..end);
-                }
-                let data = if matches!(r.request, BlockRequest::Read { .. }) {
-                    data
-                } else {
-                    None
-                };
-                self.complete(id, Ok(data));
-            }
-            Err(_) => {
-                // on-io-error detach: no other copy is reachable, so the request fails.
-                self.complete(id, Err(BlockError::Io));
-                self.disk_failed();
-            }
+            Ok(Some(data)) => r.read_parts.push((0, data)),
+            Ok(None) => {}
+            Err(_) => r.local_error = true,
         }
+        let failed = r.local_error;
+        if failed {
+            self.unlock_request(id);
+        }
+        self.try_complete(id);
+        if failed {
+            // on-io-error detach.
+            self.disk_failed();
+        }
+    }
+
+    fn unlock_request(&mut self, id: BlockRequestId) {
+        let lock = self.requests.get_mut(&id).and_then(|r| r.lock.take());
+        self.unlock(lock);
+    }
+
+    /// Completes the request if its local and network parts are both done.
+    pub(crate) fn try_complete(&mut self, id: BlockRequestId) {
+        let Some(r) = self.requests.get(&id) else {
+            return;
+        };
+        if !r.local_done || r.net_pending > 0 || r.flush_epoch.is_some() || r.op.is_some() {
+            return;
+        }
+        self.release_extents(id);
+        self.unlock_request(id);
+        let r = self.requests.remove(&id).expect("request");
+        if let Some(epoch) = r.epoch
+            && self.peer.as_ref().is_some_and(|p| p.next_epoch == epoch)
+        {
+            // A completed write closes its epoch: later writes may depend on it.
+            self.close_epoch();
+        }
+        let ok = if r.replicated {
+            // A write the peer has (or whose loss is recorded in the bitmap) succeeded.
+            !r.local_error || !r.net_failed
+        } else {
+            !r.local_error && !r.net_failed
+        };
+        if !ok {
+            return self.complete(id, Err(BlockError::Io));
+        }
+        self.account(&r.request);
+        if !r.replicated
+            && self.config.has_peer
+            && let Some((offset, len)) = written_range(&r.request)
+        {
+            // No peer received it: out of sync until a resync.
+            self.mark_out_of_sync(offset, len);
+        }
+        let data = match r.request {
+            BlockRequest::Read { offset, len, .. } => {
+                Some(assemble_read(offset, len, r.read_parts))
+            }
+            _ => None,
+        };
+        self.complete(id, Ok(data));
     }
 
     /// Completes a request that can no longer be served (its disk failed).
     pub(crate) fn fail_request(&mut self, id: BlockRequestId) {
         self.release_extents(id);
+        self.unlock_request(id);
         self.requests.remove(&id);
         self.complete(id, Err(BlockError::Io));
     }
@@ -294,7 +399,21 @@ fn is_write(request: &BlockRequest) -> bool {
     )
 }
 
-fn written_range(request: &BlockRequest) -> Option<(u64, u64)> {
+/// Joins the parts of a read (one local buffer at offset 0, or the peer's replies by sector).
+fn assemble_read(offset: u64, len: u32, mut parts: Vec<(u64, Bytes)>) -> Bytes {
+    if parts.len() == 1 {
+        return parts.pop().expect("one").1;
+    }
+    parts.sort_by_key(|(o, _)| *o);
+    let mut out = Vec::with_capacity(len as usize);
+    for (o, data) in parts {
+        debug_assert_eq!(o, offset + out.len() as u64);
+        out.extend_from_slice(&data);
+    }
+    Bytes::from(out)
+}
+
+pub(crate) fn written_range(request: &BlockRequest) -> Option<(u64, u64)> {
     match request {
         BlockRequest::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
         BlockRequest::Discard { offset, len, .. }

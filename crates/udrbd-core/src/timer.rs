@@ -9,11 +9,25 @@ use crate::types::Instant;
 pub enum Timer {
     /// Lazy write-out of dirty bitmap pages.
     BitmapWriteout = 0,
+    /// The connection setup machine's deadline.
+    ConnectionSetup = 1,
+    /// Send the next P_PING (every ping-int).
+    Ping = 2,
+    /// The P_PING_ACK is due (ping-timeout).
+    PingAck = 3,
+    /// The resync's 100 ms step.
+    ResyncStep = 4,
 }
 
 impl Timer {
     /// All timers, in table order.
-    pub const ALL: [Timer; 1] = [Timer::BitmapWriteout];
+    pub const ALL: [Timer; 5] = [
+        Timer::BitmapWriteout,
+        Timer::ConnectionSetup,
+        Timer::Ping,
+        Timer::PingAck,
+        Timer::ResyncStep,
+    ];
 }
 
 /// Deadlines, one slot per [`Timer`].

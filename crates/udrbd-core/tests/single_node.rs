@@ -7,87 +7,13 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use udrbd_core::*;
-use udrbd_meta::activity_log::{AlTransaction, BITS_PER_AL_EXTENT};
+use udrbd_meta::activity_log::BITS_PER_AL_EXTENT;
 use udrbd_meta::{AlGeometry, Layout, Magic, MdFlags, MetaDiskKind, Superblock};
 
+mod support;
+use support::MemDisk;
+
 const MIB: u64 = 1 << 20;
-
-/// A disk with a durable image and a volatile one; operations complete in submission order
-/// unless the test holds them back.
-struct MemDisk {
-    durable: Vec<u8>,
-    volatile: Vec<u8>,
-    /// Written but not yet durable ranges.
-    unflushed: Vec<(usize, usize)>,
-    fail_data_writes: bool,
-}
-
-impl MemDisk {
-    fn new(size: u64) -> MemDisk {
-        MemDisk {
-            durable: vec![0; size as usize],
-            volatile: vec![0; size as usize],
-            unflushed: Vec::new(),
-            fail_data_writes: false,
-        }
-    }
-
-    /// create-md, written straight to the durable image.
-    fn create_md(&mut self) {
-        let layout = Layout::internal(self.durable.len() as u64, AlGeometry::DEFAULT).unwrap();
-        let init = AlTransaction::initialized().encode();
-        for p in 0..layout.al.ring_blocks() {
-            self.poke(layout.al_position_byte(p) as usize, &init[..]);
-        }
-        let sb = Superblock::new_created(&layout, 0);
-        self.poke(layout.superblock_byte() as usize, &sb.encode()[..]);
-    }
-
-    fn poke(&mut self, at: usize, data: &[u8]) {
-        self.durable[at..at + data.len()].copy_from_slice(data);
-        self.volatile[at..at + data.len()].copy_from_slice(data);
-    }
-
-    fn execute(&mut self, op: &DiskOp) -> DiskCompletion {
-        let at = op.offset as usize;
-        let result = match &op.kind {
-            DiskOpKind::Read { len } => Ok(Some(Bytes::copy_from_slice(
-                &self.volatile[at..at + *len as usize],
-            ))),
-            DiskOpKind::Write { .. } if self.fail_data_writes && op.area == DiskArea::Data => {
-                Err(DiskError { errno: 5 })
-            }
-            DiskOpKind::Write { data, fua } => {
-                self.volatile[at..at + data.len()].copy_from_slice(data);
-                if *fua {
-                    self.durable[at..at + data.len()].copy_from_slice(data);
-                } else {
-                    self.unflushed.push((at, data.len()));
-                }
-                Ok(None)
-            }
-            DiskOpKind::Flush => {
-                for (a, n) in self.unflushed.drain(..) {
-                    self.durable[a..a + n].copy_from_slice(&self.volatile[a..a + n]);
-                }
-                Ok(None)
-            }
-            DiskOpKind::Discard { len } | DiskOpKind::WriteZeroes { len } => {
-                let n = *len as usize;
-                self.volatile[at..at + n].fill(0);
-                self.unflushed.push((at, n));
-                Ok(None)
-            }
-        };
-        DiskCompletion { id: op.id, result }
-    }
-
-    /// Power cut: only the durable image survives.
-    fn crash(&mut self) {
-        self.volatile = self.durable.clone();
-        self.unflushed.clear();
-    }
-}
 
 struct Node {
     engine: Resource,

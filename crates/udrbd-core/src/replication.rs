@@ -1,0 +1,1166 @@
+//! Replication and resync data flow (drbd-v08-facts.md §6.3, §6.5).
+//!
+//! Primary side: a write is sent as P_DATA (split at the peer's max-bio-size) when its local
+//! write is submitted, so overlapping writes reach both disks in the same order. It completes
+//! when the local write completed and, per protocol, the bytes went to the socket (A), the
+//! peer received them (B, P_RECV_ACK) or wrote them (C, P_WRITE_ACK). Completing a write of
+//! the current epoch closes the epoch with P_BARRIER; a flush waits for the barrier acks of
+//! every closed epoch (the peer flushed before acking). When the link drops, everything sent
+//! and not confirmed by a barrier ack is marked out of sync.
+//!
+//! Receiver side: received writes are written (never two overlapping ones at once), acked
+//! per their flags, counted in epochs; an epoch is acked with P_BARRIER_ACK after its writes
+//! completed and the disk was flushed.
+//!
+//! Resync: the SyncTarget requests runs of out-of-sync blocks at the controller's pace; the
+//! source reads and replies; the target writes, acks (the source clears its bits), and
+//! clears its own bits only after a flush made the data durable.
+//!
+//! Range locks: application writes, resync reads (source), received writes and resync
+//! requests (target, from request to written reply) never overlap while in flight; a later
+//! one waits. This keeps both replicas applying overlapping writes in the same order.
+
+use bytes::Bytes;
+use udrbd_wire::{
+    Barrier, BarrierAck, BlockDesc, BlockId, BlockRequest as WireBlockRequest, DataHeader,
+    DataPacket, Digest, DpFlags, FeatureFlags, Packet, Trim, WireProtocol,
+};
+
+use crate::engine::{OpPurpose, Resource};
+use crate::peer::{MAX_RESYNC_REQUEST, SentRequest, Socket, ack_for};
+use crate::state::{ConnState, DiskState};
+use crate::timer::Timer;
+use crate::types::*;
+
+/// Largest P_TRIM we send.
+const MAX_TRIM: u64 = 128 << 20;
+
+/// A write received from the peer (application or resync data).
+#[derive(Clone, Debug)]
+pub(crate) struct PeerWrite {
+    pub(crate) link_gen: u64,
+    pub(crate) sector: u64,
+    pub(crate) len: u64,
+    pub(crate) block_id: u64,
+    pub(crate) kind: PeerWriteKind,
+    pub(crate) op: DiskOpKind,
+    pub(crate) epoch: u64,
+    pub(crate) lock: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PeerWriteKind {
+    /// Application data: ack with P_WRITE_ACK if asked (P_RS_WRITE_ACK with MAY_SET_IN_SYNC).
+    Data { write_ack: bool, rs_ack: bool },
+    /// Resync data (target).
+    Resync,
+}
+
+/// A read for the peer (P_DATA_REQUEST or P_RS_DATA_REQUEST).
+#[derive(Clone, Debug)]
+pub(crate) struct PeerRead {
+    pub(crate) link_gen: u64,
+    pub(crate) sector: u64,
+    pub(crate) len: u32,
+    pub(crate) block_id: u64,
+    pub(crate) resync: bool,
+    pub(crate) lock: Option<u64>,
+}
+
+/// Something waiting for a range lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockWaiter {
+    PeerWrite(u64),
+    ResyncRead(u64),
+}
+
+impl Resource {
+    // ---- range locks ---------------------------------------------------------------------
+
+    pub(crate) fn range_locked(&self, start: u64, end: u64) -> bool {
+        self.locks.values().any(|&(s, e)| s < end && start < e)
+    }
+
+    pub(crate) fn lock_range(&mut self, start: u64, end: u64) -> u64 {
+        let id = self.next_lock;
+        self.next_lock += 1;
+        self.locks.insert(id, (start, end));
+        id
+    }
+
+    pub(crate) fn unlock(&mut self, lock: Option<u64>) {
+        if let Some(l) = lock {
+            self.locks.remove(&l);
+        }
+    }
+
+    /// Starts the peer's writes and reads waiting for a lock, in order.
+    pub(crate) fn start_lock_waiters(&mut self) {
+        let waiting: Vec<LockWaiter> = self.lock_waiting.iter().copied().collect();
+        let mut blocked: Vec<(u64, u64)> = Vec::new();
+        for w in waiting {
+            let range = match w {
+                LockWaiter::PeerWrite(id) => {
+                    let pw = &self.peer_writes[&id];
+                    (pw.sector * 512, pw.sector * 512 + pw.len)
+                }
+                LockWaiter::ResyncRead(id) => {
+                    let pr = &self.peer_reads[&id];
+                    (pr.sector * 512, pr.sector * 512 + u64::from(pr.len))
+                }
+            };
+            let overlaps_blocked = blocked.iter().any(|&(s, e)| s < range.1 && range.0 < e);
+            if overlaps_blocked || self.range_locked(range.0, range.1) {
+                blocked.push(range);
+                continue;
+            }
+            self.lock_waiting.retain(|x| *x != w);
+            let lock = self.lock_range(range.0, range.1);
+            match w {
+                LockWaiter::PeerWrite(id) => {
+                    self.peer_writes.get_mut(&id).expect("waiting").lock = Some(lock);
+                    self.submit_peer_write(id);
+                }
+                LockWaiter::ResyncRead(id) => {
+                    self.peer_reads.get_mut(&id).expect("waiting").lock = Some(lock);
+                    self.submit_peer_read(id);
+                }
+            }
+        }
+    }
+
+    // ---- primary side: sending -----------------------------------------------------------
+
+    /// Whether a new write should be sent to the peer now.
+    pub(crate) fn replicating(&self) -> bool {
+        self.peer
+            .as_ref()
+            .is_some_and(|p| p.link.is_some() && p.replicating())
+    }
+
+    /// The data socket has more queued than sndbuf-size: new writes wait.
+    pub(crate) fn send_congested(&self) -> bool {
+        let Some(p) = self.peer.as_ref() else {
+            return false;
+        };
+        let Some(l) = p.link.as_ref() else {
+            return false;
+        };
+        let limit = if p.config.sndbuf_size == 0 {
+            crate::peer::AUTO_SNDBUF
+        } else {
+            p.config.sndbuf_size
+        };
+        l.data_queued - l.data_sent > limit
+    }
+
+    /// Sends a write (or discard / write-zeroes) to the peer; returns the number of packets
+    /// whose acknowledgement the request waits for.
+    pub(crate) fn send_write(&mut self, id: BlockRequestId, request: &BlockRequest) -> u32 {
+        let protocol = self.peer.as_ref().expect("peer").config.protocol;
+        let (trim_agreed, max_bio) = {
+            let l = self.link().expect("link");
+            (
+                l.features.contains(FeatureFlags::TRIM),
+                u64::from(l.peer_max_bio) & !4095,
+            )
+        };
+        let mut flags = DpFlags::RW_SYNC;
+        flags = flags
+            | match protocol {
+                WireProtocol::A => DpFlags::default(),
+                WireProtocol::B => DpFlags::SEND_RECEIVE_ACK,
+                WireProtocol::C => DpFlags::SEND_WRITE_ACK,
+            };
+        let epoch = self.peer.as_ref().expect("peer").next_epoch;
+        let mut parts = 0;
+        match request {
+            BlockRequest::Write {
+                offset, data, fua, ..
+            } => {
+                if *fua {
+                    flags = flags | DpFlags::FUA;
+                }
+                let mut done = 0u64;
+                let total = data.len() as u64;
+                while done < total {
+                    let n = (total - done).min(max_bio.max(4096));
+                    let chunk = data.slice(done as usize..(done + n) as usize);
+                    self.send_data_packet(id, offset + done, chunk, flags, protocol);
+                    parts += 1;
+                    done += n;
+                }
+            }
+            BlockRequest::Discard {
+                offset, len, fua, ..
+            }
+            | BlockRequest::WriteZeroes {
+                offset, len, fua, ..
+            } => {
+                if *fua {
+                    flags = flags | DpFlags::FUA;
+                }
+                let step = if trim_agreed {
+                    MAX_TRIM
+                } else {
+                    max_bio.max(4096)
+                };
+                let mut done = 0u64;
+                while done < *len {
+                    let n = (*len - done).min(step);
+                    if trim_agreed {
+                        self.send_trim_packet(
+                            id,
+                            offset + done,
+                            n,
+                            flags | DpFlags::DISCARD,
+                            protocol,
+                        );
+                    } else {
+                        let zeros = self.zeros(n as usize);
+                        self.send_data_packet(id, offset + done, zeros, flags, protocol);
+                    }
+                    parts += 1;
+                    done += n;
+                }
+            }
+            _ => unreachable!("not a write"),
+        }
+        let (offset, len) = match request {
+            BlockRequest::Write { offset, data, .. } => (*offset, data.len() as u64),
+            BlockRequest::Discard { offset, len, .. }
+            | BlockRequest::WriteZeroes { offset, len, .. } => (*offset, *len),
+            _ => unreachable!(),
+        };
+        let max_epoch = self.peer.as_ref().expect("peer").config.max_epoch_size;
+        let link = self.link_mut();
+        link.epoch_writes += parts;
+        link.epoch_ranges.push((offset, len));
+        if let Some(r) = self.requests.get_mut(&id) {
+            r.epoch = Some(epoch);
+        }
+        if self.link().expect("link").epoch_writes >= max_epoch {
+            self.close_epoch();
+        }
+        if protocol == WireProtocol::A {
+            self.on_data_sent();
+        }
+        parts
+    }
+
+    fn zeros(&mut self, n: usize) -> Bytes {
+        if self.zero_buffer.len() < n {
+            self.zero_buffer = Bytes::from(vec![0u8; n.max(1 << 20)]);
+        }
+        self.zero_buffer.slice(..n)
+    }
+
+    fn new_block_id(&mut self) -> u64 {
+        let link = self.link_mut();
+        let id = link.next_block_id;
+        link.next_block_id += 1;
+        id
+    }
+
+    fn send_data_packet(
+        &mut self,
+        id: BlockRequestId,
+        offset: u64,
+        data: Bytes,
+        flags: DpFlags,
+        protocol: WireProtocol,
+    ) {
+        let block_id = self.new_block_id();
+        let seq_num = self.next_seq();
+        let len = data.len() as u64;
+        self.peer.as_mut().expect("peer").sent_bytes += len;
+        self.send(
+            Socket::Data,
+            &Packet::Data(DataPacket {
+                header: DataHeader {
+                    sector: offset / 512,
+                    block_id: BlockId(block_id),
+                    seq_num,
+                    dp_flags: flags,
+                },
+                digest: Digest::EMPTY,
+                data,
+            }),
+        );
+        let queued_end = self.link().expect("link").data_queued;
+        self.link_mut().sent.insert(
+            block_id,
+            SentRequest::Write {
+                request: id,
+                offset,
+                len,
+                queued_end,
+                ack: protocol,
+            },
+        );
+    }
+
+    fn send_trim_packet(
+        &mut self,
+        id: BlockRequestId,
+        offset: u64,
+        len: u64,
+        flags: DpFlags,
+        protocol: WireProtocol,
+    ) {
+        let block_id = self.new_block_id();
+        let seq_num = self.next_seq();
+        self.send(
+            Socket::Data,
+            &Packet::Trim(Trim {
+                header: DataHeader {
+                    sector: offset / 512,
+                    block_id: BlockId(block_id),
+                    seq_num,
+                    dp_flags: flags,
+                },
+                size: len as u32,
+            }),
+        );
+        let queued_end = self.link().expect("link").data_queued;
+        self.link_mut().sent.insert(
+            block_id,
+            SentRequest::Write {
+                request: id,
+                offset,
+                len,
+                queued_end,
+                ack: protocol,
+            },
+        );
+    }
+
+    /// Sends a read to the peer (the local disk is not UpToDate); returns the parts.
+    pub(crate) fn send_read(&mut self, id: BlockRequestId, offset: u64, len: u32) -> u32 {
+        let max_bio = u64::from(self.link().expect("link").peer_max_bio) & !4095;
+        let mut done = 0u64;
+        let mut parts = 0;
+        while done < u64::from(len) {
+            let n = (u64::from(len) - done).min(max_bio.max(4096));
+            let block_id = self.new_block_id();
+            self.send(
+                Socket::Data,
+                &Packet::DataRequest(WireBlockRequest {
+                    sector: (offset + done) / 512,
+                    block_id: BlockId(block_id),
+                    blksize: n as u32,
+                    pad: 0,
+                }),
+            );
+            self.link_mut()
+                .sent
+                .insert(block_id, SentRequest::Read { request: id });
+            parts += 1;
+            done += n;
+        }
+        parts
+    }
+
+    /// Closes the current epoch (if it holds writes) with P_BARRIER.
+    pub(crate) fn close_epoch(&mut self) {
+        let Some(p) = self.peer.as_mut() else { return };
+        let Some(link) = p.link.as_mut() else { return };
+        if link.epoch_writes == 0 {
+            return;
+        }
+        let nr = p.next_epoch;
+        p.next_epoch += 1;
+        let writes = std::mem::take(&mut link.epoch_writes);
+        let ranges = std::mem::take(&mut link.epoch_ranges);
+        link.unacked_epochs.push_back((nr, writes, ranges));
+        self.send(
+            Socket::Data,
+            &Packet::Barrier(Barrier {
+                barrier: nr as u32,
+                pad: 0,
+            }),
+        );
+    }
+
+    /// A flush: closes the current epoch and returns the epoch whose barrier ack completes
+    /// the flush's network part (None: nothing unacknowledged).
+    pub(crate) fn flush_epoch(&mut self) -> Option<u64> {
+        if !self.replicating() {
+            return None;
+        }
+        self.close_epoch();
+        self.link()?.unacked_epochs.back().map(|(nr, _, _)| *nr)
+    }
+
+    pub(crate) fn flush_satisfied(&self, epoch: u64) -> bool {
+        self.link()
+            .and_then(|l| l.unacked_epochs.front())
+            .is_none_or(|(front, _, _)| *front > epoch)
+    }
+
+    /// Protocol A: writes whose bytes the socket took are done.
+    pub(crate) fn on_data_sent(&mut self) {
+        let Some(link) = self.link() else { return };
+        let sent = link.data_sent;
+        let done: Vec<(u64, BlockRequestId)> = link
+            .sent
+            .iter()
+            .filter_map(|(b, s)| match s {
+                SentRequest::Write {
+                    request,
+                    queued_end,
+                    ack: WireProtocol::A,
+                    ..
+                } if *queued_end <= sent => Some((*b, *request)),
+                _ => None,
+            })
+            .collect();
+        for (block_id, request) in done {
+            self.link_mut().sent.remove(&block_id);
+            self.net_part_done(request);
+        }
+    }
+
+    /// One network part of a request is done.
+    pub(crate) fn net_part_done(&mut self, id: BlockRequestId) {
+        if let Some(r) = self.requests.get_mut(&id) {
+            assert!(r.net_pending > 0, "net part done twice");
+            r.net_pending -= 1;
+            self.try_complete(id);
+        }
+    }
+
+    pub(crate) fn peer_read_failed(&mut self, id: BlockRequestId) {
+        if let Some(r) = self.requests.get_mut(&id) {
+            r.net_failed = true;
+            r.net_pending -= 1;
+            self.try_complete(id);
+        }
+    }
+
+    /// Flush requests whose epochs were acknowledged (or whose link is gone) complete.
+    pub(crate) fn flushes_may_complete(&mut self) {
+        let waiting: Vec<BlockRequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.flush_epoch.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            let epoch = self.requests[&id].flush_epoch.expect("filtered");
+            if self.link().is_none() || self.flush_satisfied(epoch) {
+                self.requests.get_mut(&id).expect("request").flush_epoch = None;
+                self.try_complete(id);
+            }
+        }
+    }
+
+    // ---- receiving -----------------------------------------------------------------------
+
+    pub(crate) fn on_replication_packet(
+        &mut self,
+        _socket: Socket,
+        packet: Packet,
+    ) -> Result<(), String> {
+        match packet {
+            Packet::Data(p) => self.receive_data(
+                p.header,
+                p.data.len() as u64,
+                DiskOpKind::Write {
+                    data: p.data,
+                    fua: false,
+                },
+            ),
+            Packet::Trim(t) | Packet::Zeroes(t) => {
+                let len = u64::from(t.size);
+                self.receive_data(t.header, len, DiskOpKind::WriteZeroes { len })
+            }
+            Packet::Barrier(b) => {
+                let link = self.link_mut();
+                let back = link.recv_epochs.back_mut().expect("an open epoch");
+                back.barrier = Some(b.barrier);
+                link.recv_epochs.push_back(Default::default());
+                self.finish_recv_epochs();
+                Ok(())
+            }
+            Packet::DataRequest(r) => self.receive_read_request(r, false),
+            Packet::RsDataRequest(r) => self.receive_read_request(r, true),
+            Packet::RsDataReply(p) => self.receive_resync_reply(p),
+            Packet::DataReply(p) => {
+                let block_id = p.header.block_id.0;
+                match self.link_mut().sent.remove(&block_id) {
+                    Some(SentRequest::Read { request }) => {
+                        if let Some(r) = self.requests.get_mut(&request) {
+                            r.read_parts.push((p.header.sector * 512, p.data));
+                        }
+                        self.net_part_done(request);
+                        Ok(())
+                    }
+                    _ => Err(format!("P_DATA_REPLY for unknown block id {block_id:#x}")),
+                }
+            }
+            Packet::NegDReply(a) => match self.link_mut().sent.remove(&a.block_id.0) {
+                Some(SentRequest::Read { request }) => {
+                    self.peer_read_failed(request);
+                    Ok(())
+                }
+                _ => Err("P_NEG_DREPLY for an unknown block id".to_string()),
+            },
+            Packet::RecvAck(a) | Packet::WriteAck(a) | Packet::RsWriteAck(a)
+                if a.block_id != BlockId::SYNCER =>
+            {
+                match self.link_mut().sent.remove(&a.block_id.0) {
+                    Some(SentRequest::Write { request, .. }) => {
+                        self.net_part_done(request);
+                        Ok(())
+                    }
+                    // Protocol A parts are done when sent; a late ack is fine.
+                    None => Ok(()),
+                    Some(SentRequest::Read { .. }) => Err("write ack for a read".to_string()),
+                }
+            }
+            Packet::RsWriteAck(a) => {
+                // Source: the target wrote resync data: in sync.
+                let start = a.sector * 512;
+                self.clear_in_sync(start, u64::from(a.blksize));
+                self.source_maybe_finished();
+                Ok(())
+            }
+            Packet::NegAck(a) => {
+                match self.link_mut().sent.remove(&a.block_id.0) {
+                    Some(SentRequest::Write {
+                        request,
+                        offset,
+                        len,
+                        ..
+                    }) => {
+                        self.mark_out_of_sync(offset, len);
+                        self.net_part_done(request);
+                    }
+                    _ => self.mark_out_of_sync(a.sector * 512, u64::from(a.blksize)),
+                }
+                Ok(())
+            }
+            Packet::NegRsDReply(a) | Packet::RsCancel(a) => {
+                self.link_mut().rs_requests.remove(&a.sector);
+                let lock = self.rs_request_locks.remove(&a.sector);
+                self.unlock(lock);
+                self.log(
+                    LogLevel::Warn,
+                    format!("resync read failed on the peer at sector {}", a.sector),
+                );
+                Ok(())
+            }
+            Packet::BarrierAck(BarrierAck { barrier, set_size }) => {
+                let link = self.link_mut();
+                let Some((nr, writes, _)) = link.unacked_epochs.front() else {
+                    return Err(format!("P_BARRIER_ACK {barrier} without an open epoch"));
+                };
+                if *nr as u32 != barrier {
+                    return Err(format!("P_BARRIER_ACK {barrier}, expected {}", *nr as u32));
+                }
+                if *writes != set_size {
+                    return Err(format!(
+                        "BAD! BarrierAck #{barrier} received with n_writes={set_size}, expected n_writes={writes}"
+                    ));
+                }
+                link.unacked_epochs.pop_front();
+                self.flushes_may_complete();
+                Ok(())
+            }
+            Packet::OutOfSync(BlockDesc {
+                sector, blksize, ..
+            }) => {
+                self.mark_out_of_sync(sector * 512, u64::from(blksize));
+                Ok(())
+            }
+            other => Err(format!(
+                "unsupported packet {:?} ({:#06x})",
+                other.command(),
+                other.command_number()
+            )),
+        }
+    }
+
+    fn receive_data(&mut self, header: DataHeader, len: u64, op: DiskOpKind) -> Result<(), String> {
+        let sector = header.sector;
+        let block_id = header.block_id.0;
+        let flags = header.dp_flags;
+        let size = self.disk.as_ref().map_or(0, |d| d.size_sect * 512);
+        if (sector * 512).checked_add(len).is_none_or(|e| e > size) && self.disk.is_some() {
+            return Err(format!(
+                "write beyond the end of the device (sector {sector})"
+            ));
+        }
+        let op = match op {
+            DiskOpKind::Write { data, .. } => DiskOpKind::Write {
+                data,
+                fua: flags.contains(DpFlags::FUA),
+            },
+            other => other,
+        };
+        let rs_ack = flags.contains(DpFlags::MAY_SET_IN_SYNC);
+        let write_ack = flags.contains(DpFlags::SEND_WRITE_ACK) || rs_ack;
+        if flags.contains(DpFlags::SEND_RECEIVE_ACK) {
+            let seq = self.next_seq();
+            self.send(
+                Socket::Meta,
+                &Packet::RecvAck(ack_for(sector, block_id, len as u32, seq)),
+            );
+        }
+        let writable = self.disk.is_some()
+            && self.disk_state >= DiskState::Inconsistent
+            && self.disk_state != DiskState::Failed;
+        let epoch = {
+            let link = self.link_mut();
+            link.recv_epochs.back_mut().expect("open epoch").writes += 1;
+            link.recv_epoch_base + link.recv_epochs.len() as u64 - 1
+        };
+        if !writable {
+            let seq = self.next_seq();
+            self.send(
+                Socket::Meta,
+                &Packet::NegAck(ack_for(sector, block_id, len as u32, seq)),
+            );
+            self.recv_epoch_write_done(epoch);
+            return Ok(());
+        }
+        let id = self.next_peer_op;
+        self.next_peer_op += 1;
+        let link_gen = self.link_gen;
+        self.peer_writes.insert(
+            id,
+            PeerWrite {
+                link_gen,
+                sector,
+                len,
+                block_id,
+                kind: PeerWriteKind::Data { write_ack, rs_ack },
+                op,
+                epoch,
+                lock: None,
+            },
+        );
+        self.lock_waiting.push_back(LockWaiter::PeerWrite(id));
+        self.start_lock_waiters();
+        Ok(())
+    }
+
+    pub(crate) fn submit_peer_write(&mut self, id: u64) {
+        let pw = &self.peer_writes[&id];
+        let (offset, kind) = (pw.sector * 512, pw.op.clone());
+        self.submit(OpPurpose::PeerWrite(id), DiskArea::Data, offset, kind);
+    }
+
+    pub(crate) fn on_peer_write_done(&mut self, id: u64, result: Result<Option<Bytes>, DiskError>) {
+        let pw = self.peer_writes.remove(&id).expect("peer write");
+        self.unlock(pw.lock);
+        let current = pw.link_gen == self.link_gen && self.link().is_some();
+        if result.is_err() {
+            if current {
+                let seq = self.next_seq();
+                let packet = match pw.kind {
+                    PeerWriteKind::Resync => {
+                        Packet::NegAck(ack_for(pw.sector, pw.block_id, pw.len as u32, seq))
+                    }
+                    PeerWriteKind::Data { .. } => {
+                        Packet::NegAck(ack_for(pw.sector, pw.block_id, pw.len as u32, seq))
+                    }
+                };
+                self.send(Socket::Meta, &packet);
+                if pw.kind != PeerWriteKind::Resync {
+                    self.recv_epoch_write_done(pw.epoch);
+                }
+            }
+            self.disk_failed();
+            return;
+        }
+        match pw.kind {
+            PeerWriteKind::Data { write_ack, rs_ack } => {
+                self.statistics.written_kib += pw.len / 1024;
+                if current {
+                    if write_ack {
+                        let seq = self.next_seq();
+                        let ack = ack_for(pw.sector, pw.block_id, pw.len as u32, seq);
+                        let packet = if rs_ack {
+                            Packet::RsWriteAck(ack)
+                        } else {
+                            Packet::WriteAck(ack)
+                        };
+                        self.send(Socket::Meta, &packet);
+                    }
+                    self.recv_epoch_write_done(pw.epoch);
+                }
+            }
+            PeerWriteKind::Resync => {
+                self.statistics.written_kib += pw.len / 1024;
+                // In sync once durable: the flush that follows clears the bits.
+                self.rs_unflushed.push((pw.sector * 512, pw.len));
+                if current {
+                    let seq = self.next_seq();
+                    self.send(
+                        Socket::Meta,
+                        &Packet::RsWriteAck(ack_for(
+                            pw.sector,
+                            BlockId::SYNCER.0,
+                            pw.len as u32,
+                            seq,
+                        )),
+                    );
+                    let link = self.link_mut();
+                    link.rs_requests.remove(&pw.sector);
+                    link.rs_sect_in += pw.len / 512;
+                }
+            }
+        }
+    }
+
+    fn recv_epoch_write_done(&mut self, epoch: u64) {
+        let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) else {
+            return;
+        };
+        if epoch < link.recv_epoch_base {
+            return;
+        }
+        let index = (epoch - link.recv_epoch_base) as usize;
+        if let Some(e) = link.recv_epochs.get_mut(index) {
+            e.done += 1;
+        }
+        self.finish_recv_epochs();
+    }
+
+    /// Acks every finished epoch at the front: flushed first, when it held writes.
+    pub(crate) fn finish_recv_epochs(&mut self) {
+        loop {
+            let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) else {
+                return;
+            };
+            let Some(front) = link.recv_epochs.front_mut() else {
+                return;
+            };
+            let Some(barrier) = front.barrier else { return };
+            if front.done < front.writes || front.flushing {
+                return;
+            }
+            let writes = front.writes;
+            let epoch = link.recv_epoch_base;
+            if writes > 0 && self.disk.is_some() && !front.flush_done {
+                front.flushing = true;
+                self.submit(
+                    OpPurpose::EpochFlush(epoch),
+                    DiskArea::Data,
+                    0,
+                    DiskOpKind::Flush,
+                );
+                return;
+            }
+            let link = self.link_mut();
+            link.recv_epochs.pop_front();
+            link.recv_epoch_base += 1;
+            self.send(
+                Socket::Meta,
+                &Packet::BarrierAck(BarrierAck {
+                    barrier,
+                    set_size: writes,
+                }),
+            );
+        }
+    }
+
+    pub(crate) fn on_epoch_flushed(
+        &mut self,
+        epoch: u64,
+        result: Result<Option<Bytes>, DiskError>,
+    ) {
+        if result.is_err() {
+            self.disk_failed();
+        }
+        let gen_ok = self.link().is_some_and(|l| l.recv_epoch_base == epoch);
+        if !gen_ok {
+            return;
+        }
+        let link = self.link_mut();
+        if let Some(front) = link.recv_epochs.front_mut() {
+            front.flushing = false;
+            front.flush_done = true;
+        }
+        self.finish_recv_epochs();
+    }
+
+    fn receive_read_request(&mut self, r: WireBlockRequest, resync: bool) -> Result<(), String> {
+        let len = r.blksize;
+        if len == 0 || len > crate::peer::MAX_BIO_SIZE || !len.is_multiple_of(512) {
+            return Err(format!("read request of {len} bytes"));
+        }
+        let readable = self.disk.is_some() && self.disk_state == DiskState::UpToDate;
+        let size = self.disk.as_ref().map_or(0, |d| d.size_sect * 512);
+        if (r.sector * 512)
+            .checked_add(u64::from(len))
+            .is_none_or(|e| e > size)
+            && readable
+        {
+            return Err(format!("read request beyond the end (sector {})", r.sector));
+        }
+        if !readable {
+            let seq = self.next_seq();
+            let ack = ack_for(r.sector, r.block_id.0, len, seq);
+            let packet = if resync {
+                Packet::NegRsDReply(ack)
+            } else {
+                Packet::NegDReply(ack)
+            };
+            self.send(Socket::Meta, &packet);
+            return Ok(());
+        }
+        let id = self.next_peer_op;
+        self.next_peer_op += 1;
+        let link_gen = self.link_gen;
+        self.peer_reads.insert(
+            id,
+            PeerRead {
+                link_gen,
+                sector: r.sector,
+                len,
+                block_id: r.block_id.0,
+                resync,
+                lock: None,
+            },
+        );
+        if resync {
+            self.lock_waiting.push_back(LockWaiter::ResyncRead(id));
+            self.start_lock_waiters();
+        } else {
+            self.submit_peer_read(id);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn submit_peer_read(&mut self, id: u64) {
+        let pr = &self.peer_reads[&id];
+        let (offset, len) = (pr.sector * 512, pr.len);
+        self.submit(
+            OpPurpose::PeerRead(id),
+            DiskArea::Data,
+            offset,
+            DiskOpKind::Read { len },
+        );
+    }
+
+    pub(crate) fn on_peer_read_done(&mut self, id: u64, result: Result<Option<Bytes>, DiskError>) {
+        let pr = self.peer_reads.remove(&id).expect("peer read");
+        self.unlock(pr.lock);
+        let current = pr.link_gen == self.link_gen && self.link().is_some();
+        match result {
+            Ok(data) => {
+                self.statistics.read_kib += u64::from(pr.len) / 1024;
+                if current {
+                    let data = data.unwrap_or_default();
+                    self.peer.as_mut().expect("peer").sent_bytes += data.len() as u64;
+                    let header = DataHeader {
+                        sector: pr.sector,
+                        block_id: BlockId(pr.block_id),
+                        seq_num: 0,
+                        dp_flags: DpFlags::default(),
+                    };
+                    let packet = DataPacket {
+                        header,
+                        digest: Digest::EMPTY,
+                        data,
+                    };
+                    let packet = if pr.resync {
+                        Packet::RsDataReply(packet)
+                    } else {
+                        Packet::DataReply(packet)
+                    };
+                    self.send(Socket::Data, &packet);
+                }
+            }
+            Err(_) => {
+                if current {
+                    let seq = self.next_seq();
+                    let ack = ack_for(pr.sector, pr.block_id, pr.len, seq);
+                    let packet = if pr.resync {
+                        Packet::NegRsDReply(ack)
+                    } else {
+                        Packet::NegDReply(ack)
+                    };
+                    self.send(Socket::Meta, &packet);
+                }
+                self.disk_failed();
+            }
+        }
+    }
+
+    // ---- resync --------------------------------------------------------------------------
+
+    fn receive_resync_reply(&mut self, p: DataPacket) -> Result<(), String> {
+        let sector = p.header.sector;
+        let Some(&bytes) = self.link().and_then(|l| l.rs_requests.get(&sector)) else {
+            return Err(format!(
+                "P_RS_DATA_REPLY for sector {sector} that was not requested"
+            ));
+        };
+        if bytes != p.data.len() as u64 {
+            return Err(format!(
+                "P_RS_DATA_REPLY of {} bytes for a request of {bytes}",
+                p.data.len()
+            ));
+        }
+        let lock = self.rs_request_locks.remove(&sector);
+        if self.disk.is_none() || self.disk_state == DiskState::Failed {
+            self.unlock(lock);
+            self.link_mut().rs_requests.remove(&sector);
+            return Ok(());
+        }
+        let id = self.next_peer_op;
+        self.next_peer_op += 1;
+        let link_gen = self.link_gen;
+        self.peer_writes.insert(
+            id,
+            PeerWrite {
+                link_gen,
+                sector,
+                len: bytes,
+                block_id: BlockId::SYNCER.0,
+                kind: PeerWriteKind::Resync,
+                op: DiskOpKind::Write {
+                    data: p.data,
+                    fua: false,
+                },
+                epoch: 0,
+                lock,
+            },
+        );
+        // The request's lock is held since the request went out: write at once.
+        self.submit_peer_write(id);
+        Ok(())
+    }
+
+    /// The source: the target wrote these blocks.
+    fn clear_in_sync(&mut self, offset: u64, len: u64) {
+        if let Some(d) = self.disk.as_mut() {
+            let first = offset / udrbd_meta::BM_BLOCK_SIZE;
+            let end = (offset + len)
+                .div_ceil(udrbd_meta::BM_BLOCK_SIZE)
+                .min(d.bitmap.bits());
+            if first < end {
+                d.bitmap.clear_range(first..end);
+            }
+        }
+    }
+
+    fn source_maybe_finished(&mut self) {
+        let conn = self.peer.as_ref().map(|p| p.conn);
+        if conn == Some(ConnState::SyncSource)
+            && self.disk.as_ref().is_some_and(|d| d.bitmap.count() == 0)
+        {
+            self.resync_finished_source();
+        }
+    }
+
+    /// Flushes resync writes, then clears their bits.
+    pub(crate) fn drive_resync_flush(&mut self) {
+        if self.rs_flush_in_flight.is_some() || self.rs_unflushed.is_empty() {
+            return;
+        }
+        if self.disk.is_none() || self.disk_state == DiskState::Failed {
+            self.rs_unflushed.clear();
+            return;
+        }
+        let ranges = std::mem::take(&mut self.rs_unflushed);
+        self.rs_flush_in_flight = Some(ranges);
+        self.submit(OpPurpose::ResyncFlush, DiskArea::Data, 0, DiskOpKind::Flush);
+    }
+
+    pub(crate) fn on_resync_flushed(&mut self, result: Result<Option<Bytes>, DiskError>) {
+        let ranges = self.rs_flush_in_flight.take().unwrap_or_default();
+        if result.is_err() {
+            self.disk_failed();
+            return;
+        }
+        for (offset, len) in ranges {
+            self.clear_in_sync(offset, len);
+        }
+        self.target_maybe_finished();
+    }
+
+    /// A block written while its resync write awaits the flush must stay out of sync.
+    pub(crate) fn forget_unflushed(&mut self, offset: u64, len: u64) {
+        let end = offset + len;
+        self.rs_unflushed
+            .retain(|&(o, l)| !(o < end && offset < o + l));
+        if let Some(f) = self.rs_flush_in_flight.as_mut() {
+            f.retain(|&(o, l)| !(o < end && offset < o + l));
+        }
+    }
+
+    fn target_maybe_finished(&mut self) {
+        let target = self.peer.as_ref().map(|p| p.conn) == Some(ConnState::SyncTarget);
+        if !target {
+            return;
+        }
+        let idle = self.link().is_some_and(|l| l.rs_requests.is_empty())
+            && self.rs_unflushed.is_empty()
+            && self.rs_flush_in_flight.is_none();
+        if idle && self.disk.as_ref().is_some_and(|d| d.bitmap.count() == 0) {
+            self.resync_finished_target();
+        }
+    }
+
+    /// One 100 ms step of the resync (DRBD's `make_resync_request`).
+    pub(crate) fn resync_step(&mut self) {
+        let now = self.now;
+        let left = self.disk.as_ref().map_or(0, |d| d.bitmap.count());
+        let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) else {
+            return;
+        };
+        let Some(resync) = link.resync.as_mut() else {
+            return;
+        };
+        resync.controller.advance_marks(now, left);
+        let sb_version = resync.sb_version;
+        if resync.source {
+            self.timers.set(
+                Timer::ResyncStep,
+                now.plus(crate::resync_controller::SLEEP_TIME),
+            );
+            return;
+        }
+        let sect_in = std::mem::take(&mut link.rs_sect_in);
+        let in_flight: u64 = link.rs_requests.values().map(|b| b / 4096).sum();
+        let wanted = link
+            .resync
+            .as_mut()
+            .expect("checked")
+            .controller
+            .step(sect_in, in_flight);
+        let sb_ready = self
+            .disk
+            .as_ref()
+            .is_some_and(|d| d.sb_durable >= sb_version);
+        if self.bitmap_is_durable()
+            && let Some(r) = self.link_mut().resync.as_mut()
+        {
+            r.bitmap_written = true;
+        }
+        let bitmap_ready = self.pages_durable_enough();
+        let mut issued = 0u64;
+        if sb_ready && bitmap_ready {
+            issued = self.issue_resync_requests(wanted);
+        }
+        if let Some(r) = self.link_mut().resync.as_mut() {
+            r.controller.unissued(wanted - issued);
+        }
+        self.timers.set(
+            Timer::ResyncStep,
+            now.plus(crate::resync_controller::SLEEP_TIME),
+        );
+        self.target_maybe_finished();
+    }
+
+    /// Resync may start before lazily written pages are on disk once the bitmap was written
+    /// in full after the exchange (only pages dirtied later remain).
+    fn pages_durable_enough(&self) -> bool {
+        self.link()
+            .and_then(|l| l.resync.as_ref())
+            .is_some_and(|r| r.bitmap_written)
+    }
+
+    fn issue_resync_requests(&mut self, budget: u64) -> u64 {
+        let max_bio = u64::from(self.link().expect("link").peer_max_bio);
+        let max_bits = (MAX_RESYNC_REQUEST.min(max_bio) / udrbd_meta::BM_BLOCK_SIZE).max(1);
+        let bits = self.disk.as_ref().map_or(0, |d| d.bitmap.bits());
+        let exchange_bits = bits.min(
+            self.link()
+                .expect("link")
+                .agreed_size_sect
+                .div_ceil(udrbd_meta::SECTORS_PER_BIT),
+        );
+        let mut issued = 0;
+        let mut cursor = self
+            .link()
+            .and_then(|l| l.resync.as_ref())
+            .map_or(0, |r| r.cursor);
+        let mut wrapped = false;
+        while issued < budget {
+            let d = self.disk.as_ref().expect("attached");
+            let next = d
+                .bitmap
+                .find_next_set(cursor)
+                .filter(|b| *b < exchange_bits);
+            let Some(start) = next else {
+                if wrapped {
+                    break;
+                }
+                wrapped = true;
+                cursor = 0;
+                continue;
+            };
+            if wrapped
+                && start
+                    >= self
+                        .link()
+                        .and_then(|l| l.resync.as_ref())
+                        .map_or(0, |r| r.cursor)
+            {
+                break;
+            }
+            let mut end = start + 1;
+            while end < exchange_bits
+                && end - start < max_bits.min(budget - issued)
+                && d.bitmap.test(end)
+            {
+                end += 1;
+            }
+            cursor = end;
+            let (offset, len) = (
+                start * udrbd_meta::BM_BLOCK_SIZE,
+                (end - start) * udrbd_meta::BM_BLOCK_SIZE,
+            );
+            let size = d.size_sect * 512;
+            let len = len.min(size.saturating_sub(offset));
+            if len == 0 {
+                continue;
+            }
+            let in_flight = self.link().is_some_and(|l| {
+                l.rs_requests
+                    .range(..(offset + len) / 512)
+                    .next_back()
+                    .is_some_and(|(s, b)| s * 512 + b > offset)
+            });
+            let unflushed = self
+                .rs_unflushed
+                .iter()
+                .chain(self.rs_flush_in_flight.iter().flatten())
+                .any(|&(o, l)| o < offset + len && offset < o + l);
+            if in_flight || unflushed || self.range_locked(offset, offset + len) {
+                continue;
+            }
+            let lock = self.lock_range(offset, offset + len);
+            self.rs_request_locks.insert(offset / 512, lock);
+            self.link_mut().rs_requests.insert(offset / 512, len);
+            self.send(
+                Socket::Data,
+                &Packet::RsDataRequest(WireBlockRequest {
+                    sector: offset / 512,
+                    block_id: BlockId::SYNCER,
+                    blksize: len as u32,
+                    pad: 0,
+                }),
+            );
+            issued += end - start;
+        }
+        if let Some(r) = self.link_mut().resync.as_mut() {
+            r.cursor = cursor;
+        }
+        issued.min(budget)
+    }
+
+    /// Received writes not yet acked (status `unacked`).
+    pub(crate) fn peer_unacked(&self) -> u32 {
+        self.peer_writes
+            .values()
+            .filter(|w| w.link_gen == self.link_gen)
+            .count() as u32
+    }
+}

@@ -1,0 +1,603 @@
+//! Two engines connected through an in-memory network that delivers bytes in order (cut
+//! into small pieces), with in-memory disks: the handshake, the initial full sync, protocol C
+//! replication, an incremental resync after a disconnect, failover, and split-brain
+//! detection. `invariants()` runs after every step. (The randomized two-node simulator with
+//! latency, partitions and crashes is udrbd-sim's.)
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use udrbd_core::connection::{ConnId, OUTGOING_CONN_ID_BASE};
+use udrbd_core::*;
+use udrbd_meta::MetaDiskKind;
+
+mod support;
+use support::MemDisk;
+
+const SIZE: u64 = 8 << 20;
+
+struct Node {
+    engine: Resource,
+    disk: MemDisk,
+    addr: SocketAddr,
+    listening: bool,
+    completions: BTreeMap<BlockRequestId, Result<Option<Bytes>, BlockError>>,
+    events: Vec<Event>,
+    next_request: u64,
+    next_accept: u64,
+    /// Bytes this node sent on every socket.
+    sent_bytes: u64,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    now: Instant,
+    /// (node, input) to deliver, in order.
+    queue: VecDeque<(usize, Input)>,
+    /// (node, conn) -> (peer node, peer conn).
+    links: BTreeMap<(usize, ConnId), (usize, ConnId)>,
+    /// Bytes held back by a partition: (to node, input).
+    held: Vec<(usize, Input)>,
+    partitioned: bool,
+    disk_ops: VecDeque<(usize, DiskOp)>,
+    cut: usize,
+}
+
+fn addr(i: usize) -> SocketAddr {
+    format!("127.0.0.{}:7789", i + 1).parse().unwrap()
+}
+
+impl Cluster {
+    fn new(configure: impl Fn(usize, &mut ResourceConfig)) -> Cluster {
+        let nodes = (0..2)
+            .map(|i| {
+                let mut config = ResourceConfig::new("r0", 0);
+                let mut net = NetConfig::new(
+                    ["alice", "bob"][i],
+                    addr(i),
+                    ["alice", "bob"][1 - i],
+                    addr(1 - i),
+                );
+                net.connect_int = Duration::from_secs(1);
+                net.resync.c_plan_ahead_tenths = 0;
+                net.resync.resync_rate_kib_per_sec = 4_000_000;
+                net.resync.max_buffers_pages = 8000;
+                net.connect_at_start = false;
+                config.net = Some(net);
+                configure(i, &mut config);
+                let mut disk = MemDisk::new(SIZE);
+                disk.create_md();
+                Node {
+                    engine: Resource::new(config, [i as u8 + 1; 32]),
+                    disk,
+                    addr: addr(i),
+                    listening: false,
+                    completions: BTreeMap::new(),
+                    events: Vec::new(),
+                    next_request: 1,
+                    next_accept: 1,
+                    sent_bytes: 0,
+                }
+            })
+            .collect();
+        let mut c = Cluster {
+            nodes,
+            now: Instant(1_000_000_000),
+            queue: VecDeque::new(),
+            links: BTreeMap::new(),
+            held: Vec::new(),
+            partitioned: false,
+            disk_ops: VecDeque::new(),
+            cut: 0,
+        };
+        for i in 0..2 {
+            c.command(i, attach()).unwrap();
+        }
+        c
+    }
+
+    fn drain(&mut self, i: usize) {
+        self.nodes[i].engine.invariants();
+        while let Some(out) = self.nodes[i].engine.poll_output() {
+            match out {
+                Output::Disk(op) => self.disk_ops.push_back((i, op)),
+                Output::Block(c) => {
+                    self.nodes[i].completions.insert(c.id, c.result);
+                }
+                Output::Event(e) => self.nodes[i].events.push(e),
+                Output::Peer(p) => self.route(i, p),
+            }
+        }
+    }
+
+    fn route(&mut self, i: usize, out: PeerOutput) {
+        match out {
+            PeerOutput::Listen { addr } => {
+                assert_eq!(addr, self.nodes[i].addr);
+                self.nodes[i].listening = true;
+            }
+            PeerOutput::StopListening => self.nodes[i].listening = false,
+            PeerOutput::Connect { conn, addr } => {
+                let j = (0..2).find(|&j| self.nodes[j].addr == addr).unwrap();
+                if self.nodes[j].listening && !self.partitioned {
+                    let accepted = ConnId(self.nodes[j].next_accept);
+                    self.nodes[j].next_accept += 1;
+                    assert!(accepted.0 < OUTGOING_CONN_ID_BASE);
+                    self.links.insert((i, conn), (j, accepted));
+                    self.links.insert((j, accepted), (i, conn));
+                    self.queue
+                        .push_back((j, Input::Peer(PeerInput::Accepted { conn: accepted })));
+                    self.queue
+                        .push_back((i, Input::Peer(PeerInput::Connected { conn })));
+                } else {
+                    self.queue
+                        .push_back((i, Input::Peer(PeerInput::Closed { conn })));
+                }
+            }
+            PeerOutput::Send { conn, head, data } => {
+                let n = (head.len() + data.len()) as u64;
+                self.nodes[i].sent_bytes += n;
+                self.queue
+                    .push_back((i, Input::Peer(PeerInput::Sent { conn, bytes: n })));
+                let Some(&(j, peer_conn)) = self.links.get(&(i, conn)) else {
+                    return;
+                };
+                let mut bytes = head.to_vec();
+                bytes.extend_from_slice(&data);
+                // Cut the stream at varying points.
+                let mut at = 0;
+                while at < bytes.len() {
+                    self.cut = (self.cut * 7 + 13) % 97;
+                    let n = (self.cut + 1).min(bytes.len() - at);
+                    let n = if bytes.len() > 4096 {
+                        bytes.len() - at
+                    } else {
+                        n
+                    };
+                    let input = Input::Peer(PeerInput::Received {
+                        conn: peer_conn,
+                        bytes: Bytes::copy_from_slice(&bytes[at..at + n]),
+                    });
+                    if self.partitioned {
+                        self.held.push((j, input));
+                    } else {
+                        self.queue.push_back((j, input));
+                    }
+                    at += n;
+                }
+            }
+            PeerOutput::Close { conn } => {
+                if let Some((j, peer_conn)) = self.links.remove(&(i, conn)) {
+                    self.links.remove(&(j, peer_conn));
+                    self.queue
+                        .push_back((j, Input::Peer(PeerInput::Closed { conn: peer_conn })));
+                }
+            }
+        }
+    }
+
+    /// Delivers everything queued; returns whether anything happened.
+    fn step(&mut self) -> bool {
+        for i in 0..2 {
+            self.drain(i);
+        }
+        if let Some((i, input)) = self.queue.pop_front() {
+            self.now = Instant(self.now.0 + 1_000);
+            self.nodes[i].engine.handle(self.now, input);
+            self.drain(i);
+            return true;
+        }
+        if let Some((i, op)) = self.disk_ops.pop_front() {
+            let c = self.nodes[i].disk.execute(&op);
+            self.now = Instant(self.now.0 + 1_000);
+            self.nodes[i].engine.handle(self.now, Input::Disk(c));
+            self.drain(i);
+            return true;
+        }
+        false
+    }
+
+    /// Runs until `done` holds, jumping to timer deadlines when idle; panics after `limit`.
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Cluster) -> bool) {
+        let end = self.now.plus(limit);
+        loop {
+            if done(self) {
+                return;
+            }
+            if self.step() {
+                assert!(self.now <= end, "not done within {limit:?}");
+                continue;
+            }
+            let next = (0..2)
+                .filter_map(|i| self.nodes[i].engine.poll_timeout())
+                .min()
+                .expect("nothing to do and no timer armed");
+            assert!(next <= end, "not done within {limit:?}");
+            self.now = self.now.max(next);
+            for i in 0..2 {
+                if self.nodes[i]
+                    .engine
+                    .poll_timeout()
+                    .is_some_and(|t| t <= self.now)
+                {
+                    self.nodes[i].engine.handle(self.now, Input::Timeout);
+                    self.drain(i);
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, i: usize, cmd: AdminCommand) -> Result<(), CommandError> {
+        let id = self.nodes[i].engine.command(self.now, cmd);
+        self.drain(i);
+        let mut result = None;
+        self.run_until(Duration::from_secs(30), |c| {
+            result = c.nodes[i].events.iter().find_map(|e| match e {
+                Event::CommandDone { id: d, result } if *d == id => Some(*result),
+                _ => None,
+            });
+            result.is_some()
+        });
+        result.unwrap()
+    }
+
+    fn status(&self, i: usize) -> Status {
+        self.nodes[i].engine.status()
+    }
+
+    fn conn(&self, i: usize) -> ConnState {
+        self.status(i).peer.unwrap().conn
+    }
+
+    fn connect_both(&mut self) {
+        for i in 0..2 {
+            self.command(
+                i,
+                AdminCommand::Connect {
+                    discard_my_data: false,
+                },
+            )
+            .unwrap();
+        }
+    }
+
+    fn wait_connected(&mut self) {
+        self.run_until(Duration::from_secs(120), |c| {
+            (0..2).all(|i| c.conn(i) == ConnState::Connected)
+        });
+    }
+
+    fn request(
+        &mut self,
+        i: usize,
+        make: impl FnOnce(BlockRequestId) -> BlockRequest,
+    ) -> BlockRequestId {
+        let id = BlockRequestId(self.nodes[i].next_request);
+        self.nodes[i].next_request += 1;
+        self.nodes[i]
+            .engine
+            .handle(self.now, Input::Block(make(id)));
+        self.drain(i);
+        id
+    }
+
+    fn wait(&mut self, i: usize, id: BlockRequestId) -> Result<Option<Bytes>, BlockError> {
+        self.run_until(Duration::from_secs(30), |c| {
+            c.nodes[i].completions.contains_key(&id)
+        });
+        self.nodes[i].completions.remove(&id).unwrap()
+    }
+
+    fn write(&mut self, i: usize, offset: u64, data: Vec<u8>) -> Result<(), BlockError> {
+        let id = self.request(i, |id| BlockRequest::Write {
+            id,
+            offset,
+            data: Bytes::from(data),
+            fua: false,
+        });
+        self.wait(i, id).map(|_| ())
+    }
+
+    fn read(&mut self, i: usize, offset: u64, len: u32) -> Vec<u8> {
+        let id = self.request(i, |id| BlockRequest::Read { id, offset, len });
+        self.wait(i, id).unwrap().unwrap().to_vec()
+    }
+
+    fn data_area(&self, i: usize) -> &[u8] {
+        let size = self.status(i).size_bytes as usize;
+        &self.nodes[i].disk.volatile[..size]
+    }
+
+    fn handlers(&self, i: usize) -> Vec<&'static str> {
+        self.nodes[i]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Handler { name } => Some(*name),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn attach() -> AdminCommand {
+    AdminCommand::Attach(AttachParams {
+        data_device_bytes: SIZE,
+        meta_device_bytes: SIZE,
+        meta_kind: MetaDiskKind::Internal,
+    })
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Two fresh nodes, alice filled with data and forced Primary: a full sync makes them equal.
+fn synced_pair() -> Cluster {
+    let mut c = Cluster::new(|_, _| {});
+    let size = c.status(0).size_bytes as usize;
+    let random: Vec<u8> = pattern(7, size);
+    c.nodes[0].disk.poke(0, &random);
+    c.connect_both();
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected)
+    });
+    assert_eq!(c.status(0).disk, DiskState::Inconsistent);
+    c.command(0, AdminCommand::Primary { force: true }).unwrap();
+    c.run_until(Duration::from_secs(120), |c| {
+        c.status(1).disk == DiskState::UpToDate && c.conn(0) == ConnState::Connected
+    });
+    assert_eq!(c.data_area(0), c.data_area(1));
+    c
+}
+
+#[test]
+fn handshake_then_full_sync_after_primary_force() {
+    let c = synced_pair();
+    for i in 0..2 {
+        let s = c.status(i);
+        assert_eq!(s.disk, DiskState::UpToDate);
+        let p = s.peer.unwrap();
+        assert_eq!(p.conn, ConnState::Connected);
+        assert_eq!(p.peer_disk, DiskState::UpToDate);
+        assert_eq!(s.out_of_sync_bytes, 0);
+    }
+    assert_eq!(c.status(0).role, Role::Primary);
+    assert_eq!(c.status(1).peer.unwrap().peer_role, Role::Primary);
+    // Both sides hold the same generation (modulo bit 0).
+    let u0 = c.status(0).generation.unwrap().0;
+    let u1 = c.status(1).generation.unwrap().0;
+    assert_eq!(u0.current & !1, u1.current & !1);
+    assert_eq!(u0.bitmap, 0);
+    assert_eq!(u1.bitmap, 0);
+    // The full sync moved the whole device.
+    assert!(c.nodes[0].sent_bytes >= c.status(0).size_bytes);
+}
+
+#[test]
+fn protocol_c_writes_reach_the_peer_and_survive_failover() {
+    let mut c = synced_pair();
+    for k in 0..20u64 {
+        c.write(0, k * 12288, pattern(k as u8, 8192)).unwrap();
+    }
+    let flush = c.request(0, |id| BlockRequest::Flush { id });
+    c.wait(0, flush).unwrap();
+    assert_eq!(c.data_area(0), c.data_area(1));
+    // The peer's disk holds them durably after the flush (barrier + peer flush).
+    for k in 0..20u64 {
+        let at = (k * 12288) as usize;
+        assert_eq!(
+            &c.nodes[1].disk.durable[at..at + 8192],
+            &pattern(k as u8, 8192)[..]
+        );
+    }
+    // Alice vanishes; bob is promoted and serves every acknowledged write.
+    c.partitioned = true;
+    for (conn, _) in c
+        .links
+        .clone()
+        .keys()
+        .filter(|(n, _)| *n == 0)
+        .map(|(_, c)| (*c, ()))
+    {
+        c.route(0, PeerOutput::Close { conn });
+    }
+    c.partitioned = false;
+    c.run_until(Duration::from_secs(30), |c| {
+        c.conn(1) < ConnState::Connected
+    });
+    c.command(1, AdminCommand::Primary { force: false })
+        .unwrap();
+    for k in 0..20u64 {
+        assert_eq!(c.read(1, k * 12288, 8192), pattern(k as u8, 8192));
+    }
+}
+
+#[test]
+fn incremental_resync_moves_only_what_changed() {
+    let mut c = synced_pair();
+    c.command(0, AdminCommand::Disconnect).unwrap();
+    c.command(1, AdminCommand::Disconnect).unwrap();
+    for k in 0..16u64 {
+        c.write(0, k * 65536, pattern(k as u8 + 1, 4096)).unwrap();
+    }
+    assert_eq!(c.status(0).out_of_sync_bytes, 16 * 4096);
+    let before = c.nodes[0].sent_bytes;
+    c.connect_both();
+    c.run_until(Duration::from_secs(60), |c| {
+        c.conn(0) == ConnState::Connected
+            && c.conn(1) == ConnState::Connected
+            && c.status(1).disk == DiskState::UpToDate
+    });
+    let moved = c.nodes[0].sent_bytes - before;
+    assert!(
+        (16 * 4096..16 * 4096 + 64 * 1024).contains(&moved),
+        "moved {moved} bytes"
+    );
+    assert_eq!(c.data_area(0), c.data_area(1));
+    assert_eq!(c.status(0).out_of_sync_bytes, 0);
+}
+
+#[test]
+fn a_second_primary_is_refused() {
+    let mut c = synced_pair();
+    assert_eq!(
+        c.command(1, AdminCommand::Primary { force: false }),
+        Err(CommandError::StateChange(StateChangeError::TwoPrimaries))
+    );
+}
+
+#[test]
+fn split_brain_is_detected_and_resolved_by_discard_my_data() {
+    let mut c = synced_pair();
+    c.command(0, AdminCommand::Disconnect).unwrap();
+    c.command(1, AdminCommand::Disconnect).unwrap();
+    c.command(1, AdminCommand::Primary { force: false })
+        .unwrap();
+    c.write(0, 0, pattern(1, 4096)).unwrap();
+    c.write(1, 8192, pattern(2, 4096)).unwrap();
+    c.command(0, AdminCommand::Secondary).unwrap();
+    c.command(1, AdminCommand::Secondary).unwrap();
+    c.connect_both();
+    c.run_until(Duration::from_secs(30), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::StandAlone)
+    });
+    for i in 0..2 {
+        assert!(c.status(i).peer.unwrap().split_brain);
+        assert!(
+            c.handlers(i).contains(&"split-brain"),
+            "{:?}",
+            c.handlers(i)
+        );
+    }
+    c.command(
+        1,
+        AdminCommand::Connect {
+            discard_my_data: true,
+        },
+    )
+    .unwrap();
+    c.command(
+        0,
+        AdminCommand::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    c.run_until(Duration::from_secs(60), |c| {
+        c.conn(0) == ConnState::Connected
+            && c.conn(1) == ConnState::Connected
+            && c.status(1).disk == DiskState::UpToDate
+    });
+    assert_eq!(c.data_area(0), c.data_area(1));
+    assert_eq!(&c.data_area(1)[..4096], &pattern(1, 4096)[..]);
+}
+
+#[test]
+fn invalidate_and_invalidate_remote_resync_everything() {
+    let mut c = synced_pair();
+    // Corrupt bob's copy behind DRBD's back, then invalidate it.
+    c.nodes[1].disk.poke(4096, &[0xee; 4096]);
+    c.command(1, AdminCommand::Invalidate).unwrap();
+    c.run_until(Duration::from_secs(60), |c| {
+        c.conn(1) == ConnState::Connected && c.status(1).disk == DiskState::UpToDate
+    });
+    assert_eq!(c.data_area(0), c.data_area(1));
+    c.nodes[1].disk.poke(8192, &[0xdd; 4096]);
+    c.command(0, AdminCommand::InvalidateRemote).unwrap();
+    c.run_until(Duration::from_secs(60), |c| {
+        c.conn(0) == ConnState::Connected && c.status(1).disk == DiskState::UpToDate
+    });
+    assert_eq!(c.data_area(0), c.data_area(1));
+}
+
+#[test]
+fn skip_initial_sync_with_new_current_uuid_clear_bitmap() {
+    let mut c = Cluster::new(|_, _| {});
+    c.connect_both();
+    c.wait_connected();
+    c.command(0, AdminCommand::NewCurrentUuid { clear_bitmap: true })
+        .unwrap();
+    c.run_until(Duration::from_secs(10), |c| {
+        (0..2).all(|i| c.status(i).disk == DiskState::UpToDate)
+    });
+    assert_eq!(c.status(1).peer.unwrap().peer_disk, DiskState::UpToDate);
+    c.command(0, AdminCommand::Primary { force: false })
+        .unwrap();
+    c.write(0, 0, pattern(3, 4096)).unwrap();
+    assert_eq!(&c.data_area(1)[..4096], &pattern(3, 4096)[..]);
+}
+
+#[test]
+fn a_wrong_shared_secret_stops_both_sides_before_any_data() {
+    let mut c = Cluster::new(|i, config| {
+        let net = config.net.as_mut().unwrap();
+        let secret: &[u8] = if i == 0 { b"right" } else { b"wrong" };
+        net.cram_hmac = Some(connection::CramHmac::new("sha256", secret).unwrap());
+    });
+    c.connect_both();
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::StandAlone)
+    });
+    for i in 0..2 {
+        let error = c.status(i).peer.unwrap().last_error.unwrap();
+        assert!(error.contains("authentication"), "{error}");
+        let logged = c.nodes[i].events.iter().any(|e| {
+            matches!(e, Event::Log { level: LogLevel::Error, message } if message.contains("authentication"))
+        });
+        assert!(logged);
+        // Only the setup packets crossed: features, challenge and response (no handshake).
+        assert!(
+            c.nodes[i].sent_bytes < 1024,
+            "{} bytes",
+            c.nodes[i].sent_bytes
+        );
+    }
+}
+
+#[test]
+fn garbage_from_the_peer_is_a_named_protocol_error_and_the_node_reconnects() {
+    let mut c = synced_pair();
+    let (&(_, conn), _) = c
+        .links
+        .iter()
+        .find(|((n, _), _)| *n == 1)
+        .expect("a socket of bob");
+    c.queue.push_back((
+        1,
+        Input::Peer(PeerInput::Received {
+            conn,
+            bytes: Bytes::from_static(b"this is not a DRBD packet at all"),
+        }),
+    ));
+    c.run_until(Duration::from_secs(5), |c| c.conn(1) < ConnState::Connected);
+    let error = c.status(1).peer.unwrap().last_error.unwrap();
+    assert!(error.contains("protocol error"), "{error}");
+    // The Primary keeps serving while the peer is away, and the pair reconnects.
+    c.write(0, 0, pattern(9, 4096)).unwrap();
+    c.run_until(Duration::from_secs(60), |c| {
+        c.conn(0) == ConnState::Connected && c.conn(1) == ConnState::Connected
+    });
+    assert_eq!(c.data_area(0), c.data_area(1));
+}
+
+#[test]
+fn a_partition_is_noticed_by_ping_and_acknowledged_writes_survive_promotion() {
+    let mut c = synced_pair();
+    for k in 0..8u64 {
+        c.write(0, k * 4096, pattern(k as u8 + 40, 4096)).unwrap();
+    }
+    c.partitioned = true;
+    c.run_until(Duration::from_secs(60), |c| {
+        c.conn(0) < ConnState::Connected && c.conn(1) < ConnState::Connected
+    });
+    c.command(1, AdminCommand::Primary { force: false })
+        .unwrap();
+    for k in 0..8u64 {
+        assert_eq!(c.read(1, k * 4096, 4096), pattern(k as u8 + 40, 4096));
+    }
+}
