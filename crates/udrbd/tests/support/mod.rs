@@ -50,11 +50,14 @@ pub fn create_md(disk: &Path) {
 }
 
 /// Writes a two-node config for resource `name`: node `alice` with `disk`, and a peer `bob`
-/// that never runs. `extra` is pasted into the resource section.
+/// that never runs (alice keeps trying: `connection:Connecting`). Each call gets addresses of
+/// its own ([`pair_addresses`]), so concurrent tests never share a listen address. `extra` is
+/// pasted into the resource section.
 pub fn write_config(dir: &Path, name: &str, disk: &Path, extra: &str) -> PathBuf {
     let path = dir.join(format!("{name}.res"));
+    let (alice, bob) = pair_addresses();
     let text = format!(
-        "resource {name} {{\n{extra}\n  on alice {{ device /dev/drbd0; disk {}; address 127.0.0.1:7789; meta-disk internal; }}\n  on bob {{ device /dev/drbd0; disk /dev/null; address 127.0.0.2:7789; meta-disk internal; }}\n}}\n",
+        "resource {name} {{\n{extra}\n  on alice {{ device /dev/drbd0; disk {}; address {alice}; meta-disk internal; }}\n  on bob {{ device /dev/drbd0; disk /dev/null; address {bob}; meta-disk internal; }}\n}}\n",
         disk.display()
     );
     std::fs::write(&path, text).unwrap();
