@@ -328,7 +328,10 @@ impl Resource {
         self.now = now;
         let id = CommandId(self.next_command);
         self.next_command += 1;
-        if self.pending.is_some() {
+        // Connect and disconnect do not wait for a command in progress (an attach may still
+        // be writing its superblock): they never use the pending slot.
+        let independent = matches!(cmd, AdminCommand::Connect { .. } | AdminCommand::Disconnect);
+        if self.pending.is_some() && !independent {
             self.finish_command(
                 id,
                 Err(CommandError::StateChange(

@@ -86,6 +86,10 @@ pub(crate) struct Peer {
     pub(crate) reconnect_at: Option<Instant>,
     /// The listener is open.
     pub(crate) listening: bool,
+    /// Bytes queued and reported sent per socket while the setup machine owns them: the
+    /// link's send accounting starts from there (a `Sent` for setup bytes may arrive after
+    /// the link exists).
+    pub(crate) setup_bytes: BTreeMap<ConnId, (u64, u64)>,
 }
 
 /// An established connection: both sockets and everything that lives as long as they do.
@@ -120,6 +124,9 @@ pub(crate) struct Link {
     pub(crate) state_request: Option<(CommandId, StateRequest)>,
     /// Primary side: block id → write/read sent to the peer.
     pub(crate) sent: BTreeMap<u64, SentRequest>,
+    /// When each request was sent, oldest first (entries of answered requests are dropped
+    /// lazily): ko-count x timeout bounds the wait for an answer.
+    pub(crate) sent_log: VecDeque<(u64, Instant)>,
     pub(crate) next_block_id: u64,
     /// Primary side: the current epoch (its number is `Peer::next_epoch`), writes in it and
     /// their ranges.
@@ -205,6 +212,7 @@ impl Peer {
             received_bytes: 0,
             reconnect_at: None,
             listening: false,
+            setup_bytes: BTreeMap::new(),
         }
     }
 
@@ -525,6 +533,7 @@ impl Resource {
         setup_config.features = FeatureFlags::TRIM;
         let first = p.next_outgoing_block;
         p.next_outgoing_block += 1 << 32;
+        p.setup_bytes.clear();
         let mut setup = ConnectionSetup::new(setup_config, ChaCha20Rng::from_seed(seed))
             .with_first_outgoing_id(first);
         setup.handle(now, SetupInput::Start);
@@ -556,6 +565,7 @@ impl Resource {
                     .outputs
                     .push_back(Output::Peer(PeerOutput::Connect { conn, addr })),
                 SetupOutput::Send { conn, bytes } => {
+                    p.setup_bytes.entry(conn).or_default().0 += bytes.len() as u64;
                     self.outputs.push_back(Output::Peer(PeerOutput::Send {
                         conn,
                         head: bytes,
@@ -668,6 +678,8 @@ impl Resource {
         let context = DecodeContext::new(HeaderFormat::Long);
         let p = self.peer.as_mut().expect("a peer");
         p.last_error = None;
+        let (queued, sent) = p.setup_bytes.get(&data).copied().unwrap_or_default();
+        p.setup_bytes.clear();
         p.link = Some(Link {
             data,
             meta,
@@ -676,8 +688,8 @@ impl Resource {
             version,
             features,
             resolve_conflicts,
-            data_queued: 0,
-            data_sent: 0,
+            data_queued: queued,
+            data_sent: sent,
             got_protocol: false,
             peer_sizes: None,
             peer_uuids: None,
@@ -690,6 +702,7 @@ impl Resource {
             bm_sent: false,
             state_request: None,
             sent: BTreeMap::new(),
+            sent_log: VecDeque::new(),
             next_block_id: 1 << 32,
             epoch_writes: 0,
             epoch_ranges: Vec::new(),
@@ -992,7 +1005,10 @@ impl Resource {
                 PeerInput::Connected { conn } => Some(SetupInput::Connected { conn }),
                 PeerInput::Received { conn, bytes } => Some(SetupInput::Received { conn, bytes }),
                 PeerInput::Closed { conn } => Some(SetupInput::Closed { conn }),
-                PeerInput::Sent { .. } => None,
+                PeerInput::Sent { conn, bytes } => {
+                    p.setup_bytes.entry(conn).or_default().1 += bytes;
+                    None
+                }
             };
             if let Some(i) = setup_input {
                 setup.handle(self.now, i);
@@ -1023,6 +1039,12 @@ impl Resource {
             PeerInput::Sent { conn, bytes } => {
                 if conn == link.data {
                     link.data_sent += bytes;
+                    assert!(
+                        link.data_sent <= link.data_queued,
+                        "the driver reported more bytes sent than were queued ({} > {})",
+                        link.data_sent,
+                        link.data_queued
+                    );
                     self.on_data_sent();
                 }
             }
@@ -1700,6 +1722,9 @@ impl Resource {
                 if p.link.is_none() {
                     return;
                 }
+                if self.peer_ko() {
+                    return;
+                }
                 if !self.link_mut().ping_sent {
                     self.link_mut().ping_sent = true;
                     self.send(Socket::Meta, &Packet::Ping);
@@ -1718,6 +1743,37 @@ impl Resource {
             Timer::ResyncStep => self.resync_step(),
             Timer::BitmapWriteout => unreachable!("handled by the engine"),
         }
+    }
+
+    /// ko-count: a request the peer has not answered within ko-count x timeout drops the
+    /// connection (DRBD's request timer); true if it did.
+    fn peer_ko(&mut self) -> bool {
+        let p = self.peer.as_ref().expect("peer");
+        if p.config.ko_count == 0 {
+            return false;
+        }
+        let limit = p.config.timeout * p.config.ko_count;
+        let now = self.now;
+        let link = self.link_mut();
+        while let Some(&(block_id, _)) = link.sent_log.front() {
+            if link.sent.contains_key(&block_id) {
+                break;
+            }
+            link.sent_log.pop_front();
+        }
+        let stale = link
+            .sent_log
+            .front()
+            .is_some_and(|&(_, at)| now.since(at) > limit);
+        if stale {
+            self.drop_connection(
+                ConnState::Timeout,
+                Some(format!(
+                    "the peer did not answer a request within ko-count x timeout ({limit:?})"
+                )),
+            );
+        }
+        stale
     }
 
     // ---- status ------------------------------------------------------------------------

@@ -288,6 +288,8 @@ impl Resource {
             }),
         );
         let queued_end = self.link().expect("link").data_queued;
+        let now = self.now;
+        self.link_mut().sent_log.push_back((block_id, now));
         self.link_mut().sent.insert(
             block_id,
             SentRequest::Write {
@@ -323,6 +325,8 @@ impl Resource {
             }),
         );
         let queued_end = self.link().expect("link").data_queued;
+        let now = self.now;
+        self.link_mut().sent_log.push_back((block_id, now));
         self.link_mut().sent.insert(
             block_id,
             SentRequest::Write {
@@ -352,6 +356,8 @@ impl Resource {
                     pad: 0,
                 }),
             );
+            let now = self.now;
+            self.link_mut().sent_log.push_back((block_id, now));
             self.link_mut()
                 .sent
                 .insert(block_id, SentRequest::Read { request: id });

@@ -310,9 +310,10 @@ impl Resource {
             Err(_) => r.local_error = true,
         }
         let failed = r.local_error;
-        if failed {
-            self.unlock_request(id);
-        }
+        // The local write is done: later overlapping writes and resync reads may go. (The
+        // peer applies them in stream order; holding the lock until the peer's ack would
+        // deadlock against a resync request the peer holds for the same blocks.)
+        self.unlock_request(id);
         self.try_complete(id);
         if failed {
             // on-io-error detach.

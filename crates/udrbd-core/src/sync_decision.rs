@@ -2554,7 +2554,17 @@ mod tests {
                 HandshakeOutcome::Connect { direction: d2, full_sync: f2 },
             ) = (plan.outcome, theirs.outcome)
             {
-                if consistent {
+                // A Primary that call-pri-lost-after-sb could not demote runs the
+                // pri-lost-after-sb handler, which is there to take the node down: DRBD's two
+                // sides may then both decide "source" (its peer resolved automatically, it
+                // fell through to discard-my-data). Agreement is not promised there.
+                let pri_lost = [&plan, &theirs].iter().any(|p| {
+                    p.steps()
+                        .any(|s| s == HandshakeStep::CallHandler(Handler::PriLostAfterSb))
+                });
+                if pri_lost {
+                    // See above.
+                } else if consistent {
                     let opposite = matches!(
                         (d1, d2),
                         (SyncDirection::None, SyncDirection::None)

@@ -601,3 +601,29 @@ fn a_partition_is_noticed_by_ping_and_acknowledged_writes_survive_promotion() {
         assert_eq!(c.read(1, k * 4096, 4096), pattern(k as u8 + 40, 4096));
     }
 }
+
+#[test]
+fn the_dynamic_resync_controller_with_defaults_ramps_past_resync_rate_and_stays_under_c_max_rate() {
+    let mut c = Cluster::new(|_, config| {
+        let net = config.net.as_mut().unwrap();
+        net.resync = resync_controller::ResyncControllerConfig::default();
+    });
+    c.connect_both();
+    c.wait_connected();
+    c.command(0, AdminCommand::Primary { force: true }).unwrap();
+    c.run_until(Duration::from_secs(5), |c| {
+        c.conn(1) == ConnState::SyncTarget
+    });
+    let start = c.now;
+    c.run_until(Duration::from_secs(600), |c| {
+        c.status(1).disk == DiskState::UpToDate
+    });
+    let seconds = c.now.since(start).as_secs_f64();
+    let kib = c.status(0).size_bytes as f64 / 1024.0;
+    let rate = kib / seconds;
+    println!("dynamic controller: {kib} KiB in {seconds:.2} s = {rate:.0} KiB/s");
+    // resync-rate (250 KiB/s) is only the starting point; c-max-rate (102400 KiB/s) caps it.
+    assert!(rate > 1000.0, "{rate} KiB/s");
+    assert!(rate <= 102_400.0 * 1.05, "{rate} KiB/s");
+    assert_eq!(c.data_area(0), c.data_area(1));
+}

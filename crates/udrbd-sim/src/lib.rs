@@ -1,14 +1,19 @@
 //! The deterministic simulator (ARCHITECTURE.md §4): the real engine around simulated disks,
 //! driven by one seeded generator and one simulated clock that jumps to the next deadline.
 //!
-//! So far it runs single-node scenarios ([`single`]): random workloads with crashes, checked
-//! for durability, register semantics and bitmap soundness. Two-node clusters, networks and
-//! the `vopr` binary come with replication.
+//! Single-node scenarios ([`single`]): random workloads with crashes, checked for durability,
+//! register semantics and bitmap soundness. Clusters ([`cluster`]): two (or more) engines
+//! joined by a [`SimNet`], for scripted replication scenarios, with durability and
+//! convergence checkers. Random pair runs ([`workload`]): one fault per epoch, checked for
+//! durability across failovers and convergence; the `vopr` binary runs one seed.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod disk;
 pub mod net;
 pub mod single;
+pub mod workload;
 
+pub use cluster::{Cluster, ClusterOptions};
 pub use disk::{Faults, SimDisk};
 pub use net::{NetEvent, SimNet};

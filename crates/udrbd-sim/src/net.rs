@@ -11,6 +11,9 @@
 //! - A **reset** closes a connection at once: queued bytes are dropped, and each side learns of
 //!   the close after the latency. A node closing its end drops what it has not yet delivered
 //!   too (an abortive close, the case DRBD cares about).
+//! - A **graceful close** ([`SimNet::shutdown`], the socket's FIN) still delivers what the
+//!   closing node sent, in order and subject to partitions, then tells the peer; bytes
+//!   towards the closing node are dropped.
 //! - A **stall** is a partition of one stream only.
 //! - Connecting succeeds only when the destination listens and the nodes are not partitioned
 //!   in either direction; otherwise the attempt fails after the latency.
@@ -84,6 +87,9 @@ struct Stream {
     /// When the last scheduled chunk arrives (in-order delivery).
     last_arrival: Instant,
     stalled: bool,
+    /// The sender shut the connection down: once the queue drains, the receiver learns of
+    /// the close.
+    fin: bool,
 }
 
 /// Counters.
@@ -152,6 +158,46 @@ impl SimNet {
         self.listening.insert(node);
     }
 
+    /// `node` no longer accepts connections (established ones live on).
+    pub fn stop_listening(&mut self, node: NodeId) {
+        self.listening.remove(&node);
+    }
+
+    /// Whether `node` accepts connections.
+    pub fn is_listening(&self, node: NodeId) -> bool {
+        self.listening.contains(&node)
+    }
+
+    /// Bytes sent by `from` on connections to `to` that have not been delivered yet (queued
+    /// behind a partition or a stall, or scheduled for delivery).
+    pub fn undelivered(&self, from: NodeId, to: NodeId) -> u64 {
+        let queued: u64 = self
+            .conns
+            .values()
+            .flat_map(|s| s.iter())
+            .filter(|s| s.from == from && s.to == to)
+            .flat_map(|s| s.queued.iter())
+            .map(|b| b.len() as u64)
+            .sum();
+        let scheduled: u64 = self
+            .schedule
+            .values()
+            .filter_map(|e| match e {
+                NetEvent::Received { node, conn, bytes }
+                    if *node == to
+                        && self
+                            .conns
+                            .get(conn)
+                            .is_some_and(|s| s[0].from == from || s[1].from == from) =>
+                {
+                    Some(bytes.len() as u64)
+                }
+                _ => None,
+            })
+            .sum();
+        queued + scheduled
+    }
+
     /// `from` connects to `to`; the outcome arrives as an event.
     pub fn connect(&mut self, now: Instant, from: NodeId, to: NodeId) -> NetConnId {
         let conn = NetConnId(self.next_conn);
@@ -171,6 +217,7 @@ impl SimNet {
             queued: VecDeque::new(),
             last_arrival: at,
             stalled: false,
+            fin: false,
         };
         self.conns
             .insert(conn, [stream(from, to), stream(to, from)]);
@@ -192,6 +239,10 @@ impl SimNet {
             return;
         };
         let dir = if streams[0].from == node { 0 } else { 1 };
+        if streams[dir].fin || streams[1 - dir].fin {
+            // The receiver closed its end (or the sender did, and sends no more).
+            return;
+        }
         streams[dir].queued.push_back(bytes);
         self.pump(now, conn, dir);
     }
@@ -204,7 +255,17 @@ impl SimNet {
             };
             let s = &streams[dir];
             let (from, to) = (s.from, s.to);
-            if s.stalled || self.cut.contains(&(from, to)) || s.queued.is_empty() {
+            if s.stalled || self.cut.contains(&(from, to)) {
+                return;
+            }
+            if s.queued.is_empty() {
+                if s.fin {
+                    // Everything sent is on its way: the FIN follows the last byte.
+                    let last = s.last_arrival;
+                    let at = now.plus(self.latency()).max(last);
+                    self.conns.remove(&conn);
+                    self.schedule(at, NetEvent::Closed { node: to, conn });
+                }
                 return;
             }
             let latency = self.latency();
@@ -247,6 +308,22 @@ impl SimNet {
         };
         let at = now.plus(self.latency());
         self.schedule(at, NetEvent::Closed { node: other, conn });
+    }
+
+    /// `node` closes its end gracefully: what it sent is still delivered (after a partition
+    /// heals, if one holds it), then the peer learns of the close. Bytes towards `node` are
+    /// dropped.
+    pub fn shutdown(&mut self, now: Instant, node: NodeId, conn: NetConnId) {
+        let Some(streams) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let out = if streams[0].from == node { 0 } else { 1 };
+        streams[1 - out].queued.clear();
+        streams[out].fin = true;
+        self.schedule.retain(|_, e| {
+            !matches!(e, NetEvent::Received { node: n, conn: c, .. } if *n == node && *c == conn)
+        });
+        self.pump(now, conn, out);
     }
 
     /// The network resets `conn`: both ends learn of it.
@@ -435,6 +512,34 @@ mod tests {
         assert!(events.contains(&NetEvent::Closed { node: 1, conn: c }));
         assert!(events.contains(&NetEvent::Closed { node: 2, conn: c }));
         net.send(now, 1, c, Bytes::from_static(b"late"));
+        assert!(run_until_quiet(&mut net, &mut now).is_empty());
+    }
+
+    #[test]
+    fn shutdown_delivers_what_was_sent_then_closes() {
+        let mut net = SimNet::new(6);
+        let mut now = Instant(0);
+        net.listen(2);
+        let c = net.connect(now, 1, 2);
+        run_until_quiet(&mut net, &mut now);
+        net.partition(1, 2, false);
+        net.send(now, 1, c, Bytes::from(vec![7u8; 20_000]));
+        net.send(now, 2, c, Bytes::from(vec![8u8; 100]));
+        net.shutdown(now, 1, c);
+        assert!(
+            run_until_quiet(&mut net, &mut now).is_empty(),
+            "held by the partition"
+        );
+        net.heal(now);
+        let events = run_until_quiet(&mut net, &mut now);
+        assert_eq!(received(&events, 2).len(), 20_000);
+        assert!(
+            received(&events, 1).is_empty(),
+            "bytes towards the closed end are dropped"
+        );
+        assert_eq!(events.last(), Some(&NetEvent::Closed { node: 2, conn: c }));
+        assert!(!events.contains(&NetEvent::Closed { node: 1, conn: c }));
+        net.send(now, 2, c, Bytes::from_static(b"late"));
         assert!(run_until_quiet(&mut net, &mut now).is_empty());
     }
 
