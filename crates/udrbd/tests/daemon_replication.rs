@@ -68,6 +68,9 @@ fn wait_up_to_date(p: &Pair) {
     });
 }
 
+/// KiB written by [`write_through_alice`].
+const WRITTEN_KIB: u64 = 1024 + 64 + 4 + 1024 + 4;
+
 /// Writes patterns all over the device through alice's NBD export (python3-libnbd), with a
 /// flush at the end, and reads the first one back.
 fn write_through_alice(p: &Pair, size: u64) {
@@ -146,6 +149,30 @@ fn skip_initial_sync_with_new_current_uuid_clear_bitmap() {
     let size = data_bytes(&p.alice);
     write_through_alice(&p, size);
     wait_up_to_date(&p);
+    assert_identical(&p, size);
+}
+
+#[test]
+fn protocol_a_with_cram_hmac_and_a_dynamic_resync_controller() {
+    require_libnbd();
+    let p = Pair::start(PairOptions {
+        net: "protocol A; cram-hmac-alg sha256; shared-secret \"t0p s3cret\"; connect-int 1; ping-int 1; ping-timeout 5; timeout 5;".into(),
+        disk: "c-plan-ahead 5; c-fill-target 1M; resync-rate 50M; c-max-rate 500M;".into(),
+        ..PairOptions::default()
+    });
+    wait_connected(&p);
+    p.alice.ok(&["primary", "r0", "--force"]);
+    wait_up_to_date(&p);
+    let size = data_bytes(&p.alice);
+    let written = |s: &serde_json::Value| s["devices"][0]["written"].as_u64().unwrap_or(0);
+    let before = written(&p.bob.status_json());
+    write_through_alice(&p, size);
+    wait_up_to_date(&p);
+    // Protocol A completes writes before the peer has them: wait for bob's write counter to
+    // count every KiB written (the flush should already have waited for the barrier ack).
+    p.bob.wait_for("every write on bob", WAIT, |s| {
+        written(s) >= before + WRITTEN_KIB
+    });
     assert_identical(&p, size);
 }
 
