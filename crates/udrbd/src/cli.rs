@@ -17,7 +17,7 @@ use crate::offline::{self, CreateOptions, MetaTarget, OfflineError, RestoreOptio
 /// The exit codes of offline and online verbs, for `udrbd help`.
 fn help_footer() -> String {
     format!(
-        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, status, events) exit like drbdsetup:\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
+        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, connect, disconnect, invalidate,\ninvalidate-remote, new-current-uuid, outdate, role, cstate, dstate RESOURCE, wait-connect,\nstatus, events) exit like drbdsetup:\n   5  wait-connect timed out; refused: disk state lower than Outdated (-16)\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  16  refused: can not resync without local disk (-4)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
         ExitCode::help_table()
     )
 }
@@ -138,23 +138,24 @@ pub enum Verb {
         #[arg(long)]
         force: bool,
     },
-    /// Print the disk state recorded in the meta-data.
+    /// Print the disk state: local/peer from the daemon for a resource it hosts, else the one
+    /// recorded in the meta-data (a DEVICE path, or a resource when no daemon runs).
     Dstate {
         #[command(flatten)]
         target: DeviceArg,
     },
     /// Run the daemon for this node's resources (foreground).
     Daemon {
-        /// Start without bringing the resources up (no attach).
+        /// Start without bringing the resources up (no attach, no connect).
         #[arg(long)]
         no_up: bool,
     },
-    /// Bring a resource up (attach); succeeds if it is up already.
+    /// Bring a resource up (attach, connect); succeeds if it is up already.
     Up {
         /// Resource name.
         resource: String,
     },
-    /// Take a resource down (demote if allowed, detach).
+    /// Take a resource down (demote if allowed, disconnect, detach).
     Down {
         /// Resource name.
         resource: String,
@@ -184,6 +185,64 @@ pub enum Verb {
     Secondary {
         /// Resource name.
         resource: String,
+    },
+    /// Connect to the peer (from StandAlone).
+    Connect {
+        /// Resource name.
+        resource: String,
+        /// In a split brain, this node gives up its changes.
+        #[arg(long)]
+        discard_my_data: bool,
+    },
+    /// Disconnect from the peer and stay StandAlone.
+    Disconnect {
+        /// Resource name.
+        resource: String,
+    },
+    /// Discard the local data: a full resync from the peer.
+    Invalidate {
+        /// Resource name.
+        resource: String,
+    },
+    /// Discard the peer's data: a full resync to the peer.
+    #[command(name = "invalidate-remote")]
+    InvalidateRemote {
+        /// Resource name.
+        resource: String,
+    },
+    /// Start a new data generation.
+    #[command(name = "new-current-uuid")]
+    NewCurrentUuid {
+        /// Resource name.
+        resource: String,
+        /// Both nodes' fresh disks become UpToDate without a resync (skip the initial sync).
+        #[arg(long)]
+        clear_bitmap: bool,
+    },
+    /// Mark the local data Outdated (not while connected).
+    Outdate {
+        /// Resource name.
+        resource: String,
+    },
+    /// Print the roles: local/peer (e.g. Primary/Secondary).
+    Role {
+        /// Resource name.
+        resource: String,
+    },
+    /// Print the connection state (DRBD 8.4's: StandAlone, WFConnection, Connected,
+    /// SyncSource, ...).
+    Cstate {
+        /// Resource name.
+        resource: String,
+    },
+    /// Wait until the connection is established (Connected or a sync state).
+    #[command(name = "wait-connect")]
+    WaitConnect {
+        /// Resource name.
+        resource: String,
+        /// Give up after S seconds (exit 5); default: wait for ever.
+        #[arg(long, value_name = "S")]
+        timeout: Option<u64>,
     },
     /// Stream state changes (drbdsetup events2 form) until interrupted.
     Events {
@@ -303,7 +362,7 @@ pub fn run(
             let opts = RestoreOptions { al_override, force };
             offline::restore_md(&resolve(g, &target)?, &file, opts, out, warn)?;
         }
-        Verb::Dstate { target } => offline::dstate(&resolve(g, &target)?, out)?,
+        Verb::Dstate { target } => dstate(g, &target, out)?,
         Verb::Daemon { no_up } => {
             let config = g
                 .config
@@ -335,6 +394,35 @@ pub fn run(
         Verb::Secondary { resource } => {
             online(g, ControlRequest::new("secondary", Some(&resource)), out)?
         }
+        Verb::Connect {
+            resource,
+            discard_my_data,
+        } => {
+            let mut r = ControlRequest::new("connect", Some(&resource));
+            r.discard_my_data = discard_my_data;
+            online(g, r, out)?;
+        }
+        Verb::NewCurrentUuid {
+            resource,
+            clear_bitmap,
+        } => {
+            let mut r = ControlRequest::new("new-current-uuid", Some(&resource));
+            r.clear_bitmap = clear_bitmap;
+            online(g, r, out)?;
+        }
+        Verb::Disconnect { resource } => simple(g, "disconnect", &resource, out)?,
+        Verb::Invalidate { resource } => simple(g, "invalidate", &resource, out)?,
+        Verb::InvalidateRemote { resource } => simple(g, "invalidate-remote", &resource, out)?,
+        Verb::Outdate { resource } => simple(g, "outdate", &resource, out)?,
+        Verb::Role { resource } => simple(g, "role", &resource, out)?,
+        Verb::Cstate { resource } => simple(g, "cstate", &resource, out)?,
+        Verb::WaitConnect { resource, timeout } => {
+            let mut r = ControlRequest::new("wait-connect", Some(&resource));
+            r.timeout_secs = timeout;
+            // The daemon answers when connected or at the timeout; wait a little longer.
+            let wait = timeout.map(|t| std::time::Duration::from_secs(t.saturating_add(30)));
+            online_with(g, r, wait, out)?;
+        }
         Verb::Events {
             resource,
             now,
@@ -364,9 +452,38 @@ pub fn run(
 /// drbdsetup's exit code for a local problem (the daemon cannot be reached).
 pub const ONLINE_LOCAL_ERROR: u8 = 20;
 
+/// Sends a request with no options but the resource to the daemon.
+fn simple(g: &Globals, verb: &str, resource: &str, out: &mut dyn Write) -> Result<(), CliError> {
+    online(g, ControlRequest::new(verb, Some(resource)), out)
+}
+
+/// `dstate`: online (local/peer) for a resource name when a daemon answers on the run
+/// directory; offline (the meta-data's disk state) for a device path or without a daemon.
+fn dstate(g: &Globals, target: &DeviceArg, out: &mut dyn Write) -> Result<(), CliError> {
+    if !target.device.contains('/') {
+        let request = ControlRequest::new("dstate", Some(&target.device));
+        match online(g, request, out) {
+            Err(CliError::Control(crate::control::ControlError::Connect { .. })) => {}
+            other => return other,
+        }
+    }
+    offline::dstate(&resolve(g, target)?, out)?;
+    Ok(())
+}
+
 /// Sends a request to the daemon and prints its output.
 fn online(g: &Globals, request: ControlRequest, out: &mut dyn Write) -> Result<(), CliError> {
-    let reply = crate::control::call(&g.run_dir, &request, std::time::Duration::from_secs(600))?;
+    online_with(g, request, Some(std::time::Duration::from_secs(600)), out)
+}
+
+/// As [`online`], waiting up to `timeout` for the reply (`None`: for ever).
+fn online_with(
+    g: &Globals,
+    request: ControlRequest,
+    timeout: Option<std::time::Duration>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let reply = crate::control::call_with(&g.run_dir, &request, timeout)?;
     out.write_all(reply.output.as_bytes())
         .map_err(|e| CliError::Offline(OfflineError::Output(e)))?;
     if reply.ok {

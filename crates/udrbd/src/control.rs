@@ -16,7 +16,9 @@ pub const CONTROL_SOCKET: &str = "udrbd.sock";
 /// A CLI request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlRequest {
-    /// The verb: up, down, attach, detach, primary, secondary, status.
+    /// The verb: up, down, attach, detach, primary, secondary, connect, disconnect,
+    /// invalidate, invalidate-remote, new-current-uuid, outdate, role, cstate, dstate,
+    /// wait-connect, status, events.
     pub verb: String,
     /// The resource (`None`: all, for status).
     pub resource: Option<String>,
@@ -35,6 +37,15 @@ pub struct ControlRequest {
     /// `events --now`: the current state only.
     #[serde(default)]
     pub now: bool,
+    /// `connect --discard-my-data`.
+    #[serde(default)]
+    pub discard_my_data: bool,
+    /// `new-current-uuid --clear-bitmap`.
+    #[serde(default)]
+    pub clear_bitmap: bool,
+    /// `wait-connect --timeout S` (none: wait forever).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 impl ControlRequest {
@@ -48,6 +59,9 @@ impl ControlRequest {
             statistics: false,
             json: false,
             now: false,
+            discard_my_data: false,
+            clear_bitmap: false,
+            timeout_secs: None,
         }
     }
 }
@@ -175,7 +189,16 @@ pub fn call(
     request: &ControlRequest,
     timeout: Duration,
 ) -> Result<ControlReply, ControlError> {
-    let (stream, path) = send_request(run_dir, request, Some(timeout))?;
+    call_with(run_dir, request, Some(timeout))
+}
+
+/// Sends one request and waits for the reply, up to `timeout` (`None`: for ever).
+pub fn call_with(
+    run_dir: &Path,
+    request: &ControlRequest,
+    timeout: Option<Duration>,
+) -> Result<ControlReply, ControlError> {
+    let (stream, path) = send_request(run_dir, request, timeout)?;
     let io = |source| ControlError::Io {
         path: path.clone(),
         source,

@@ -3,8 +3,8 @@
 //! - One thread per resource runs its event loop ([`crate::resource_loop`]).
 //! - The main thread serves the control socket `RUN_DIR/udrbd.sock` (JSON lines, mode 0600)
 //!   and forwards each request to the resource it names.
-//! - At start every resource of the node is brought up (attach), like `drbdadm up all` at boot,
-//!   unless `--no-up`; the daemon never promotes by itself.
+//! - At start every resource of the node is brought up (attach, then connect to the peer), like
+//!   `drbdadm up all` at boot, unless `--no-up`; the daemon never promotes by itself.
 //! - On SIGTERM or SIGINT each resource closes its NBD clients (after their in-flight
 //!   requests), goes down cleanly, and the daemon exits.
 
@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
-use udrbd_core::{DiskState, Resource};
+use udrbd_core::{ConnState, DiskState, Resource};
 
 use crate::config::{Config, ResolvedResource};
 use crate::control::{CONTROL_SOCKET, ControlReply, ControlRequest};
@@ -68,6 +68,8 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         let r = config
             .resource_for_node(&def.name, &opts.node)
             .map_err(|e| DaemonError::Config(e.to_string()))?;
+        // The net options must map onto the engine's (e.g. a known cram-hmac-alg).
+        crate::engine_config::net_config(&r).map_err(DaemonError::Config)?;
         resources.push(r);
     }
     if resources.is_empty() {
@@ -123,11 +125,12 @@ pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 fn spawn_resource(r: ResolvedResource, opts: &DaemonOptions, single: bool) -> Handle {
     let (tx, rx) = unbounded_channel();
     let run_dir = opts.run_dir.clone();
+    let config = opts.config.clone();
     let auto_up = !opts.no_up;
     let name = r.name.clone();
     let thread = std::thread::Builder::new()
         .name(format!("udrbd-{name}"))
-        .spawn(move || resource_loop::run(r, run_dir, single, auto_up, rx))
+        .spawn(move || resource_loop::run(r, run_dir, config, single, auto_up, rx))
         .expect("spawn a resource thread");
     Handle {
         messages: tx,
@@ -218,26 +221,10 @@ async fn dispatch(
 /// The status view of one resource, for the formatter.
 pub fn resource_view(engine: &Resource, resource: &ResolvedResource) -> sf::ResourceView {
     let s = engine.status();
-    let role = match s.role {
-        udrbd_core::Role::Primary => sf::Role::Primary,
-        udrbd_core::Role::Secondary => sf::Role::Secondary,
-        udrbd_core::Role::Unknown => sf::Role::Unknown,
-    };
-    let disk_state = match s.disk {
-        DiskState::Diskless => sf::DiskState::Diskless,
-        DiskState::Attaching => sf::DiskState::Attaching,
-        DiskState::Failed => sf::DiskState::Failed,
-        DiskState::Negotiating => sf::DiskState::Negotiating,
-        DiskState::Inconsistent => sf::DiskState::Inconsistent,
-        DiskState::Outdated => sf::DiskState::Outdated,
-        DiskState::DUnknown => sf::DiskState::DUnknown,
-        DiskState::Consistent => sf::DiskState::Consistent,
-        DiskState::UpToDate => sf::DiskState::UpToDate,
-    };
     let device = sf::DeviceView {
         volume: 0,
         minor: resource.minor,
-        disk_state,
+        disk_state: disk_state_view(s.disk),
         client: false,
         backing_dev: resource.disk.as_ref().map(|p| p.display().to_string()),
         quorum: true,
@@ -256,47 +243,165 @@ pub fn resource_view(engine: &Resource, resource: &ResolvedResource) -> sf::Reso
             disk_failure_reason: None,
         },
     };
-    let connections = resource
-        .peer
-        .names
-        .first()
-        .map(|peer| sf::ConnectionView {
-            name: peer.clone(),
-            peer_node_id: 1,
-            // Replication is not built yet: the peer is configured, never connected.
-            connection_state: sf::ConnState::StandAlone,
-            peer_role: sf::Role::Unknown,
-            tls: false,
-            congested: false,
-            ap_in_flight_sectors: 0,
-            rs_in_flight_sectors: 0,
-            paths: Vec::new(),
-            peer_device: sf::PeerDeviceView {
-                volume: 0,
-                replication_state: sf::ReplState::Off,
-                peer_disk_state: sf::DiskState::DUnknown,
-                peer_client: false,
-                resync_suspended: sf::ResyncSuspended::default(),
-                received_kib: 0,
-                sent_kib: 0,
-                out_of_sync_kib: s.out_of_sync_bytes / 1024,
-                pending: 0,
-                unacked: 0,
-                peer_uuid_stable: false,
-                sync: None,
-            },
-        })
-        .into_iter()
-        .collect();
+    let connections = connections_view(s.peer.as_ref(), resource, s.out_of_sync_bytes / 1024);
     sf::ResourceView {
         name: s.name,
         node_id: 0,
-        role,
+        role: role_view(s.role),
         suspended: sf::Suspended::default(),
         force_io_failures: false,
         write_ordering: sf::WriteOrdering::Flush,
         device,
         connections,
+    }
+}
+
+/// The connection to the peer: from the engine's peer status, or, when it reports none, the
+/// configured peer as StandAlone.
+pub fn connections_view(
+    peer: Option<&udrbd_core::PeerStatus>,
+    resource: &ResolvedResource,
+    out_of_sync_kib: u64,
+) -> Vec<sf::ConnectionView> {
+    match peer {
+        Some(peer) => vec![connection_view(peer, out_of_sync_kib)],
+        None => resource
+            .peer
+            .names
+            .first()
+            .map(|name| standalone_view(name, out_of_sync_kib))
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn role_view(role: udrbd_core::Role) -> sf::Role {
+    match role {
+        udrbd_core::Role::Primary => sf::Role::Primary,
+        udrbd_core::Role::Secondary => sf::Role::Secondary,
+        udrbd_core::Role::Unknown => sf::Role::Unknown,
+    }
+}
+
+fn disk_state_view(disk: DiskState) -> sf::DiskState {
+    match disk {
+        DiskState::Diskless => sf::DiskState::Diskless,
+        DiskState::Attaching => sf::DiskState::Attaching,
+        DiskState::Failed => sf::DiskState::Failed,
+        DiskState::Negotiating => sf::DiskState::Negotiating,
+        DiskState::Inconsistent => sf::DiskState::Inconsistent,
+        DiskState::Outdated => sf::DiskState::Outdated,
+        DiskState::DUnknown => sf::DiskState::DUnknown,
+        DiskState::Consistent => sf::DiskState::Consistent,
+        DiskState::UpToDate => sf::DiskState::UpToDate,
+    }
+}
+
+/// DRBD 8.4's connection state in DRBD 9's words: the connection state, and the replication
+/// state of the peer device (8.4 folds both into one `cstate`).
+pub fn conn_state_view(conn: ConnState) -> (sf::ConnState, sf::ReplState) {
+    use sf::ConnState as C;
+    use sf::ReplState as R;
+    match conn {
+        ConnState::StandAlone => (C::StandAlone, R::Off),
+        ConnState::Disconnecting => (C::Disconnecting, R::Off),
+        ConnState::Unconnected => (C::Unconnected, R::Off),
+        ConnState::Timeout => (C::Timeout, R::Off),
+        ConnState::BrokenPipe => (C::BrokenPipe, R::Off),
+        ConnState::NetworkFailure => (C::NetworkFailure, R::Off),
+        ConnState::ProtocolError => (C::ProtocolError, R::Off),
+        ConnState::TearDown => (C::TearDown, R::Off),
+        // DRBD 9 says Connecting until the handshake is through.
+        ConnState::WfConnection | ConnState::WfReportParams => (C::Connecting, R::Off),
+        ConnState::Connected => (C::Connected, R::Established),
+        ConnState::StartingSyncS => (C::Connected, R::StartingSyncS),
+        ConnState::StartingSyncT => (C::Connected, R::StartingSyncT),
+        ConnState::WfBitMapS => (C::Connected, R::WFBitMapS),
+        ConnState::WfBitMapT => (C::Connected, R::WFBitMapT),
+        ConnState::WfSyncUuid => (C::Connected, R::WFSyncUUID),
+        ConnState::SyncSource => (C::Connected, R::SyncSource),
+        ConnState::SyncTarget => (C::Connected, R::SyncTarget),
+        ConnState::VerifyS => (C::Connected, R::VerifyS),
+        ConnState::VerifyT => (C::Connected, R::VerifyT),
+        ConnState::PausedSyncS => (C::Connected, R::PausedSyncS),
+        ConnState::PausedSyncT => (C::Connected, R::PausedSyncT),
+        ConnState::Ahead => (C::Connected, R::Ahead),
+        ConnState::Behind => (C::Connected, R::Behind),
+    }
+}
+
+fn connection_view(peer: &udrbd_core::PeerStatus, out_of_sync_kib: u64) -> sf::ConnectionView {
+    let (connection_state, replication_state) = conn_state_view(peer.conn);
+    let sync = peer.resync.map(|r| sf::SyncProgress {
+        rs_total_sectors: r.total_sectors,
+        rs_failed_sectors: 0,
+        rs_same_csum_sectors: 0,
+        rs_dt_start_ms: r.elapsed_ms,
+        rs_paused_ms: r.paused_ms,
+        rs_dt0_ms: r.dt0_ms,
+        rs_db0_sectors: r.db0_sectors,
+        rs_dt1_ms: r.dt1_ms,
+        rs_db1_sectors: r.db1_sectors,
+        want_kib_per_sec: r.want_kib_per_sec,
+        verify: None,
+    });
+    sf::ConnectionView {
+        name: peer.name.clone(),
+        peer_node_id: 1,
+        connection_state,
+        peer_role: role_view(peer.peer_role),
+        tls: false,
+        congested: false,
+        ap_in_flight_sectors: peer.ap_in_flight_sectors,
+        rs_in_flight_sectors: peer.rs_in_flight_sectors,
+        paths: vec![sf::PathView {
+            local: peer.own_address,
+            remote: peer.peer_address,
+            established: peer.conn >= ConnState::WfReportParams,
+        }],
+        peer_device: sf::PeerDeviceView {
+            volume: 0,
+            replication_state,
+            peer_disk_state: disk_state_view(peer.peer_disk),
+            peer_client: false,
+            resync_suspended: sf::ResyncSuspended::default(),
+            received_kib: peer.received_kib,
+            sent_kib: peer.sent_kib,
+            out_of_sync_kib,
+            pending: peer.pending,
+            unacked: peer.unacked,
+            peer_uuid_stable: false,
+            sync,
+        },
+    }
+}
+
+/// The configured peer when the engine reports none: StandAlone, nothing known.
+fn standalone_view(name: &str, out_of_sync_kib: u64) -> sf::ConnectionView {
+    sf::ConnectionView {
+        name: name.to_string(),
+        peer_node_id: 1,
+        connection_state: sf::ConnState::StandAlone,
+        peer_role: sf::Role::Unknown,
+        tls: false,
+        congested: false,
+        ap_in_flight_sectors: 0,
+        rs_in_flight_sectors: 0,
+        paths: Vec::new(),
+        peer_device: sf::PeerDeviceView {
+            volume: 0,
+            replication_state: sf::ReplState::Off,
+            peer_disk_state: sf::DiskState::DUnknown,
+            peer_client: false,
+            resync_suspended: sf::ResyncSuspended::default(),
+            received_kib: 0,
+            sent_kib: 0,
+            out_of_sync_kib,
+            pending: 0,
+            unacked: 0,
+            peer_uuid_stable: false,
+            sync: None,
+        },
     }
 }
 
@@ -387,4 +492,145 @@ async fn status(
         request.statistics,
         80,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use udrbd_core::{PeerStatus, ResourceConfig, ResyncStatus, Role};
+
+    fn resource() -> ResolvedResource {
+        let text = "resource r0 {\n  on alice { device minor 0; disk /tmp/a.img; address 127.0.0.31:7000; meta-disk internal; }\n  on bob { device minor 0; disk /tmp/b.img; address 127.0.0.32:7000; meta-disk internal; }\n}\n";
+        Config::parse_str("t.res", text)
+            .unwrap()
+            .resource_for_node("r0", "alice")
+            .unwrap()
+    }
+
+    fn peer(conn: ConnState) -> PeerStatus {
+        PeerStatus {
+            name: "bob".into(),
+            own_address: "127.0.0.31:7000".parse().unwrap(),
+            peer_address: "127.0.0.32:7000".parse().unwrap(),
+            conn,
+            peer_role: Role::Secondary,
+            peer_disk: udrbd_core::DiskState::UpToDate,
+            sent_kib: 100,
+            received_kib: 7,
+            pending: 2,
+            unacked: 3,
+            ap_in_flight_sectors: 16,
+            rs_in_flight_sectors: 64,
+            resync: None,
+            split_brain: false,
+            last_error: None,
+        }
+    }
+
+    /// A real engine's view (Secondary, diskless, the stub peer) with the connection replaced
+    /// by one built from `p`, and a 1 GiB UpToDate disk.
+    fn view(p: Option<&PeerStatus>, out_of_sync_kib: u64) -> sf::ResourceView {
+        let r = resource();
+        let engine = Resource::new(ResourceConfig::new("r0", 0), [7; 32]);
+        let mut v = resource_view(&engine, &r);
+        v.role = sf::Role::Primary;
+        v.device.disk_state = sf::DiskState::UpToDate;
+        v.device.size_kib = 1 << 20;
+        v.connections = connections_view(p, &r, out_of_sync_kib);
+        v
+    }
+
+    #[test]
+    fn without_peer_status_the_peer_is_standalone() {
+        let text = sf::status_text_all(&[view(None, 0)], false, false, 80);
+        assert_eq!(
+            text,
+            "r0 role:Primary\n  disk:UpToDate open:no\n  bob connection:StandAlone\n\n"
+        );
+    }
+
+    #[test]
+    fn every_84_connection_state_maps() {
+        for conn in ConnState::ALL {
+            let (c, r) = conn_state_view(conn);
+            if conn >= ConnState::Connected {
+                assert_eq!(c, sf::ConnState::Connected, "{conn:?}");
+                assert_ne!(r, sf::ReplState::Off, "{conn:?}");
+                if conn > ConnState::Connected {
+                    assert_eq!(r.as_str(), conn.name(), "{conn:?}");
+                }
+            } else {
+                assert_eq!(r, sf::ReplState::Off, "{conn:?}");
+                if conn < ConnState::WfConnection {
+                    assert_eq!(c.as_str(), conn.name(), "{conn:?}");
+                } else {
+                    assert_eq!(c, sf::ConnState::Connecting, "{conn:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wf_connection_is_connecting_with_an_unestablished_path() {
+        let p = peer(ConnState::WfConnection);
+        let v = view(Some(&p), 0);
+        let c = &v.connections[0];
+        assert_eq!(c.connection_state, sf::ConnState::Connecting);
+        assert_eq!(c.paths.len(), 1);
+        assert!(!c.paths[0].established);
+        assert_eq!(
+            sf::status_text_all(&[v], false, false, 80),
+            "r0 role:Primary\n  disk:UpToDate open:no\n  bob connection:Connecting\n\n"
+        );
+    }
+
+    #[test]
+    fn connected_shows_the_peer_and_statistics() {
+        let p = peer(ConnState::Connected);
+        let v = view(Some(&p), 0);
+        let c = &v.connections[0];
+        assert!(c.paths[0].established);
+        assert_eq!(c.ap_in_flight_sectors, 16);
+        assert_eq!(c.rs_in_flight_sectors, 64);
+        assert_eq!(
+            sf::status_text_all(std::slice::from_ref(&v), false, false, 80),
+            "r0 role:Primary\n  disk:UpToDate open:no\n  bob role:Secondary\n    peer-disk:UpToDate\n\n"
+        );
+        let stats = sf::status_text_all(&[v], true, true, 200);
+        assert!(stats.contains("received:7 sent:100"), "{stats}");
+        assert!(stats.contains("pending:2 unacked:3"), "{stats}");
+    }
+
+    #[test]
+    fn a_resync_shows_done_and_eta() {
+        let mut p = peer(ConnState::SyncSource);
+        p.peer_disk = udrbd_core::DiskState::Inconsistent;
+        // 1 GiB to resync, half done; 3 s window moved 96 MiB: 32 MiB/s, 512 MiB left: 16 s.
+        p.resync = Some(ResyncStatus {
+            total_sectors: 2 << 20,
+            left_sectors: 1 << 20,
+            elapsed_ms: 16_000,
+            paused_ms: 0,
+            dt0_ms: 18_000,
+            db0_sectors: 18 * 32 * 2048,
+            dt1_ms: 3_000,
+            db1_sectors: 3 * 32 * 2048,
+            want_kib_per_sec: 32 * 1024,
+        });
+        let v = view(Some(&p), 512 * 1024);
+        let text = sf::status_text_all(std::slice::from_ref(&v), false, false, 80);
+        assert_eq!(
+            text,
+            "r0 role:Primary\n  disk:UpToDate open:no\n  bob role:Secondary\n    replication:SyncSource peer-disk:Inconsistent done:50.00\n\n"
+        );
+        let verbose = sf::status_text_all(std::slice::from_ref(&v), true, true, 300);
+        assert!(verbose.contains("dbdt1:32.00"), "{verbose}");
+        assert!(verbose.contains("eta:16"), "{verbose}");
+        let json = sf::status_json(&[v]);
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let pd = &parsed[0]["connections"][0]["peer_devices"][0];
+        assert_eq!(pd["replication-state"], "SyncSource");
+        assert_eq!(pd["percent-in-sync"], 50.0);
+    }
 }

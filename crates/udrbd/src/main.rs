@@ -19,6 +19,13 @@ fn main() -> std::process::ExitCode {
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
+        // A panic is a bug (in the engine or a driver): the whole daemon stops at once, rather
+        // than serve on with one resource's loop gone (its peer and NBD sockets closed).
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            std::process::abort();
+        }));
     }
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(1 << 20, stdout.lock());

@@ -17,8 +17,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::{Notify, oneshot};
 use udrbd_core::{
     AdminCommand, AttachParams, BlockCompletion, BlockError, BlockRequest, BlockRequestId,
-    CommandError, CommandId, DiskCompletion, DiskState, Event, Input, Instant, Output, Resource,
-    ResourceConfig, Role,
+    CommandError, CommandId, ConnState, DiskCompletion, DiskState, Event, Input, Instant, Output,
+    Resource, ResourceConfig, Role,
 };
 use udrbd_meta::MetaDiskKind;
 use udrbd_nbd as nbd;
@@ -27,6 +27,7 @@ use crate::backing::{Backing, IoPool};
 use crate::config::{MetaDisk, ResolvedResource};
 use crate::control::{ControlReply, ControlRequest};
 use crate::meta_io::{Access, MetaDevice};
+use crate::peer_net::{NetEvent, PeerNet};
 use crate::uring::Uring;
 
 /// IO threads per resource: as many as an NBD client's queue depth commonly is (QD32), so
@@ -76,6 +77,10 @@ struct Shared {
     events: tokio::sync::broadcast::Sender<crate::status_format::ResourceView>,
     /// Openers at the last snapshot (`open:` is reported by events too).
     last_openers: u32,
+    /// The peer sockets.
+    net: PeerNet,
+    /// The daemon's configuration file (`DRBD_CONF` of handlers).
+    config_path: PathBuf,
 }
 
 type SharedRef = Rc<RefCell<Shared>>;
@@ -129,16 +134,14 @@ impl Shared {
                     state_changed = true;
                 }
                 Output::Event(Event::Handler { name }) => {
-                    tracing::warn!("handler {name} requested (handlers are not run yet)");
+                    crate::handlers::run(name, &self.resource, &self.config_path);
                 }
                 Output::Event(Event::Log { level, message }) => match level {
                     udrbd_core::LogLevel::Info => tracing::info!("{message}"),
                     udrbd_core::LogLevel::Warn => tracing::warn!("{message}"),
                     udrbd_core::LogLevel::Error => tracing::error!("{message}"),
                 },
-                Output::Peer(_) => {
-                    // The network driver is not wired yet.
-                }
+                Output::Peer(out) => self.net.execute(out),
             }
         }
         if let Some(ring) = self.uring.as_mut()
@@ -256,6 +259,7 @@ impl Shared {
 pub fn run(
     resource: ResolvedResource,
     run_dir: PathBuf,
+    config_path: PathBuf,
     default_export: bool,
     auto_up: bool,
     messages: UnboundedReceiver<LoopMessage>,
@@ -267,13 +271,21 @@ pub fn run(
     let local = tokio::task::LocalSet::new();
     local.block_on(
         &runtime,
-        run_loop(resource, run_dir, default_export, auto_up, messages),
+        run_loop(
+            resource,
+            run_dir,
+            config_path,
+            default_export,
+            auto_up,
+            messages,
+        ),
     );
 }
 
 async fn run_loop(
     resource: ResolvedResource,
     run_dir: PathBuf,
+    config_path: PathBuf,
     default_export: bool,
     auto_up: bool,
     mut messages: UnboundedReceiver<LoopMessage>,
@@ -281,6 +293,15 @@ async fn run_loop(
     let (disk_tx, disk_rx) = unbounded_channel();
     let mut config = ResourceConfig::new(&resource.name, resource.minor);
     config.al_extents = resource.options.disk.al_extents as u16;
+    // The daemon checked the mapping before it started the loops.
+    config.net = match crate::engine_config::net_config(&resource) {
+        Ok(net) => Some(net),
+        Err(e) => {
+            tracing::error!("{e}: the resource cannot connect");
+            None
+        }
+    };
+    let (net_tx, net_rx) = unbounded_channel();
     let mut seed = [0u8; 32];
     fill_seed(&mut seed);
     let timer = Rc::new(Notify::new());
@@ -328,7 +349,10 @@ async fn run_loop(
         events: tokio::sync::broadcast::channel(256).0,
         last_openers: 0,
         shutting_down: false,
+        net: PeerNet::new(net_tx, crate::peer_net::socket_options(&resource)),
+        config_path,
     }));
+    tokio::task::spawn_local(net_task(shared.clone(), net_rx));
     tokio::task::spawn_local(disk_task(shared.clone(), disk_rx));
     if let Some(fd) = uring_eventfd {
         tokio::task::spawn_local(uring_task(shared.clone(), fd));
@@ -445,6 +469,17 @@ async fn uring_task(shared: SharedRef, eventfd: std::os::fd::OwnedFd) {
     }
 }
 
+/// Feeds the network driver's reports to the engine. Each input is pumped before the next
+/// is admitted: an output (a `Close`) may decide whether the next report reaches the engine.
+async fn net_task(shared: SharedRef, mut rx: UnboundedReceiver<NetEvent>) {
+    while let Some(event) = rx.recv().await {
+        let mut s = shared.borrow_mut();
+        if let Some(input) = s.net.on_event(event) {
+            s.handle(Input::Peer(input));
+        }
+    }
+}
+
 async fn timer_task(shared: SharedRef, notify: Rc<Notify>) {
     loop {
         let deadline = {
@@ -468,53 +503,172 @@ async fn timer_task(shared: SharedRef, notify: Rc<Notify>) {
 /// Runs one control request against this resource.
 async fn control(shared: &SharedRef, request: ControlRequest) -> ControlReply {
     let name = shared.borrow().resource.name.clone();
+    if let Some(reply) = query(&shared.borrow().engine, &request.verb) {
+        return reply;
+    }
     let result = match request.verb.as_str() {
-        "up" | "attach" => {
-            let attached = shared.borrow().engine.status().disk != DiskState::Diskless;
-            if attached && request.verb == "up" {
-                return ControlReply::ok(String::new());
-            }
-            let params = match shared.borrow_mut().open_backing() {
-                Ok(p) => p,
-                Err(reply) => return reply,
-            };
-            let rx = shared.borrow_mut().command(AdminCommand::Attach(params));
-            let r = rx.await;
-            if !matches!(r, Ok(Ok(()))) {
-                let mut s = shared.borrow_mut();
-                if s.engine.status().disk == DiskState::Diskless && s.engine.status().stuck_ios == 0
-                {
-                    s.backing = None;
+        "up" => {
+            // drbdadm up: attach (if there is a disk and it is not attached), then connect
+            // (if the peer is StandAlone).
+            let s = shared.borrow().engine.status();
+            let has_disk = shared.borrow().resource.disk.is_some();
+            if s.disk == DiskState::Diskless && has_disk {
+                match attach(shared).await {
+                    Ok(Ok(())) => {}
+                    Err(reply) => return reply,
+                    Ok(Err(e)) => return command_error_reply(&name, e),
                 }
             }
-            r
+            let standalone = shared
+                .borrow()
+                .engine
+                .status()
+                .peer
+                .is_some_and(|p| p.conn == ConnState::StandAlone);
+            if !standalone {
+                return ControlReply::ok(String::new());
+            }
+            run_command(
+                shared,
+                AdminCommand::Connect {
+                    discard_my_data: false,
+                },
+            )
+            .await
         }
+        "attach" => match attach(shared).await {
+            Ok(r) => Ok(r),
+            Err(reply) => return reply,
+        },
         "down" => {
-            let rx = shared.borrow_mut().command(AdminCommand::Down);
-            rx.await
+            let r = run_command(shared, AdminCommand::Down).await;
+            // Down disconnects in the engine; make sure, as `drbdsetup down` does.
+            if matches!(r, Ok(Ok(())))
+                && peer_conn(&shared.borrow().engine) != ConnState::StandAlone
+            {
+                run_command(shared, AdminCommand::Disconnect).await
+            } else {
+                r
+            }
         }
-        "detach" => {
-            let rx = shared.borrow_mut().command(AdminCommand::Detach {
-                force: request.force,
-            });
-            rx.await
-        }
-        "primary" => {
-            let rx = shared.borrow_mut().command(AdminCommand::Primary {
-                force: request.force,
-            });
-            rx.await
-        }
-        "secondary" => {
-            let rx = shared.borrow_mut().command(AdminCommand::Secondary);
-            rx.await
-        }
-        other => return ControlReply::error(format!("{name}: unknown verb '{other}'"), 20),
+        "wait-connect" => return wait_connect(shared, &name, request.timeout_secs).await,
+        verb => match admin_command(&request) {
+            Some(cmd) => run_command(shared, cmd).await,
+            None => return ControlReply::error(format!("{name}: unknown verb '{verb}'"), 20),
+        },
     };
     match result {
         Ok(Ok(())) => ControlReply::ok(String::new()),
         Ok(Err(e)) => command_error_reply(&name, e),
         Err(_) => ControlReply::error(format!("{name}: the resource loop stopped"), 20),
+    }
+}
+
+/// The engine command of a verb that maps to exactly one.
+fn admin_command(request: &ControlRequest) -> Option<AdminCommand> {
+    Some(match request.verb.as_str() {
+        "detach" => AdminCommand::Detach {
+            force: request.force,
+        },
+        "primary" => AdminCommand::Primary {
+            force: request.force,
+        },
+        "secondary" => AdminCommand::Secondary,
+        "connect" => AdminCommand::Connect {
+            discard_my_data: request.discard_my_data,
+        },
+        "disconnect" => AdminCommand::Disconnect,
+        "invalidate" => AdminCommand::Invalidate,
+        "invalidate-remote" => AdminCommand::InvalidateRemote,
+        "new-current-uuid" => AdminCommand::NewCurrentUuid {
+            clear_bitmap: request.clear_bitmap,
+        },
+        "outdate" => AdminCommand::Outdate,
+        _ => return None,
+    })
+}
+
+/// drbdadm 8.4's one-line state queries: `role` (local/peer), `cstate`, `dstate` (local/peer).
+fn query(engine: &Resource, verb: &str) -> Option<ControlReply> {
+    if !matches!(verb, "role" | "cstate" | "dstate") {
+        return None;
+    }
+    let s = engine.status();
+    let (conn, peer_role, peer_disk) = match &s.peer {
+        Some(p) => (p.conn, p.peer_role, p.peer_disk),
+        None => (ConnState::StandAlone, Role::Unknown, DiskState::DUnknown),
+    };
+    let line = match verb {
+        "role" => format!("{}/{}", s.role.name(), peer_role.name()),
+        "cstate" => conn.name().to_string(),
+        _ => format!("{}/{}", s.disk.name(), peer_disk.name()),
+    };
+    Some(ControlReply::ok(line + "\n"))
+}
+
+/// The connection state (StandAlone when the engine reports no peer).
+fn peer_conn(engine: &Resource) -> ConnState {
+    engine
+        .status()
+        .peer
+        .map_or(ConnState::StandAlone, |p| p.conn)
+}
+
+/// Waits until the connection is established (Connected or a sync state), at most
+/// `timeout_secs` (forever without). A timeout exits 5, as drbdsetup's wait-connect.
+async fn wait_connect(shared: &SharedRef, name: &str, timeout_secs: Option<u64>) -> ControlReply {
+    let deadline =
+        timeout_secs.map(|t| tokio::time::Instant::now() + std::time::Duration::from_secs(t));
+    loop {
+        if peer_conn(&shared.borrow().engine) >= ConnState::Connected {
+            return ControlReply::ok(String::new());
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            let conn = peer_conn(&shared.borrow().engine);
+            return ControlReply::error(
+                format!(
+                    "{name}: timed out after {}s waiting for the connection (cstate {})",
+                    timeout_secs.unwrap_or(0),
+                    conn.name()
+                ),
+                WAIT_CONNECT_TIMEOUT_EXIT,
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The exit code of a `wait-connect` that timed out.
+pub const WAIT_CONNECT_TIMEOUT_EXIT: u8 = 5;
+
+/// Starts an engine command and waits for its result.
+async fn run_command(
+    shared: &SharedRef,
+    cmd: AdminCommand,
+) -> Result<Result<(), CommandError>, oneshot::error::RecvError> {
+    let rx = shared.borrow_mut().command(cmd);
+    rx.await
+}
+
+/// Opens the backing device and attaches it; on failure the devices are closed again.
+async fn attach(shared: &SharedRef) -> Result<Result<(), CommandError>, ControlReply> {
+    let params = shared.borrow_mut().open_backing()?;
+    let r = run_command(shared, AdminCommand::Attach(params)).await;
+    if !matches!(r, Ok(Ok(()))) {
+        let mut s = shared.borrow_mut();
+        if s.engine.status().disk == DiskState::Diskless && s.engine.status().stuck_ios == 0 {
+            s.backing = None;
+        }
+    }
+    match r {
+        Ok(r) => Ok(r),
+        Err(_) => {
+            let name = shared.borrow().resource.name.clone();
+            Err(ControlReply::error(
+                format!("{name}: the resource loop stopped"),
+                20,
+            ))
+        }
     }
 }
 
@@ -542,11 +696,16 @@ async fn shutdown(shared: &SharedRef) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let rx = shared.borrow_mut().command(AdminCommand::Down);
-    let r = rx.await;
+    let r = run_command(shared, AdminCommand::Down).await;
     if let Ok(Err(e)) = r {
         tracing::error!("down at shutdown failed: {e}");
     }
+    if peer_conn(&shared.borrow().engine) != ConnState::StandAlone
+        && let Ok(Err(e)) = run_command(shared, AdminCommand::Disconnect).await
+    {
+        tracing::error!("disconnect at shutdown failed: {e}");
+    }
+    shared.borrow_mut().net.close_all();
 }
 
 async fn nbd_listener(shared: SharedRef, listener: UnixListener) {

@@ -25,7 +25,7 @@ fn up_at_start_then_primary_and_qemu_io() {
     let status = d.ok(&["status", "r0"]);
     assert_eq!(
         status,
-        "r0 role:Secondary\n  disk:Inconsistent open:no\n  bob connection:StandAlone\n\n"
+        "r0 role:Secondary\n  disk:Inconsistent open:no\n  bob connection:Connecting\n\n"
     );
     // `up` of a resource that is up is a no-op.
     d.ok(&["up", "r0"]);
@@ -205,7 +205,7 @@ fn events_streams_state_changes_in_events2_form() {
     );
     assert!(
         now.contains(
-            "exists connection name:r0 peer-node-id:1 conn-name:bob connection:StandAlone"
+            "exists connection name:r0 peer-node-id:1 conn-name:bob connection:Connecting"
         ),
         "{now}"
     );

@@ -142,7 +142,8 @@ pub enum Support {
     Only(&'static str),
     /// Rejected: "option 'X' is not supported yet".
     NotYet,
-    /// Accepted, validated and ignored (`global` settings with no meaning for udrbd).
+    /// Accepted, validated and ignored (`global` settings and tuning knobs with no meaning for
+    /// udrbd, e.g. `tcp-cork`).
     Ignored,
 }
 
@@ -492,8 +493,8 @@ use Unit::{Bytes, Count, KibPerSec, Pages, Seconds, Sectors, Tenths};
 /// The option table (DRBD 8.4, drbd_limits.h; see the reference's §7.2 and §7.3).
 ///
 /// Columns: section, name, kind (unit, min, max in that unit), DRBD default, udrbd support,
-/// setter. The resync-controller rows of `disk` (resync-rate, c-*) are `Yes` like `net`: resync
-/// is built with replication, so their values are parsed and stored now.
+/// setter. The resync-controller rows of `disk` (resync-rate, c-*) are `Yes`: the engine's
+/// resync controller takes them (engine_config.rs).
 #[rustfmt::skip]
 pub static OPTIONS: &[OptionSpec] = &[
     // global: accepted for drbd.conf compatibility, meaningless for udrbd.
@@ -503,11 +504,14 @@ pub static OPTIONS: &[OptionSpec] = &[
     spec(S::Global, "disable-ip-verification", FLAG, Some("no"), Ignored, |_, _| {}),
     spec(S::Global, "udev-always-use-vnr", FLAG, Some("no"), Ignored, |_, _| {}),
 
-    // net: all parsed and stored; replication is built next.
+    // net: the engine's NetConfig takes protocol through use-rle (engine_config.rs); the driver
+    // takes sndbuf-size, rcvbuf-size and connect-int for its sockets. Features not built yet
+    // (dual primaries, checksum-based resync, online verify, data integrity, pull-ahead) accept
+    // only their "off" value; tuning knobs without meaning here are ignored.
     spec(S::Net, "protocol", ValueKind::Choice(Protocol::WORDS), Some("C"), Yes, |o, v| o.net.protocol = v.word()),
     spec(S::Net, "cram-hmac-alg", HASH, None, Yes, |o, v| o.net.cram_hmac_alg = v.text()),
     spec(S::Net, "shared-secret", HASH, None, Yes, |o, v| o.net.shared_secret = v.text()),
-    spec(S::Net, "allow-two-primaries", FLAG, Some("no"), Yes, |o, v| o.net.allow_two_primaries = v.flag()),
+    spec(S::Net, "allow-two-primaries", FLAG, Some("no"), Only("no"), |o, v| o.net.allow_two_primaries = v.flag()),
     spec(S::Net, "after-sb-0pri", ValueKind::AfterSb0pri, Some("disconnect"), Yes, |o, v| o.net.after_sb_0pri = v.after_sb_0pri()),
     spec(S::Net, "after-sb-1pri", ValueKind::Choice(AfterSb1pri::WORDS), Some("disconnect"), Yes, |o, v| o.net.after_sb_1pri = v.word()),
     spec(S::Net, "after-sb-2pri", ValueKind::Choice(AfterSb2pri::WORDS), Some("disconnect"), Yes, |o, v| o.net.after_sb_2pri = v.word()),
@@ -523,16 +527,16 @@ pub static OPTIONS: &[OptionSpec] = &[
     spec(S::Net, "max-epoch-size", num(Count, 1, 20_000), Some("2048"), Yes, |o, v| o.net.max_epoch_size = v.count()),
     spec(S::Net, "sndbuf-size", num(Bytes, 0, 10 << 20), Some("0"), Yes, |o, v| o.net.sndbuf_size_bytes = v.number()),
     spec(S::Net, "rcvbuf-size", num(Bytes, 0, 10 << 20), Some("0"), Yes, |o, v| o.net.rcvbuf_size_bytes = v.number()),
-    spec(S::Net, "unplug-watermark", num(Count, 1, 131_072), Some("128"), Yes, |o, v| o.net.unplug_watermark = v.count()),
-    spec(S::Net, "csums-alg", HASH, None, Yes, |o, v| o.net.csums_alg = v.text()),
-    spec(S::Net, "verify-alg", HASH, None, Yes, |o, v| o.net.verify_alg = v.text()),
-    spec(S::Net, "data-integrity-alg", HASH, None, Yes, |o, v| o.net.data_integrity_alg = v.text()),
+    spec(S::Net, "unplug-watermark", num(Count, 1, 131_072), Some("128"), Ignored, |o, v| o.net.unplug_watermark = v.count()),
+    spec(S::Net, "csums-alg", HASH, None, NotYet, |o, v| o.net.csums_alg = v.text()),
+    spec(S::Net, "verify-alg", HASH, None, NotYet, |o, v| o.net.verify_alg = v.text()),
+    spec(S::Net, "data-integrity-alg", HASH, None, NotYet, |o, v| o.net.data_integrity_alg = v.text()),
     spec(S::Net, "use-rle", FLAG, Some("yes"), Yes, |o, v| o.net.use_rle = v.flag()),
-    spec(S::Net, "tcp-cork", FLAG, Some("yes"), Yes, |o, v| o.net.tcp_cork = v.flag()),
-    spec(S::Net, "on-congestion", ValueKind::Choice(OnCongestion::WORDS), Some("block"), Yes, |o, v| o.net.on_congestion = v.word()),
-    spec(S::Net, "congestion-fill", num(Sectors, 0, 20 << 20), Some("0"), Yes, |o, v| o.net.congestion_fill_sectors = v.number()),
-    spec(S::Net, "congestion-extents", num(Count, 67, 65_534), Some("1237"), Yes, |o, v| o.net.congestion_extents = v.count()),
-    spec(S::Net, "csums-after-crash-only", FLAG, Some("no"), Yes, |o, v| o.net.csums_after_crash_only = v.flag()),
+    spec(S::Net, "tcp-cork", FLAG, Some("yes"), Ignored, |o, v| o.net.tcp_cork = v.flag()),
+    spec(S::Net, "on-congestion", ValueKind::Choice(OnCongestion::WORDS), Some("block"), Only("block"), |o, v| o.net.on_congestion = v.word()),
+    spec(S::Net, "congestion-fill", num(Sectors, 0, 20 << 20), Some("0"), Ignored, |o, v| o.net.congestion_fill_sectors = v.number()),
+    spec(S::Net, "congestion-extents", num(Count, 67, 65_534), Some("1237"), Ignored, |o, v| o.net.congestion_extents = v.count()),
+    spec(S::Net, "csums-after-crash-only", FLAG, Some("no"), Only("no"), |o, v| o.net.csums_after_crash_only = v.flag()),
 
     // disk
     spec(S::Disk, "on-io-error", ValueKind::Choice(OnIoError::WORDS), Some("detach"), Only("detach"), |o, v| o.disk.on_io_error = v.word()),

@@ -50,11 +50,14 @@ pub fn create_md(disk: &Path) {
 }
 
 /// Writes a two-node config for resource `name`: node `alice` with `disk`, and a peer `bob`
-/// that never runs. `extra` is pasted into the resource section.
+/// that never runs (alice keeps trying: `connection:Connecting`). Each call gets addresses of
+/// its own ([`pair_addresses`]), so concurrent tests never share a listen address. `extra` is
+/// pasted into the resource section.
 pub fn write_config(dir: &Path, name: &str, disk: &Path, extra: &str) -> PathBuf {
     let path = dir.join(format!("{name}.res"));
+    let (alice, bob) = pair_addresses();
     let text = format!(
-        "resource {name} {{\n{extra}\n  on alice {{ device /dev/drbd0; disk {}; address 127.0.0.1:7789; meta-disk internal; }}\n  on bob {{ device /dev/drbd0; disk /dev/null; address 127.0.0.2:7789; meta-disk internal; }}\n}}\n",
+        "resource {name} {{\n{extra}\n  on alice {{ device /dev/drbd0; disk {}; address {alice}; meta-disk internal; }}\n  on bob {{ device /dev/drbd0; disk /dev/null; address {bob}; meta-disk internal; }}\n}}\n",
         disk.display()
     );
     std::fs::write(&path, text).unwrap();
@@ -68,6 +71,8 @@ pub struct TestDaemon {
     pub run_dir: PathBuf,
     /// Its log file.
     pub log: PathBuf,
+    /// The command line's arguments after `daemon`, for [`TestDaemon::restart`].
+    args: Vec<std::ffi::OsString>,
 }
 
 impl TestDaemon {
@@ -79,26 +84,60 @@ impl TestDaemon {
 
     /// As [`TestDaemon::start`] with a named run directory.
     pub fn start_in(dir: &Path, run: &str, config: &Path, extra: &[&str]) -> TestDaemon {
+        Self::start_node(dir, run, config, "alice", extra)
+    }
+
+    /// `udrbd daemon --node NODE --config CONFIG --run-dir DIR/RUN EXTRA`, logging to
+    /// `DIR/RUN.log`; waits for its control socket.
+    pub fn start_node(
+        dir: &Path,
+        run: &str,
+        config: &Path,
+        node: &str,
+        extra: &[&str],
+    ) -> TestDaemon {
         let run_dir = dir.join(run);
         let log = dir.join(format!("{run}.log"));
-        let child = Command::new(udrbd_bin())
-            .args(["daemon", "--node", "alice", "--config"])
-            .arg(config)
-            .arg("--run-dir")
-            .arg(&run_dir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
-            .spawn()
-            .expect("spawn udrbd daemon");
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--node".into(), node.into(), "--config".into()];
+        args.push(config.into());
+        args.push("--run-dir".into());
+        args.push(run_dir.clone().into());
+        args.extend(extra.iter().map(Into::into));
         let mut d = TestDaemon {
-            child: Some(child),
+            child: None,
             run_dir,
             log,
+            args,
         };
-        d.wait_for_socket();
+        d.spawn();
         d
+    }
+
+    /// Starts the process (appending to the log) and waits for its control socket.
+    fn spawn(&mut self) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(udrbd_bin())
+            .arg("daemon")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn udrbd daemon");
+        self.child = Some(child);
+        self.wait_for_socket();
+    }
+
+    /// Starts the daemon again with the same command line (after [`TestDaemon::kill9`] or
+    /// [`TestDaemon::terminate`]; a running one is killed first).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
     }
 
     fn wait_for_socket(&mut self) {
@@ -209,4 +248,310 @@ pub fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+// ------------------------------------------------------------------------------------------
+// Two nodes
+// ------------------------------------------------------------------------------------------
+
+/// The options of a two-node pair. Every field is pasted into the resource as is.
+#[derive(Clone, Debug)]
+pub struct PairOptions {
+    /// Size of each backing file.
+    pub size: u64,
+    /// The `net { }` body. The default keeps reconnects fast: connect-int 1 s, ping-int 1 s,
+    /// ping-timeout 0.5 s, timeout 0.5 s.
+    pub net: String,
+    /// The `disk { }` body. The default resyncs at a fixed 100 MiB/s.
+    pub disk: String,
+    /// The `handlers { }` body.
+    pub handlers: String,
+    /// Extra arguments of both daemons (e.g. `--no-up`).
+    pub daemon_args: Vec<String>,
+}
+
+impl Default for PairOptions {
+    fn default() -> Self {
+        PairOptions {
+            size: 64 << 20,
+            net: "protocol C; connect-int 1; ping-int 1; ping-timeout 5; timeout 5;".into(),
+            disk: "c-plan-ahead 0; resync-rate 100M;".into(),
+            handlers: String::new(),
+            daemon_args: Vec::new(),
+        }
+    }
+}
+
+/// Two 127.0.0.x addresses of their own and a free port on each, for one pair. The last octet
+/// comes from the process id and a counter, so concurrent tests (and test binaries) rarely
+/// share an address; the port is one the kernel just handed out on that address.
+pub fn pair_addresses() -> (std::net::SocketAddr, std::net::SocketAddr) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let base = (std::process::id().wrapping_mul(7) + n * 2) % 120;
+    let addr = |octet: u32| {
+        let ip = std::net::Ipv4Addr::new(127, 0, 0, (10 + octet) as u8);
+        let port = std::net::TcpListener::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::net::SocketAddr::from((ip, port))
+    };
+    (addr(base * 2), addr(base * 2 + 1))
+}
+
+/// One node of a [`Pair`].
+pub struct Node {
+    /// The node's name: alice or bob.
+    pub name: &'static str,
+    /// Its backing file (internal meta-data at the end).
+    pub disk: PathBuf,
+    /// Its replication address.
+    pub address: std::net::SocketAddr,
+    /// The daemon.
+    pub daemon: TestDaemon,
+}
+
+/// Two daemons, alice and bob, replicating resource `r0`; killed (and waited for) on drop,
+/// also when the test panics.
+pub struct Pair {
+    /// The test's directory (configuration, backing files, run directories, logs).
+    pub dir: tempfile::TempDir,
+    /// The configuration both daemons read.
+    pub config: PathBuf,
+    pub alice: Node,
+    pub bob: Node,
+}
+
+/// The resource name of a [`Pair`].
+pub const PAIR_RESOURCE: &str = "r0";
+
+/// Writes the two-node configuration of `r0`: alice and bob with their disks and addresses.
+pub fn write_pair_config(
+    dir: &Path,
+    opts: &PairOptions,
+    alice: (&Path, std::net::SocketAddr),
+    bob: (&Path, std::net::SocketAddr),
+) -> PathBuf {
+    let path = dir.join("r0.res");
+    let text = format!(
+        "resource r0 {{\n  net {{ {} }}\n  disk {{ {} }}\n  handlers {{ {} }}\n  on alice {{ device minor 0; disk {}; address {}; meta-disk internal; }}\n  on bob {{ device minor 0; disk {}; address {}; meta-disk internal; }}\n}}\n",
+        opts.net,
+        opts.disk,
+        opts.handlers,
+        alice.0.display(),
+        alice.1,
+        bob.0.display(),
+        bob.1,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl Pair {
+    /// Creates both backing files with fresh meta-data, writes the configuration, and starts
+    /// both daemons (which bring r0 up: attach and connect, unless `--no-up`).
+    pub fn start(opts: PairOptions) -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let (alice_addr, bob_addr) = pair_addresses();
+        let alice_disk = dir.path().join("alice.img");
+        let bob_disk = dir.path().join("bob.img");
+        for disk in [&alice_disk, &bob_disk] {
+            sparse_file(disk, opts.size);
+            create_md(disk);
+        }
+        let config = write_pair_config(
+            dir.path(),
+            &opts,
+            (&alice_disk, alice_addr),
+            (&bob_disk, bob_addr),
+        );
+        let args: Vec<&str> = opts.daemon_args.iter().map(String::as_str).collect();
+        let start = |name: &'static str, disk: PathBuf, address| Node {
+            name,
+            disk,
+            address,
+            daemon: TestDaemon::start_node(dir.path(), name, &config, name, &args),
+        };
+        let alice = start("alice", alice_disk, alice_addr);
+        let bob = start("bob", bob_disk, bob_addr);
+        Pair {
+            dir,
+            config,
+            alice,
+            bob,
+        }
+    }
+
+    /// Both nodes, alice first.
+    pub fn nodes(&self) -> [&Node; 2] {
+        [&self.alice, &self.bob]
+    }
+
+    /// Both daemons' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- alice log ---\n{}\n--- bob log ---\n{}",
+            self.alice.daemon.log_text(),
+            self.bob.daemon.log_text()
+        )
+    }
+
+    /// Waits until `predicate` holds for both nodes' `status --json` (each node's first
+    /// resource object), polling; panics with both logs after `timeout`.
+    pub fn wait_for_both(
+        &self,
+        what: &str,
+        timeout: Duration,
+        predicate: impl Fn(&Node, &serde_json::Value) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let statuses: Vec<serde_json::Value> =
+                self.nodes().iter().map(|n| n.status_json()).collect();
+            if self
+                .nodes()
+                .iter()
+                .zip(&statuses)
+                .all(|(n, s)| predicate(n, s))
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}: alice {} / bob {}\n{}",
+                    statuses[0],
+                    statuses[1],
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Node {
+    /// Runs `udrbd --run-dir RUN ARGS` against this node's daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.daemon.cli(args)
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.daemon.ok(args)
+    }
+
+    /// `udrbd cstate r0` (DRBD 8.4's connection state, e.g. `Connected`).
+    pub fn cstate(&self) -> String {
+        self.ok(&["cstate", PAIR_RESOURCE]).trim().to_string()
+    }
+
+    /// `udrbd dstate r0` (local/peer, e.g. `UpToDate/UpToDate`).
+    pub fn dstate(&self) -> String {
+        self.ok(&["dstate", PAIR_RESOURCE]).trim().to_string()
+    }
+
+    /// `udrbd role r0` (local/peer, e.g. `Primary/Secondary`).
+    pub fn role(&self) -> String {
+        self.ok(&["role", PAIR_RESOURCE]).trim().to_string()
+    }
+
+    /// `udrbd status r0 --json`: the resource's object.
+    pub fn status_json(&self) -> serde_json::Value {
+        let o = self.cli(&["status", PAIR_RESOURCE, "--json"]);
+        if !o.status.success() {
+            return serde_json::Value::Null;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!("status --json: {e}: {}", String::from_utf8_lossy(&o.stdout))
+        });
+        v[0].clone()
+    }
+
+    /// Waits until `predicate` holds for this node's `status --json`; panics with the log after
+    /// `timeout`.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        predicate: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status_json();
+            if predicate(&s) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: timed out after {timeout:?} waiting for {what}: {s}\n{}",
+                    self.name,
+                    self.daemon.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The first `len` bytes of the backing file: the data area (internal meta-data sits at
+    /// the end of the file, so any `len` up to the device size reads only data).
+    pub fn data_area(&self, len: u64) -> Vec<u8> {
+        use std::io::Read;
+        let mut buf = vec![0u8; len as usize];
+        std::fs::File::open(&self.disk)
+            .unwrap()
+            .read_exact(&mut buf)
+            .unwrap();
+        buf
+    }
+
+    /// A checksum (FNV-1a, 64 bit) of [`Node::data_area`].
+    pub fn data_checksum(&self, len: u64) -> u64 {
+        fnv1a(&self.data_area(len))
+    }
+
+    /// SIGKILL, like a crash of the node's daemon.
+    pub fn kill_9(&mut self) {
+        self.daemon.kill9();
+    }
+
+    /// Starts the daemon again with the same command line.
+    pub fn restart(&mut self) {
+        self.daemon.restart();
+    }
+}
+
+/// FNV-1a, 64 bit.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The `connection-state` of a resource object of `status --json` (its first connection).
+pub fn json_connection_state(status: &serde_json::Value) -> &str {
+    status["connections"][0]["connection-state"]
+        .as_str()
+        .unwrap_or("")
+}
+
+/// The local `disk-state` of a resource object of `status --json`.
+pub fn json_disk_state(status: &serde_json::Value) -> &str {
+    status["devices"][0]["disk-state"].as_str().unwrap_or("")
+}
+
+/// The `peer-disk-state` of a resource object of `status --json`.
+pub fn json_peer_disk_state(status: &serde_json::Value) -> &str {
+    status["connections"][0]["peer_devices"][0]["peer-disk-state"]
+        .as_str()
+        .unwrap_or("")
+}
+
+/// The `replication-state` of a resource object of `status --json`.
+pub fn json_replication_state(status: &serde_json::Value) -> &str {
+    status["connections"][0]["peer_devices"][0]["replication-state"]
+        .as_str()
+        .unwrap_or("")
 }

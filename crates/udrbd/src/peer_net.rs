@@ -1,0 +1,702 @@
+//! The network driver of one resource: executes the engine's [`PeerOutput`]s with tokio TCP
+//! sockets and reports what happened as [`NetEvent`]s, which the resource loop turns into
+//! [`PeerInput`]s with [`PeerNet::on_event`]. No protocol logic lives here: framing,
+//! handshakes, timeouts and retries are the engine's.
+//!
+//! Tasks (all on the resource's thread, `spawn_local`):
+//! - one listener task while the engine wants to listen; it retries the bind until it works
+//!   (the address may still be held by an old socket);
+//! - one connect task per outgoing `Connect`, bounded by `connect-int` as in DRBD;
+//! - per socket a reader task (reads into 128 KiB buffers, hands them over as `Bytes`) and a
+//!   writer task (an unbounded queue of `Send`s, written with `writev` in order, each write
+//!   reported as `Sent`).
+//!
+//! Invariants:
+//! - accepted sockets get fresh ids below [`OUTGOING_CONN_ID_BASE`], never reused;
+//! - the engine hears `Closed` exactly once per socket it knows of, and never after it closed
+//!   the socket itself ([`PeerNet::on_event`] drops events of sockets it no longer has);
+//! - `Connected` is reported only for a `Connect` the engine has not closed meanwhile; a
+//!   failed connect is reported as `Closed`;
+//! - an accepted socket that arrives after `StopListening` is dropped unreported.
+
+use std::collections::BTreeMap;
+use std::io::IoSlice;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::task::JoinHandle;
+use udrbd_core::connection::OUTGOING_CONN_ID_BASE;
+use udrbd_core::{ConnId, PeerInput, PeerOutput};
+
+/// Bytes a reader asks the kernel for at most per read.
+const READ_CHUNK: usize = 128 * 1024;
+/// Buffers gathered into one `writev` at most (the kernel's IOV_MAX is 1024).
+const MAX_IOVECS: usize = 64;
+/// How long a socket the engine closed may take to write out what was queued before it.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// Pause between two attempts to bind the listen address.
+const BIND_RETRY: Duration = Duration::from_millis(200);
+/// The listen backlog.
+const BACKLOG: u32 = 16;
+
+/// Socket settings from the resource's configuration.
+#[derive(Clone, Debug, Default)]
+pub struct SocketOptions {
+    /// Our address's IP: outgoing sockets bind to it (port 0), as DRBD does, so a peer sees
+    /// connections from the address it was configured with.
+    pub own_ip: Option<IpAddr>,
+    /// `sndbuf-size` in bytes (0: the kernel's autotuning).
+    pub sndbuf_bytes: u32,
+    /// `rcvbuf-size` in bytes (0: the kernel's autotuning).
+    pub rcvbuf_bytes: u32,
+    /// How long a connect may take (`connect-int`).
+    pub connect_timeout: Duration,
+}
+
+/// The socket settings of `resource`: own IP, `sndbuf-size`, `rcvbuf-size`, `connect-int`.
+pub fn socket_options(resource: &crate::config::ResolvedResource) -> SocketOptions {
+    let net = &resource.options.net;
+    SocketOptions {
+        own_ip: Some(resource.address.ip()),
+        sndbuf_bytes: u32::try_from(net.sndbuf_size_bytes).unwrap_or(u32::MAX),
+        rcvbuf_bytes: u32::try_from(net.rcvbuf_size_bytes).unwrap_or(u32::MAX),
+        connect_timeout: net.connect_int,
+    }
+}
+
+/// What the driver's tasks report to the loop.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// The listener of `generation` accepted a socket.
+    Accepted {
+        /// The listener it came from.
+        generation: u64,
+        /// The socket.
+        stream: TcpStream,
+        /// The peer's address.
+        from: SocketAddr,
+    },
+    /// An outgoing connect succeeded.
+    Connected {
+        /// The engine's id for it.
+        conn: ConnId,
+        /// The socket.
+        stream: TcpStream,
+    },
+    /// An outgoing connect failed or timed out.
+    ConnectFailed {
+        /// The engine's id for it.
+        conn: ConnId,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// Bytes read.
+    Received {
+        /// The socket.
+        conn: ConnId,
+        /// The bytes.
+        bytes: Bytes,
+    },
+    /// The kernel took `bytes` more bytes.
+    Sent {
+        /// The socket.
+        conn: ConnId,
+        /// Byte count of this write.
+        bytes: u64,
+    },
+    /// EOF or an error on the socket.
+    Broken {
+        /// The socket.
+        conn: ConnId,
+        /// Why (`None`: EOF).
+        error: Option<std::io::Error>,
+    },
+}
+
+/// An open socket: its writer queue and its reader task.
+struct Socket {
+    writer: UnboundedSender<(Bytes, Bytes)>,
+    writer_task: JoinHandle<()>,
+    reader_task: JoinHandle<()>,
+}
+
+/// The listener the engine asked for.
+struct Listening {
+    addr: SocketAddr,
+    generation: u64,
+    task: JoinHandle<()>,
+}
+
+/// The sockets of one resource.
+pub struct PeerNet {
+    events: UnboundedSender<NetEvent>,
+    options: SocketOptions,
+    listener: Option<Listening>,
+    listen_generation: u64,
+    connecting: BTreeMap<ConnId, JoinHandle<()>>,
+    sockets: BTreeMap<ConnId, Socket>,
+    next_accepted: u64,
+}
+
+impl PeerNet {
+    /// A driver that reports on `events`. Must be used on a `LocalSet`.
+    pub fn new(events: UnboundedSender<NetEvent>, options: SocketOptions) -> PeerNet {
+        PeerNet {
+            events,
+            options,
+            listener: None,
+            listen_generation: 0,
+            connecting: BTreeMap::new(),
+            sockets: BTreeMap::new(),
+            next_accepted: 1,
+        }
+    }
+
+    /// Executes one output of the engine.
+    pub fn execute(&mut self, out: PeerOutput) {
+        match out {
+            PeerOutput::Listen { addr } => self.listen(addr),
+            PeerOutput::StopListening => self.stop_listening(),
+            PeerOutput::Connect { conn, addr } => self.connect(conn, addr),
+            PeerOutput::Send { conn, head, data } => {
+                // A socket that broke a moment ago: its Closed is on the way to the engine.
+                if let Some(socket) = self.sockets.get(&conn) {
+                    let _ = socket.writer.send((head, data));
+                }
+            }
+            PeerOutput::Close { conn } => self.close(conn),
+        }
+    }
+
+    /// Turns a task's report into the engine's input, or `None` if the engine must not hear
+    /// of it (the socket was closed by the engine meanwhile).
+    pub fn on_event(&mut self, event: NetEvent) -> Option<PeerInput> {
+        match event {
+            NetEvent::Accepted {
+                generation,
+                stream,
+                from,
+            } => {
+                if self.listener.as_ref().map(|l| l.generation) != Some(generation) {
+                    return None;
+                }
+                let conn = ConnId(self.next_accepted);
+                self.next_accepted += 1;
+                assert!(
+                    conn.0 < OUTGOING_CONN_ID_BASE,
+                    "accepted socket ids ran out"
+                );
+                tracing::debug!(conn = conn.0, %from, "peer socket accepted");
+                self.open(conn, stream);
+                Some(PeerInput::Accepted { conn })
+            }
+            NetEvent::Connected { conn, stream } => {
+                self.connecting.remove(&conn)?;
+                self.open(conn, stream);
+                Some(PeerInput::Connected { conn })
+            }
+            NetEvent::ConnectFailed { conn, error } => {
+                self.connecting.remove(&conn)?;
+                tracing::debug!(conn = conn.0, "connect failed: {error}");
+                Some(PeerInput::Closed { conn })
+            }
+            NetEvent::Received { conn, bytes } => {
+                self.sockets.contains_key(&conn).then_some(())?;
+                Some(PeerInput::Received { conn, bytes })
+            }
+            NetEvent::Sent { conn, bytes } => {
+                self.sockets.contains_key(&conn).then_some(())?;
+                Some(PeerInput::Sent { conn, bytes })
+            }
+            NetEvent::Broken { conn, error } => {
+                self.sockets.contains_key(&conn).then_some(())?;
+                match error {
+                    Some(e) => tracing::debug!(conn = conn.0, "peer socket failed: {e}"),
+                    None => tracing::debug!(conn = conn.0, "peer socket closed by the peer"),
+                }
+                self.close(conn);
+                Some(PeerInput::Closed { conn })
+            }
+        }
+    }
+
+    /// Drops every socket and the listener (daemon shutdown), without telling the engine.
+    pub fn close_all(&mut self) {
+        self.stop_listening();
+        let conns: Vec<ConnId> = self
+            .connecting
+            .keys()
+            .chain(self.sockets.keys())
+            .copied()
+            .collect();
+        for conn in conns {
+            self.close(conn);
+        }
+    }
+
+    /// Sockets open or connecting (for tests and status).
+    pub fn open_sockets(&self) -> usize {
+        self.sockets.len() + self.connecting.len()
+    }
+
+    fn listen(&mut self, addr: SocketAddr) {
+        if self.listener.as_ref().is_some_and(|l| l.addr == addr) {
+            return;
+        }
+        self.stop_listening();
+        self.listen_generation += 1;
+        let generation = self.listen_generation;
+        let task = tokio::task::spawn_local(listener_task(
+            generation,
+            addr,
+            self.options.clone(),
+            self.events.clone(),
+        ));
+        self.listener = Some(Listening {
+            addr,
+            generation,
+            task,
+        });
+    }
+
+    fn stop_listening(&mut self) {
+        if let Some(l) = self.listener.take() {
+            l.task.abort();
+        }
+    }
+
+    fn connect(&mut self, conn: ConnId, addr: SocketAddr) {
+        assert!(
+            conn.0 >= OUTGOING_CONN_ID_BASE,
+            "the engine numbers outgoing sockets from OUTGOING_CONN_ID_BASE"
+        );
+        assert!(
+            !self.sockets.contains_key(&conn) && !self.connecting.contains_key(&conn),
+            "connect with an id in use"
+        );
+        let task = tokio::task::spawn_local(connect_task(
+            conn,
+            addr,
+            self.options.clone(),
+            self.events.clone(),
+        ));
+        self.connecting.insert(conn, task);
+    }
+
+    /// Registers an established socket and starts its reader and writer.
+    fn open(&mut self, conn: ConnId, stream: TcpStream) {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!(conn = conn.0, "TCP_NODELAY: {e}");
+        }
+        let (read_half, write_half) = stream.into_split();
+        let (writer, queue) = unbounded_channel();
+        let writer_task =
+            tokio::task::spawn_local(writer_task(conn, write_half, queue, self.events.clone()));
+        let reader_task =
+            tokio::task::spawn_local(reader_task(conn, read_half, self.events.clone()));
+        let previous = self.sockets.insert(
+            conn,
+            Socket {
+                writer,
+                writer_task,
+                reader_task,
+            },
+        );
+        assert!(previous.is_none(), "socket id {} opened twice", conn.0);
+    }
+
+    /// Stops reading at once; the writer finishes what was queued (for at most
+    /// [`CLOSE_LINGER`]), then shuts the socket down.
+    fn close(&mut self, conn: ConnId) {
+        if let Some(task) = self.connecting.remove(&conn) {
+            task.abort();
+        }
+        if let Some(socket) = self.sockets.remove(&conn) {
+            socket.reader_task.abort();
+            drop(socket.writer);
+            let writer_task = socket.writer_task;
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(CLOSE_LINGER).await;
+                writer_task.abort();
+            });
+        }
+    }
+}
+
+/// A socket bound to `addr` (SO_REUSEADDR) with the configured buffer sizes.
+fn bound_socket(addr: SocketAddr, options: &SocketOptions) -> std::io::Result<TcpSocket> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if options.sndbuf_bytes > 0 {
+        socket.set_send_buffer_size(options.sndbuf_bytes)?;
+    }
+    if options.rcvbuf_bytes > 0 {
+        socket.set_recv_buffer_size(options.rcvbuf_bytes)?;
+    }
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+fn bind_listener(addr: SocketAddr, options: &SocketOptions) -> std::io::Result<TcpListener> {
+    bound_socket(addr, options)?.listen(BACKLOG)
+}
+
+async fn listener_task(
+    generation: u64,
+    addr: SocketAddr,
+    options: SocketOptions,
+    events: UnboundedSender<NetEvent>,
+) {
+    let mut logged = false;
+    let listener = loop {
+        match bind_listener(addr, &options) {
+            Ok(l) => break l,
+            Err(e) => {
+                if !logged {
+                    tracing::warn!(%addr, "cannot listen for the peer yet: {e} (retrying)");
+                    logged = true;
+                }
+                tokio::time::sleep(BIND_RETRY).await;
+            }
+        }
+    };
+    if logged {
+        tracing::info!(%addr, "listening for the peer");
+    }
+    loop {
+        match listener.accept().await {
+            Ok((stream, from)) => {
+                let accepted = NetEvent::Accepted {
+                    generation,
+                    stream,
+                    from,
+                };
+                if events.send(accepted).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%addr, "accept failed: {e}");
+                tokio::time::sleep(BIND_RETRY).await;
+            }
+        }
+    }
+}
+
+async fn connect_task(
+    conn: ConnId,
+    addr: SocketAddr,
+    options: SocketOptions,
+    events: UnboundedSender<NetEvent>,
+) {
+    let connect = async {
+        let local = match (options.own_ip, addr) {
+            (Some(ip @ IpAddr::V4(_)), SocketAddr::V4(_))
+            | (Some(ip @ IpAddr::V6(_)), SocketAddr::V6(_)) => SocketAddr::new(ip, 0),
+            (_, SocketAddr::V4(_)) => {
+                SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0)
+            }
+            (_, SocketAddr::V6(_)) => {
+                SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0)
+            }
+        };
+        let socket = bound_socket(local, &options)?;
+        socket.connect(addr).await
+    };
+    let timeout = options.connect_timeout.max(Duration::from_secs(1));
+    let event = match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(stream)) => NetEvent::Connected { conn, stream },
+        Ok(Err(error)) => NetEvent::ConnectFailed { conn, error },
+        Err(_) => NetEvent::ConnectFailed {
+            conn,
+            error: std::io::ErrorKind::TimedOut.into(),
+        },
+    };
+    let _ = events.send(event);
+}
+
+async fn reader_task(conn: ConnId, mut socket: OwnedReadHalf, events: UnboundedSender<NetEvent>) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        if buf.capacity() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let event = match socket.read_buf(&mut buf).await {
+            Ok(0) => NetEvent::Broken { conn, error: None },
+            Err(e) => NetEvent::Broken {
+                conn,
+                error: Some(e),
+            },
+            Ok(_) => NetEvent::Received {
+                conn,
+                bytes: buf.split().freeze(),
+            },
+        };
+        let broken = matches!(event, NetEvent::Broken { .. });
+        if events.send(event).is_err() || broken {
+            return;
+        }
+    }
+}
+
+/// Writes the queued sends in order, gathering up to [`MAX_IOVECS`] buffers per `writev`,
+/// and reports each write. Ends when the queue is closed and empty (the engine closed the
+/// socket) or the socket fails.
+async fn writer_task(
+    conn: ConnId,
+    mut socket: OwnedWriteHalf,
+    mut queue: UnboundedReceiver<(Bytes, Bytes)>,
+    events: UnboundedSender<NetEvent>,
+) {
+    let mut segments: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+    let push = |segments: &mut std::collections::VecDeque<Bytes>, (head, data): (Bytes, Bytes)| {
+        for b in [head, data] {
+            if !b.is_empty() {
+                segments.push_back(b);
+            }
+        }
+    };
+    loop {
+        if segments.is_empty() {
+            match queue.recv().await {
+                Some(send) => push(&mut segments, send),
+                None => break,
+            }
+        }
+        while segments.len() < MAX_IOVECS {
+            match queue.try_recv() {
+                Ok(send) => push(&mut segments, send),
+                Err(_) => break,
+            }
+        }
+        if segments.is_empty() {
+            continue;
+        }
+        let slices: Vec<IoSlice<'_>> = segments
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|b| IoSlice::new(b))
+            .collect();
+        let written = socket.write_vectored(&slices).await;
+        drop(slices);
+        let n = match written {
+            Ok(0) => {
+                let error = Some(std::io::ErrorKind::WriteZero.into());
+                let _ = events.send(NetEvent::Broken { conn, error });
+                return;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                let _ = events.send(NetEvent::Broken {
+                    conn,
+                    error: Some(e),
+                });
+                return;
+            }
+        };
+        consume(&mut segments, n);
+        let sent = NetEvent::Sent {
+            conn,
+            bytes: n as u64,
+        };
+        if events.send(sent).is_err() {
+            return;
+        }
+    }
+    let _ = socket.shutdown().await;
+}
+
+/// Removes the first `n` bytes from the front of `segments`.
+fn consume(segments: &mut std::collections::VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let front = segments.front_mut().expect("wrote more than was queued");
+        let k = n.min(front.len());
+        front.advance(k);
+        n -= k;
+        if front.is_empty() {
+            segments.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> SocketOptions {
+        SocketOptions {
+            own_ip: Some("127.0.0.1".parse().unwrap()),
+            connect_timeout: Duration::from_secs(2),
+            ..SocketOptions::default()
+        }
+    }
+
+    /// Runs `f` on a current-thread runtime inside a LocalSet, as the resource loop does.
+    fn local<F: std::future::Future<Output = ()>>(f: F) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, f);
+    }
+
+    /// The next event that reaches the engine.
+    async fn next_input(net: &mut PeerNet, rx: &mut UnboundedReceiver<NetEvent>) -> PeerInput {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("an event within 5 s")
+                .expect("channel open");
+            if let Some(input) = net.on_event(event) {
+                return input;
+            }
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn consume_advances_across_segments() {
+        let mut s: std::collections::VecDeque<Bytes> = [
+            Bytes::from_static(b"abc"),
+            Bytes::from_static(b"de"),
+            Bytes::from_static(b"fgh"),
+        ]
+        .into_iter()
+        .collect();
+        consume(&mut s, 4);
+        assert_eq!(s.len(), 2);
+        assert_eq!(&s[0][..], b"e");
+        consume(&mut s, 1);
+        assert_eq!(&s[0][..], b"fgh");
+        consume(&mut s, 3);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn listen_connect_send_receive_close() {
+        local(async {
+            let (tx, mut rx) = unbounded_channel();
+            let mut net = PeerNet::new(tx, options());
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            net.execute(PeerOutput::Listen { addr });
+            // The listener binds in its task: let it run before connecting.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let out = ConnId(OUTGOING_CONN_ID_BASE);
+            net.execute(PeerOutput::Connect { conn: out, addr });
+            let mut accepted = None;
+            let mut connected = false;
+            while accepted.is_none() || !connected {
+                match next_input(&mut net, &mut rx).await {
+                    PeerInput::Accepted { conn } => accepted = Some(conn),
+                    PeerInput::Connected { conn } => {
+                        assert_eq!(conn, out);
+                        connected = true;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            let inbound = accepted.unwrap();
+            assert!(inbound.0 < OUTGOING_CONN_ID_BASE);
+            let data = Bytes::from(vec![7u8; 300_000]);
+            net.execute(PeerOutput::Send {
+                conn: out,
+                head: Bytes::from_static(b"HEAD"),
+                data: data.clone(),
+            });
+            let (mut sent, mut received) = (0u64, Vec::new());
+            while sent < 300_004 || received.len() < 300_004 {
+                match next_input(&mut net, &mut rx).await {
+                    PeerInput::Sent { conn, bytes } => {
+                        assert_eq!(conn, out);
+                        sent += bytes;
+                    }
+                    PeerInput::Received { conn, bytes } => {
+                        assert_eq!(conn, inbound);
+                        received.extend_from_slice(&bytes);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(sent, 300_004);
+            assert_eq!(&received[..4], b"HEAD");
+            assert_eq!(&received[4..], &data[..]);
+            // The engine closes its outgoing socket: the other end sees EOF, once.
+            net.execute(PeerOutput::Close { conn: out });
+            assert_eq!(
+                next_input(&mut net, &mut rx).await,
+                PeerInput::Closed { conn: inbound }
+            );
+            assert_eq!(net.open_sockets(), 0);
+            net.execute(PeerOutput::StopListening);
+        });
+    }
+
+    #[test]
+    fn a_refused_connect_is_reported_closed() {
+        local(async {
+            let (tx, mut rx) = unbounded_channel();
+            let mut net = PeerNet::new(tx, options());
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let conn = ConnId(OUTGOING_CONN_ID_BASE + 5);
+            net.execute(PeerOutput::Connect { conn, addr });
+            assert_eq!(
+                next_input(&mut net, &mut rx).await,
+                PeerInput::Closed { conn }
+            );
+        });
+    }
+
+    #[test]
+    fn a_connect_closed_by_the_engine_is_never_reported() {
+        local(async {
+            let (tx, mut rx) = unbounded_channel();
+            let mut net = PeerNet::new(tx, options());
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let conn = ConnId(OUTGOING_CONN_ID_BASE + 1);
+            net.execute(PeerOutput::Connect { conn, addr });
+            net.execute(PeerOutput::Close { conn });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while let Ok(event) = rx.try_recv() {
+                assert_eq!(net.on_event(event), None);
+            }
+            assert_eq!(net.open_sockets(), 0);
+        });
+    }
+
+    #[test]
+    fn outgoing_sockets_come_from_the_own_address() {
+        local(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (tx, mut rx) = unbounded_channel();
+            let own = SocketOptions {
+                own_ip: Some("127.0.0.3".parse().unwrap()),
+                ..options()
+            };
+            let mut net = PeerNet::new(tx, own);
+            let conn = ConnId(OUTGOING_CONN_ID_BASE + 2);
+            net.execute(PeerOutput::Connect { conn, addr });
+            let (_stream, from) = listener.accept().await.unwrap();
+            assert_eq!(from.ip(), "127.0.0.3".parse::<IpAddr>().unwrap());
+            assert_eq!(
+                next_input(&mut net, &mut rx).await,
+                PeerInput::Connected { conn }
+            );
+        });
+    }
+}

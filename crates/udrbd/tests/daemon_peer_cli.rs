@@ -1,0 +1,196 @@
+//! The peer verbs of the CLI against real daemons, in ways that do not depend on how far
+//! replication goes: the one-line queries (`role`, `cstate`, `dstate`), refusals and errors
+//! with their exit codes, `wait-connect --timeout` while the peer is down, the daemon's check of
+//! the net options at start, and the listen socket on the node's own address.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A pair whose daemons start idle (`--no-up`): nothing attached, nothing connecting.
+fn idle_pair() -> Pair {
+    Pair::start(PairOptions {
+        daemon_args: vec!["--no-up".into()],
+        ..PairOptions::default()
+    })
+}
+
+#[test]
+fn queries_of_an_idle_resource() {
+    let p = idle_pair();
+    let a = &p.alice;
+    assert_eq!(a.cstate(), "StandAlone");
+    assert_eq!(a.role(), "Secondary/Unknown");
+    assert_eq!(a.dstate(), "Diskless/DUnknown");
+    a.ok(&["attach", "r0"]);
+    assert_eq!(a.dstate(), "Inconsistent/DUnknown");
+    assert_eq!(a.cstate(), "StandAlone", "attach alone does not connect");
+    a.ok(&["primary", "r0", "--force"]);
+    assert_eq!(a.role(), "Primary/Unknown");
+    assert_eq!(a.dstate(), "UpToDate/DUnknown");
+    // Without a daemon on the run directory, `dstate RESOURCE` reads the meta-data.
+    let o = std::process::Command::new(udrbd_bin())
+        .arg("--run-dir")
+        .arg(p.dir.path().join("no-daemon"))
+        .args(["dstate", "r0", "--node", "bob", "--config"])
+        .arg(&p.config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "Inconsistent\n");
+}
+
+#[test]
+fn verbs_on_an_unknown_resource_fail_clearly() {
+    let p = idle_pair();
+    for args in [
+        &["connect", "nosuch"][..],
+        &["connect", "nosuch", "--discard-my-data"],
+        &["disconnect", "nosuch"],
+        &["invalidate", "nosuch"],
+        &["invalidate-remote", "nosuch"],
+        &["new-current-uuid", "nosuch", "--clear-bitmap"],
+        &["outdate", "nosuch"],
+        &["role", "nosuch"],
+        &["cstate", "nosuch"],
+        &["dstate", "nosuch"],
+        &["wait-connect", "nosuch", "--timeout", "1"],
+    ] {
+        let o = p.alice.cli(args);
+        assert_eq!(o.status.code(), Some(10), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "nosuch: No such resource\n", "{args:?}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn the_verbs_need_a_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(udrbd_bin())
+        .arg("--run-dir")
+        .arg(dir.path())
+        .args(["cstate", "r0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(20));
+    assert!(
+        stderr(&o).contains("cannot reach the udrbd daemon"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn wait_connect_times_out_while_the_peer_is_down() {
+    let mut p = Pair::start(PairOptions::default());
+    p.bob.kill_9();
+    let started = Instant::now();
+    let o = p.alice.cli(&["wait-connect", "r0", "--timeout", "1"]);
+    let took = started.elapsed();
+    assert_eq!(o.status.code(), Some(5), "{}{}", stderr(&o), p.logs());
+    assert!(
+        stderr(&o).starts_with("r0: timed out after 1s waiting for the connection (cstate "),
+        "{}",
+        stderr(&o)
+    );
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_ne!(p.alice.cstate(), "Connected");
+}
+
+#[test]
+fn disconnect_connect_and_outdate() {
+    let p = idle_pair();
+    let a = &p.alice;
+    a.ok(&["attach", "r0"]);
+    // DRBD 8.4: disconnecting a StandAlone resource succeeds (SS_ALREADY_STANDALONE).
+    a.ok(&["disconnect", "r0"]);
+    assert_eq!(a.cstate(), "StandAlone");
+    // bob is idle: alice waits for it.
+    a.ok(&["connect", "r0"]);
+    assert_eq!(a.cstate(), "WFConnection");
+    // connect while connecting: nothing to do.
+    a.ok(&["connect", "r0", "--discard-my-data"]);
+    assert_eq!(a.cstate(), "WFConnection");
+    a.ok(&["disconnect", "r0"]);
+    assert_eq!(a.cstate(), "StandAlone");
+    // Outdate a disconnected Inconsistent disk: it stays Inconsistent (lower than Outdated).
+    let o = a.cli(&["outdate", "r0"]);
+    assert!(
+        o.status.success() || stderr(&o).starts_with("r0: State change failed: ("),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn up_and_down_keep_working_and_the_daemon_exits_cleanly() {
+    let mut p = Pair::start(PairOptions::default());
+    let a = &p.alice;
+    a.ok(&["down", "r0"]);
+    assert_eq!(a.cstate(), "StandAlone");
+    assert_eq!(a.dstate(), "Diskless/DUnknown");
+    a.ok(&["up", "r0"]);
+    assert_eq!(a.dstate().split('/').next(), Some("Inconsistent"));
+    // `up` of a resource that is up is a no-op.
+    a.ok(&["up", "r0"]);
+    let status = p.alice.daemon.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status}: {}", p.alice.daemon.log_text());
+}
+
+#[test]
+fn a_cram_hmac_alg_udrbd_lacks_stops_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = pair_addresses();
+    let disk = dir.path().join("alice.img");
+    let opts = PairOptions {
+        net: "cram-hmac-alg md5; shared-secret x;".into(),
+        ..PairOptions::default()
+    };
+    let config = write_pair_config(dir.path(), &opts, (&disk, alice), (&disk, bob));
+    let o = std::process::Command::new(udrbd_bin())
+        .args(["daemon", "--node", "alice", "--config"])
+        .arg(&config)
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(14), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("r0: cram-hmac-alg must be sha1, sha256 or sha512"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn help_lists_the_peer_verbs() {
+    let o = std::process::Command::new(udrbd_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    for verb in [
+        "connect",
+        "disconnect",
+        "invalidate",
+        "invalidate-remote",
+        "new-current-uuid",
+        "outdate",
+        "role",
+        "cstate",
+        "wait-connect",
+    ] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{verb} "))),
+            "{verb} missing from --help:\n{help}"
+        );
+    }
+}
