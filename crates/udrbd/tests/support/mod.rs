@@ -3,6 +3,7 @@
 //! CLI pointed at its run directory. Tools a test needs are required loudly, never skipped.
 #![allow(dead_code)]
 
+pub mod nft;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
