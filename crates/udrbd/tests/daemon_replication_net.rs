@@ -1,11 +1,13 @@
 //! Two real daemons replicating over TCP on 127.0.0.x, with the network under the test's
 //! control: a private nftables table per test counts the bytes each node sends to the other
-//! (only on the pair's own addresses and ports) and drops them both ways to partition the
-//! pair. Acceptance tests of the replication's promises:
+//! (only on the pair's own addresses and ports), throttles them, and drops them both ways to
+//! partition the pair. Acceptance tests of the replication's promises:
 //!
 //! - the initial full sync sends at least the whole device and leaves identical data areas;
 //! - failover after `kill -9` of the Primary loses no acknowledged (protocol C) write;
-//! - after a partition, every write acknowledged before it is on the promoted peer;
+//! - after a partition, every write acknowledged before it is on the promoted peer (the link
+//!   is throttled first, so unsent writes queue up on the Primary: with protocol A this test
+//!   fails, as it should);
 //! - an incremental resync sends (about) what changed, not the device;
 //! - a resync interrupted by a partition resumes where it was instead of starting over;
 //! - the dynamic resync controller with DRBD's defaults completes a resync at a sane rate.
@@ -98,10 +100,11 @@ elif mode == 'verify':
     n = bad = 0
     for line in sys.stdin:
         j, b = map(int, line.split())
-        if h.pread(BS, b * BS) != content(seed, j, b):
+        got = h.pread(BS, b * BS)
+        if got != content(seed, j, b):
             bad += 1
             if bad <= 10:
-                print('BAD write %d block %d: %r' % (j, b, h.pread(32, b * BS)))
+                print('BAD write %d block %d: %r' % (j, b, got[:32]))
         n += 1
     print('VERIFIED %d BAD %d' % (n, bad))
     sys.exit(1 if bad else 0)
@@ -486,9 +489,19 @@ fn writes_acknowledged_before_a_partition_are_on_the_promoted_peer() {
     let count = size / 4096;
     let w = Writer::start(&p, &p.alice, seed, count, 8, 1);
     w.wait_acked(300, &p);
+    // A slow link (128 KiB/s once the first second's 144 KiB are through, 36 writes): writes
+    // queue up on alice's side of the connection, so an acknowledgement before the peer has
+    // the write would be lost with the queue.
+    nft.throttle(Direction::AToB, 128 << 10);
+    let throttled_at = w.acked_count();
+    let t_throttle = Instant::now();
+    w.wait_acked(throttled_at + 72, &p);
+    let throttled_rate =
+        (w.acked_count() - throttled_at) as f64 * 4.0 / t_throttle.elapsed().as_secs_f64();
     // Every write printed so far was acknowledged before the first packet is dropped.
+    let partition = nft.prepare_partition();
     let before = w.acked();
-    nft.partition();
+    partition.apply();
     let t0 = Instant::now();
     wait_disconnected(&p);
     let noticed = t0.elapsed();
@@ -497,7 +510,7 @@ fn writes_acknowledged_before_a_partition_are_on_the_promoted_peer() {
     std::thread::sleep(Duration::from_millis(500));
     let all = w.kill();
     println!(
-        "partition noticed by both after {noticed:.2?}; {} writes acknowledged before it, {} when noticed, {} in all",
+        "throttled to 128 KiB/s: {throttled_rate:.0} KiB/s of writes; partition noticed by both after {noticed:.2?}; {} writes acknowledged before it, {} when noticed, {} in all",
         before.len(),
         at_notice,
         all.len()
@@ -612,10 +625,34 @@ fn resync_interrupted_by_a_partition_resumes_without_starting_over() {
         "the resync was almost over before the partition: {done_at_partition}%"
     );
     wait_disconnected(&p);
-    println!("both disconnected after {:.2?}", t0.elapsed());
+    let s = p.alice.status_json();
+    println!(
+        "both disconnected after {:.2?}: alice {}, out-of-sync {} KiB",
+        t0.elapsed(),
+        json_connection_state(&s),
+        out_of_sync_kib(&s)
+    );
     nft.heal();
-    wait_up_to_date(&p, WAIT);
+    // The resync goes on where it was: alice's out-of-sync never grows back towards the
+    // device's size (a new resync's percent-resync-done starts at 0 again, as DRBD's does:
+    // it counts from the bits left at its start).
+    let mut highest_oos_after = 0;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = p.alice.status_json();
+        highest_oos_after = highest_oos_after.max(out_of_sync_kib(&s));
+        if up_to_date(&s) && up_to_date(&p.bob.status_json()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no UpToDate/UpToDate after the partition healed: {s}\n{}",
+            p.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let elapsed = t0.elapsed();
+    println!("after the partition alice's out-of-sync was at most {highest_oos_after} KiB");
     let (a2b, b2a) = (nft.bytes(Direction::AToB), nft.bytes(Direction::BToA));
     let ratio = a2b as f64 / size as f64;
     println!(
@@ -631,6 +668,11 @@ fn resync_interrupted_by_a_partition_resumes_without_starting_over() {
     assert!(
         ratio <= 1.3,
         "the resync sent {a2b} bytes, {ratio:.3} x the device: it started over\n{}",
+        p.logs()
+    );
+    assert!(
+        highest_oos_after <= oos_at_partition + 1024,
+        "after the partition alice's out-of-sync grew to {highest_oos_after} KiB from {oos_at_partition} KiB: the resync started over\n{}",
         p.logs()
     );
 }

@@ -1,6 +1,6 @@
 //! A private nftables table per test for a pair of daemons: named counters of the TCP bytes
 //! each node sends to the other (only between the pair's own addresses and ports) and a chain
-//! that drops that traffic both ways (a network partition). The table is deleted when the
+//! that throttles that traffic or drops it both ways (a network partition). The table is deleted when the
 //! guard is dropped, also when the test panics.
 
 use std::io::Write;
@@ -79,6 +79,58 @@ fn nft_script(script: &str) {
     );
 }
 
+/// An `nft -f -` that has been given its script but not the end of its input yet; killed
+/// (without applying) on drop.
+pub struct PreparedScript {
+    child: Option<std::process::Child>,
+    script: String,
+}
+
+impl PreparedScript {
+    fn new(script: String) -> PreparedScript {
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("nft -f -: {e} (apt-get install nftables)"));
+        child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        PreparedScript {
+            child: Some(child),
+            script,
+        }
+    }
+
+    /// Closes nft's input: it applies the script; waits for it, which must succeed.
+    pub fn apply(mut self) {
+        let mut child = self.child.take().unwrap();
+        drop(child.stdin.take());
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "nft -f - failed ({}): {}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr),
+            self.script
+        );
+    }
+}
+
+impl Drop for PreparedScript {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// The rules' match expressions of the TCP traffic from `src` to `dst` on the connections
 /// between them: `src` connecting to `dst`'s listening port, and `src`'s answers on a
 /// connection `dst` opened to `src`'s listening port (never both for one packet).
@@ -137,6 +189,12 @@ impl NftTable {
 
     /// Drops every packet between the pair's connections, both ways.
     pub fn partition(&self) {
+        self.prepare_partition().apply();
+    }
+
+    /// A partition ready to be applied with the least delay: `nft` already runs and has read
+    /// its rules, and applies them when [`PreparedScript::apply`] closes its input.
+    pub fn prepare_partition(&self) -> PreparedScript {
         let mut script = String::new();
         for (src, dst) in [(self.a, self.b), (self.b, self.a)] {
             for flow in flows(src, dst) {
@@ -145,6 +203,26 @@ impl NftTable {
                     self.name
                 ));
             }
+        }
+        PreparedScript::new(script)
+    }
+
+    /// Throttles the pair's traffic in `dir` (each connection on its own) to about
+    /// `bytes_per_second` by dropping what exceeds it: TCP backs off and retransmits, so data
+    /// queues up in the sender's socket buffer. nft's token bucket starts full, so the first
+    /// second's worth (and a 16 KiB burst) passes at once. [`NftTable::heal`] removes it.
+    pub fn throttle(&self, dir: Direction, bytes_per_second: u64) {
+        let (src, dst) = match dir {
+            Direction::AToB => (self.a, self.b),
+            Direction::BToA => (self.b, self.a),
+        };
+        let kbytes = (bytes_per_second / 1024).max(1);
+        let mut script = String::new();
+        for flow in flows(src, dst) {
+            script.push_str(&format!(
+                "add rule inet {} partition {flow} limit rate over {kbytes} kbytes/second burst 16 kbytes drop\n",
+                self.name
+            ));
         }
         nft_script(&script);
     }
