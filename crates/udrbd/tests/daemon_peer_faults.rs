@@ -333,11 +333,23 @@ impl EventsStream {
                 }
             }
         });
-        EventsStream {
+        let stream = EventsStream {
             child,
             lines,
             reader: Some(reader),
+        };
+        // The daemon subscribes the stream before it prints the initial dump: once the dump
+        // is complete, no later change is missed.
+        let deadline = Instant::now() + WAIT;
+        while !stream.lines().iter().any(|l| l == "exists -") {
+            assert!(
+                Instant::now() < deadline,
+                "events: no initial dump: {:?}",
+                stream.lines()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
+        stream
     }
 
     fn lines(&self) -> Vec<String> {
@@ -505,7 +517,7 @@ fn an_unresolved_split_brain_is_reported_and_resolved_by_discard_my_data() {
     let bob_data = p.bob.data_area(size);
     assert!(first_difference(&alice_data, &bob_data).is_some());
 
-    let alice_events = EventsStream::start(&p.alice);
+    let events = [EventsStream::start(&p.alice), EventsStream::start(&p.bob)];
     for n in p.nodes() {
         n.ok(&["connect", PAIR_RESOURCE]);
     }
@@ -541,11 +553,23 @@ fn an_unresolved_split_brain_is_reported_and_resolved_by_discard_my_data() {
         );
         assert_eq!(n.role(), "Secondary/Unknown");
     }
-    // The stream saw the connection go (back) to StandAlone after the connect.
-    alice_events.wait_for_change("the connection going StandAlone", |l| {
-        l.starts_with("change connection name:r0") && l.contains("connection:StandAlone")
-    });
-    drop(alice_events);
+    // Each node's event stream shows the split-brain helper call and the connection going
+    // (back) to StandAlone after the connect.
+    for (n, events) in p.nodes().into_iter().zip(&events) {
+        let call = events.wait_for_change("the split-brain helper call", |l| {
+            l.starts_with("call helper name:r0 ") && l.ends_with(" helper:split-brain")
+        });
+        let peer = if n.name == "alice" { "bob" } else { "alice" };
+        assert!(
+            call.contains(&format!("conn-name:{peer}")),
+            "{}: {call}",
+            n.name
+        );
+        events.wait_for_change("the connection going StandAlone", |l| {
+            l.starts_with("change connection name:r0") && l.contains("connection:StandAlone")
+        });
+    }
+    drop(events);
     // Nothing was synced: each side still has its own data.
     assert_eq!(p.alice.data_area(size), alice_data);
     assert_eq!(p.bob.data_area(size), bob_data);
