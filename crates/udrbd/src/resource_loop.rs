@@ -140,7 +140,20 @@ impl Shared {
                 }
                 Output::Event(Event::StateChanged) => {
                     let s = self.engine.status();
-                    tracing::info!(resource = %s.name, role = s.role.name(), disk = s.disk.name(), "state");
+                    match &s.peer {
+                        Some(p) => tracing::info!(
+                            resource = %s.name,
+                            role = s.role.name(),
+                            disk = s.disk.name(),
+                            conn = p.conn.name(),
+                            peer = p.peer_role.name(),
+                            peer_disk = p.peer_disk.name(),
+                            "state"
+                        ),
+                        None => {
+                            tracing::info!(resource = %s.name, role = s.role.name(), disk = s.disk.name(), "state")
+                        }
+                    }
                     state_changed = true;
                 }
                 Output::Event(Event::Handler { name }) => {
