@@ -3,7 +3,7 @@
 //! environment variable `KDRBD_VM` may name the script instead). The guest's DRBD is reachable
 //! at host `127.0.0.1:HP` and connects out to host `127.0.0.1:PP`.
 //!
-//! The two tests are the two directions of the handshake, each made the only possible one:
+//! The first two tests are the two directions of the handshake, each made the only possible one:
 //!
 //! - [`kernel_connects_to_a_listening_udrbd`]: udrbd starts first and listens on
 //!   `127.0.0.1:PP`; its peer address is a port where nothing listens, so udrbd's own connect
@@ -17,7 +17,12 @@
 //! each for the data and the meta socket), so a test could not tell which side it exercised.
 //! Here each test also checks the guest's `/proc/net/tcp`: both established DRBD sockets are
 //! the guest's outgoing ones (remote port PP) in the first test, and accepted by the guest
-//! (local port 7789) in the second.
+//! (local port 7789) in the second. Each side waits `connect-int` (10 s, DRBD's default, on
+//! both) for the peer's second socket, so the handshake completes 10-14 s after the first
+//! socket.
+//!
+//! A third test, [`both_sides_connect_and_the_race_resolves`], is the usual setup (each side
+//! can reach the other) started at the same time: whichever mix the race gives must connect.
 //!
 //! After the handshake each test makes udrbd `primary --force` on a data area full of random
 //! bytes, waits for the full sync to the kernel node (`UpToDate/UpToDate` in its `/proc/drbd`)
@@ -162,6 +167,11 @@ impl KernelVm {
     /// `kdrbd-vm start NAME --listen-port HP --peer-port PP --agent-port AP --size-mib 16`
     /// with the state directory `dir`; waits for the guest's DRBD setup (`KDRBD-READY`).
     fn start(dir: &Path, name: &str, ports: Ports) -> KernelVm {
+        Self::start_with(dir, name, ports, &[])
+    }
+
+    /// As [`KernelVm::start`] with more options for `kdrbd-vm start` (e.g. `--no-wait`).
+    fn start_with(dir: &Path, name: &str, ports: Ports, extra: &[&str]) -> KernelVm {
         let vm = KernelVm {
             tool: kdrbd_vm_tool(),
             dir: dir.to_path_buf(),
@@ -169,20 +179,26 @@ impl KernelVm {
             ports,
         };
         let t0 = Instant::now();
-        let o = vm.run(&[
-            "start",
-            name,
-            "--listen-port",
-            &ports.hp.to_string(),
-            "--peer-port",
-            &ports.pp.to_string(),
-            "--agent-port",
-            &ports.ap.to_string(),
-            "--size-mib",
-            &SIZE_MIB.to_string(),
-            "--protocol",
-            "C",
-        ]);
+        let o = vm.run(
+            &[
+                "start",
+                name,
+                "--listen-port",
+                &ports.hp.to_string(),
+                "--peer-port",
+                &ports.pp.to_string(),
+                "--agent-port",
+                &ports.ap.to_string(),
+                "--size-mib",
+                &SIZE_MIB.to_string(),
+                "--protocol",
+                "C",
+            ]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<&str>>(),
+        );
         assert!(
             o.status.success(),
             "kdrbd-vm start {name} failed ({}): {}{}\n{}",
@@ -191,7 +207,7 @@ impl KernelVm {
             String::from_utf8_lossy(&o.stderr),
             vm.log_tail()
         );
-        eprintln!("guest {name} ready in {:.1?}", t0.elapsed());
+        eprintln!("guest {name} started in {:.1?}", t0.elapsed());
         vm
     }
 
@@ -608,6 +624,41 @@ fn udrbd_connects_to_a_waiting_kernel() {
         (accepted, outgoing),
         (2, 0),
         "expected two sockets accepted by the guest only:\n{table}"
+    );
+    full_sync_then_writes(&u, &d, &vm);
+    vm.assert_clean_dmesg();
+    eprintln!("total {:.1?}", t0.elapsed());
+}
+
+/// Both sides reachable, as in a real setup: the kernel node boots (`--no-wait`) while udrbd
+/// starts. udrbd's first connects reach qemu's port forward before the guest listens (accepted,
+/// then closed), then DRBD's connect race decides which side's socket becomes the data socket
+/// and which the meta socket; any mix must lead to one connection.
+#[test]
+fn both_sides_connect_and_the_race_resolves() {
+    require_libnbd();
+    ensure_vm_built();
+    let ports = Ports {
+        hp: 17331,
+        pp: 17332,
+        ap: 17333,
+        // Unused: both sides' addresses are real here.
+        dead: 17334,
+        udrbd_listen: 17332,
+        udrbd_peer: 17331,
+    };
+    ports.check_free();
+    let t0 = Instant::now();
+    let u = Udrbd::prepare(ports);
+    let vm = KernelVm::start_with(&u.vm_dir(), "krace", ports, &["--no-wait"]);
+    let d = u.start();
+    wait_connected(&d, &vm);
+    let (accepted, outgoing, table) = vm.drbd_sockets();
+    eprintln!("race: the guest accepted {accepted} and opened {outgoing} of the DRBD sockets");
+    assert_eq!(
+        accepted + outgoing,
+        2,
+        "expected two established DRBD sockets in the guest:\n{table}"
     );
     full_sync_then_writes(&u, &d, &vm);
     vm.assert_clean_dmesg();
