@@ -94,12 +94,19 @@ impl Ports {
 // ------------------------------------------------------------------------------------------
 
 /// The kdrbd-vm script: `$KDRBD_VM`, else `shared/tools/kdrbd-vm/kdrbd-vm` beside the
-/// repository.
+/// repository, else the workplace's `/work/shared/tools/kdrbd-vm/kdrbd-vm` (a clean clone
+/// for CI may live elsewhere).
 fn kdrbd_vm_tool() -> PathBuf {
     let tool = match std::env::var_os("KDRBD_VM") {
         Some(p) => PathBuf::from(p),
         None => {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tools/kdrbd-vm/kdrbd-vm")
+            let beside = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/tools/kdrbd-vm/kdrbd-vm");
+            if beside.is_file() {
+                beside
+            } else {
+                PathBuf::from("/work/shared/tools/kdrbd-vm/kdrbd-vm")
+            }
         }
     };
     assert!(
