@@ -1418,14 +1418,27 @@ impl Resource {
         }
         match plan.outcome {
             HandshakeOutcome::Disconnect { reason } => {
-                let message = format!("handshake: {reason:?}; dropping connection");
+                // DRBD's words.
+                let message = match reason {
+                    sync_decision::DisconnectReason::SplitBrainUnresolved => {
+                        "Split-Brain detected but unresolved, dropping connection!".to_string()
+                    }
+                    sync_decision::DisconnectReason::UnrelatedData => {
+                        "Unrelated data, aborting!".to_string()
+                    }
+                    sync_decision::DisconnectReason::InconsistentWouldBeSource => {
+                        "I shall become SyncSource, but I am inconsistent!".to_string()
+                    }
+                    sync_decision::DisconnectReason::PrimaryWouldBeTarget => {
+                        "I shall become SyncTarget, but I am primary!".to_string()
+                    }
+                    sync_decision::DisconnectReason::NeedsProtocol { min, features } => format!(
+                        "To resolve this both sides have to support at least protocol {min} (feature flags {features:#x})"
+                    ),
+                };
                 let p = self.peer.as_mut().expect("peer");
                 p.split_brain = plan.split_brain.is_some();
-                p.last_error = Some(if p.split_brain {
-                    "Split-Brain detected but unresolved, dropping connection!".to_string()
-                } else {
-                    message.clone()
-                });
+                p.last_error = Some(message.clone());
                 self.log(LogLevel::Error, message);
                 self.drop_connection(ConnState::Disconnecting, None);
                 self.go_standalone();

@@ -269,11 +269,28 @@ pub enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Two daemons on loopback replicate a file-backed disk: initial sync, writes through
+    /// NBD, the Primary killed, the peer promoted, the data verified, the old Primary resynced.
+    /// Needs no root and no config.
+    Demo {
+        /// Backing file size per node, MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+        /// Data written through NBD before the failover, MiB.
+        #[arg(long, default_value_t = 64)]
+        write_mib: u64,
+        /// Keep the demo directory.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 /// A failure of a verb, with its exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// The demo failed.
+    #[error("demo: {0}")]
+    Demo(#[from] crate::demo::DemoError),
     /// The daemon refused or failed the command: its message, drbdsetup's exit code.
     #[error("{message}")]
     Daemon {
@@ -308,6 +325,7 @@ impl CliError {
             CliError::InvalidValue(_) => ExitCode::InvalidValue.code(),
             CliError::Daemon { code, .. } => *code,
             CliError::Control(_) => ONLINE_LOCAL_ERROR,
+            CliError::Demo(_) => ExitCode::Io.code(),
         }
     }
 }
@@ -433,6 +451,18 @@ pub fn run(
             r.statistics = statistics;
             crate::control::stream(&g.run_dir, &r, out)?;
         }
+        Verb::Demo {
+            size_mib,
+            write_mib,
+            keep,
+        } => crate::demo::run(
+            &crate::demo::DemoOptions {
+                size_mib,
+                write_mib,
+                keep,
+            },
+            out,
+        )?,
         Verb::Status {
             resource,
             verbose,

@@ -435,13 +435,33 @@ async fn events(
         let statistics = request.statistics;
         tokio::spawn(async move {
             let mut old = view;
-            while let Ok(new) = updates.recv().await {
-                for line in sf::events2_changes(Some(&old), Some(&new), statistics) {
+            while let Ok(event) = updates.recv().await {
+                let lines = match event {
+                    crate::resource_loop::ResourceEvent::State(new) => {
+                        let lines = sf::events2_changes(Some(&old), Some(&new), statistics);
+                        old = new;
+                        lines
+                    }
+                    crate::resource_loop::ResourceEvent::Helper(helper) => {
+                        let peer = old
+                            .connections
+                            .first()
+                            .map(|c| (c.peer_node_id, c.name.as_str()));
+                        vec![sf::event_helper(&sf::HelperEvent {
+                            resource: &old.name,
+                            peer,
+                            volume: Some(0),
+                            minor: None,
+                            helper,
+                            status: None,
+                        })]
+                    }
+                };
+                for line in lines {
                     if tx.send(line).is_err() {
                         return;
                     }
                 }
-                old = new;
             }
         });
     }

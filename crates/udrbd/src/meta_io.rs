@@ -341,7 +341,18 @@ mod tests {
             .unwrap();
         w.sync().unwrap();
         drop(w);
-        let r = MetaDevice::open(&file, Access::Read).unwrap();
+        // Another test of this process may fork a child (a handler) that holds a copy of
+        // the descriptor, and with it the lock, until it execs: retry briefly.
+        let mut tries = 0;
+        let r = loop {
+            match MetaDevice::open(&file, Access::Read) {
+                Err(DeviceError::Busy(_)) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.unwrap(),
+            }
+        };
         assert_eq!(r.size_bytes(), 8192);
         assert_eq!(r.read_at(4096, 4096).unwrap()[0], 9);
         assert!(matches!(

@@ -34,6 +34,16 @@ use crate::uring::Uring;
 /// O_DIRECT reads are not limited to fewer concurrent IOs than the client offers.
 const IO_THREADS: usize = 32;
 
+/// What `events` subscribers receive: a state snapshot after a batch of changes, or a
+/// handler call.
+#[derive(Clone, Debug)]
+pub enum ResourceEvent {
+    /// The resource's state now.
+    State(crate::status_format::ResourceView),
+    /// The handler of this name was started.
+    Helper(&'static str),
+}
+
 /// Messages from the daemon's main thread.
 pub enum LoopMessage {
     /// A control request; the reply goes back on the channel.
@@ -44,7 +54,7 @@ pub enum LoopMessage {
     Subscribe(
         oneshot::Sender<(
             crate::status_format::ResourceView,
-            tokio::sync::broadcast::Receiver<crate::status_format::ResourceView>,
+            tokio::sync::broadcast::Receiver<ResourceEvent>,
         )>,
     ),
     /// Close NBD clients, take the resource down, and stop.
@@ -74,7 +84,7 @@ struct Shared {
     armed: Option<Instant>,
     shutting_down: bool,
     /// State snapshots for `events` subscribers, sent after every batch of state changes.
-    events: tokio::sync::broadcast::Sender<crate::status_format::ResourceView>,
+    events: tokio::sync::broadcast::Sender<ResourceEvent>,
     /// Openers at the last snapshot (`open:` is reported by events too).
     last_openers: u32,
     /// The peer sockets.
@@ -130,11 +140,26 @@ impl Shared {
                 }
                 Output::Event(Event::StateChanged) => {
                     let s = self.engine.status();
-                    tracing::info!(resource = %s.name, role = s.role.name(), disk = s.disk.name(), "state");
+                    match &s.peer {
+                        Some(p) => tracing::info!(
+                            resource = %s.name,
+                            role = s.role.name(),
+                            disk = s.disk.name(),
+                            conn = p.conn.name(),
+                            peer = p.peer_role.name(),
+                            peer_disk = p.peer_disk.name(),
+                            "state"
+                        ),
+                        None => {
+                            tracing::info!(resource = %s.name, role = s.role.name(), disk = s.disk.name(), "state")
+                        }
+                    }
                     state_changed = true;
                 }
                 Output::Event(Event::Handler { name }) => {
                     crate::handlers::run(name, &self.resource, &self.config_path);
+                    // events2 shows the call (`call helper ... helper:NAME`).
+                    let _ = self.events.send(ResourceEvent::Helper(name));
                 }
                 Output::Event(Event::Log { level, message }) => match level {
                     udrbd_core::LogLevel::Info => tracing::info!("{message}"),
@@ -154,7 +179,10 @@ impl Shared {
         if (state_changed || openers != self.last_openers) && self.events.receiver_count() > 0 {
             let _ = self
                 .events
-                .send(crate::daemon::resource_view(&self.engine, &self.resource));
+                .send(ResourceEvent::State(crate::daemon::resource_view(
+                    &self.engine,
+                    &self.resource,
+                )));
         }
         self.last_openers = openers;
         // Wake the timer task only when the deadline moved: a wake-up per request would cost

@@ -318,12 +318,13 @@ pub struct Node {
 /// Two daemons, alice and bob, replicating resource `r0`; killed (and waited for) on drop,
 /// also when the test panics.
 pub struct Pair {
-    /// The test's directory (configuration, backing files, run directories, logs).
-    pub dir: tempfile::TempDir,
-    /// The configuration both daemons read.
-    pub config: PathBuf,
     pub alice: Node,
     pub bob: Node,
+    /// The configuration both daemons read.
+    pub config: PathBuf,
+    /// The test's directory (configuration, backing files, run directories, logs). Declared
+    /// last: fields drop in order, so the daemons are gone before their directory is.
+    pub dir: tempfile::TempDir,
 }
 
 /// The resource name of a [`Pair`].

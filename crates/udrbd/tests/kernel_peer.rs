@@ -1,0 +1,673 @@
+//! udrbd against a real kernel DRBD 8.4.11 peer: Debian 12's own kernel with its in-tree
+//! `drbd.ko`, booted in qemu (TCG) by `shared/tools/kdrbd-vm` (beside the repository; the
+//! environment variable `KDRBD_VM` may name the script instead). The guest's DRBD is reachable
+//! at host `127.0.0.1:HP` and connects out to host `127.0.0.1:PP`.
+//!
+//! The first two tests are the two directions of the handshake, each made the only possible one:
+//!
+//! - [`kernel_connects_to_a_listening_udrbd`]: udrbd starts first and listens on
+//!   `127.0.0.1:PP`; its peer address is a port where nothing listens, so udrbd's own connect
+//!   attempts all fail. Then the kernel node boots and connects: **udrbd accepts**.
+//! - [`udrbd_connects_to_a_waiting_kernel`]: the kernel node boots first and waits in
+//!   `WFConnection`; its peer port has no listener (udrbd listens on another port), so its own
+//!   connect attempts all fail. Then udrbd starts and connects to `127.0.0.1:HP`: **udrbd
+//!   connects**.
+//!
+//! With both sides reachable, DRBD's connect race lets either side's sockets win (even one of
+//! each for the data and the meta socket), so a test could not tell which side it exercised.
+//! Here each test also checks the guest's `/proc/net/tcp`: both established DRBD sockets are
+//! the guest's outgoing ones (remote port PP) in the first test, and accepted by the guest
+//! (local port 7789) in the second. Each side waits `connect-int` (10 s, DRBD's default, on
+//! both) for the peer's second socket, so the handshake completes 10-14 s after the first
+//! socket.
+//!
+//! A third test, [`both_sides_connect_and_the_race_resolves`], is the usual setup (each side
+//! can reach the other) started at the same time: whichever mix the race gives must connect.
+//!
+//! After the handshake each test makes udrbd `primary --force` on a data area full of random
+//! bytes, waits for the full sync to the kernel node (`UpToDate/UpToDate` in its `/proc/drbd`)
+//! and compares the md5 of both data areas (udrbd's backing file, the guest's `/dev/ram0` read
+//! with O_DIRECT). Then it writes, zeroes and trims through udrbd's NBD export and compares
+//! again. Finally the guest's `dmesg` must show the agreed protocol version and no protocol
+//! error.
+//!
+//! The tests need root only for `kdrbd-vm build` (apt-get: qemu-system-x86, busybox-static,
+//! cpio, kmod, and the kernel and drbd-utils packages); once the cache
+//! (`/var/cache/kdrbd-vm`) is complete, build returns at once. They never skip: a VM that
+//! cannot be built or booted fails them. Each guest uses about 300 MB of host memory.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// The guest's brd size; its data area is 16344 KiB (internal meta-data takes 40 KiB).
+const SIZE_MIB: u64 = 16;
+/// The data area in KiB that both sides must report.
+const DATA_KIB: u64 = 16344;
+/// The guest's DRBD port (fixed by kdrbd-vm).
+const GUEST_DRBD_PORT: u16 = 7789;
+/// How long a connection or the 16 MiB sync may take under TCG.
+const WAIT: Duration = Duration::from_secs(180);
+/// Patterns that must not appear in the guest's kernel log.
+const BAD_KERNEL_LOG: [&str; 6] = [
+    "protocol error",
+    "ProtocolError",
+    "BAD!",
+    "Unexpected data packet",
+    "short read",
+    "error receiving",
+];
+
+/// The ports of one test: the guest's hostfwd of its DRBD (`hp`), the port the guest connects
+/// to (`pp`), the guest agent (`ap`), and a port where nothing listens (`dead`).
+#[derive(Clone, Copy, Debug)]
+struct Ports {
+    hp: u16,
+    pp: u16,
+    ap: u16,
+    dead: u16,
+    /// Where udrbd listens.
+    udrbd_listen: u16,
+    /// Where udrbd connects.
+    udrbd_peer: u16,
+}
+
+impl Ports {
+    /// Checks that nothing uses the ports (so a clash fails clearly, not as a hang).
+    fn check_free(&self) {
+        for port in [self.hp, self.pp, self.ap, self.dead, self.udrbd_listen] {
+            if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                panic!("port 127.0.0.1:{port} is not free ({e}); {self:?}");
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// kdrbd-vm
+// ------------------------------------------------------------------------------------------
+
+/// The kdrbd-vm script: `$KDRBD_VM`, else `shared/tools/kdrbd-vm/kdrbd-vm` beside the
+/// repository, else the workplace's `/work/shared/tools/kdrbd-vm/kdrbd-vm` (a clean clone
+/// for CI may live elsewhere).
+fn kdrbd_vm_tool() -> PathBuf {
+    let tool = match std::env::var_os("KDRBD_VM") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let beside = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/tools/kdrbd-vm/kdrbd-vm");
+            if beside.is_file() {
+                beside
+            } else {
+                PathBuf::from("/work/shared/tools/kdrbd-vm/kdrbd-vm")
+            }
+        }
+    };
+    assert!(
+        tool.is_file(),
+        "kdrbd-vm not found at {} (set KDRBD_VM to the script)",
+        tool.display()
+    );
+    tool
+}
+
+/// The build cache kdrbd-vm uses.
+fn kdrbd_vm_cache() -> PathBuf {
+    std::env::var_os("KDRBD_VM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kdrbd-vm"))
+}
+
+/// Runs `kdrbd-vm build` once per test binary (it returns at once when the cache is complete;
+/// a fresh build needs root and apt) and checks the cache it leaves.
+fn ensure_vm_built() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        let t0 = Instant::now();
+        let o = Command::new(kdrbd_vm_tool())
+            .arg("build")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running kdrbd-vm build: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "kdrbd-vm build failed ({}; needs root and apt the first time): {}{}",
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        let cache = kdrbd_vm_cache();
+        for f in ["vmlinuz", "initramfs.cpio.gz", "build.info"] {
+            let p = cache.join(f);
+            if std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0) == 0 {
+                return Err(format!("kdrbd-vm build left no {}", p.display()));
+            }
+        }
+        let info = std::fs::read_to_string(cache.join("build.info")).unwrap_or_default();
+        if !info.contains("drbd_module=8.4.") {
+            return Err(format!("the guest's drbd module is not 8.4: {info}"));
+        }
+        eprintln!("kdrbd-vm build: {:.1?}", t0.elapsed());
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// One kernel DRBD guest, killed (qemu SIGKILL) when dropped, also when the test panics.
+struct KernelVm {
+    tool: PathBuf,
+    dir: PathBuf,
+    name: String,
+    ports: Ports,
+}
+
+impl KernelVm {
+    /// `kdrbd-vm start NAME --listen-port HP --peer-port PP --agent-port AP --size-mib 16`
+    /// with the state directory `dir`; waits for the guest's DRBD setup (`KDRBD-READY`).
+    fn start(dir: &Path, name: &str, ports: Ports) -> KernelVm {
+        Self::start_with(dir, name, ports, &[])
+    }
+
+    /// As [`KernelVm::start`] with more options for `kdrbd-vm start` (e.g. `--no-wait`).
+    fn start_with(dir: &Path, name: &str, ports: Ports, extra: &[&str]) -> KernelVm {
+        let vm = KernelVm {
+            tool: kdrbd_vm_tool(),
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            ports,
+        };
+        let t0 = Instant::now();
+        let o = vm.run(
+            &[
+                "start",
+                name,
+                "--listen-port",
+                &ports.hp.to_string(),
+                "--peer-port",
+                &ports.pp.to_string(),
+                "--agent-port",
+                &ports.ap.to_string(),
+                "--size-mib",
+                &SIZE_MIB.to_string(),
+                "--protocol",
+                "C",
+            ]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect::<Vec<&str>>(),
+        );
+        assert!(
+            o.status.success(),
+            "kdrbd-vm start {name} failed ({}): {}{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            vm.log_tail()
+        );
+        eprintln!("guest {name} started in {:.1?}", t0.elapsed());
+        vm
+    }
+
+    /// Runs `kdrbd-vm ARGS --dir DIR`.
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.tool)
+            .args(args)
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", self.tool.display()))
+    }
+
+    /// Runs `sh -c CMD` in the guest; returns its output, or panics with it.
+    fn exec(&self, cmd: &str) -> String {
+        let o = self.run(&["exec", &self.name, cmd, "--timeout", "120"]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "guest {}: `{cmd}` failed ({}): {out}{}\n{}",
+            self.name,
+            o.status,
+            String::from_utf8_lossy(&o.stderr),
+            self.log_tail()
+        );
+        out
+    }
+
+    /// The guest's `/proc/drbd`.
+    fn proc_drbd(&self) -> String {
+        self.exec("cat /proc/drbd")
+    }
+
+    /// Waits until the guest's `/proc/drbd` matches the extended regex `re`; returns it.
+    fn wait(&self, re: &str, timeout: Duration, context: &dyn Fn() -> String) -> String {
+        let o = self.run(&[
+            "wait",
+            &self.name,
+            re,
+            "--timeout",
+            &timeout.as_secs().to_string(),
+        ]);
+        assert!(
+            o.status.success(),
+            "guest {}: /proc/drbd did not match `{re}` within {timeout:?}: {}{}\n{}\n{}",
+            self.name,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.log_tail(),
+            context()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// The last lines of the guest's serial log (init's output and kernel messages).
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join(format!("{}.log", self.name)))
+            .unwrap_or_default()
+            .replace('\r', "");
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        format!("--- guest {} serial log (tail) ---\n{tail}", self.name)
+    }
+
+    /// The guest's established TCP connections of its DRBD: `(accepted, outgoing)`, where
+    /// accepted ones have the local port 7789 and outgoing ones the remote port PP.
+    fn drbd_sockets(&self) -> (usize, usize, String) {
+        let table = self.exec("cat /proc/net/tcp");
+        let port = |addr: &str| {
+            u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).unwrap_or(0)
+        };
+        let (mut accepted, mut outgoing) = (0, 0);
+        for line in table.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 || f[3] != "01" {
+                continue; // not ESTABLISHED
+            }
+            if port(f[1]) == GUEST_DRBD_PORT {
+                accepted += 1;
+            } else if port(f[2]) == self.ports.pp {
+                outgoing += 1;
+            }
+        }
+        (accepted, outgoing, table)
+    }
+
+    /// md5 of the first `len` bytes of the guest's backing device, read with O_DIRECT.
+    fn backing_md5(&self, len: u64) -> String {
+        assert_eq!(len % 4096, 0);
+        let out = self.exec(&format!(
+            "dd if=/dev/ram0 bs=4096 count={} iflag=direct 2>/dev/null | md5sum",
+            len / 4096
+        ));
+        out.split_whitespace().next().unwrap_or("").to_string()
+    }
+
+    /// Checks the guest's kernel log: the handshake's line is there, no protocol error.
+    fn assert_clean_dmesg(&self) {
+        let dmesg = self.exec("dmesg");
+        assert!(
+            dmesg.contains("Handshake successful: Agreed network protocol version 101"),
+            "no successful handshake in the guest's dmesg:\n{dmesg}"
+        );
+        for bad in BAD_KERNEL_LOG {
+            assert!(
+                !dmesg.contains(bad),
+                "the guest's dmesg shows `{bad}`:\n{dmesg}"
+            );
+        }
+    }
+}
+
+impl Drop for KernelVm {
+    fn drop(&mut self) {
+        // A power cut is enough: the guest keeps nothing.
+        let _ = self.run(&["kill", &self.name]);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The udrbd side
+// ------------------------------------------------------------------------------------------
+
+/// Fails the test unless python3-libnbd is installed.
+fn require_libnbd() {
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", "import nbd"])
+        .output()
+        .expect("/usr/bin/python3");
+    assert!(
+        o.status.success(),
+        "python3-libnbd missing: apt-get install python3-libnbd"
+    );
+}
+
+/// udrbd's node `alice` with a 16 MiB backing file full of random bytes and fresh internal
+/// meta-data, and the config of `r0` with the kernel node as peer `kernel`.
+struct Udrbd {
+    dir: tempfile::TempDir,
+    disk: PathBuf,
+    config: PathBuf,
+}
+
+impl Udrbd {
+    fn prepare(ports: Ports) -> Udrbd {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("alice.img");
+        let mut random = vec![0u8; (SIZE_MIB << 20) as usize];
+        std::fs::File::open("/dev/urandom")
+            .unwrap()
+            .read_exact(&mut random)
+            .unwrap();
+        std::fs::write(&disk, &random).unwrap();
+        create_md(&disk);
+        let config = dir.path().join("r0.res");
+        // Timeouts are DRBD's (tenths of a second) but generous: the kernel runs under TCG.
+        let text = format!(
+            "resource r0 {{\n  net {{ protocol C; connect-int 10; ping-int 10; ping-timeout 20; timeout 60; }}\n  disk {{ c-plan-ahead 0; resync-rate 100M; }}\n  on alice {{ device minor 0; disk {}; address 127.0.0.1:{}; meta-disk internal; }}\n  on kernel {{ device minor 0; disk /dev/null; address 127.0.0.1:{}; meta-disk internal; }}\n}}\n",
+            disk.display(),
+            ports.udrbd_listen,
+            ports.udrbd_peer,
+        );
+        std::fs::write(&config, text).unwrap();
+        Udrbd { dir, disk, config }
+    }
+
+    /// Starts the daemon (which brings r0 up: attach, then listen and connect).
+    fn start(&self) -> TestDaemon {
+        TestDaemon::start_node(self.dir.path(), "alice", &self.config, "alice", &[])
+    }
+
+    /// The guest's state directory (inside the test's temp dir).
+    fn vm_dir(&self) -> PathBuf {
+        self.dir.path().join("vm")
+    }
+
+    /// The first `len` bytes of the backing file (the data area).
+    fn data_area(&self, len: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; len as usize];
+        std::fs::File::open(&self.disk)
+            .unwrap()
+            .read_exact(&mut buf)
+            .unwrap();
+        buf
+    }
+}
+
+/// `udrbd status r0 --json`: the resource's object.
+fn status_json(d: &TestDaemon) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&d.ok(&["status", "r0", "--json"])).unwrap();
+    v[0].clone()
+}
+
+/// md5 (hex) of `bytes`, by the host's md5sum.
+fn md5_hex(bytes: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("md5sum");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let o = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(o.status.success());
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Whether some socket of this host listens on `127.0.0.1:port` (from `/proc/net/tcp`, so
+/// the listener sees no probe connection).
+fn host_listens_on(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() > 3 && f[1] == local && f[3] == "0A"
+    })
+}
+
+/// Waits until udrbd listens on `127.0.0.1:port`.
+fn wait_for_listener(d: &TestDaemon, port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !host_listens_on(port) {
+        assert!(
+            Instant::now() < deadline,
+            "udrbd does not listen on 127.0.0.1:{port} after {timeout:?}:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Both sides connected: udrbd's `wait-connect`, then the guest's `cs:Connected`; both report
+/// the same size and `Inconsistent/Inconsistent` (fresh meta-data on both).
+fn wait_connected(d: &TestDaemon, vm: &KernelVm) {
+    let t0 = Instant::now();
+    let o = d.cli(&[
+        "wait-connect",
+        "r0",
+        "--timeout",
+        &WAIT.as_secs().to_string(),
+    ]);
+    assert!(
+        o.status.success(),
+        "udrbd wait-connect: {}\n{}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        d.log_text(),
+        vm.log_tail()
+    );
+    let proc_drbd = vm.wait("cs:Connected", WAIT, &|| d.log_text());
+    eprintln!("connected in {:.1?}: {}", t0.elapsed(), proc_drbd.trim());
+    assert!(
+        proc_drbd.contains("ro:Secondary/Secondary ds:Inconsistent/Inconsistent"),
+        "{proc_drbd}"
+    );
+    assert_eq!(d.ok(&["cstate", "r0"]).trim(), "Connected");
+    assert_eq!(d.ok(&["dstate", "r0"]).trim(), "Inconsistent/Inconsistent");
+    let udrbd_kib = status_json(d)["devices"][0]["size"].as_u64().unwrap();
+    let guest_sectors: u64 = vm.exec("cat /sys/block/drbd0/size").trim().parse().unwrap();
+    assert_eq!(udrbd_kib, DATA_KIB, "udrbd's device size");
+    assert_eq!(guest_sectors / 2, DATA_KIB, "the guest's device size");
+}
+
+/// udrbd `primary --force` (its random data area becomes the data), the full sync to the
+/// kernel node, md5 of both data areas; then writes, zeroes and a trim through udrbd's NBD
+/// export, and md5 again.
+fn full_sync_then_writes(u: &Udrbd, d: &TestDaemon, vm: &KernelVm) {
+    let len = DATA_KIB * 1024;
+    let before = md5_hex(&u.data_area(len));
+    let t0 = Instant::now();
+    d.ok(&["primary", "r0", "--force"]);
+    vm.wait(
+        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    eprintln!("full sync of {DATA_KIB} KiB in {:.1?}", t0.elapsed());
+    assert_eq!(d.ok(&["role", "r0"]).trim(), "Primary/Secondary");
+    assert_eq!(d.ok(&["dstate", "r0"]).trim(), "UpToDate/UpToDate");
+    let host = md5_hex(&u.data_area(len));
+    assert_eq!(host, before, "udrbd's data changed during the sync");
+    assert_eq!(
+        vm.backing_md5(len),
+        host,
+        "the kernel node's data differs after the full sync\n{}",
+        d.log_text()
+    );
+
+    // Writes, a write-zeroes and a trim through udrbd's export (protocol C: complete once the
+    // kernel node has them).
+    let script = r#"
+import sys, nbd
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+size = int(sys.argv[2])
+assert h.get_size() == size, (h.get_size(), size)
+assert h.can_trim() and h.can_zero()
+K = 1024
+h.pwrite(bytes([0xab]) * (64 * K), 0)
+h.pwrite(bytes([0x5c]) * (4 * K), 5 * 1024 * K)
+h.pwrite(bytes([0x17]) * (256 * K), 8 * 1024 * K + 12 * K)
+h.pwrite(bytes([0x42]) * (4 * K), size - 4 * K)
+h.zero(128 * K, 2 * 1024 * K)
+h.trim(1024 * K, 12 * 1024 * K)
+h.flush()
+assert h.pread(64 * K, 0) == bytes([0xab]) * (64 * K)
+h.shutdown()
+"#;
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", script, &d.uri("r0"), &len.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && o.stdout.is_empty(),
+        "writing through udrbd's export failed: {}{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        d.log_text()
+    );
+    let data = u.data_area(len);
+    assert!(data[..64 << 10].iter().all(|&b| b == 0xab));
+    assert!(
+        data[2 << 20..(2 << 20) + (128 << 10)]
+            .iter()
+            .all(|&b| b == 0)
+    );
+    assert!(data[(len - 4096) as usize..].iter().all(|&b| b == 0x42));
+    let host = md5_hex(&data);
+    assert_ne!(host, before);
+    assert_eq!(
+        vm.backing_md5(len),
+        host,
+        "the kernel node's data differs after the writes through udrbd\n{}",
+        d.log_text()
+    );
+    assert!(
+        vm.proc_drbd()
+            .contains("cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate"),
+        "{}",
+        vm.proc_drbd()
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Tests
+// ------------------------------------------------------------------------------------------
+
+/// udrbd listens first; the kernel node boots later and connects to it. udrbd's peer address
+/// has no listener, so the connection can only be the kernel's: udrbd accepts.
+#[test]
+fn kernel_connects_to_a_listening_udrbd() {
+    require_libnbd();
+    ensure_vm_built();
+    let ports = Ports {
+        hp: 17311,
+        pp: 17312,
+        ap: 17313,
+        // udrbd's peer port: nothing listens there.
+        dead: 17314,
+        udrbd_listen: 17312,
+        udrbd_peer: 17314,
+    };
+    ports.check_free();
+    let t0 = Instant::now();
+    let u = Udrbd::prepare(ports);
+    let d = u.start();
+    wait_for_listener(&d, ports.udrbd_listen, Duration::from_secs(20));
+    assert_eq!(d.ok(&["cstate", "r0"]).trim(), "WFConnection");
+    let vm = KernelVm::start(&u.vm_dir(), "kacc", ports);
+    wait_connected(&d, &vm);
+    let (accepted, outgoing, table) = vm.drbd_sockets();
+    assert_eq!(
+        (accepted, outgoing),
+        (0, 2),
+        "expected the guest's two outgoing sockets only:\n{table}"
+    );
+    full_sync_then_writes(&u, &d, &vm);
+    vm.assert_clean_dmesg();
+    eprintln!("total {:.1?}", t0.elapsed());
+}
+
+/// The kernel node boots first and waits (WFConnection); then udrbd starts and connects to it.
+/// The kernel's peer port has no listener (udrbd listens on another one), so the connection
+/// can only be udrbd's: udrbd connects.
+#[test]
+fn udrbd_connects_to_a_waiting_kernel() {
+    require_libnbd();
+    ensure_vm_built();
+    let ports = Ports {
+        hp: 17321,
+        pp: 17322,
+        ap: 17323,
+        // The kernel's peer port: nothing listens there.
+        dead: 17322,
+        udrbd_listen: 17324,
+        udrbd_peer: 17321,
+    };
+    ports.check_free();
+    let t0 = Instant::now();
+    let u = Udrbd::prepare(ports);
+    let vm = KernelVm::start(&u.vm_dir(), "kconn", ports);
+    let proc_drbd = vm.proc_drbd();
+    assert!(proc_drbd.contains("cs:WFConnection"), "{proc_drbd}");
+    let d = u.start();
+    wait_connected(&d, &vm);
+    let (accepted, outgoing, table) = vm.drbd_sockets();
+    assert_eq!(
+        (accepted, outgoing),
+        (2, 0),
+        "expected two sockets accepted by the guest only:\n{table}"
+    );
+    full_sync_then_writes(&u, &d, &vm);
+    vm.assert_clean_dmesg();
+    eprintln!("total {:.1?}", t0.elapsed());
+}
+
+/// Both sides reachable, as in a real setup: the kernel node boots (`--no-wait`) while udrbd
+/// starts. udrbd's first connects reach qemu's port forward before the guest listens (accepted,
+/// then closed), then DRBD's connect race decides which side's socket becomes the data socket
+/// and which the meta socket; any mix must lead to one connection.
+#[test]
+fn both_sides_connect_and_the_race_resolves() {
+    require_libnbd();
+    ensure_vm_built();
+    let ports = Ports {
+        hp: 17331,
+        pp: 17332,
+        ap: 17333,
+        // Unused: both sides' addresses are real here.
+        dead: 17334,
+        udrbd_listen: 17332,
+        udrbd_peer: 17331,
+    };
+    ports.check_free();
+    let t0 = Instant::now();
+    let u = Udrbd::prepare(ports);
+    let vm = KernelVm::start_with(&u.vm_dir(), "krace", ports, &["--no-wait"]);
+    let d = u.start();
+    wait_connected(&d, &vm);
+    let (accepted, outgoing, table) = vm.drbd_sockets();
+    eprintln!("race: the guest accepted {accepted} and opened {outgoing} of the DRBD sockets");
+    assert_eq!(
+        accepted + outgoing,
+        2,
+        "expected two established DRBD sockets in the guest:\n{table}"
+    );
+    full_sync_then_writes(&u, &d, &vm);
+    vm.assert_clean_dmesg();
+    eprintln!("total {:.1?}", t0.elapsed());
+}
