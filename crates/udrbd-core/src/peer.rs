@@ -55,8 +55,9 @@ use crate::types::*;
 pub(crate) const MAX_BIO_SIZE: u32 = 1 << 20;
 /// The largest resync request we issue.
 pub(crate) const MAX_RESYNC_REQUEST: u64 = 128 * 1024;
-/// sndbuf-size 0 ("auto"): bytes queued on the data socket beyond which new writes wait.
-pub(crate) const AUTO_SNDBUF: u64 = 4 << 20;
+/// sndbuf-size 0 ("auto"): bytes queued on the data socket (ours and the kernel's) beyond
+/// which new writes wait; 4 MiB (the kernel's autotuning limit) held QD8 x 1 MiB writes back.
+pub(crate) const AUTO_SNDBUF: u64 = 32 << 20;
 
 /// Which of the two sockets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -44,7 +44,7 @@ pub struct NetConfig {
     pub max_buffers: u32,
     /// `max-epoch-size`: writes per epoch at most.
     pub max_epoch_size: u32,
-    /// `sndbuf-size` bytes (0 = auto: 4 MiB here): bytes queued on the data socket beyond
+    /// `sndbuf-size` bytes (0 = auto: 32 MiB here): bytes queued on the data socket beyond
     /// which new writes wait.
     pub sndbuf_size: u64,
     /// `use-rle`: compressed bitmap exchange.

@@ -101,8 +101,7 @@ impl Uring {
                     .build()
             }
             DiskOpKind::Write { data, fua } => {
-                let (mut buf, start) = aligned(data.len());
-                buf[start..start + data.len()].copy_from_slice(&data);
+                let (buf, start) = aligned_copy(&data);
                 entry.buffer = Some(buf);
                 entry.start = start;
                 entry.len = data.len();
@@ -200,6 +199,17 @@ fn complete(entry: InFlight, res: i32) -> DiskCompletion {
 }
 
 /// A zeroed buffer with a 4 KiB aligned window of `len` bytes: (buffer, window start).
+/// An aligned copy of `data` (for O_DIRECT), without zeroing the buffer first: only the
+/// padding before the aligned start is written besides the data.
+fn aligned_copy(data: &[u8]) -> (Vec<u8>, usize) {
+    let mut buf: Vec<u8> = Vec::with_capacity(data.len() + IO_ALIGN);
+    let start = buf.as_ptr().align_offset(IO_ALIGN);
+    buf.resize(start, 0);
+    buf.extend_from_slice(data);
+    debug_assert_eq!(buf.as_ptr().align_offset(IO_ALIGN), start);
+    (buf, start)
+}
+
 fn aligned(len: usize) -> (Vec<u8>, usize) {
     let buf = vec![0u8; len + IO_ALIGN];
     let start = buf.as_ptr().align_offset(IO_ALIGN);
