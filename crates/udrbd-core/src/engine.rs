@@ -84,8 +84,9 @@ pub(crate) enum OpPurpose {
     PeerWrite(u64),
     /// Reading data for the peer.
     PeerRead(u64),
-    /// Flushing before acking a received epoch (its absolute number).
-    EpochFlush(u64),
+    /// Flushing before acking received epochs: those of link generation `link_gen` up to
+    /// absolute number `through`.
+    EpochFlush { link_gen: u64, through: u64 },
     /// Flushing resync writes before clearing their bits.
     ResyncFlush,
 }
@@ -659,7 +660,9 @@ impl Resource {
             | OpPurpose::AlInitialize => self.on_attach_io(purpose, c.result),
             OpPurpose::PeerWrite(id) => self.on_peer_write_done(id, c.result),
             OpPurpose::PeerRead(id) => self.on_peer_read_done(id, c.result),
-            OpPurpose::EpochFlush(epoch) => self.on_epoch_flushed(epoch, c.result),
+            OpPurpose::EpochFlush { link_gen, through } => {
+                self.on_epoch_flushed(link_gen, through, c.result)
+            }
             OpPurpose::ResyncFlush => self.on_resync_flushed(c.result),
         }
     }

@@ -139,6 +139,9 @@ pub(crate) struct Link {
     pub(crate) recv_epochs: VecDeque<RecvEpoch>,
     /// The absolute number of `recv_epochs[0]`.
     pub(crate) recv_epoch_base: u64,
+    /// A flush for received epochs is in flight (one at a time; it covers every epoch that
+    /// was complete when it was issued).
+    pub(crate) recv_flush_in_flight: bool,
     /// Resync target: requests in flight, by sector: (bytes, sent at).
     pub(crate) rs_requests: BTreeMap<u64, u64>,
     /// Resync: sectors of replies received since the controller's last step.
@@ -176,7 +179,6 @@ pub(crate) struct RecvEpoch {
     pub(crate) writes: u32,
     pub(crate) done: u32,
     pub(crate) barrier: Option<u32>,
-    pub(crate) flushing: bool,
     pub(crate) flush_done: bool,
 }
 
@@ -710,6 +712,7 @@ impl Resource {
             unacked_epochs: VecDeque::new(),
             recv_epochs: VecDeque::from([RecvEpoch::default()]),
             recv_epoch_base: 0,
+            recv_flush_in_flight: false,
             rs_requests: BTreeMap::new(),
             rs_sect_in: 0,
             resync: None,

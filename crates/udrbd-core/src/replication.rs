@@ -737,58 +737,72 @@ impl Resource {
 
     /// Acks every finished epoch at the front: flushed first, when it held writes.
     pub(crate) fn finish_recv_epochs(&mut self) {
+        let link_gen = self.link_gen;
+        let diskless = self.disk.is_none();
         loop {
             let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) else {
                 return;
             };
-            let Some(front) = link.recv_epochs.front_mut() else {
+            let Some(front) = link.recv_epochs.front() else {
                 return;
             };
             let Some(barrier) = front.barrier else { return };
-            if front.done < front.writes || front.flushing {
+            if front.done < front.writes {
                 return;
             }
             let writes = front.writes;
-            let epoch = link.recv_epoch_base;
-            if writes > 0 && self.disk.is_some() && !front.flush_done {
-                front.flushing = true;
-                self.submit(
-                    OpPurpose::EpochFlush(epoch),
-                    DiskArea::Data,
-                    0,
-                    DiskOpKind::Flush,
+            if front.flush_done || writes == 0 || diskless {
+                link.recv_epochs.pop_front();
+                link.recv_epoch_base += 1;
+                self.send(
+                    Socket::Meta,
+                    &Packet::BarrierAck(BarrierAck {
+                        barrier,
+                        set_size: writes,
+                    }),
                 );
+                continue;
+            }
+            if link.recv_flush_in_flight {
                 return;
             }
-            let link = self.link_mut();
-            link.recv_epochs.pop_front();
-            link.recv_epoch_base += 1;
-            self.send(
-                Socket::Meta,
-                &Packet::BarrierAck(BarrierAck {
-                    barrier,
-                    set_size: writes,
-                }),
+            // One flush makes every complete epoch durable: cover all consecutive ones.
+            let complete = link
+                .recv_epochs
+                .iter()
+                .take_while(|e| e.barrier.is_some() && e.done == e.writes)
+                .count() as u64;
+            let through = link.recv_epoch_base + complete - 1;
+            link.recv_flush_in_flight = true;
+            self.submit(
+                OpPurpose::EpochFlush { link_gen, through },
+                DiskArea::Data,
+                0,
+                DiskOpKind::Flush,
             );
+            return;
         }
     }
 
     pub(crate) fn on_epoch_flushed(
         &mut self,
-        epoch: u64,
+        link_gen: u64,
+        through: u64,
         result: Result<Option<Bytes>, DiskError>,
     ) {
         if result.is_err() {
             self.disk_failed();
         }
-        let gen_ok = self.link().is_some_and(|l| l.recv_epoch_base == epoch);
-        if !gen_ok {
+        if link_gen != self.link_gen || self.link().is_none() {
             return;
         }
         let link = self.link_mut();
-        if let Some(front) = link.recv_epochs.front_mut() {
-            front.flushing = false;
-            front.flush_done = true;
+        link.recv_flush_in_flight = false;
+        let base = link.recv_epoch_base;
+        for (i, e) in link.recv_epochs.iter_mut().enumerate() {
+            if base + i as u64 <= through {
+                e.flush_done = true;
+            }
         }
         self.finish_recv_epochs();
     }
