@@ -627,3 +627,41 @@ fn the_dynamic_resync_controller_with_defaults_ramps_past_resync_rate_and_stays_
     assert!(rate <= 102_400.0 * 1.05, "{rate} KiB/s");
     assert_eq!(c.data_area(0), c.data_area(1));
 }
+
+/// A write to a block the SyncTarget has just requested: the target holds the block for its
+/// resync request, the source must answer that request before the target can write the
+/// replicated data. The source's write may hold the block only until its local write is
+/// done; holding it until the peer's ack deadlocked (found by the simulator).
+#[test]
+fn a_write_racing_a_resync_request_for_the_same_block_completes() {
+    let mut c = synced_pair();
+    c.command(1, AdminCommand::Invalidate).unwrap();
+    c.run_until(Duration::from_secs(10), |c| {
+        c.conn(1) == ConnState::SyncTarget
+    });
+    // From here on both directions are held: bob's resync requests and alice's write cross.
+    c.partitioned = true;
+    c.run_until(Duration::from_secs(1), |c| {
+        c.status(1).peer.unwrap().rs_in_flight_sectors > 0
+    });
+    let id = c.request(0, |id| BlockRequest::Write {
+        id,
+        offset: 0,
+        data: Bytes::from(pattern(77, 4096)),
+        fua: false,
+    });
+    // Alice's write is submitted locally (and sent) before bob's requests reach her.
+    // (Only local events are queued while partitioned: every step is alice's or bob's own.)
+    while !c.disk_ops.is_empty() || !c.queue.is_empty() {
+        c.step();
+    }
+    c.partitioned = false;
+    let held: Vec<(usize, Input)> = std::mem::take(&mut c.held);
+    c.queue.extend(held);
+    assert_eq!(c.wait(0, id), Ok(None));
+    c.run_until(Duration::from_secs(60), |c| {
+        c.conn(1) == ConnState::Connected && c.status(1).disk == DiskState::UpToDate
+    });
+    assert_eq!(c.data_area(0), c.data_area(1));
+    assert_eq!(&c.data_area(1)[..4096], &pattern(77, 4096)[..]);
+}
