@@ -24,12 +24,16 @@
 //! A third test, [`both_sides_connect_and_the_race_resolves`], is the usual setup (each side
 //! can reach the other) started at the same time: whichever mix the race gives must connect.
 //!
-//! After the handshake each test makes udrbd `primary --force` on a data area full of random
-//! bytes, waits for the full sync to the kernel node (`UpToDate/UpToDate` in its `/proc/drbd`)
-//! and compares the md5 of both data areas (udrbd's backing file, the guest's `/dev/ram0` read
-//! with O_DIRECT). Then it writes, zeroes and trims through udrbd's NBD export and compares
-//! again. Finally the guest's `dmesg` must show the agreed protocol version and no protocol
-//! error.
+//! A fourth test, [`kernel_primary_syncs_to_udrbd`], turns the data around: the kernel node is
+//! Primary with random data and udrbd, on a zeroed disk, connects and becomes the SyncTarget of
+//! a full sync; then the kernel's own writes must replicate to udrbd (protocol C).
+//!
+//! After the handshake each of the first three tests makes udrbd `primary --force` on a data
+//! area full of random bytes, waits for the full sync to the kernel node (`UpToDate/UpToDate`
+//! in its `/proc/drbd`) and compares the md5 of both data areas (udrbd's backing file, the
+//! guest's `/dev/ram0` read with O_DIRECT). Then it writes, zeroes and trims through udrbd's NBD
+//! export and compares again. Finally the guest's `dmesg` must show the agreed protocol version
+//! and no protocol error.
 //!
 //! The tests need root only for `kdrbd-vm build` (apt-get: qemu-system-x86, busybox-static,
 //! cpio, kmod, and the kernel and drbd-utils packages); once the cache
@@ -360,15 +364,27 @@ struct Udrbd {
 }
 
 impl Udrbd {
+    /// A backing file full of random bytes (udrbd's data will be the data).
     fn prepare(ports: Ports) -> Udrbd {
+        Self::prepare_disk(ports, true)
+    }
+
+    /// A backing file of zeroes (written, not sparse): udrbd receives the kernel's data.
+    fn prepare_zeroed(ports: Ports) -> Udrbd {
+        Self::prepare_disk(ports, false)
+    }
+
+    fn prepare_disk(ports: Ports, random: bool) -> Udrbd {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("alice.img");
-        let mut random = vec![0u8; (SIZE_MIB << 20) as usize];
-        std::fs::File::open("/dev/urandom")
-            .unwrap()
-            .read_exact(&mut random)
-            .unwrap();
-        std::fs::write(&disk, &random).unwrap();
+        let mut contents = vec![0u8; (SIZE_MIB << 20) as usize];
+        if random {
+            std::fs::File::open("/dev/urandom")
+                .unwrap()
+                .read_exact(&mut contents)
+                .unwrap();
+        }
+        std::fs::write(&disk, &contents).unwrap();
         create_md(&disk);
         let config = dir.path().join("r0.res");
         // Timeouts are DRBD's (tenths of a second) but generous: the kernel runs under TCG.
@@ -668,6 +684,194 @@ fn both_sides_connect_and_the_race_resolves() {
         "expected two established DRBD sockets in the guest:\n{table}"
     );
     full_sync_then_writes(&u, &d, &vm);
+    vm.assert_clean_dmesg();
+    eprintln!("total {:.1?}", t0.elapsed());
+}
+
+/// The other direction of the data: the kernel node is the SyncSource. The guest boots
+/// `--role primary` (`primary --force` on its fresh RAM disk, still `WFConnection`) and fills
+/// its whole data area with random bytes; then udrbd starts on a zeroed backing file with fresh
+/// meta-data (`Inconsistent`) and connects to it (the kernel's peer port has no listener, as in
+/// [`udrbd_connects_to_a_waiting_kernel`]). udrbd's current UUID is "just created", so the
+/// kernel starts a full sync as SyncSource and udrbd, the SyncTarget, requests every block
+/// (in 8.4 the SyncTarget drives the resync). After `UpToDate/UpToDate` on both sides the data
+/// areas must be equal. Then the kernel writes blocks on `/dev/drbd0` (O_DIRECT and an fsync,
+/// protocol C): each must be in udrbd's backing file as soon as the guest's `dd` returns.
+#[test]
+fn kernel_primary_syncs_to_udrbd() {
+    ensure_vm_built();
+    let ports = Ports {
+        hp: 17341,
+        pp: 17342,
+        ap: 17343,
+        // The kernel's peer port: nothing listens there.
+        dead: 17342,
+        udrbd_listen: 17344,
+        udrbd_peer: 17341,
+    };
+    ports.check_free();
+    let t0 = Instant::now();
+    let len = DATA_KIB * 1024;
+    let u = Udrbd::prepare_zeroed(ports);
+    let vm = KernelVm::start_with(&u.vm_dir(), "ksrc", ports, &["--role", "primary"]);
+    let proc_drbd = vm.proc_drbd();
+    assert!(
+        proc_drbd.contains("cs:WFConnection ro:Primary/Unknown ds:UpToDate/DUnknown"),
+        "{proc_drbd}"
+    );
+    // The whole data area (16344 KiB = 681 × 24 KiB), random, while nobody is connected.
+    let t_fill = Instant::now();
+    vm.exec("dd if=/dev/urandom of=/dev/drbd0 bs=24k count=681 oflag=direct 2>&1");
+    let guest_before = vm.backing_md5(len);
+    eprintln!("guest data area filled in {:.1?}", t_fill.elapsed());
+    assert_ne!(
+        guest_before,
+        md5_hex(&vec![0u8; len as usize]),
+        "the guest's data area is still zero"
+    );
+    assert!(
+        u.data_area(len).iter().all(|&b| b == 0),
+        "udrbd's data area is not zero before the sync"
+    );
+
+    // udrbd connects; it must be the SyncTarget of a full sync. Sample its states until both
+    // sides are UpToDate.
+    let t_conn = Instant::now();
+    let d = u.start();
+    assert_eq!(d.ok(&["role", "r0"]).trim(), "Secondary/Unknown");
+    assert_eq!(d.ok(&["dstate", "r0"]).trim(), "Inconsistent/DUnknown");
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut connected_at = None;
+    let mut sync_target_at = None;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let cstate = d.ok(&["cstate", "r0"]).trim().to_string();
+        let dstate = d.ok(&["dstate", "r0"]).trim().to_string();
+        if connected_at.is_none() && cstate != "WFConnection" && cstate != "WFReportParams" {
+            connected_at = Some(t_conn.elapsed());
+        }
+        if sync_target_at.is_none() && cstate == "SyncTarget" {
+            sync_target_at = Some(t_conn.elapsed());
+        }
+        if seen.last() != Some(&(cstate.clone(), dstate.clone())) {
+            seen.push((cstate.clone(), dstate.clone()));
+        }
+        if cstate == "Connected" && dstate == "UpToDate/UpToDate" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "udrbd not Connected UpToDate/UpToDate after {WAIT:?}; states seen: {seen:?}\n{}\n{}",
+            d.log_text(),
+            vm.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let synced_at = t_conn.elapsed();
+    eprintln!(
+        "udrbd: handshake after {connected_at:.1?}, SyncTarget at {sync_target_at:.1?}, \
+         UpToDate/UpToDate at {synced_at:.1?}; states seen: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(c, ds)| c == "SyncTarget" && ds == "Inconsistent/UpToDate"),
+        "udrbd was never SyncTarget Inconsistent/UpToDate; states seen: {seen:?}\n{}",
+        d.log_text()
+    );
+    assert!(
+        !seen.iter().any(|(c, _)| c == "SyncSource"),
+        "udrbd was SyncSource; states seen: {seen:?}"
+    );
+    assert_eq!(d.ok(&["role", "r0"]).trim(), "Secondary/Primary");
+    let proc_drbd = vm.wait(
+        "cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    eprintln!("guest: {}", proc_drbd.trim());
+    let (accepted, outgoing, table) = vm.drbd_sockets();
+    assert_eq!(
+        (accepted, outgoing),
+        (2, 0),
+        "expected two sockets accepted by the guest only:\n{table}"
+    );
+    let dmesg = vm.exec("dmesg");
+    assert!(
+        dmesg.contains(&format!(
+            "Began resync as SyncSource (will sync {DATA_KIB} KB"
+        )),
+        "the guest did not begin a full sync as SyncSource:\n{dmesg}"
+    );
+    let host = md5_hex(&u.data_area(len));
+    assert_eq!(
+        vm.backing_md5(len),
+        guest_before,
+        "the guest's data changed during the sync"
+    );
+    assert_eq!(
+        host,
+        guest_before,
+        "udrbd's data differs from the kernel's after the full sync\n{}",
+        d.log_text()
+    );
+
+    // Writes on the kernel Primary, replicated with protocol C: once the guest's dd returns,
+    // udrbd has written the blocks. (offset KiB, length KiB): the first block, a single block,
+    // one 64 KiB write across a 4 MiB boundary (one AL extent to the next), the last block.
+    let t_writes = Instant::now();
+    let writes: [(u64, u64); 4] = [(0, 4), (1236, 4), (4096 - 32, 64), (DATA_KIB - 4, 4)];
+    for (i, &(off_kib, len_kib)) in writes.iter().enumerate() {
+        let out = vm.exec(&format!(
+            "dd if=/dev/urandom of=/tmp/w{i} bs=1024 count={len_kib} 2>/dev/null && \
+             dd if=/tmp/w{i} of=/dev/drbd0 bs={len_kib}k seek={} count=1 \
+             oflag=direct,seek_bytes conv=fsync 2>&1 && md5sum </tmp/w{i}",
+            off_kib << 10,
+        ));
+        let guest_md5 = out
+            .lines()
+            .last()
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("")
+            .to_string();
+        assert_eq!(guest_md5.len(), 32, "no md5 from the guest: {out}");
+        let data = u.data_area(len);
+        let (a, b) = (
+            (off_kib << 10) as usize,
+            ((off_kib + len_kib) << 10) as usize,
+        );
+        assert_eq!(
+            md5_hex(&data[a..b]),
+            guest_md5,
+            "the kernel's write of {len_kib} KiB at {off_kib} KiB is not in udrbd's backing \
+             file after the guest's dd returned (protocol C)\n{out}\n{}",
+            d.log_text()
+        );
+    }
+    eprintln!(
+        "{} writes from the kernel in {:.1?}",
+        writes.len(),
+        t_writes.elapsed()
+    );
+    let host = md5_hex(&u.data_area(len));
+    assert_ne!(host, guest_before);
+    assert_eq!(
+        vm.backing_md5(len),
+        host,
+        "the data areas differ after the kernel's writes\n{}",
+        d.log_text()
+    );
+    // The kernel sent the full sync and each write once (`ns` in KiB), and nothing is out of
+    // sync.
+    let sent_kib = DATA_KIB + writes.iter().map(|w| w.1).sum::<u64>();
+    let proc_drbd = vm.proc_drbd();
+    assert!(
+        proc_drbd.contains("cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate")
+            && proc_drbd.contains(&format!("ns:{sent_kib} nr:0 "))
+            && proc_drbd.contains("oos:0"),
+        "expected ns:{sent_kib} and oos:0: {proc_drbd}"
+    );
+    assert_eq!(d.ok(&["cstate", "r0"]).trim(), "Connected");
+    assert_eq!(d.ok(&["dstate", "r0"]).trim(), "UpToDate/UpToDate");
     vm.assert_clean_dmesg();
     eprintln!("total {:.1?}", t0.elapsed());
 }
