@@ -113,27 +113,6 @@ fn data_bytes(node: &Node) -> u64 {
     kib * 1024
 }
 
-fn wait_connected(p: &Pair) {
-    for n in p.nodes() {
-        let o = n.cli(&["wait-connect", PAIR_RESOURCE, "--timeout", "30"]);
-        assert!(
-            o.status.success(),
-            "{}: wait-connect: {}\n{}",
-            n.name,
-            String::from_utf8_lossy(&o.stderr),
-            p.logs()
-        );
-    }
-}
-
-fn wait_up_to_date(p: &Pair) {
-    p.wait_for_both("UpToDate/UpToDate, Established", WAIT, |_, s| {
-        json_disk_state(s) == "UpToDate"
-            && json_peer_disk_state(s) == "UpToDate"
-            && json_replication_state(s) == "Established"
-    });
-}
-
 fn wait_standalone(p: &Pair, what: &str) {
     p.wait_for_both(what, WAIT, |_, s| json_connection_state(s) == "StandAlone");
 }
@@ -142,10 +121,10 @@ fn wait_standalone(p: &Pair, what: &str) {
 /// --clear-bitmap`), both Secondary. Returns it with the data area's size.
 fn up_to_date_pair(opts: PairOptions) -> (Pair, u64) {
     let p = Pair::start(opts);
-    wait_connected(&p);
+    p.wait_connected(30);
     p.alice
         .ok(&["new-current-uuid", PAIR_RESOURCE, "--clear-bitmap"]);
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     let size = data_bytes(&p.alice);
     (p, size)
 }
@@ -218,7 +197,7 @@ fn corrupted_secondary_is_repaired_by(start: impl FnOnce(&Pair)) {
     let (p, size) = up_to_date_pair(options("", ""));
     p.alice.ok(&["primary", PAIR_RESOURCE]);
     write_through(&p, &p.alice, &some_writes(size));
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     assert_identical(&p, size);
     let received_before = p.bob.status_json()["connections"][0]["peer_devices"][0]["received"]
         .as_u64()
@@ -233,7 +212,7 @@ fn corrupted_secondary_is_repaired_by(start: impl FnOnce(&Pair)) {
     }
 
     start(&p);
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     assert_identical(&p, size);
     // A full resync: bob received at least the whole data area again.
     let received_after = p.bob.status_json()["connections"][0]["peer_devices"][0]["received"]
@@ -248,7 +227,7 @@ fn corrupted_secondary_is_repaired_by(start: impl FnOnce(&Pair)) {
     );
     // And replication still works after it.
     write_through(&p, &p.alice, &[(0x66, 5 * MIB, 4096)]);
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     assert_identical(&p, size);
 }
 
@@ -578,7 +557,7 @@ fn an_unresolved_split_brain_is_reported_and_resolved_by_discard_my_data() {
     p.bob.ok(&["disconnect", PAIR_RESOURCE]);
     p.bob.ok(&["connect", PAIR_RESOURCE, "--discard-my-data"]);
     p.alice.ok(&["connect", PAIR_RESOURCE]);
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     assert_identical(&p, size);
     assert!(
         p.alice.data_area(size) == alice_data,
@@ -612,7 +591,7 @@ fn discard_zero_changes_recovers_from_the_side_with_changes() {
     for n in p.nodes() {
         n.ok(&["connect", PAIR_RESOURCE]);
     }
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     assert_identical(&p, size);
     assert!(
         p.alice.data_area(size) == bob_data,
@@ -663,7 +642,7 @@ fn discard_least_changes_overwrites_the_side_with_fewer_changes() {
     for n in p.nodes() {
         n.ok(&["connect", PAIR_RESOURCE]);
     }
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     assert_identical(&p, size);
     let alice_now = p.alice.data_area(size);
     assert!(

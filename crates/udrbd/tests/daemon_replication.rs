@@ -37,37 +37,6 @@ fn data_bytes(node: &Node) -> u64 {
     kib * 1024
 }
 
-fn wait_connected(p: &Pair) {
-    for n in p.nodes() {
-        // `up` (at start) has connected by the time the daemon answers: fail fast if not.
-        assert_ne!(
-            n.cstate(),
-            "StandAlone",
-            "{}: not connecting\n{}",
-            n.name,
-            p.logs()
-        );
-    }
-    for n in p.nodes() {
-        let o = n.cli(&["wait-connect", "r0", "--timeout", "60"]);
-        assert!(
-            o.status.success(),
-            "{}: wait-connect: {}\n{}",
-            n.name,
-            String::from_utf8_lossy(&o.stderr),
-            p.logs()
-        );
-    }
-}
-
-fn wait_up_to_date(p: &Pair) {
-    p.wait_for_both("UpToDate/UpToDate, Established", WAIT, |_, s| {
-        json_disk_state(s) == "UpToDate"
-            && json_peer_disk_state(s) == "UpToDate"
-            && json_replication_state(s) == "Established"
-    });
-}
-
 /// KiB written by [`write_through_alice`].
 const WRITTEN_KIB: u64 = 1024 + 64 + 4 + 1024 + 4;
 
@@ -122,18 +91,18 @@ fn assert_identical(p: &Pair, size: u64) {
 fn initial_full_sync_then_replicated_writes() {
     require_libnbd();
     let p = Pair::start(PairOptions::default());
-    wait_connected(&p);
+    p.wait_connected(60);
     assert_eq!(p.alice.cstate(), "Connected");
     assert_eq!(p.alice.dstate(), "Inconsistent/Inconsistent");
     assert_eq!(p.bob.role(), "Secondary/Secondary");
     p.alice.ok(&["primary", "r0", "--force"]);
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     assert_eq!(p.alice.role(), "Primary/Secondary");
     assert_eq!(p.bob.role(), "Secondary/Primary");
     assert_eq!(p.bob.dstate(), "UpToDate/UpToDate");
     let size = data_bytes(&p.alice);
     write_through_alice(&p, size);
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     assert_identical(&p, size);
 }
 
@@ -141,14 +110,14 @@ fn initial_full_sync_then_replicated_writes() {
 fn skip_initial_sync_with_new_current_uuid_clear_bitmap() {
     require_libnbd();
     let p = Pair::start(PairOptions::default());
-    wait_connected(&p);
+    p.wait_connected(60);
     p.alice.ok(&["new-current-uuid", "r0", "--clear-bitmap"]);
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     // UpToDate on both: a plain promotion works.
     p.alice.ok(&["primary", "r0"]);
     let size = data_bytes(&p.alice);
     write_through_alice(&p, size);
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     assert_identical(&p, size);
 }
 
@@ -160,14 +129,14 @@ fn protocol_a_with_cram_hmac_and_a_dynamic_resync_controller() {
         disk: "c-plan-ahead 5; c-fill-target 1M; resync-rate 50M; c-max-rate 500M;".into(),
         ..PairOptions::default()
     });
-    wait_connected(&p);
+    p.wait_connected(60);
     p.alice.ok(&["primary", "r0", "--force"]);
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     let size = data_bytes(&p.alice);
     let written = |s: &serde_json::Value| s["devices"][0]["written"].as_u64().unwrap_or(0);
     let before = written(&p.bob.status_json());
     write_through_alice(&p, size);
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     // Protocol A completes writes before the peer has them: wait for bob's write counter to
     // count every KiB written (the flush should already have waited for the barrier ack).
     p.bob.wait_for("every write on bob", WAIT, |s| {
@@ -180,9 +149,9 @@ fn protocol_a_with_cram_hmac_and_a_dynamic_resync_controller() {
 fn a_killed_secondary_resyncs_what_it_missed() {
     require_libnbd();
     let mut p = Pair::start(PairOptions::default());
-    wait_connected(&p);
+    p.wait_connected(60);
     p.alice.ok(&["new-current-uuid", "r0", "--clear-bitmap"]);
-    wait_up_to_date(&p);
+    p.wait_up_to_date(WAIT);
     p.alice.ok(&["primary", "r0"]);
     p.bob.kill_9();
     p.alice.wait_for("the peer gone", WAIT, |s| {
@@ -191,8 +160,8 @@ fn a_killed_secondary_resyncs_what_it_missed() {
     let size = data_bytes(&p.alice);
     write_through_alice(&p, size);
     p.bob.restart();
-    wait_connected(&p);
-    wait_up_to_date(&p);
+    p.wait_connected(60);
+    p.wait_up_to_date(WAIT);
     assert_identical(&p, size);
 }
 

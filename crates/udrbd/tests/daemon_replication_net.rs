@@ -161,31 +161,6 @@ fn resync_done_percent(s: &serde_json::Value) -> Option<f64> {
     s["connections"][0]["peer_devices"][0]["percent-resync-done"].as_f64()
 }
 
-fn wait_connected(p: &Pair) {
-    for n in p.nodes() {
-        let o = n.cli(&["wait-connect", "r0", "--timeout", "60"]);
-        assert!(
-            o.status.success(),
-            "{}: wait-connect: {}\n{}",
-            n.name,
-            String::from_utf8_lossy(&o.stderr),
-            p.logs()
-        );
-    }
-}
-
-fn up_to_date(s: &serde_json::Value) -> bool {
-    json_disk_state(s) == "UpToDate"
-        && json_peer_disk_state(s) == "UpToDate"
-        && json_replication_state(s) == "Established"
-}
-
-fn wait_up_to_date(p: &Pair, timeout: Duration) {
-    p.wait_for_both("UpToDate/UpToDate, Established", timeout, |_, s| {
-        up_to_date(s)
-    });
-}
-
 /// Both nodes lost the connection (neither `Connected` nor in a resync).
 fn wait_disconnected(p: &Pair) {
     p.wait_for_both("the connection lost on both", WAIT, |_, s| {
@@ -196,9 +171,9 @@ fn wait_disconnected(p: &Pair) {
 /// A pair that skipped the initial sync, alice Primary.
 fn start_primary_pair(opts: PairOptions) -> Pair {
     let p = Pair::start(opts);
-    wait_connected(&p);
+    p.wait_connected(60);
     p.alice.ok(&["new-current-uuid", "r0", "--clear-bitmap"]);
-    wait_up_to_date(&p, WAIT);
+    p.wait_up_to_date(WAIT);
     p.alice.ok(&["primary", "r0"]);
     p
 }
@@ -225,7 +200,7 @@ fn start_pair_with_random_alice(opts: PairOptions) -> (Pair, u64) {
     for n in p.nodes() {
         n.ok(&["up", "r0"]);
     }
-    wait_connected(&p);
+    p.wait_connected(60);
     assert_eq!(p.alice.dstate(), "Inconsistent/Inconsistent");
     (p, size)
 }
@@ -425,7 +400,7 @@ fn initial_full_sync_sends_the_device_and_ends_identical() {
     let nft = NftTable::for_pair(p.alice.address, p.bob.address);
     let t0 = Instant::now();
     p.alice.ok(&["primary", "r0", "--force"]);
-    wait_up_to_date(&p, WAIT);
+    p.wait_up_to_date(WAIT);
     let elapsed = t0.elapsed();
     let (a2b, b2a) = (nft.bytes(Direction::AToB), nft.bytes(Direction::BToA));
     println!(
@@ -562,7 +537,7 @@ fn incremental_resync_sends_only_what_changed() {
     nft.reset();
     let t0 = Instant::now();
     p.alice.ok(&["connect", "r0"]);
-    wait_up_to_date(&p, WAIT);
+    p.wait_up_to_date(WAIT);
     let elapsed = t0.elapsed();
     let (a2b, b2a) = (nft.bytes(Direction::AToB), nft.bytes(Direction::BToA));
     let ratio = a2b as f64 / changed as f64;
@@ -608,7 +583,7 @@ fn resync_interrupted_by_a_partition_resumes_without_starting_over() {
             break done;
         }
         assert!(
-            Instant::now() < deadline && !up_to_date(&s),
+            Instant::now() < deadline && !json_up_to_date(&s),
             "the resync did not reach 50%: {s}\n{}",
             p.logs()
         );
@@ -641,7 +616,7 @@ fn resync_interrupted_by_a_partition_resumes_without_starting_over() {
     loop {
         let s = p.alice.status_json();
         highest_oos_after = highest_oos_after.max(out_of_sync_kib(&s));
-        if up_to_date(&s) && up_to_date(&p.bob.status_json()) {
+        if json_up_to_date(&s) && json_up_to_date(&p.bob.status_json()) {
             break;
         }
         assert!(
@@ -705,7 +680,7 @@ fn dynamic_resync_controller_with_drbd_defaults_completes_a_resync() {
         if resync_done_percent(&s).is_some() {
             samples.push((Instant::now(), out_of_sync_kib(&s)));
         }
-        if up_to_date(&s) && up_to_date(&sb) {
+        if json_up_to_date(&s) && json_up_to_date(&sb) {
             break;
         }
         assert!(

@@ -401,6 +401,38 @@ impl Pair {
         )
     }
 
+    /// Both nodes reach Connected (or a sync state) within `timeout_secs` (`wait-connect`);
+    /// a node that went StandAlone fails at once.
+    pub fn wait_connected(&self, timeout_secs: u32) {
+        for n in self.nodes() {
+            assert_ne!(
+                n.cstate(),
+                "StandAlone",
+                "{}: not connecting\n{}",
+                n.name,
+                self.logs()
+            );
+        }
+        let timeout = timeout_secs.to_string();
+        for n in self.nodes() {
+            let o = n.cli(&["wait-connect", PAIR_RESOURCE, "--timeout", &timeout]);
+            assert!(
+                o.status.success(),
+                "{}: wait-connect: {}\n{}",
+                n.name,
+                String::from_utf8_lossy(&o.stderr),
+                self.logs()
+            );
+        }
+    }
+
+    /// Both nodes UpToDate/UpToDate and Established within `timeout`.
+    pub fn wait_up_to_date(&self, timeout: Duration) {
+        self.wait_for_both("UpToDate/UpToDate, Established", timeout, |_, s| {
+            json_up_to_date(s)
+        });
+    }
+
     /// Waits until `predicate` holds for both nodes' `status --json` (each node's first
     /// resource object), polling; panics with both logs after `timeout`.
     pub fn wait_for_both(
@@ -533,6 +565,13 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The `connection-state` of a resource object of `status --json` (its first connection).
+/// UpToDate/UpToDate and Established in a `status --json` resource object.
+pub fn json_up_to_date(status: &serde_json::Value) -> bool {
+    json_disk_state(status) == "UpToDate"
+        && json_peer_disk_state(status) == "UpToDate"
+        && json_replication_state(status) == "Established"
+}
+
 pub fn json_connection_state(status: &serde_json::Value) -> &str {
     status["connections"][0]["connection-state"]
         .as_str()
