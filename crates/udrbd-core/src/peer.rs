@@ -83,8 +83,6 @@ pub(crate) struct Peer {
     pub(crate) next_epoch: u64,
     pub(crate) sent_bytes: u64,
     pub(crate) received_bytes: u64,
-    /// A reconnect is due at this time (after connect-int, following a failure).
-    pub(crate) reconnect_at: Option<Instant>,
     /// The listener is open.
     pub(crate) listening: bool,
     /// Bytes queued and reported sent per socket while the setup machine owns them: the
@@ -213,7 +211,6 @@ impl Peer {
             next_epoch: 0,
             sent_bytes: 0,
             received_bytes: 0,
-            reconnect_at: None,
             listening: false,
             setup_bytes: BTreeMap::new(),
         }
@@ -541,7 +538,6 @@ impl Resource {
             .with_first_outgoing_id(first);
         setup.handle(now, SetupInput::Start);
         p.setup = Some(setup);
-        p.reconnect_at = None;
         self.set_conn(ConnState::WfConnection);
         self.drive_setup();
     }
@@ -986,12 +982,9 @@ impl Resource {
             return;
         }
         if let Some(d) = self.disk.as_mut() {
-            let first = offset / udrbd_meta::BM_BLOCK_SIZE;
-            let end = (offset + len)
-                .div_ceil(udrbd_meta::BM_BLOCK_SIZE)
-                .min(d.bitmap.bits());
-            if first < end {
-                d.bitmap.set_range(first..end);
+            let bits = bits_of(offset, len, d.bitmap.bits());
+            if !bits.is_empty() {
+                d.bitmap.set_range(bits);
             }
         }
         self.forget_unflushed(offset, len);
@@ -1801,9 +1794,7 @@ impl Resource {
         let resync = link.and_then(|l| l.resync.as_ref()).map(|r| {
             let left = self.disk.as_ref().map_or(0, |d| d.bitmap.count());
             let marks = r.controller.marks();
-            let progress = marks.progress(self.now, left);
             let last = marks.last();
-            let _ = progress;
             ResyncStatus {
                 total_sectors: r.total_bits * udrbd_meta::SECTORS_PER_BIT,
                 left_sectors: left * udrbd_meta::SECTORS_PER_BIT,
@@ -1883,6 +1874,13 @@ impl Resource {
             }
         }
     }
+}
+
+/// The bitmap bits (4 KiB blocks) a byte range touches, within a bitmap of `bits` bits.
+pub(crate) fn bits_of(offset: u64, len: u64, bits: u64) -> std::ops::Range<u64> {
+    let first = offset / udrbd_meta::BM_BLOCK_SIZE;
+    let end = (offset + len).div_ceil(udrbd_meta::BM_BLOCK_SIZE).min(bits);
+    first..end.max(first)
 }
 
 /// Packs a byte length into a block ack's `blksize`.

@@ -270,27 +270,57 @@ impl Resource {
         flags: DpFlags,
         protocol: WireProtocol,
     ) {
-        let block_id = self.new_block_id();
-        let seq_num = self.next_seq();
         let len = data.len() as u64;
         self.peer.as_mut().expect("peer").sent_bytes += len;
-        self.send(
-            Socket::Data,
-            &Packet::Data(DataPacket {
-                header: DataHeader {
-                    sector: offset / 512,
-                    block_id: BlockId(block_id),
-                    seq_num,
-                    dp_flags: flags,
-                },
+        self.send_write_part(id, offset, len, flags, protocol, |header| {
+            Packet::Data(DataPacket {
+                header,
                 digest: Digest::EMPTY,
                 data,
+            })
+        });
+    }
+
+    fn send_trim_packet(
+        &mut self,
+        id: BlockRequestId,
+        offset: u64,
+        len: u64,
+        flags: DpFlags,
+        protocol: WireProtocol,
+    ) {
+        self.send_write_part(id, offset, len, flags, protocol, |header| {
+            Packet::Trim(Trim {
+                header,
+                size: len as u32,
+            })
+        });
+    }
+
+    /// Sends one part of a write (the packet built around its p_data header) and tracks it
+    /// until the protocol's acknowledgement.
+    fn send_write_part(
+        &mut self,
+        id: BlockRequestId,
+        offset: u64,
+        len: u64,
+        flags: DpFlags,
+        protocol: WireProtocol,
+        packet: impl FnOnce(DataHeader) -> Packet,
+    ) {
+        let block_id = self.new_block_id();
+        let seq_num = self.next_seq();
+        self.send(
+            Socket::Data,
+            &packet(DataHeader {
+                sector: offset / 512,
+                block_id: BlockId(block_id),
+                seq_num,
+                dp_flags: flags,
             }),
         );
         let queued_end = self.link().expect("link").data_queued;
-        let now = self.now;
-        self.link_mut().sent_log.push_back((block_id, now));
-        self.link_mut().sent.insert(
+        self.track_sent(
             block_id,
             SentRequest::Write {
                 request: id,
@@ -302,41 +332,12 @@ impl Resource {
         );
     }
 
-    fn send_trim_packet(
-        &mut self,
-        id: BlockRequestId,
-        offset: u64,
-        len: u64,
-        flags: DpFlags,
-        protocol: WireProtocol,
-    ) {
-        let block_id = self.new_block_id();
-        let seq_num = self.next_seq();
-        self.send(
-            Socket::Data,
-            &Packet::Trim(Trim {
-                header: DataHeader {
-                    sector: offset / 512,
-                    block_id: BlockId(block_id),
-                    seq_num,
-                    dp_flags: flags,
-                },
-                size: len as u32,
-            }),
-        );
-        let queued_end = self.link().expect("link").data_queued;
+    /// Records a request sent to the peer (answered by block id; ko-count watches its age).
+    fn track_sent(&mut self, block_id: u64, sent: SentRequest) {
         let now = self.now;
-        self.link_mut().sent_log.push_back((block_id, now));
-        self.link_mut().sent.insert(
-            block_id,
-            SentRequest::Write {
-                request: id,
-                offset,
-                len,
-                queued_end,
-                ack: protocol,
-            },
-        );
+        let link = self.link_mut();
+        link.sent_log.push_back((block_id, now));
+        link.sent.insert(block_id, sent);
     }
 
     /// Sends a read to the peer (the local disk is not UpToDate); returns the parts.
@@ -356,11 +357,7 @@ impl Resource {
                     pad: 0,
                 }),
             );
-            let now = self.now;
-            self.link_mut().sent_log.push_back((block_id, now));
-            self.link_mut()
-                .sent
-                .insert(block_id, SentRequest::Read { request: id });
+            self.track_sent(block_id, SentRequest::Read { request: id });
             parts += 1;
             done += n;
         }
@@ -665,15 +662,8 @@ impl Resource {
         if result.is_err() {
             if current {
                 let seq = self.next_seq();
-                let packet = match pw.kind {
-                    PeerWriteKind::Resync => {
-                        Packet::NegAck(ack_for(pw.sector, pw.block_id, pw.len as u32, seq))
-                    }
-                    PeerWriteKind::Data { .. } => {
-                        Packet::NegAck(ack_for(pw.sector, pw.block_id, pw.len as u32, seq))
-                    }
-                };
-                self.send(Socket::Meta, &packet);
+                let ack = ack_for(pw.sector, pw.block_id, pw.len as u32, seq);
+                self.send(Socket::Meta, &Packet::NegAck(ack));
                 if pw.kind != PeerWriteKind::Resync {
                     self.recv_epoch_write_done(pw.epoch);
                 }
@@ -959,12 +949,9 @@ impl Resource {
     /// The source: the target wrote these blocks.
     fn clear_in_sync(&mut self, offset: u64, len: u64) {
         if let Some(d) = self.disk.as_mut() {
-            let first = offset / udrbd_meta::BM_BLOCK_SIZE;
-            let end = (offset + len)
-                .div_ceil(udrbd_meta::BM_BLOCK_SIZE)
-                .min(d.bitmap.bits());
-            if first < end {
-                d.bitmap.clear_range(first..end);
+            let bits = crate::peer::bits_of(offset, len, d.bitmap.bits());
+            if !bits.is_empty() {
+                d.bitmap.clear_range(bits);
             }
         }
     }
