@@ -15,7 +15,9 @@ use udrbd_meta::activity_log::{self, AlTransaction, BITS_PER_AL_EXTENT, ReplayOu
 use udrbd_meta::superblock::SuperblockError;
 use udrbd_meta::{ActivityLog, BLOCK_4K, Bitmap, Layout, Magic, MdFlags, Superblock};
 
-use crate::engine::{AlWriter, Disk, OpPurpose, Pending, Resource};
+use crate::engine::{
+    AlWriter, Disk, DiskFailure, LocalIoError, OnIoError, OpPurpose, Pending, Resource,
+};
 use crate::state::{CommandError, DiskState, Role, StateChangeError};
 use crate::types::*;
 
@@ -59,6 +61,9 @@ pub(crate) enum DetachStep {
     InitializeAl,
     /// Writing the clean superblock (clean detach only).
     Superblock { version: u64 },
+    /// After a disk failure whose bitmap write-out failed following a read error: the
+    /// superblock with MDF_FULL_SYNC (this version) is being written.
+    FullSyncSuperblock { version: u64 },
     /// After a disk failure: bitmap written (best effort), now drop the disk.
     Release,
 }
@@ -77,6 +82,8 @@ impl Resource {
         }
         let offset = Layout::superblock_byte_for(params.meta_kind, params.meta_device_bytes)
             .map_err(|_| CommandError::NoValidMetaData)?;
+        // The error kinds and the force-detach state of the last attach are forgotten.
+        self.disk_errors = crate::engine::DiskErrors::default();
         self.disk_state = DiskState::Attaching;
         self.state_changed();
         self.submit(
@@ -348,13 +355,19 @@ impl Resource {
         if self.disk.is_none() {
             return Err(CommandError::NoDiskConfig);
         }
-        if self.role == Role::Primary && !force {
-            // The only UpToDate copy of a Primary's data (no peer connected yet).
+        let peer_up_to_date = self.replicating()
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.peer_disk == DiskState::UpToDate);
+        if self.role == Role::Primary && !force && !peer_up_to_date {
+            // The only UpToDate copy of a Primary's data.
             return Err(CommandError::StateChange(StateChangeError::NoUpToDateDisk));
         }
         if force {
-            self.disk_failed();
-            return Ok(Some(Pending::Detach(DetachStep::Drain)));
+            self.force_detach(DiskFailure::Forced);
+            // The failure's detach took the pending slot; this command only started it.
+            return Ok(None);
         }
         Ok(Some(Pending::Detach(DetachStep::Drain)))
     }
@@ -464,22 +477,89 @@ impl Resource {
         Ok(Some(Pending::Detach(DetachStep::Drain)))
     }
 
-    /// A local IO error (on-io-error detach) or `detach --force`: the disk is Failed; it is
-    /// released once its operations returned and the bitmap was written (best effort).
-    pub(crate) fn disk_failed(&mut self) {
-        if self.disk.is_none() || self.disk_state == DiskState::Failed {
+    /// A local IO error: counted, remembered for this attach, then handled by the
+    /// `on-io-error` policy (a meta-data error always detaches).
+    pub(crate) fn local_io_error(&mut self, kind: LocalIoError) {
+        if self.disk.is_none() || self.disk_errors.abandoning {
             return;
         }
         if matches!(self.pending, Some((_, Pending::Attach(_)))) {
             return self.attach_failed(CommandError::MetaDataIo);
         }
-        self.disk_state = DiskState::Failed;
-        self.state_changed();
-        self.send_state();
-        // Writes waiting for the AL can no longer be written.
-        let waiting: Vec<BlockRequestId> = self.al_waiting.drain(..).collect();
-        for id in waiting {
-            self.fail_request(id);
+        self.disk_errors.count += 1;
+        let failure = match kind {
+            LocalIoError::Read => {
+                self.disk_errors.read_error = true;
+                DiskFailure::ReadError
+            }
+            LocalIoError::Write => DiskFailure::WriteError,
+            LocalIoError::MetaData => DiskFailure::MetaDataError,
+        };
+        if self.disk_state == DiskState::Failed {
+            // Already on the way to Diskless (a bitmap page of the detach, a late error).
+            return;
+        }
+        let policy = match kind {
+            LocalIoError::MetaData if self.config.on_io_error == OnIoError::PassOn => {
+                OnIoError::Detach
+            }
+            _ => self.config.on_io_error,
+        };
+        self.log(
+            LogLevel::Error,
+            format!(
+                "Local IO failed ({}); on-io-error {policy:?}",
+                failure.words()
+            ),
+        );
+        match policy {
+            OnIoError::PassOn => {
+                if self.disk_state > DiskState::Inconsistent {
+                    self.disk_state = DiskState::Inconsistent;
+                    self.update_md_flags();
+                    self.state_changed();
+                    self.send_state();
+                }
+            }
+            OnIoError::CallLocalIoError => {
+                // Before anything is aborted or the peer learns about it: the handler may
+                // hard-reset the node.
+                self.outputs.push_back(Output::Event(Event::Handler {
+                    name: "local-io-error",
+                }));
+                self.disk_failed(failure);
+            }
+            OnIoError::Detach => self.disk_failed(failure),
+        }
+    }
+
+    /// The disk is Failed: on its way to Diskless. New IO is served by the peer; IO already
+    /// submitted is waited for (unless force-detached); then the bitmap is written and the
+    /// disk released.
+    pub(crate) fn disk_failed(&mut self, failure: DiskFailure) {
+        if self.disk.is_none() {
+            return;
+        }
+        if matches!(self.pending, Some((_, Pending::Attach(_)))) {
+            return self.attach_failed(CommandError::MetaDataIo);
+        }
+        if self.disk_errors.failure.is_none() {
+            self.disk_errors.failure = Some(failure);
+        }
+        if self.disk_state != DiskState::Failed {
+            self.disk_state = DiskState::Failed;
+            self.log(
+                LogLevel::Warn,
+                format!("disk Failed ({}): detaching", failure.words()),
+            );
+            self.state_changed();
+            self.send_state();
+            // Writes waiting for the AL are served by the peer alone now.
+            let waiting: Vec<BlockRequestId> = self.al_waiting.drain(..).collect();
+            for id in waiting {
+                self.release_held_extents(id);
+                self.serve_without_local_disk(id);
+            }
         }
         match &self.pending {
             None => self.pending = Some((CommandId(0), Pending::Detach(DetachStep::Drain))),
@@ -492,6 +572,77 @@ impl Resource {
         }
     }
 
+    /// disk-timeout or `detach --force`: the disk is Failed and every outstanding operation
+    /// is abandoned now. Their late completions are dropped (the generation moves on); a
+    /// request's local part counts as failed: reads go to the peer, writes complete when the
+    /// peer has them (their blocks are out of sync here).
+    pub(crate) fn force_detach(&mut self, failure: DiskFailure) {
+        if self.disk.is_none() {
+            return;
+        }
+        if matches!(self.pending, Some((_, Pending::Attach(_)))) {
+            return self.attach_failed(CommandError::MetaDataIo);
+        }
+        if failure == DiskFailure::Timeout {
+            self.disk_errors.count += 1;
+        }
+        self.disk_errors.forced = true;
+        if self.disk_errors.failure.is_none() || self.disk_state != DiskState::Failed {
+            self.disk_errors.failure = Some(failure);
+        }
+        self.disk_failed(failure);
+        self.abandon_outstanding_ops();
+    }
+
+    /// Moves every outstanding operation to the stuck count of this generation and starts a
+    /// new one; ties up whatever waited for them.
+    fn abandon_outstanding_ops(&mut self) {
+        let outstanding = std::mem::take(&mut self.ops);
+        if outstanding.is_empty() {
+            return;
+        }
+        *self.stale_ops.entry(self.generation).or_default() += outstanding.len() as u64;
+        self.generation += 1;
+        self.next_sequence = 0;
+        self.op_started.clear();
+        let eio = || Err(DiskError { errno: 5 });
+        self.disk_errors.abandoning = true;
+        for (_, purpose) in outstanding {
+            match purpose {
+                OpPurpose::Request(id) => self.local_part_abandoned(id),
+                OpPurpose::BitmapPage(page) => {
+                    if let Some(d) = self.disk.as_mut() {
+                        d.pages_in_flight.remove(&page);
+                        // Its contents are unknown on disk now: dirty again in memory.
+                        d.bitmap.mark_dirty(page);
+                    }
+                }
+                OpPurpose::AlTransaction => {
+                    if let Some(d) = self.disk.as_mut() {
+                        d.al_writer = AlWriter::Idle;
+                    }
+                }
+                OpPurpose::Superblock(_) => {
+                    if let Some(d) = self.disk.as_mut() {
+                        d.sb_in_flight = false;
+                    }
+                }
+                OpPurpose::PeerWrite(id) => self.on_peer_write_done(id, eio()),
+                OpPurpose::PeerRead(id) => self.on_peer_read_done(id, eio()),
+                OpPurpose::EpochFlush { link_gen, through } => {
+                    self.on_epoch_flushed(link_gen, through, eio())
+                }
+                OpPurpose::ResyncFlush => self.on_resync_flushed(eio()),
+                OpPurpose::ReadSuperblock
+                | OpPurpose::ReadActivityLog
+                | OpPurpose::ReadBitmap { .. }
+                | OpPurpose::AlInitialize => {}
+            }
+        }
+        self.disk_errors.abandoning = false;
+    }
+
+    /// Advances the pending command, if any.
     /// Advances the pending command, if any.
     pub(crate) fn drive_pending_command(&mut self) {
         let Some((id, pending)) = self.pending.clone() else {
@@ -502,8 +653,12 @@ impl Resource {
                 let done = self.drive_attach(step);
                 if done {
                     self.state_changed();
+                    self.pending = None;
+                    self.finish_command(id, Ok(()));
+                    self.handshake_after_attach();
+                    return;
                 }
-                done
+                false
             }
             Pending::Primary { sb_version } => {
                 let durable = self
@@ -568,27 +723,62 @@ impl Resource {
                 if busy {
                     return false;
                 }
-                if !failed {
-                    self.write_dirty_pages();
-                }
+                // "Always write the bitmap on detach": also after a failure (best effort).
+                self.write_dirty_pages();
                 self.set_detach_step(DetachStep::WriteBitmap);
                 false
             }
             DetachStep::WriteBitmap => {
+                if failed && self.disk_errors.forced {
+                    // Force-detached: nothing is waited for; what is in flight is stuck.
+                    self.set_detach_step(DetachStep::Release);
+                    return self.drive_detach(DetachStep::Release);
+                }
                 let in_flight = self
                     .disk
                     .as_ref()
                     .is_some_and(|d| !d.pages_in_flight.is_empty());
                 if in_flight || (!failed && !self.bitmap_is_durable()) {
+                    if !failed {
+                        self.write_dirty_pages();
+                    }
                     return false;
                 }
                 if failed {
+                    if self.disk_errors.bitmap_write_failed
+                        && self.disk_errors.read_error
+                        && !self.disk_errors.superblock_write_failed
+                    {
+                        // The bits of the bad blocks did not reach the disk: the next attach
+                        // must sync everything.
+                        let d = self.disk.as_mut().expect("attached");
+                        d.sb.flags.set(MdFlags::FULL_SYNC, true);
+                        d.sb_version += 1;
+                        let version = d.sb_version;
+                        self.log(
+                            LogLevel::Error,
+                            "bitmap write-out failed after a read error: setting MDF_FULL_SYNC"
+                                .to_string(),
+                        );
+                        self.set_detach_step(DetachStep::FullSyncSuperblock { version });
+                        return false;
+                    }
                     self.set_detach_step(DetachStep::Release);
                     return self.drive_detach(DetachStep::Release);
                 }
                 self.set_detach_step(DetachStep::InitializeAl);
                 self.initialize_activity_log();
                 false
+            }
+            DetachStep::FullSyncSuperblock { version } => {
+                let written = self.disk.as_ref().is_some_and(|d| d.sb_durable >= version);
+                let in_flight = self.disk.as_ref().is_some_and(|d| d.sb_in_flight);
+                let gave_up = self.disk_errors.superblock_write_failed && !in_flight;
+                if !(written || gave_up || self.disk_errors.forced) {
+                    return false;
+                }
+                self.set_detach_step(DetachStep::Release);
+                self.drive_detach(DetachStep::Release)
             }
             DetachStep::InitializeAl => {
                 if self.ops.values().any(|p| *p == OpPurpose::AlInitialize) {
@@ -611,11 +801,11 @@ impl Resource {
                 self.drive_detach(DetachStep::Release)
             }
             DetachStep::Release => {
-                if self
+                let md_in_flight = self
                     .ops
                     .values()
-                    .any(|p| matches!(p, OpPurpose::BitmapPage(_)))
-                {
+                    .any(|p| matches!(p, OpPurpose::BitmapPage(_) | OpPurpose::Superblock(_)));
+                if md_in_flight && !self.disk_errors.forced {
                     return false;
                 }
                 self.retire_generation();

@@ -44,6 +44,66 @@ pub struct ResourceConfig {
     pub max_requests: usize,
     /// Interval of the lazy bitmap write-out.
     pub bitmap_writeout_interval: Duration,
+    /// What a local IO error does (`on-io-error`).
+    pub on_io_error: OnIoError,
+    /// A backing IO older than this force-detaches the disk (`disk-timeout`; `None`: off).
+    pub disk_timeout: Option<Duration>,
+}
+
+/// The `on-io-error` policy of the `disk` section (drbd-v08-facts.md §5.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnIoError {
+    /// The disk goes Inconsistent; the failed blocks are out of sync and served by the peer.
+    PassOn,
+    /// The disk goes Failed, then Diskless; IO continues through the peer.
+    #[default]
+    Detach,
+    /// The `local-io-error` handler runs first, then as `Detach`.
+    CallLocalIoError,
+}
+
+/// The kind of a local IO error (DRBD's READ, WRITE and META error kinds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LocalIoError {
+    /// A data read.
+    Read,
+    /// A data write or flush.
+    Write,
+    /// Meta-data (superblock, activity log, bitmap).
+    MetaData,
+}
+
+/// Why the local disk failed (shown by `status` until the next attach).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskFailure {
+    /// A data read returned an error.
+    ReadError,
+    /// A data write returned an error.
+    WriteError,
+    /// A meta-data read or write returned an error.
+    MetaDataError,
+    /// A backing IO did not complete within `disk-timeout`.
+    Timeout,
+    /// `detach --force`.
+    Forced,
+}
+
+impl DiskFailure {
+    /// The words `status` prints.
+    pub fn words(self) -> &'static str {
+        match self {
+            DiskFailure::ReadError => "read error",
+            DiskFailure::WriteError => "write error",
+            DiskFailure::MetaDataError => "meta-data error",
+            DiskFailure::Timeout => "disk-timeout",
+            DiskFailure::Forced => "forced detach",
+        }
+    }
+
+    /// A force-detach: outstanding IO is abandoned, not waited for.
+    pub fn is_forced(self) -> bool {
+        matches!(self, DiskFailure::Timeout | DiskFailure::Forced)
+    }
 }
 
 impl ResourceConfig {
@@ -57,6 +117,8 @@ impl ResourceConfig {
             net: None,
             max_requests: 8192,
             bitmap_writeout_interval: Duration::from_secs(5),
+            on_io_error: OnIoError::Detach,
+            disk_timeout: None,
         }
     }
 }
@@ -213,6 +275,12 @@ pub struct Status {
     pub lower_pending: u64,
     /// Operations of earlier attach generations that have not returned.
     pub stuck_ios: u64,
+    /// Why the disk failed, since the last attach.
+    pub disk_failure: Option<DiskFailure>,
+    /// Local IO errors since the last attach.
+    pub io_errors: u64,
+    /// Application IO is served by the peer (no usable local disk).
+    pub served_by_peer: bool,
     /// Generation UUIDs and flags as in memory, if attached.
     pub generation: Option<(udrbd_meta::GenerationUuids, MdFlags)>,
     /// Counters.
@@ -265,6 +333,31 @@ pub struct Resource {
     pub(crate) rs_request_locks: BTreeMap<u64, u64>,
     /// Zeros for write-zeroes sent as data.
     pub(crate) zero_buffer: Bytes,
+    /// Local IO errors of this attach (see [`DiskErrors`]).
+    pub(crate) disk_errors: DiskErrors,
+    /// Operations of this generation in submission order, for `disk-timeout` (only kept when
+    /// it is on; entries of completed operations are dropped lazily from the front).
+    pub(crate) op_started: VecDeque<(DiskOpId, Instant)>,
+}
+
+/// What went wrong with the local disk since the last attach (DRBD's WAS_IO_ERROR,
+/// WAS_READ_ERROR and FORCE_DETACH flags); cleared by the next attach.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DiskErrors {
+    /// Why the disk failed (the first reason).
+    pub(crate) failure: Option<DiskFailure>,
+    /// Errors counted.
+    pub(crate) count: u64,
+    /// A data read failed: its bits are set, and losing them must force a full sync.
+    pub(crate) read_error: bool,
+    /// A bitmap page write failed.
+    pub(crate) bitmap_write_failed: bool,
+    /// A superblock write failed.
+    pub(crate) superblock_write_failed: bool,
+    /// Outstanding IO was abandoned (disk-timeout or `detach --force`).
+    pub(crate) forced: bool,
+    /// Abandoned operations are being tied up: their "errors" are not IO errors.
+    pub(crate) abandoning: bool,
 }
 
 impl Resource {
@@ -302,6 +395,8 @@ impl Resource {
             rs_flush_in_flight: None,
             rs_request_locks: BTreeMap::new(),
             zero_buffer: Bytes::new(),
+            disk_errors: DiskErrors::default(),
+            op_started: VecDeque::new(),
         };
         resource.init_peer();
         resource
@@ -331,7 +426,13 @@ impl Resource {
         self.next_command += 1;
         // Connect and disconnect do not wait for a command in progress (an attach may still
         // be writing its superblock): they never use the pending slot.
-        let independent = matches!(cmd, AdminCommand::Connect { .. } | AdminCommand::Disconnect);
+        // `detach --force` must end a detach (or anything else) stuck on a frozen disk.
+        let independent = matches!(
+            cmd,
+            AdminCommand::Connect { .. }
+                | AdminCommand::Disconnect
+                | AdminCommand::Detach { force: true }
+        );
         if self.pending.is_some() && !independent {
             self.finish_command(
                 id,
@@ -389,6 +490,15 @@ impl Resource {
             upper_pending: self.requests.len() as u64,
             lower_pending: data_ops,
             stuck_ios: self.stale_ops.values().sum(),
+            disk_failure: self.disk_errors.failure,
+            io_errors: self.disk_errors.count,
+            served_by_peer: self.role == Role::Primary
+                && !(self.disk_state == DiskState::UpToDate && self.disk.is_some())
+                && self.replicating()
+                && self
+                    .peer
+                    .as_ref()
+                    .is_some_and(|p| p.peer_disk == DiskState::UpToDate),
             generation: self.disk.as_ref().map(|d| (d.sb.uuids, d.sb.flags)),
             statistics: self.statistics,
             busy_with: self.pending.as_ref().map(|(_, p)| match p {
@@ -508,6 +618,9 @@ impl Resource {
         let id = DiskOpId::new(self.generation, self.next_sequence);
         self.next_sequence = self.next_sequence.wrapping_add(1);
         self.ops.insert(id, purpose);
+        if self.config.disk_timeout.is_some() {
+            self.op_started.push_back((id, self.now));
+        }
         self.outputs.push_back(Output::Disk(DiskOp {
             id,
             area,
@@ -599,6 +712,7 @@ impl Resource {
             self.timers.stop(timer);
             match timer {
                 Timer::BitmapWriteout => self.write_dirty_pages(),
+                Timer::DiskTimeout => self.check_disk_timeout(),
                 other => self.on_peer_timer(other),
             }
         }
@@ -633,14 +747,20 @@ impl Resource {
                 }
                 self.statistics.bm_writes += 1;
                 if c.result.is_err() {
-                    self.disk_failed();
+                    self.disk_errors.bitmap_write_failed = true;
+                    self.local_io_error(LocalIoError::MetaData);
                 }
             }
             OpPurpose::AlTransaction => {
                 self.statistics.al_writes += 1;
                 match c.result {
                     Ok(_) => self.al_transaction_written(),
-                    Err(_) => self.disk_failed(),
+                    Err(_) => {
+                        if let Some(d) = self.disk.as_mut() {
+                            d.al_writer = AlWriter::Idle;
+                        }
+                        self.local_io_error(LocalIoError::MetaData)
+                    }
                 }
             }
             OpPurpose::Superblock(version) => {
@@ -651,7 +771,8 @@ impl Resource {
                     }
                 }
                 if c.result.is_err() {
-                    self.disk_failed();
+                    self.disk_errors.superblock_write_failed = true;
+                    self.local_io_error(LocalIoError::MetaData);
                 }
             }
             OpPurpose::ReadSuperblock
@@ -682,6 +803,56 @@ impl Resource {
             }
         }
         self.arm_bitmap_writeout();
+        self.arm_disk_timeout();
+    }
+
+    /// Arms the disk-timeout timer for the oldest outstanding operation.
+    fn arm_disk_timeout(&mut self) {
+        let Some(timeout) = self.config.disk_timeout else {
+            return;
+        };
+        while let Some((id, _)) = self.op_started.front() {
+            if self.ops.contains_key(id) {
+                break;
+            }
+            self.op_started.pop_front();
+        }
+        match self.op_started.front() {
+            Some((_, started)) => {
+                if self.timers.get(Timer::DiskTimeout).is_none() {
+                    self.timers.set(Timer::DiskTimeout, started.plus(timeout));
+                }
+            }
+            None => self.timers.stop(Timer::DiskTimeout),
+        }
+    }
+
+    /// The disk-timeout timer fired: force-detach if the oldest operation is overdue.
+    fn check_disk_timeout(&mut self) {
+        let Some(timeout) = self.config.disk_timeout else {
+            return;
+        };
+        while let Some((id, _)) = self.op_started.front() {
+            if self.ops.contains_key(id) {
+                break;
+            }
+            self.op_started.pop_front();
+        }
+        let Some(&(id, started)) = self.op_started.front() else {
+            return;
+        };
+        if self.now < started.plus(timeout) {
+            return;
+        }
+        let purpose = self.ops[&id];
+        self.log(
+            LogLevel::Error,
+            format!(
+                "disk-timeout: a backing IO ({purpose:?}) did not complete in {} ms: force-detaching",
+                timeout.as_millis()
+            ),
+        );
+        self.force_detach(DiskFailure::Timeout);
     }
 
     /// What `progress` watches to know whether another round may do more.
@@ -711,14 +882,28 @@ impl Resource {
 
     /// Meta-data writes wait while an attach is still reading the meta-data.
     fn pending_allows_md_io(&self) -> bool {
+        let full_sync_flag = matches!(
+            self.pending,
+            Some((
+                _,
+                Pending::Detach(crate::attach::DetachStep::FullSyncSuperblock { .. })
+            ))
+        );
         !matches!(&self.pending, Some((_, Pending::Attach(step))) if !step.may_write_superblock())
-            && self.disk_state != DiskState::Failed
+            && (self.disk_state != DiskState::Failed
+                || (full_sync_flag && !self.disk_errors.superblock_write_failed))
     }
 
     /// Writes every dirty bitmap page that is not already being written.
     pub(crate) fn write_dirty_pages(&mut self) {
         let Some(d) = self.disk.as_ref() else { return };
-        if self.disk_state == DiskState::Failed {
+        // While Failed only the detach writes the bitmap (once: a failed page is not retried).
+        if self.disk_state == DiskState::Failed
+            && !matches!(
+                self.pending,
+                Some((_, Pending::Detach(crate::attach::DetachStep::Drain)))
+            )
+        {
             return;
         }
         let pages: Vec<u64> = d

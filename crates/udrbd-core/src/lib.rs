@@ -37,7 +37,7 @@ pub mod sync_decision;
 pub mod timer;
 pub mod types;
 
-pub use engine::{Resource, ResourceConfig, Statistics, Status};
+pub use engine::{DiskFailure, OnIoError, Resource, ResourceConfig, Statistics, Status};
 pub use peer_config::{NetConfig, PeerStatus, ResyncStatus};
 pub use state::{CommandError, ConnState, DiskState, Role, StateChangeError};
 pub use types::*;

@@ -913,22 +913,32 @@ impl Resource {
         self.timers.stop(Timer::ResyncStep);
         self.link_gen += 1;
         self.set_conn(reason);
-        // Lost contact to the peer's data while Primary: a new data generation, so that a
-        // later handshake sees what this side wrote alone (DRBD's after_state_ch).
-        let bitmap_uuid_unset = self.disk.as_ref().is_some_and(|d| d.sb.uuids.bitmap == 0);
-        if was_connected_primary_peer
-            && self.role == Role::Primary
-            && bitmap_uuid_unset
-            && self.disk_state == DiskState::UpToDate
-        {
-            let random = self.new_uuid();
-            let d = self.disk.as_mut().expect("attached");
-            d.sb.uuids = sync_decision::new_current_uuid(d.sb.uuids, random, true);
-            d.sb_version += 1;
+        if was_connected_primary_peer {
+            self.lost_peer_copy(Role::Unknown);
         }
         if reason != ConnState::Disconnecting && reason != ConnState::StandAlone {
             self.set_conn(ConnState::Unconnected);
             self.start_connecting();
+        }
+    }
+
+    /// Lost contact to the peer's copy of the data (link lost, or the peer's disk failed)
+    /// while this node or the peer is Primary: a new data generation, so that a later
+    /// handshake sees what this side wrote alone (DRBD's after_state_ch).
+    fn lost_peer_copy(&mut self, peer_role: Role) {
+        let bitmap_uuid_unset = self.disk.as_ref().is_some_and(|d| d.sb.uuids.bitmap == 0);
+        if (self.role == Role::Primary || peer_role == Role::Primary)
+            && bitmap_uuid_unset
+            && self.disk_state == DiskState::UpToDate
+        {
+            let random = self.new_uuid();
+            let primary = self.role == Role::Primary;
+            let d = self.disk.as_mut().expect("attached");
+            d.sb.uuids = sync_decision::new_current_uuid(d.sb.uuids, random, primary);
+            d.sb_version += 1;
+            if self.link().is_some() {
+                self.send_uuids(0);
+            }
         }
     }
 
@@ -961,7 +971,7 @@ impl Resource {
             if is_read {
                 self.peer_read_failed(request);
             } else {
-                self.net_part_done(request);
+                self.net_write_failed(request);
             }
         }
         // Flushes waiting for barrier acks: the peer's part is moot now.
@@ -1286,7 +1296,7 @@ impl Resource {
                 p.peer_disk = peer_disk;
             }
             self.link_mut().handshake_done = true;
-            return self.sync_handshake(peer_role, peer_disk);
+            return self.sync_handshake(peer_role, peer_disk, self.disk_state);
         }
         let conn = self.peer.as_ref().expect("peer").conn;
         let old_peer_disk;
@@ -1298,6 +1308,13 @@ impl Resource {
         }
         if old_peer_disk != peer_disk || peer_role != Role::Unknown {
             self.state_changed();
+        }
+        let had_data = old_peer_disk >= DiskState::Inconsistent
+            && old_peer_disk != DiskState::DUnknown
+            && old_peer_disk != DiskState::Outdated;
+        if had_data && peer_disk < DiskState::Inconsistent {
+            // The peer lost its disk: from now on this node alone has the data.
+            self.lost_peer_copy(peer_role);
         }
         match (conn, peer_conn) {
             // The peer wants our bitmap as its SyncTarget (invalidate, or its handshake
@@ -1319,7 +1336,7 @@ impl Resource {
             {
                 // The peer became UpToDate (primary --force) while we are not: the handshake
                 // runs again and makes us SyncTarget.
-                return self.sync_handshake(peer_role, peer_disk);
+                return self.sync_handshake(peer_role, peer_disk, self.disk_state);
             }
             (ConnState::SyncSource | ConnState::PausedSyncS, ConnState::Connected)
                 if peer_disk == DiskState::UpToDate =>
@@ -1331,8 +1348,31 @@ impl Resource {
         Ok(())
     }
 
+    /// An attach finished while connected: the peer learns the disk (P_SIZES, P_UUIDS) and
+    /// the sync handshake runs again, as DRBD's does for a disk going from Attaching to
+    /// Negotiating: usually this node becomes SyncTarget of the blocks the peer wrote
+    /// alone and of those this node's bitmap (and activity log) recorded.
+    pub(crate) fn handshake_after_attach(&mut self) {
+        let Some(p) = self.peer.as_ref() else { return };
+        let Some(link) = p.link.as_ref() else { return };
+        if !link.handshake_done || p.conn != ConnState::Connected {
+            return;
+        }
+        let (peer_role, peer_disk) = (p.peer_role, p.peer_disk);
+        self.send_sizes();
+        self.send_uuids(0);
+        if let Err(e) = self.sync_handshake(peer_role, peer_disk, DiskState::Negotiating) {
+            self.protocol_error(e);
+        }
+    }
+
     /// DRBD's `drbd_sync_handshake`: the UUID comparison, then the post-processing.
-    fn sync_handshake(&mut self, peer_role: Role, peer_disk: DiskState) -> Result<(), String> {
+    fn sync_handshake(
+        &mut self,
+        peer_role: Role,
+        peer_disk: DiskState,
+        local_disk_now: DiskState,
+    ) -> Result<(), String> {
         let Some(d) = self.disk.as_ref() else {
             // Diskless: no resync; connected as a diskless node.
             self.set_conn(ConnState::Connected);
@@ -1369,7 +1409,7 @@ impl Resource {
             local_role: self.role,
             peer_role,
             local_disk: self.disk_state,
-            local_disk_now: self.disk_state,
+            local_disk_now,
             peer_disk: sync_decision::peer_disk_for_handshake(peer_disk, peer.flags),
             local_bitmap_uuid: d.sb.uuids.bitmap,
             peer_bitmap_uuid: peer.uuids.bitmap,
@@ -1751,7 +1791,7 @@ impl Resource {
                 }
             }
             Timer::ResyncStep => self.resync_step(),
-            Timer::BitmapWriteout => unreachable!("handled by the engine"),
+            Timer::BitmapWriteout | Timer::DiskTimeout => unreachable!("handled by the engine"),
         }
     }
 

@@ -26,7 +26,7 @@ use udrbd_wire::{
     DataPacket, Digest, DpFlags, FeatureFlags, Packet, Trim, WireProtocol,
 };
 
-use crate::engine::{OpPurpose, Resource};
+use crate::engine::{LocalIoError, OpPurpose, Resource};
 use crate::peer::{MAX_RESYNC_REQUEST, SentRequest, Socket, ack_for};
 use crate::state::{ConnState, DiskState};
 use crate::timer::Timer;
@@ -433,6 +433,15 @@ impl Resource {
         }
     }
 
+    /// A write's network part failed (P_NEG_ACK, or the link went away before the ack): it
+    /// succeeded only if the local disk has it.
+    pub(crate) fn net_write_failed(&mut self, id: BlockRequestId) {
+        if let Some(r) = self.requests.get_mut(&id) {
+            r.net_failed = true;
+        }
+        self.net_part_done(id);
+    }
+
     pub(crate) fn peer_read_failed(&mut self, id: BlockRequestId) {
         if let Some(r) = self.requests.get_mut(&id) {
             r.net_failed = true;
@@ -538,7 +547,7 @@ impl Resource {
                         ..
                     }) => {
                         self.mark_out_of_sync(offset, len);
-                        self.net_part_done(request);
+                        self.net_write_failed(request);
                     }
                     _ => self.mark_out_of_sync(a.sector * 512, u64::from(a.blksize)),
                 }
@@ -611,9 +620,17 @@ impl Resource {
                 &Packet::RecvAck(ack_for(sector, block_id, len as u32, seq)),
             );
         }
-        let writable = self.disk.is_some()
-            && self.disk_state >= DiskState::Inconsistent
-            && self.disk_state != DiskState::Failed;
+        let writable = self.local_disk_writable();
+        if writable
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.peer_disk < DiskState::Inconsistent)
+        {
+            // The peer (a Primary without a usable disk) has no copy: this node has the only
+            // one, and the peer's disk will need these blocks.
+            self.mark_out_of_sync(sector * 512, len);
+        }
         let epoch = {
             let link = self.link_mut();
             link.recv_epochs.back_mut().expect("open epoch").writes += 1;
@@ -668,7 +685,8 @@ impl Resource {
                     self.recv_epoch_write_done(pw.epoch);
                 }
             }
-            self.disk_failed();
+            self.mark_out_of_sync(pw.sector * 512, pw.len);
+            self.local_io_error(LocalIoError::Write);
             return;
         }
         match pw.kind {
@@ -781,7 +799,7 @@ impl Resource {
         result: Result<Option<Bytes>, DiskError>,
     ) {
         if result.is_err() {
-            self.disk_failed();
+            self.local_io_error(LocalIoError::Write);
         }
         if link_gen != self.link_gen || self.link().is_none() {
             return;
@@ -896,7 +914,8 @@ impl Resource {
                     };
                     self.send(Socket::Meta, &packet);
                 }
-                self.disk_failed();
+                self.mark_out_of_sync(pr.sector * 512, u64::from(pr.len));
+                self.local_io_error(LocalIoError::Read);
             }
         }
     }
@@ -982,7 +1001,7 @@ impl Resource {
     pub(crate) fn on_resync_flushed(&mut self, result: Result<Option<Bytes>, DiskError>) {
         let ranges = self.rs_flush_in_flight.take().unwrap_or_default();
         if result.is_err() {
-            self.disk_failed();
+            self.local_io_error(LocalIoError::Write);
             return;
         }
         for (offset, len) in ranges {

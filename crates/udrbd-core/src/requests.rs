@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use udrbd_meta::activity_log::{Activation, BITS_PER_AL_EXTENT, extent_of_sector};
 
-use crate::engine::{AlWriter, OpPurpose, Request, Resource};
+use crate::engine::{AlWriter, LocalIoError, OpPurpose, Request, Resource};
 use crate::state::{DiskState, Role};
 use crate::types::*;
 
@@ -28,7 +28,7 @@ impl Resource {
         if self.role != Role::Primary {
             return self.complete(id, Err(BlockError::NotPrimary));
         }
-        let local_data = self.disk_state == DiskState::UpToDate && self.disk.is_some();
+        let local_data = self.disk_state == DiskState::UpToDate && self.local_disk_writable();
         let peer_data = self.replicating()
             && self
                 .peer
@@ -55,11 +55,7 @@ impl Resource {
                 }),
             );
         }
-        // Writes need the local disk (a diskless Primary is the failure-handling issue's).
-        let local_writable = self.disk.is_some()
-            && self.disk_state >= DiskState::Inconsistent
-            && self.disk_state != DiskState::Failed;
-        if !usable || (is_write(&request) && !local_writable) {
+        if !usable {
             // No good copy reachable: nothing can serve the request.
             return self.complete(id, Err(BlockError::Io));
         }
@@ -74,7 +70,8 @@ impl Resource {
             request,
             BlockRequest::Discard { fua: true, .. } | BlockRequest::WriteZeroes { fua: true, .. }
         );
-        let read_remote = matches!(request, BlockRequest::Read { .. }) && !local_data;
+        let is_a_read = matches!(request, BlockRequest::Read { .. });
+        let read_remote = is_a_read && !local_data;
         let is_a_write = is_write(&request);
         self.requests.insert(
             id,
@@ -95,20 +92,114 @@ impl Resource {
                 lock: None,
             },
         );
-        if read_remote {
-            let BlockRequest::Read { offset, len, .. } = self.requests[&id].request else {
-                unreachable!()
-            };
-            let parts = self.send_read(id, offset, len);
-            let r = self.requests.get_mut(&id).expect("request");
-            r.local_done = true;
-            r.net_pending = parts;
-            return;
+        if read_remote || (!is_a_read && !self.local_disk_writable()) {
+            // A diskless Primary (or one whose disk failed): the peer serves it.
+            return self.serve_without_local_disk(id);
         }
         if is_a_write {
             self.al_waiting.push_back(id);
         } else {
             self.submit_request(id);
+        }
+    }
+
+    /// Whether writes go to the local disk: attached and not failed (Negotiating is the
+    /// handshake after an attach while connected: the meta-data is loaded, writes are
+    /// recorded locally as well so that no write falls between the two bitmaps).
+    pub(crate) fn local_disk_writable(&self) -> bool {
+        self.disk.is_some()
+            && !matches!(self.pending, Some((_, crate::engine::Pending::Attach(_))))
+            && (self.disk_state >= DiskState::Inconsistent
+                || self.disk_state == DiskState::Negotiating)
+    }
+
+    /// Whether the peer can serve application IO: connected, receiving writes, UpToDate.
+    pub(crate) fn peer_serves(&self) -> bool {
+        self.replicating()
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.peer_disk == DiskState::UpToDate)
+    }
+
+    /// Serves request `id` through the peer alone (no usable local disk): reads are sent as
+    /// P_DATA_REQUEST, writes replicate and complete with the peer's ack (their blocks are
+    /// out of sync in a bitmap still in memory), a flush waits for the barrier acks. Without
+    /// a peer that has the data, the request fails.
+    pub(crate) fn serve_without_local_disk(&mut self, id: BlockRequestId) {
+        if !self.peer_serves() {
+            return self.fail_request(id);
+        }
+        let request = self.requests[&id].request.clone();
+        match request {
+            BlockRequest::Read { offset, len, .. } => {
+                let parts = self.send_read(id, offset, len);
+                let r = self.requests.get_mut(&id).expect("request");
+                r.local_done = true;
+                r.local_error = false;
+                r.read_parts.clear();
+                r.net_pending += parts;
+            }
+            BlockRequest::Flush { .. } => {
+                let epoch = self.flush_epoch();
+                let r = self.requests.get_mut(&id).expect("request");
+                r.local_done = true;
+                r.local_error = false;
+                r.flush_epoch = epoch;
+                self.try_complete(id);
+            }
+            _ => {
+                let parts = self.send_write(id, &request);
+                let r = self.requests.get_mut(&id).expect("request");
+                r.net_pending += parts;
+                r.replicated = true;
+                r.local_done = true;
+                // Not on the local disk: only the peer's ack makes it a success.
+                r.local_error = true;
+                if let Some((offset, len)) = written_range(&request) {
+                    self.mark_out_of_sync(offset, len);
+                }
+                self.try_complete(id);
+            }
+        }
+    }
+
+    /// The local operation of request `id` was abandoned (disk-timeout, `detach --force`):
+    /// as if it had failed, without counting an IO error.
+    pub(crate) fn local_part_abandoned(&mut self, id: BlockRequestId) {
+        let Some(r) = self.requests.get_mut(&id) else {
+            return;
+        };
+        r.op = None;
+        r.flush_after = false;
+        let request = r.request.clone();
+        self.unlock_request(id);
+        match request {
+            BlockRequest::Read { .. } | BlockRequest::Flush { .. } => {
+                if request_is_waiting_for_peer_only(&self.requests[&id]) {
+                    // A flush whose peer part is under way.
+                    let r = self.requests.get_mut(&id).expect("request");
+                    r.local_done = true;
+                    self.try_complete(id);
+                } else {
+                    self.serve_without_local_disk(id);
+                }
+            }
+            _ => {
+                if let Some((offset, len)) = written_range(&request) {
+                    self.mark_out_of_sync(offset, len);
+                }
+                let r = self.requests.get_mut(&id).expect("request");
+                r.local_done = true;
+                r.local_error = true;
+                if !r.replicated {
+                    // Never sent: the peer gets it now (or it fails).
+                    self.release_held_extents(id);
+                    self.serve_without_local_disk(id);
+                } else {
+                    self.try_complete(id);
+                }
+            }
         }
     }
 
@@ -212,6 +303,11 @@ impl Resource {
         true
     }
 
+    /// Releases the activity-log references request `id` holds (if any).
+    pub(crate) fn release_held_extents(&mut self, id: BlockRequestId) {
+        self.release_extents(id);
+    }
+
     fn release_extents(&mut self, id: BlockRequestId) {
         let r = self.requests.get_mut(&id).expect("request");
         if !std::mem::take(&mut r.holds_extents) {
@@ -304,21 +400,50 @@ impl Resource {
         }
         let r = self.requests.get_mut(&id).expect("completed request");
         r.local_done = true;
-        match result {
-            Ok(Some(data)) => r.read_parts.push((0, data)),
-            Ok(None) => {}
-            Err(_) => r.local_error = true,
-        }
-        let failed = r.local_error;
+        let error = match result {
+            Ok(Some(data)) => {
+                r.read_parts.push((0, data));
+                None
+            }
+            Ok(None) => None,
+            Err(_) => Some(r.request.clone()),
+        };
         // The local write is done: later overlapping writes and resync reads may go. (The
         // peer applies them in stream order; holding the lock until the peer's ack would
         // deadlock against a resync request the peer holds for the same blocks.)
         self.unlock_request(id);
-        self.try_complete(id);
-        if failed {
-            // on-io-error detach.
-            self.disk_failed();
-        }
+        let Some(request) = error else {
+            return self.try_complete(id);
+        };
+        // A local IO error: the blocks are out of sync here (the next resync heals them); a
+        // read is retried from the peer, a write succeeded if the peer has it.
+        let kind = match request {
+            BlockRequest::Read { offset, len, .. } => {
+                self.mark_out_of_sync(offset, u64::from(len));
+                self.serve_without_local_disk(id);
+                LocalIoError::Read
+            }
+            BlockRequest::Flush { .. } => {
+                self.requests.get_mut(&id).expect("request").local_error = true;
+                self.try_complete(id);
+                LocalIoError::Write
+            }
+            _ => {
+                if let Some((offset, len)) = written_range(&request) {
+                    self.mark_out_of_sync(offset, len);
+                }
+                let r = self.requests.get_mut(&id).expect("request");
+                r.local_error = true;
+                if r.replicated {
+                    self.try_complete(id);
+                } else {
+                    self.release_held_extents(id);
+                    self.serve_without_local_disk(id);
+                }
+                LocalIoError::Write
+            }
+        };
+        self.local_io_error(kind);
     }
 
     fn unlock_request(&mut self, id: BlockRequestId) {
@@ -389,6 +514,11 @@ impl Resource {
             BlockRequest::Flush { .. } => {}
         }
     }
+}
+
+/// A flush whose local part is not needed any more but whose barrier acks are awaited.
+fn request_is_waiting_for_peer_only(r: &Request) -> bool {
+    r.flush_epoch.is_some()
 }
 
 fn is_write(request: &BlockRequest) -> bool {

@@ -17,16 +17,19 @@ pub enum Timer {
     PingAck = 3,
     /// The resync's 100 ms step.
     ResyncStep = 4,
+    /// The oldest backing IO reaches `disk-timeout`.
+    DiskTimeout = 5,
 }
 
 impl Timer {
     /// All timers, in table order.
-    pub const ALL: [Timer; 5] = [
+    pub const ALL: [Timer; 6] = [
         Timer::BitmapWriteout,
         Timer::ConnectionSetup,
         Timer::Ping,
         Timer::PingAck,
         Timer::ResyncStep,
+        Timer::DiskTimeout,
     ];
 }
 

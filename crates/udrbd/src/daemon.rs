@@ -240,7 +240,9 @@ pub fn resource_view(engine: &Resource, resource: &ResolvedResource) -> sf::Reso
         blocked: sf::Blocked::default(),
         udrbd: sf::UdrbdDeviceExtras {
             stuck_ios: (s.stuck_ios > 0).then_some(s.stuck_ios),
-            disk_failure_reason: None,
+            disk_failure_reason: s.disk_failure.map(|f| f.words().to_string()),
+            io_errors: (s.io_errors > 0).then_some(s.io_errors),
+            served_by_peer: s.served_by_peer,
         },
     };
     let connections = connections_view(s.peer.as_ref(), resource, s.out_of_sync_bytes / 1024);

@@ -322,6 +322,13 @@ async fn run_loop(
     let (disk_tx, disk_rx) = unbounded_channel();
     let mut config = ResourceConfig::new(&resource.name, resource.minor);
     config.al_extents = resource.options.disk.al_extents as u16;
+    config.on_io_error = match resource.options.disk.on_io_error {
+        crate::config::OnIoError::PassOn => udrbd_core::OnIoError::PassOn,
+        crate::config::OnIoError::Detach => udrbd_core::OnIoError::Detach,
+        crate::config::OnIoError::CallLocalIoError => udrbd_core::OnIoError::CallLocalIoError,
+    };
+    let disk_timeout = resource.options.disk.disk_timeout;
+    config.disk_timeout = (!disk_timeout.is_zero()).then_some(disk_timeout);
     // The daemon checked the mapping before it started the loops.
     config.net = match crate::engine_config::net_config(&resource) {
         Ok(net) => Some(net),

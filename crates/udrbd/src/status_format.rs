@@ -8,11 +8,13 @@
 //! Units follow DRBD's output: sizes and traffic in KiB, in-flight data and resync counters
 //! in 512-byte sectors, times in milliseconds.
 //!
-//! udrbd's own additions ([`UdrbdDeviceExtras`]) are printed only with `--verbose` in the text
-//! (after `open:` on the device line, as `udrbd-stuck-ios:N` and
-//! `udrbd-disk-failure-reason:<word>`), and at the end of the device object in JSON (keys
-//! `"udrbd-stuck-ios"` and `"udrbd-disk-failure-reason"`), in both cases only when set. They
-//! never appear in `events2` lines, which stay exactly DRBD's.
+//! udrbd's own additions ([`UdrbdDeviceExtras`]) are printed only when set (they describe a
+//! failed or failing disk, like DRBD's `blocked:` which also appears only when set): in the
+//! text after `open:` on the device line, as `udrbd-stuck-ios:N`,
+//! `udrbd-disk-failure-reason:<word>`, `udrbd-io-errors:N` and `udrbd-served-by-peer:yes`,
+//! and at the end of the device object in JSON (keys `"udrbd-stuck-ios"`,
+//! `"udrbd-disk-failure-reason"`, `"udrbd-io-errors"`, `"udrbd-served-by-peer"`). They never
+//! appear in `events2` lines, which stay exactly DRBD's.
 
 use std::fmt;
 use std::fmt::Write as _;
@@ -412,6 +414,10 @@ pub struct UdrbdDeviceExtras {
     /// Why the local disk failed (`udrbd-disk-failure-reason`). Spaces are printed as `_` in
     /// the text, since DRBD values never contain spaces.
     pub disk_failure_reason: Option<String>,
+    /// Local IO errors since the last attach (`udrbd-io-errors`).
+    pub io_errors: Option<u64>,
+    /// A Primary without a usable disk: the peer serves its IO (`udrbd-served-by-peer`).
+    pub served_by_peer: bool,
 }
 
 /// A connection to one peer.
@@ -807,7 +813,7 @@ fn device_line(w: &mut Wrapper, d: &DeviceView, single_device: bool, o: &TextOpt
         w.item(indent, &format!(" quorum:{}", yes_no(d.quorum)));
     }
     w.item(indent, &format!(" open:{}", yes_no(d.open)));
-    if o.verbose {
+    {
         if let Some(n) = d.udrbd.stuck_ios {
             w.item(indent, &format!(" udrbd-stuck-ios:{n}"));
         }
@@ -817,6 +823,12 @@ fn device_line(w: &mut Wrapper, d: &DeviceView, single_device: bool, o: &TextOpt
                 .map(|c| if c.is_whitespace() { '_' } else { c })
                 .collect();
             w.item(indent, &format!(" udrbd-disk-failure-reason:{word}"));
+        }
+        if let Some(n) = d.udrbd.io_errors {
+            w.item(indent, &format!(" udrbd-io-errors:{n}"));
+        }
+        if d.udrbd.served_by_peer {
+            w.item(indent, " udrbd-served-by-peer:yes");
         }
     }
     let indent = 6;
@@ -1074,6 +1086,12 @@ fn json_device(o: &mut String, d: &DeviceView) {
     }
     if let Some(reason) = &d.udrbd.disk_failure_reason {
         j.str("udrbd-disk-failure-reason", reason);
+    }
+    if let Some(n) = d.udrbd.io_errors {
+        j.num("udrbd-io-errors", n);
+    }
+    if d.udrbd.served_by_peer {
+        j.bool("udrbd-served-by-peer", true);
     }
     j.end();
     o.push_str("    }");
@@ -2127,15 +2145,15 @@ r0 node-id:0 role:Primary suspended:no force-io-failures:no
     fn blocked_and_udrbd_extras() {
         let mut r = r0();
         r.device.blocked.upper = true;
-        r.device.udrbd.stuck_ios = Some(3);
-        r.device.udrbd.disk_failure_reason = Some("read error".into());
         let text = status_text(&r, false, false, 80);
         assert!(
             text.contains("\n  disk:UpToDate open:yes blocked:upper\n"),
             "{text}"
         );
         assert!(!text.contains("udrbd"));
-        let text = status_text(&r, true, false, 200);
+        r.device.udrbd.stuck_ios = Some(3);
+        r.device.udrbd.disk_failure_reason = Some("read error".into());
+        let text = status_text(&r, false, false, 200);
         assert!(
             text.contains(
                 " open:yes udrbd-stuck-ios:3 udrbd-disk-failure-reason:read_error blocked:upper\n"

@@ -539,9 +539,9 @@ pub static OPTIONS: &[OptionSpec] = &[
     spec(S::Net, "csums-after-crash-only", FLAG, Some("no"), Only("no"), |o, v| o.net.csums_after_crash_only = v.flag()),
 
     // disk
-    spec(S::Disk, "on-io-error", ValueKind::Choice(OnIoError::WORDS), Some("detach"), Only("detach"), |o, v| o.disk.on_io_error = v.word()),
+    spec(S::Disk, "on-io-error", ValueKind::Choice(OnIoError::WORDS), Some("detach"), Yes, |o, v| o.disk.on_io_error = v.word()),
     spec(S::Disk, "fencing", ValueKind::Choice(Fencing::WORDS), Some("dont-care"), Only("dont-care"), |o, v| o.disk.fencing = v.word()),
-    spec(S::Disk, "disk-timeout", num(Tenths, 0, 6000), Some("0"), Only("0"), |o, v| o.disk.disk_timeout = v.tenths()),
+    spec(S::Disk, "disk-timeout", num(Tenths, 0, 6000), Some("0"), Yes, |o, v| o.disk.disk_timeout = v.tenths()),
     spec(S::Disk, "al-extents", num(Count, 67, 65_534), Some("1237"), Yes, |o, v| o.disk.al_extents = v.count()),
     spec(S::Disk, "al-updates", FLAG, Some("yes"), Only("yes"), |o, v| o.disk.al_updates = v.flag()),
     spec(S::Disk, "resync-rate", num(KibPerSec, 1, 4_194_304), Some("250"), Yes, |o, v| o.disk.resync_rate_kib_per_sec = v.count()),
