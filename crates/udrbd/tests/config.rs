@@ -495,12 +495,11 @@ fn volume_other_than_zero_is_rejected() {
 
 #[test]
 fn unsupported_option_rejected_unless_value_is_udrbds_behaviour() {
-    assert_eq!(
-        error(&in_disk("on-io-error pass_on;")),
-        "t.res:3:5: option 'on-io-error' is not supported yet with value 'pass_on' \
-         (expected 'detach', the only behaviour udrbd has)"
-    );
-    assert!(parse_str("t.res", &in_disk("on-io-error detach;")).is_ok());
+    for policy in ["pass_on", "detach", "call-local-io-error"] {
+        let text = in_disk(&format!("on-io-error {policy};"));
+        assert!(parse_str("t.res", &text).is_ok(), "{policy}");
+    }
+    assert!(parse_str("t.res", &in_disk("disk-timeout 30;")).is_ok());
     assert_eq!(
         error(&in_disk("al-updates no;")),
         "t.res:3:5: option 'al-updates' is not supported yet with value 'no' \

@@ -356,11 +356,24 @@ impl Pair {
     /// Creates both backing files with fresh meta-data, writes the configuration, and starts
     /// both daemons (which bring r0 up: attach and connect, unless `--no-up`).
     pub fn start(opts: PairOptions) -> Pair {
-        let dir = tempfile::tempdir().unwrap();
+        Pair::start_in(tempfile::tempdir().unwrap(), opts, None)
+    }
+
+    /// As [`Pair::start`], in `dir`, with alice's backing device `alice_disk` (which already
+    /// carries meta-data, e.g. a faulty disk served through nbdfuse) instead of a new file.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        opts: PairOptions,
+        alice_disk: Option<PathBuf>,
+    ) -> Pair {
         let (alice_addr, bob_addr) = pair_addresses();
-        let alice_disk = dir.path().join("alice.img");
+        let given = alice_disk.is_some();
+        let alice_disk = alice_disk.unwrap_or_else(|| dir.path().join("alice.img"));
         let bob_disk = dir.path().join("bob.img");
         for disk in [&alice_disk, &bob_disk] {
+            if given && disk == &alice_disk {
+                continue;
+            }
             sparse_file(disk, opts.size);
             create_md(disk);
         }
