@@ -552,6 +552,7 @@ impl Resource {
                 LogLevel::Warn,
                 format!("disk Failed ({}): detaching", failure.words()),
             );
+            self.abort_resync();
             self.state_changed();
             self.send_state();
             // Writes waiting for the AL are served by the peer alone now.

@@ -922,6 +922,33 @@ impl Resource {
         }
     }
 
+    /// A disk failed on either side: a resync (or bitmap exchange) in progress ends and the
+    /// connection is plain Connected again (DRBD's sanitize_state: "abort resync if a disk
+    /// fails/detaches"). The bitmap keeps what is left; late resync replies are dropped.
+    pub(crate) fn abort_resync(&mut self) {
+        let Some(p) = self.peer.as_mut() else { return };
+        if p.link.is_none() || p.conn <= ConnState::Connected {
+            return;
+        }
+        let link = p.link.as_mut().expect("checked");
+        let was_resyncing = link.resync.take().is_some();
+        link.bm_receiver = None;
+        self.timers.stop(Timer::ResyncStep);
+        let locks: Vec<u64> = std::mem::take(&mut self.rs_request_locks)
+            .into_values()
+            .collect();
+        for lock in locks {
+            self.unlock(Some(lock));
+        }
+        if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
+            link.rs_requests.clear();
+        }
+        self.set_conn(ConnState::Connected);
+        if was_resyncing {
+            self.log(LogLevel::Warn, "resync aborted: a disk failed".to_string());
+        }
+    }
+
     /// Lost contact to the peer's copy of the data (link lost, or the peer's disk failed)
     /// while this node or the peer is Primary: a new data generation, so that a later
     /// handshake sees what this side wrote alone (DRBD's after_state_ch).
@@ -1315,6 +1342,10 @@ impl Resource {
         if had_data && peer_disk < DiskState::Inconsistent {
             // The peer lost its disk: from now on this node alone has the data.
             self.lost_peer_copy(peer_role);
+        }
+        if peer_disk <= DiskState::Failed {
+            self.abort_resync();
+            return Ok(());
         }
         match (conn, peer_conn) {
             // The peer wants our bitmap as its SyncTarget (invalidate, or its handshake

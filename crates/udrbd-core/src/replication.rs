@@ -924,6 +924,10 @@ impl Resource {
 
     fn receive_resync_reply(&mut self, p: DataPacket) -> Result<(), String> {
         let sector = p.header.sector;
+        if self.link().is_some_and(|l| l.resync.is_none()) && self.rs_request_locks.is_empty() {
+            // A reply to a request of a resync that was aborted (a disk failed): dropped.
+            return Ok(());
+        }
         let Some(&bytes) = self.link().and_then(|l| l.rs_requests.get(&sector)) else {
             return Err(format!(
                 "P_RS_DATA_REPLY for sector {sector} that was not requested"

@@ -19,8 +19,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -279,88 +278,6 @@ fn diverge(p: &Pair, alice_writes: &[(u8, u64, u64)], bob_writes: &[(u8, u64, u6
             write_through(p, n, writes);
         }
         n.ok(&["secondary", PAIR_RESOURCE]);
-    }
-}
-
-/// A `udrbd events r0` child whose stdout lines are collected; killed on drop.
-struct EventsStream {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl EventsStream {
-    fn start(node: &Node) -> EventsStream {
-        let mut child = Command::new(udrbd_bin())
-            .arg("--run-dir")
-            .arg(&node.daemon.run_dir)
-            .args(["events", PAIR_RESOURCE])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let reader = std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines() {
-                match line {
-                    Ok(l) => sink.lock().unwrap().push(l),
-                    Err(_) => return,
-                }
-            }
-        });
-        let stream = EventsStream {
-            child,
-            lines,
-            reader: Some(reader),
-        };
-        // The daemon subscribes the stream before it prints the initial dump: once the dump
-        // is complete, no later change is missed.
-        let deadline = Instant::now() + WAIT;
-        while !stream.lines().iter().any(|l| l == "exists -") {
-            assert!(
-                Instant::now() < deadline,
-                "events: no initial dump: {:?}",
-                stream.lines()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        stream
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    /// Waits for a line, after the initial dump (`exists -`), for which `predicate` holds.
-    fn wait_for_change(&self, what: &str, predicate: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let lines = self.lines();
-            if let Some(dump_end) = lines.iter().position(|l| l == "exists -")
-                && let Some(l) = lines[dump_end + 1..].iter().find(|l| predicate(l))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no events line for {what}: {lines:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for EventsStream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
     }
 }
 

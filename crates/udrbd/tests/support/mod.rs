@@ -6,6 +6,7 @@
 pub mod nft;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The udrbd binary under test.
@@ -608,4 +609,89 @@ pub fn json_replication_state(status: &serde_json::Value) -> &str {
     status["connections"][0]["peer_devices"][0]["replication-state"]
         .as_str()
         .unwrap_or("")
+}
+
+/// How long an [`EventsStream`] waits for a line.
+pub const EVENTS_WAIT: Duration = Duration::from_secs(30);
+
+/// A `udrbd events r0` child whose stdout lines are collected; killed on drop.
+pub struct EventsStream {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EventsStream {
+    pub fn start(node: &Node) -> EventsStream {
+        let mut child = Command::new(udrbd_bin())
+            .arg("--run-dir")
+            .arg(&node.daemon.run_dir)
+            .args(["events", PAIR_RESOURCE])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                match line {
+                    Ok(l) => sink.lock().unwrap().push(l),
+                    Err(_) => return,
+                }
+            }
+        });
+        let stream = EventsStream {
+            child,
+            lines,
+            reader: Some(reader),
+        };
+        // The daemon subscribes the stream before it prints the initial dump: once the dump
+        // is complete, no later change is missed.
+        let deadline = Instant::now() + EVENTS_WAIT;
+        while !stream.lines().iter().any(|l| l == "exists -") {
+            assert!(
+                Instant::now() < deadline,
+                "events: no initial dump: {:?}",
+                stream.lines()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stream
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits for a line, after the initial dump (`exists -`), for which `predicate` holds.
+    pub fn wait_for_change(&self, what: &str, predicate: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + EVENTS_WAIT;
+        loop {
+            let lines = self.lines();
+            if let Some(dump_end) = lines.iter().position(|l| l == "exists -")
+                && let Some(l) = lines[dump_end + 1..].iter().find(|l| predicate(l))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no events line for {what}: {lines:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for EventsStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
 }
