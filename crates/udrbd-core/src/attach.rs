@@ -781,6 +781,15 @@ impl Resource {
                 self.set_detach_step(DetachStep::Release);
                 self.drive_detach(DetachStep::Release)
             }
+            DetachStep::InitializeAl | DetachStep::Superblock { .. } if failed => {
+                // The disk failed during the clean part of a detach (disk-timeout or
+                // `detach --force` on a frozen disk, an error of the ring or superblock
+                // write): no clean meta-data can be written any more (meta-data IO stops
+                // while Failed), so waiting for it would hang the detach. The disk is
+                // released as after any failure.
+                self.set_detach_step(DetachStep::Release);
+                self.drive_detach(DetachStep::Release)
+            }
             DetachStep::InitializeAl => {
                 if self.ops.values().any(|p| *p == OpPurpose::AlInitialize) {
                     return false;
@@ -806,7 +815,14 @@ impl Resource {
                     .ops
                     .values()
                     .any(|p| matches!(p, OpPurpose::BitmapPage(_) | OpPurpose::Superblock(_)));
-                if md_in_flight && !self.disk_errors.forced {
+                // Unless force-detached, every outstanding operation is waited for, as DRBD
+                // waits for all local references (§5.4: normal failures do not abort
+                // in-flight IO): retiring a peer write or an epoch flush here would drop its
+                // completion, so the peer would never get its (neg-)ack or barrier ack and
+                // would wait for ko-count x timeout. No new local IO starts during a detach
+                // (`local_disk_writable`) but what was accepted before, so this ends.
+                let waiting = md_in_flight || !self.ops.is_empty() || !self.peer_writes.is_empty();
+                if waiting && !self.disk_errors.forced {
                     return false;
                 }
                 self.retire_generation();

@@ -105,10 +105,19 @@ impl Resource {
 
     /// Whether writes go to the local disk: attached and not failed (Negotiating is the
     /// handshake after an attach while connected: the meta-data is loaded, writes are
-    /// recorded locally as well so that no write falls between the two bitmaps).
+    /// recorded locally as well so that no write falls between the two bitmaps). Not while
+    /// detaching (DRBD's D_DETACHING): new IO goes to the peer (a received write is
+    /// neg-acked, so the peer marks it out of sync) and the detach can drain what is
+    /// in flight.
     pub(crate) fn local_disk_writable(&self) -> bool {
         self.disk.is_some()
-            && !matches!(self.pending, Some((_, crate::engine::Pending::Attach(_))))
+            && !matches!(
+                self.pending,
+                Some((
+                    _,
+                    crate::engine::Pending::Attach(_) | crate::engine::Pending::Detach(_)
+                ))
+            )
             && (self.disk_state >= DiskState::Inconsistent
                 || self.disk_state == DiskState::Negotiating)
     }

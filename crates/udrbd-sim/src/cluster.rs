@@ -167,6 +167,12 @@ pub struct NodeStatus {
     pub lower_pending: u64,
     /// Operations of earlier attach generations that have not returned.
     pub stuck_ios: u64,
+    /// Why the local disk failed, since the last attach.
+    pub disk_failure: Option<DiskFailure>,
+    /// Local IO errors since the last attach.
+    pub io_errors: u64,
+    /// Application IO is served by the peer (no usable local disk).
+    pub served_by_peer: bool,
     /// Generation UUIDs and flags, if attached.
     pub generation: Option<(GenerationUuids, MdFlags)>,
     /// KiB read from the local disk.
@@ -194,6 +200,9 @@ impl NodeStatus {
             upper_pending: st.upper_pending,
             lower_pending: st.lower_pending,
             stuck_ios: st.stuck_ios,
+            disk_failure: st.disk_failure,
+            io_errors: st.io_errors,
+            served_by_peer: st.served_by_peer,
             generation: st.generation,
             read_kib: st.statistics.read_kib,
             written_kib: st.statistics.written_kib,
@@ -643,6 +652,28 @@ impl Cluster {
         disk.current(0, (layout.max_data_sect * SECTOR) as usize)
     }
 
+    /// Node `i`'s meta-data layout (internal meta-data, default activity-log geometry).
+    pub fn layout(&self, node: NodeId) -> Layout {
+        let disk = &self.nodes[usize::from(node)].disk;
+        Layout::internal(disk.size(), AlGeometry::DEFAULT).expect("layout")
+    }
+
+    /// The superblock in node `i`'s durable image (what survives a power cut).
+    pub fn durable_superblock(&self, node: NodeId) -> Superblock {
+        let at = self.layout(node).superblock_byte();
+        let block = self.nodes[usize::from(node)].disk.durable(at, 4096);
+        Superblock::decode(block)
+            .unwrap_or_else(|e| self.fail(&format!("node {node}: durable superblock: {e:?}")))
+    }
+
+    /// Whether bit `bit` (4 KiB block `bit` of the data) is set in the bitmap area of node
+    /// `i`'s durable image (little-endian 64-bit words, drbd-v08-facts.md §1.5).
+    pub fn durable_bitmap_bit(&self, node: NodeId, bit: u64) -> bool {
+        let at = self.layout(node).bm_byte() + bit / 8;
+        let byte = self.nodes[usize::from(node)].disk.durable(at, 1)[0];
+        byte & (1 << (bit % 8)) != 0
+    }
+
     /// Node `i`'s disk (for faults and counters).
     pub fn disk(&mut self, node: NodeId) -> &mut SimDisk {
         &mut self.nodes[usize::from(node)].disk
@@ -717,19 +748,7 @@ impl Cluster {
     /// within the limit.
     pub fn command(&mut self, node: NodeId, cmd: AdminCommand) -> Result<(), CommandError> {
         let now = self.now;
-        let Some(engine) = self.nodes[usize::from(node)].engine.as_mut() else {
-            self.fail(&format!("{cmd:?} on node {node}, which is down"));
-        };
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let id = engine.command(now, cmd.clone());
-            engine.invariants();
-            id
-        }));
-        let id = match result {
-            Ok(id) => id,
-            Err(panic) => self.engine_panicked(node, panic),
-        };
-        self.route(node);
+        let id = self.start_command(node, cmd.clone());
         let deadline = now.plus(self.options.limit);
         loop {
             if let Some(result) = self.nodes[usize::from(node)].done.get(&id) {
@@ -745,6 +764,31 @@ impl Cluster {
                 ));
             }
         }
+    }
+
+    /// Hands `cmd` to node `i` without running the simulation; its result is
+    /// [`Cluster::command_result`] once the engine finished it.
+    pub fn start_command(&mut self, node: NodeId, cmd: AdminCommand) -> CommandId {
+        let now = self.now;
+        let Some(engine) = self.nodes[usize::from(node)].engine.as_mut() else {
+            self.fail(&format!("{cmd:?} on node {node}, which is down"));
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let id = engine.command(now, cmd);
+            engine.invariants();
+            id
+        }));
+        let id = match result {
+            Ok(id) => id,
+            Err(panic) => self.engine_panicked(node, panic),
+        };
+        self.route(node);
+        id
+    }
+
+    /// The result of command `id` on node `i`, if it finished.
+    pub fn command_result(&self, node: NodeId, id: CommandId) -> Option<Result<(), CommandError>> {
+        self.nodes[usize::from(node)].done.get(&id).copied()
     }
 
     /// Runs `cmd`; a refusal fails the run.
