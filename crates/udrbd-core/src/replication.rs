@@ -116,6 +116,24 @@ impl Resource {
             }
             self.lock_waiting.retain(|x| *x != w);
             let lock = self.lock_range(range.0, range.1);
+            if !self.local_disk_writable() {
+                // The disk failed (or is detaching) while this waited: answered as failed
+                // (P_NEG_ACK / P_NEG_RS_DREPLY, the blocks out of sync), not an IO error.
+                let eio = Err(DiskError { errno: 5 });
+                let counting = std::mem::replace(&mut self.disk_errors.abandoning, true);
+                match w {
+                    LockWaiter::PeerWrite(id) => {
+                        self.peer_writes.get_mut(&id).expect("waiting").lock = Some(lock);
+                        self.on_peer_write_done(id, eio);
+                    }
+                    LockWaiter::ResyncRead(id) => {
+                        self.peer_reads.get_mut(&id).expect("waiting").lock = Some(lock);
+                        self.on_peer_read_done(id, eio);
+                    }
+                }
+                self.disk_errors.abandoning = counting;
+                continue;
+            }
             match w {
                 LockWaiter::PeerWrite(id) => {
                     self.peer_writes.get_mut(&id).expect("waiting").lock = Some(lock);

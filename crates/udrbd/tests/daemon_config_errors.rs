@@ -131,14 +131,17 @@ fn out_of_range_value() {
 #[test]
 fn not_supported_yet_and_the_supported_value() {
     refused(
-        "  disk { on-io-error pass_on; }",
+        "  disk { al-updates no; }",
         2,
         10,
-        &["'on-io-error'", "not supported yet", "pass_on"],
+        &["'al-updates'", "not supported yet", "no"],
     );
-    // `detach`, the behaviour udrbd has, is accepted: the daemon comes up and attaches.
+    // `yes`, the behaviour udrbd has, is accepted: the daemon comes up and attaches.
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "  disk { on-io-error detach; }");
+    let cfg = config(
+        dir.path(),
+        "  disk { al-updates yes; on-io-error pass_on; }",
+    );
     let disk = dir.path().join("alice.img");
     sparse_file(&disk, 64 << 20);
     create_md(&disk);
