@@ -4,6 +4,8 @@
 //! the explicit `close`/`stop` methods do the same but fail the test if undoing fails.
 #![allow(dead_code)]
 
+pub mod faulty_disk;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
