@@ -688,6 +688,12 @@ async fn run_command(
 
 /// Opens the backing device and attaches it; on failure the devices are closed again.
 async fn attach(shared: &SharedRef) -> Result<Result<(), CommandError>, ControlReply> {
+    // IO of the previous attach still stuck (a frozen disk): a late write would still land,
+    // so the device is not opened again until it returned (the engine says how many).
+    let outstanding = shared.borrow().engine.status().stuck_ios;
+    if outstanding > 0 {
+        return Ok(Err(CommandError::StuckIo { outstanding }));
+    }
     let params = shared.borrow_mut().open_backing()?;
     let r = run_command(shared, AdminCommand::Attach(params)).await;
     if !matches!(r, Ok(Ok(()))) {
