@@ -369,7 +369,7 @@ fn read_errors_with_detach_are_served_by_the_peer_recorded_in_the_bitmap_and_hea
     // The verifier reads block 0 first: its read failed and detached the disk.
     assert!(words.first().is_some_and(|w| w & 1 == 1), "bit 0 not set");
     println!("bits set on disk after the read error: {bits}");
-    assert!(bits >= 1 && bits < 16, "{bits} bits set");
+    assert!((1..16).contains(&bits), "{bits} bits set");
     // Re-attach heals: the resync takes the bad block from the peer.
     pair.alice.ok(&["up", PAIR_RESOURCE]);
     pair.wait_up_to_date(Duration::from_secs(60));
