@@ -68,6 +68,20 @@ pub(crate) enum DetachStep {
     Release,
 }
 
+impl DetachStep {
+    /// The step's name in `status` (`udrbd-detach:STEP`).
+    pub(crate) fn words(&self) -> &'static str {
+        match self {
+            DetachStep::Drain => "waiting-for-io",
+            DetachStep::WriteBitmap => "writing-bitmap",
+            DetachStep::FullSyncSuperblock { .. } => "writing-full-sync-flag",
+            DetachStep::InitializeAl => "clearing-al",
+            DetachStep::Superblock { .. } => "writing-superblock",
+            DetachStep::Release => "releasing",
+        }
+    }
+}
+
 impl Resource {
     pub(crate) fn start_attach(
         &mut self,

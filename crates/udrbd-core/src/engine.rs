@@ -281,6 +281,9 @@ pub struct Status {
     pub io_errors: u64,
     /// Application IO is served by the peer (no usable local disk).
     pub served_by_peer: bool,
+    /// A detach in progress: its step (`waiting-for-io`, `writing-bitmap`,
+    /// `writing-full-sync-flag`, `clearing-al`, `writing-superblock`, `releasing`).
+    pub detach_step: Option<&'static str>,
     /// Generation UUIDs and flags as in memory, if attached.
     pub generation: Option<(udrbd_meta::GenerationUuids, MdFlags)>,
     /// Counters.
@@ -490,6 +493,10 @@ impl Resource {
             upper_pending: self.requests.len() as u64,
             lower_pending: data_ops,
             stuck_ios: self.stale_ops.values().sum(),
+            detach_step: match &self.pending {
+                Some((_, Pending::Detach(step))) => Some(step.words()),
+                _ => None,
+            },
             disk_failure: self.disk_errors.failure,
             io_errors: self.disk_errors.count,
             served_by_peer: self.role == Role::Primary

@@ -243,6 +243,7 @@ pub fn resource_view(engine: &Resource, resource: &ResolvedResource) -> sf::Reso
             disk_failure_reason: s.disk_failure.map(|f| f.words().to_string()),
             io_errors: (s.io_errors > 0).then_some(s.io_errors),
             served_by_peer: s.served_by_peer,
+            detach_step: s.detach_step.map(str::to_string),
         },
     };
     let connections = connections_view(s.peer.as_ref(), resource, s.out_of_sync_bytes / 1024);

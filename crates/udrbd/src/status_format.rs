@@ -11,9 +11,10 @@
 //! udrbd's own additions ([`UdrbdDeviceExtras`]) are printed only when set (they describe a
 //! failed or failing disk, like DRBD's `blocked:` which also appears only when set): in the
 //! text after `open:` on the device line, as `udrbd-stuck-ios:N`,
-//! `udrbd-disk-failure-reason:<word>`, `udrbd-io-errors:N` and `udrbd-served-by-peer:yes`,
-//! and at the end of the device object in JSON (keys `"udrbd-stuck-ios"`,
-//! `"udrbd-disk-failure-reason"`, `"udrbd-io-errors"`, `"udrbd-served-by-peer"`). They never
+//! `udrbd-disk-failure-reason:<word>`, `udrbd-io-errors:N`, `udrbd-served-by-peer:yes` and
+//! `udrbd-detach:<step>`, and at the end of the device object in JSON (keys
+//! `"udrbd-stuck-ios"`, `"udrbd-disk-failure-reason"`, `"udrbd-io-errors"`,
+//! `"udrbd-served-by-peer"`, `"udrbd-detach"`). They never
 //! appear in `events2` lines, which stay exactly DRBD's.
 
 use std::fmt;
@@ -418,6 +419,8 @@ pub struct UdrbdDeviceExtras {
     pub io_errors: Option<u64>,
     /// A Primary without a usable disk: the peer serves its IO (`udrbd-served-by-peer`).
     pub served_by_peer: bool,
+    /// The step of a detach in progress (`udrbd-detach`).
+    pub detach_step: Option<String>,
 }
 
 /// A connection to one peer.
@@ -830,6 +833,9 @@ fn device_line(w: &mut Wrapper, d: &DeviceView, single_device: bool, o: &TextOpt
         if d.udrbd.served_by_peer {
             w.item(indent, " udrbd-served-by-peer:yes");
         }
+        if let Some(step) = &d.udrbd.detach_step {
+            w.item(indent, &format!(" udrbd-detach:{step}"));
+        }
     }
     let indent = 6;
     if o.statistics {
@@ -1092,6 +1098,9 @@ fn json_device(o: &mut String, d: &DeviceView) {
     }
     if d.udrbd.served_by_peer {
         j.bool("udrbd-served-by-peer", true);
+    }
+    if let Some(step) = &d.udrbd.detach_step {
+        j.str("udrbd-detach", step);
     }
     j.end();
     o.push_str("    }");
@@ -2160,10 +2169,24 @@ r0 node-id:0 role:Primary suspended:no force-io-failures:no
             ),
             "{text}"
         );
-        let json = status_json(&[r]);
+        let json = status_json(&[r.clone()]);
         assert!(json.contains(
             "      \"lower-pending\": 0,\n      \"udrbd-stuck-ios\": 3,\n      \"udrbd-disk-failure-reason\": \"read error\"\n    } ],\n"
         ));
+        r.device.udrbd.io_errors = Some(2);
+        r.device.udrbd.served_by_peer = true;
+        r.device.udrbd.detach_step = Some("writing-bitmap".into());
+        let text = status_text(&r, false, false, 200);
+        assert!(
+            text.contains(
+                " udrbd-disk-failure-reason:read_error udrbd-io-errors:2 udrbd-served-by-peer:yes udrbd-detach:writing-bitmap"
+            ),
+            "{text}"
+        );
+        let json = status_json(&[r]);
+        assert!(json.contains(
+            "\"udrbd-io-errors\": 2,\n      \"udrbd-served-by-peer\": true,\n      \"udrbd-detach\": \"writing-bitmap\"\n"
+        ), "{json}");
     }
 
     // ---------------------------------------------------------------- wrapping, empty, sorting

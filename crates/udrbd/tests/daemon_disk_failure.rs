@@ -223,8 +223,21 @@ fn frozen_disk(force: bool) {
     std::thread::sleep(Duration::from_secs(2));
     disk.pause();
     let paused = Instant::now();
+    let mut plain_detach = None;
     if force {
+        // A plain detach waits for the frozen IO, showing its progress in `status`...
+        let mut cmd = Command::new(udrbd_bin());
+        cmd.arg("--run-dir")
+            .arg(&pair.alice.daemon.run_dir)
+            .args(["detach", PAIR_RESOURCE])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        plain_detach = Some(cmd.spawn().unwrap());
+        poll_status_until(&pair, "the detach waiting", Duration::from_secs(5), |s| {
+            s["devices"][0]["udrbd-detach"] == "waiting-for-io"
+        });
         std::thread::sleep(Duration::from_millis(500));
+        // ... until `detach --force` ends it.
         let t0 = Instant::now();
         pair.alice.ok(&["detach", "--force", PAIR_RESOURCE]);
         let took = t0.elapsed();
@@ -235,7 +248,7 @@ fn frozen_disk(force: bool) {
         );
     }
     let limit = if force {
-        Duration::from_millis(500) + Duration::from_secs(2)
+        Duration::from_secs(1 + 2)
     } else {
         Duration::from_secs(3 + 2)
     };
@@ -258,6 +271,14 @@ fn frozen_disk(force: bool) {
         "{s}"
     );
     assert_eq!(s["devices"][0]["udrbd-served-by-peer"], true, "{s}");
+    if let Some(child) = plain_detach {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "the plain detach: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // Writes go on at the peer while the disk stays frozen; status keeps answering.
     let (_, slowest) =
         poll_status_until(&pair, "the workload's end", Duration::from_secs(20), |_| {
