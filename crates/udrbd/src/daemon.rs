@@ -442,7 +442,7 @@ async fn events(
                 let lines = match event {
                     crate::resource_loop::ResourceEvent::State(new) => {
                         let lines = sf::events2_changes(Some(&old), Some(&new), statistics);
-                        old = new;
+                        old = *new;
                         lines
                     }
                     crate::resource_loop::ResourceEvent::Helper(helper) => {

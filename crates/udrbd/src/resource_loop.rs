@@ -39,7 +39,7 @@ const IO_THREADS: usize = 32;
 #[derive(Clone, Debug)]
 pub enum ResourceEvent {
     /// The resource's state now.
-    State(crate::status_format::ResourceView),
+    State(Box<crate::status_format::ResourceView>),
     /// The handler of this name was started.
     Helper(&'static str),
 }
@@ -178,12 +178,9 @@ impl Shared {
         // Called on every request: only cheap accessors here, no `status()` snapshot.
         let openers = self.engine.openers();
         if (state_changed || openers != self.last_openers) && self.events.receiver_count() > 0 {
-            let _ = self
-                .events
-                .send(ResourceEvent::State(crate::daemon::resource_view(
-                    &self.engine,
-                    &self.resource,
-                )));
+            let _ = self.events.send(ResourceEvent::State(Box::new(
+                crate::daemon::resource_view(&self.engine, &self.resource),
+            )));
         }
         self.last_openers = openers;
         // Wake the timer task only when the deadline moved: a wake-up per request would cost
