@@ -383,6 +383,9 @@ impl Resource {
             // The failure's detach took the pending slot; this command only started it.
             return Ok(None);
         }
+        // A detaching disk takes no resync data: the resync ends (8.4 detaches through
+        // D_FAILED, which aborts it), the bitmap keeps what is left.
+        self.abort_resync();
         Ok(Some(Pending::Detach(DetachStep::Drain)))
     }
 

@@ -944,8 +944,9 @@ impl Resource {
             link.rs_requests.clear();
         }
         self.set_conn(ConnState::Connected);
+        self.send_state();
         if was_resyncing {
-            self.log(LogLevel::Warn, "resync aborted: a disk failed".to_string());
+            self.log(LogLevel::Warn, "resync aborted".to_string());
         }
     }
 
@@ -1362,7 +1363,7 @@ impl Resource {
             }
             (ConnState::Connected, _)
                 if self.disk_state <= DiskState::Inconsistent
-                    && self.disk.is_some()
+                    && self.local_disk_writable()
                     && peer_disk == DiskState::UpToDate =>
             {
                 // The peer became UpToDate (primary --force) while we are not: the handshake
@@ -1373,6 +1374,16 @@ impl Resource {
                 if peer_disk == DiskState::UpToDate =>
             {
                 self.resync_finished_source();
+            }
+            (
+                ConnState::SyncSource
+                | ConnState::PausedSyncS
+                | ConnState::SyncTarget
+                | ConnState::PausedSyncT,
+                ConnState::Connected,
+            ) => {
+                // The peer ended the resync without finishing it (it is detaching).
+                self.abort_resync();
             }
             _ => {}
         }

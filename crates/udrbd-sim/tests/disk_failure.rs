@@ -1002,3 +1002,49 @@ fn clean_detach_of_the_secondary_under_write_load() {
         reattach_and_converge(&mut c, 1, &m);
     }
 }
+
+/// A clean `detach` of the SyncTarget in the middle of a full sync ends the resync on both
+/// sides (8.4 detaches through D_FAILED, which aborts it): both go back to Connected, the
+/// target's disk is released; re-attaching it (while connected) resumes from its bitmap and
+/// the replicas converge.
+#[test]
+fn detach_of_the_sync_target_aborts_the_resync_on_both_sides() {
+    for seed in SEEDS {
+        let mut c = Cluster::new(
+            seed,
+            ClusterOptions {
+                up_at_start: false,
+                ..ClusterOptions::default()
+            },
+        );
+        let len = c.data_area(0).len();
+        c.disk(0).poke(0, &pattern(seed, len));
+        c.disk(1).poke(0, &pattern(seed + 1000, len));
+        c.up(0);
+        c.up(1);
+        c.wait_connected(secs(30));
+        c.must(0, AdminCommand::Primary { force: true });
+        c.run_until("the resync running", secs(30), |c| {
+            c.conn(1) == Some(ConnState::SyncTarget) && c.status(1).written_kib > 0
+        });
+        c.must(1, detach(false));
+        check(
+            &c,
+            disk(&c, 1) == DiskState::Diskless,
+            "the target detached",
+        );
+        c.run_until("both Connected", secs(30), |c| {
+            c.conn(0) == Some(ConnState::Connected) && c.conn(1) == Some(ConnState::Connected)
+        });
+        let left = c.status(0).out_of_sync_bytes;
+        check(&c, left > 0, "the source's bitmap keeps what is left");
+        let cmd = attach_cmd(&c);
+        c.must(1, cmd);
+        c.wait_in_sync(secs(60));
+        check(
+            &c,
+            c.check_identical() == 1,
+            "identical after the re-attach",
+        );
+    }
+}
