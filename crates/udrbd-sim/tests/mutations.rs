@@ -20,7 +20,7 @@
 //! | `NoBitmapWhileDisconnected` | random pairs | convergence | after a disconnect / partition / Secondary crash nothing is resynced, the replicas differ |
 //! | `WriteBeforeAlTransaction` | random pairs on 16 MiB with 2 AL slots | convergence | the peer got a write the crashed Primary lost, and no AL extent or bit on the crashed node covers it: the resync after its restart misses the block |
 //! | `ResyncOverwritesNewerWrite` | resync under a hot write load | convergence | the stale resync data lands after the newer application write on the SyncTarget and its bit is cleared |
-//! | `ClearBitBeforeWriteAck` | resync interrupted by SyncTarget crashes | none (ignored test) | not observable in a pair, see below |
+//! | `ClearBitBeforeWriteAck` | resync interrupted by SyncTarget crashes | none | not observable in a pair, see below (no test) |
 //! | `FlushWithoutBarrierAck` | flush, then power cut of both, failover | durability | the flush completed before the peer flushed: the peer alone comes back without writes acknowledged before the flush |
 //! | `SkipBitmapWriteOnDetach` | diskless Primary, clean detach of the Secondary | convergence | the Secondary's record of the blocks the detached Primary missed is lost on the detach: nothing is resynced |
 //! | `AttachWithStuckIo` | force-detach with a slow write outstanding, re-attach | convergence (or register) | the old attach's write lands after the resync replaced the block: the replicas differ and the Primary reads stale data |
@@ -33,7 +33,8 @@
 //! exchange ORs it back into the source's bitmap, so the block is resynced anyway. The only
 //! visible effect is that the source declares the resync done (and its peer UpToDate) before
 //! the target has written the last replies; a checker of the SyncSource's view against the
-//! SyncTarget's state would see that, none of the named checkers does. Its test is ignored.
+//! SyncTarget's state would see that, none of the named checkers does. It has no test: the
+//! issue's acceptance for it is open.
 //!
 //! Engine bugs met while writing the workloads (the controls avoid them; not fixed here):
 //! with a 16 MiB device and 2 AL slots, the random pair runs diverge after a Primary crash
@@ -403,23 +404,6 @@ fn reattach_with_slow_write(seed: u64, m: Option<Mutation>) {
     }
 }
 
-/// A resync interrupted by crashes of the SyncTarget: the Secondary is invalidated, crashes
-/// during the resync, restarts; the Primary writes throughout.
-fn resync_with_target_crashes(seed: u64, m: Option<Mutation>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xC4A5);
-    let mut c = primary_pair(seed, options(m));
-    for _ in 0..3 {
-        c.forget_writes();
-        c.random_writes(0, below(&mut rng, 16) as usize, 4);
-        c.must(1, AdminCommand::Invalidate);
-        c.run_for(Duration::from_micros(below(&mut rng, 20_000)));
-        c.crash(1);
-        c.random_writes(0, below(&mut rng, 16) as usize, 4);
-        c.restart(1);
-        settle(&mut c, 0);
-    }
-}
-
 // ---- the search ----------------------------------------------------------------------------
 
 /// Runs `workload` with mutation `m` over [`SEEDS`] until an end-to-end checker catches it;
@@ -498,21 +482,6 @@ fn resync_overwrites_newer_write_is_caught() {
         Mutation::ResyncOverwritesNewerWrite,
         resync_under_hot_writes,
         "resync under hot writes",
-    );
-}
-
-/// Not caught (see the module doc): in a pair, the SyncTarget's own bitmap still holds every
-/// bit the source clears early (the target clears a bit only once the resync write is
-/// durable, and the next bitmap exchange ORs both bitmaps), so no replica ever diverges. The
-/// only effect is that the source declares the resync finished a little early. Run with
-/// `--ignored` to search the seed range again.
-#[test]
-#[ignore = "masked by the SyncTarget's bitmap in a two-node cluster: no end-to-end checker can see it"]
-fn clear_bit_before_write_ack_is_caught() {
-    caught(
-        Mutation::ClearBitBeforeWriteAck,
-        resync_with_target_crashes,
-        "resync with SyncTarget crashes",
     );
 }
 
