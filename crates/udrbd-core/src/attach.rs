@@ -91,7 +91,8 @@ impl Resource {
             return Err(CommandError::AlreadyAttached);
         }
         let outstanding: u64 = self.stale_ops.values().sum();
-        if outstanding > 0 {
+        // Mutation::AttachWithStuckIo breaks this rule: the old attach's IO may still land.
+        if outstanding > 0 && self.config.mutation != Some(crate::Mutation::AttachWithStuckIo) {
             return Err(CommandError::StuckIo { outstanding });
         }
         let offset = Layout::superblock_byte_for(params.meta_kind, params.meta_device_bytes)
@@ -739,6 +740,13 @@ impl Resource {
                     )
                 }) || !self.al_waiting.is_empty();
                 if busy {
+                    return false;
+                }
+                if !failed && self.config.mutation == Some(crate::Mutation::SkipBitmapWriteOnDetach)
+                {
+                    // Mutation: the meta-data is made clean without writing the bitmap.
+                    self.set_detach_step(DetachStep::InitializeAl);
+                    self.initialize_activity_log();
                     return false;
                 }
                 // "Always write the bitmap on detach": also after a failure (best effort).

@@ -27,6 +27,7 @@
 mod attach;
 pub mod connection;
 mod engine;
+pub mod mutation;
 mod peer;
 pub mod peer_config;
 mod replication;
@@ -38,6 +39,7 @@ pub mod timer;
 pub mod types;
 
 pub use engine::{DiskFailure, OnIoError, Resource, ResourceConfig, Statistics, Status};
+pub use mutation::Mutation;
 pub use peer_config::{NetConfig, PeerStatus, ResyncStatus};
 pub use state::{CommandError, ConnState, DiskState, Role, StateChangeError};
 pub use types::*;

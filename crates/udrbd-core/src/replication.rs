@@ -27,6 +27,7 @@ use udrbd_wire::{
 };
 
 use crate::engine::{LocalIoError, OpPurpose, Resource};
+use crate::mutation::Mutation;
 use crate::peer::{MAX_RESYNC_REQUEST, SentRequest, Socket, ack_for};
 use crate::state::{ConnState, DiskState};
 use crate::timer::Timer;
@@ -110,7 +111,26 @@ impl Resource {
                 }
             };
             let overlaps_blocked = blocked.iter().any(|&(s, e)| s < range.1 && range.0 < e);
-            if overlaps_blocked || self.range_locked(range.0, range.1) {
+            // Mutation::ResyncOverwritesNewerWrite breaks this rule: a received application
+            // write does not wait for resync requests and resync writes of its blocks.
+            let locked = if matches!(w, LockWaiter::PeerWrite(_))
+                && self.config.mutation == Some(Mutation::ResyncOverwritesNewerWrite)
+            {
+                let resync: std::collections::BTreeSet<u64> = (self.rs_request_locks.values())
+                    .copied()
+                    .chain(self.peer_writes.values().filter_map(|p| {
+                        (p.kind == PeerWriteKind::Resync)
+                            .then_some(p.lock)
+                            .flatten()
+                    }))
+                    .collect();
+                self.locks
+                    .iter()
+                    .any(|(id, &(s, e))| !resync.contains(id) && s < range.1 && range.0 < e)
+            } else {
+                self.range_locked(range.0, range.1)
+            };
+            if overlaps_blocked || locked {
                 blocked.push(range);
                 continue;
             }
@@ -410,6 +430,10 @@ impl Resource {
             return None;
         }
         self.close_epoch();
+        if self.config.mutation == Some(Mutation::FlushWithoutBarrierAck) {
+            // Mutation: the flush does not wait for the peer's P_BARRIER_ACK (its flush).
+            return None;
+        }
         self.link()?.unacked_epochs.back().map(|(nr, _, _)| *nr)
     }
 
@@ -919,6 +943,11 @@ impl Resource {
                         Packet::DataReply(packet)
                     };
                     self.send(Socket::Data, &packet);
+                    if pr.resync && self.config.mutation == Some(Mutation::ClearBitBeforeWriteAck) {
+                        // Mutation: in sync as soon as the data is sent, not at P_RS_WRITE_ACK.
+                        self.clear_in_sync(pr.sector * 512, u64::from(pr.len));
+                        self.source_maybe_finished();
+                    }
                 }
             }
             Err(_) => {

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use udrbd_meta::activity_log::{Activation, BITS_PER_AL_EXTENT, extent_of_sector};
 
 use crate::engine::{AlWriter, LocalIoError, OpPurpose, Request, Resource};
+use crate::mutation::Mutation;
 use crate::state::{DiskState, Role};
 use crate::types::*;
 
@@ -280,7 +281,10 @@ impl Resource {
             }
             let (first, last) = self.requests[&id].extents.expect("a write");
             let d = self.disk.as_ref().expect("attached");
-            if (first..=last).all(|e| d.al.is_active(e)) {
+            // Mutation::WriteBeforeAlTransaction breaks this rule: the write goes to the disk
+            // while its extents' AL transaction is not yet durable.
+            let mutated = self.config.mutation == Some(Mutation::WriteBeforeAlTransaction);
+            if mutated || (first..=last).all(|e| d.al.is_active(e)) {
                 self.al_waiting.retain(|w| *w != id);
                 let lock = self.lock_range(start, end);
                 self.requests.get_mut(&id).expect("request").lock = Some(lock);
@@ -465,7 +469,15 @@ impl Resource {
         let Some(r) = self.requests.get(&id) else {
             return;
         };
-        if !r.local_done || r.net_pending > 0 || r.flush_epoch.is_some() || r.op.is_some() {
+        // Mutation::AckBeforePeerAck breaks this rule: a replicated write completes without
+        // the peer's acknowledgement (P_WRITE_ACK under protocol C).
+        let net_pending =
+            if self.config.mutation == Some(Mutation::AckBeforePeerAck) && r.replicated {
+                0
+            } else {
+                r.net_pending
+            };
+        if !r.local_done || net_pending > 0 || r.flush_epoch.is_some() || r.op.is_some() {
             return;
         }
         self.release_extents(id);
@@ -487,8 +499,10 @@ impl Resource {
             return self.complete(id, Err(BlockError::Io));
         }
         self.account(&r.request);
+        // Mutation::NoBitmapWhileDisconnected breaks this rule: the write is not recorded.
         if !r.replicated
             && self.config.has_peer
+            && self.config.mutation != Some(Mutation::NoBitmapWhileDisconnected)
             && let Some((offset, len)) = written_range(&r.request)
         {
             // No peer received it: out of sync until a resync.

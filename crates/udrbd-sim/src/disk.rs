@@ -106,6 +106,17 @@ impl SimDisk {
         }
     }
 
+    /// Sets the latency range (nanoseconds, `min < max`) of operations submitted from now on.
+    pub fn set_latency(&mut self, min_ns: u64, max_ns: u64) {
+        assert!(min_ns < max_ns, "latency range");
+        self.latency = (min_ns, max_ns);
+    }
+
+    /// The latency range in nanoseconds.
+    pub fn latency(&self) -> (u64, u64) {
+        self.latency
+    }
+
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.durable.len() as u64
