@@ -636,7 +636,7 @@ impl Resource {
                         d.bitmap.mark_dirty(page);
                     }
                 }
-                OpPurpose::AlTransaction => {
+                OpPurpose::AlTransaction | OpPurpose::AlPreflush => {
                     if let Some(d) = self.disk.as_mut() {
                         d.al_writer = AlWriter::Idle;
                     }
@@ -736,7 +736,10 @@ impl Resource {
                 let busy = self.ops.values().any(|p| {
                     matches!(
                         p,
-                        OpPurpose::Request(_) | OpPurpose::AlTransaction | OpPurpose::Superblock(_)
+                        OpPurpose::Request(_)
+                            | OpPurpose::AlTransaction
+                            | OpPurpose::AlPreflush
+                            | OpPurpose::Superblock(_)
                     )
                 }) || !self.al_waiting.is_empty();
                 if busy {

@@ -142,6 +142,8 @@ pub(crate) enum OpPurpose {
     BitmapPage(u64),
     /// Writing an activity-log transaction.
     AlTransaction,
+    /// The flush before a transaction that evicts extents.
+    AlPreflush,
     /// Re-initialising the activity-log ring.
     AlInitialize,
     /// Writing the superblock (carrying this version).
@@ -207,6 +209,16 @@ pub(crate) enum AlWriter {
     Pages {
         prepared: Box<udrbd_meta::activity_log::PreparedTransaction>,
         pages: BTreeSet<u64>,
+    },
+    /// The transaction evicts extents: the flush before it is in flight (completed writes
+    /// of an evicted extent must be durable before the log stops covering them; DRBD writes
+    /// the transaction with a preflush).
+    Preflushing {
+        prepared: Box<udrbd_meta::activity_log::PreparedTransaction>,
+    },
+    /// The preflush completed: the transaction block may be written.
+    Preflushed {
+        prepared: Box<udrbd_meta::activity_log::PreparedTransaction>,
     },
     /// The transaction block is being written.
     Writing,
@@ -764,6 +776,16 @@ impl Resource {
                 if c.result.is_err() {
                     self.disk_errors.bitmap_write_failed = true;
                     self.local_io_error(LocalIoError::MetaData);
+                }
+            }
+            OpPurpose::AlPreflush => {
+                let Some(d) = self.disk.as_mut() else { return };
+                match (c.result, std::mem::take(&mut d.al_writer)) {
+                    (Ok(_), AlWriter::Preflushing { prepared }) => {
+                        d.al_writer = AlWriter::Preflushed { prepared };
+                    }
+                    (Ok(_), other) => d.al_writer = other,
+                    (Err(_), _) => self.local_io_error(LocalIoError::Write),
                 }
             }
             OpPurpose::AlTransaction => {

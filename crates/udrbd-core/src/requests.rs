@@ -358,6 +358,12 @@ impl Resource {
                 pages,
             };
         }
+        if matches!(d.al_writer, AlWriter::Preflushed { .. }) {
+            let AlWriter::Preflushed { prepared } = std::mem::take(&mut d.al_writer) else {
+                unreachable!()
+            };
+            return self.write_al_transaction(prepared);
+        }
         let AlWriter::Pages { pages, .. } = &mut d.al_writer else {
             return;
         };
@@ -379,6 +385,22 @@ impl Resource {
         let AlWriter::Pages { prepared, .. } = std::mem::take(&mut d.al_writer) else {
             unreachable!()
         };
+        if !prepared.evicted.is_empty() {
+            // Writes that completed in an evicted extent may still be in the disk's cache:
+            // once the transaction is durable, a crash replay no longer marks that extent.
+            d.al_writer = AlWriter::Preflushing { prepared };
+            self.submit(OpPurpose::AlPreflush, DiskArea::Data, 0, DiskOpKind::Flush);
+            return;
+        }
+        self.write_al_transaction(prepared);
+    }
+
+    /// Writes a prepared activity-log transaction block (FUA).
+    fn write_al_transaction(
+        &mut self,
+        prepared: Box<udrbd_meta::activity_log::PreparedTransaction>,
+    ) {
+        let d = self.disk.as_mut().expect("attached");
         d.al_writer = AlWriter::Writing;
         let offset = d.layout.al_position_byte(prepared.ring_position);
         let data = Bytes::copy_from_slice(&prepared.transaction.encode()[..]);
