@@ -1315,7 +1315,9 @@ impl Resource {
         let peer_disk = state.disk;
         let peer_conn = state.conn;
         if !handshake_done {
-            if !(has_uuids && has_sizes && got_protocol) {
+            // A diskless node sends no P_UUIDS (it has none), as DRBD's drbd_send_uuids.
+            let uuids_expected = peer_disk >= DiskState::Negotiating;
+            if !((has_uuids || !uuids_expected) && has_sizes && got_protocol) {
                 return Err("P_STATE before P_PROTOCOL, P_SIZES and P_UUIDS".to_string());
             }
             {
@@ -1351,8 +1353,26 @@ impl Resource {
         match (conn, peer_conn) {
             // The peer wants our bitmap as its SyncTarget (invalidate, or its handshake
             // re-run): we are the source.
+            (ConnState::Connected, ConnState::WfBitMapT | ConnState::StartingSyncT)
+                if self.disk.is_none() =>
+            {
+                // A resync needs a disk on both sides: the peer's handshake saw this node's
+                // disk before it went (its state is on the way); nothing to exchange.
+                self.log(
+                    LogLevel::Warn,
+                    "the peer wants a resync but this node has no disk".to_string(),
+                );
+            }
             (ConnState::Connected, ConnState::WfBitMapT | ConnState::StartingSyncT) => {
                 self.enter_bitmap_exchange(true);
+            }
+            (ConnState::Connected, ConnState::WfBitMapS | ConnState::StartingSyncS)
+                if self.disk.is_none() =>
+            {
+                self.log(
+                    LogLevel::Warn,
+                    "the peer wants a resync but this node has no disk".to_string(),
+                );
             }
             (ConnState::Connected, ConnState::WfBitMapS | ConnState::StartingSyncS) => {
                 if self.disk_state == DiskState::UpToDate && self.role != Role::Primary {
@@ -1415,9 +1435,13 @@ impl Resource {
         peer_disk: DiskState,
         local_disk_now: DiskState,
     ) -> Result<(), String> {
-        let Some(d) = self.disk.as_ref() else {
-            // Diskless: no resync; connected as a diskless node.
+        let peer_has_no_disk = peer_disk < DiskState::Negotiating
+            || self.link().is_some_and(|l| l.peer_uuids.is_none());
+        let Some(d) = self.disk.as_ref().filter(|_| !peer_has_no_disk) else {
+            // One side is diskless: nothing to compare or sync; connected (a diskless
+            // Primary's IO is served by the peer's disk).
             self.set_conn(ConnState::Connected);
+            self.update_md_flags();
             self.send_state();
             return Ok(());
         };

@@ -1048,3 +1048,54 @@ fn detach_of_the_sync_target_aborts_the_resync_on_both_sides() {
         );
     }
 }
+
+/// A diskless Primary (its disk force-detached) loses its peer through a partition: IO
+/// fails while there is no copy of the data; after the heal the connection comes back (a
+/// diskless node sends no P_UUIDS; the handshake has nothing to sync) and the Primary serves
+/// IO through the peer again, with the writes acknowledged before the partition.
+#[test]
+fn a_diskless_primary_reconnects_to_its_peer() {
+    for seed in SEEDS {
+        let mut c = in_sync_pair(seed, ClusterOptions::default());
+        c.must(0, primary());
+        let a = pattern(seed, BLOCK as usize);
+        c.write(0, 0, a.clone(), false)
+            .expect("write before the detach");
+        c.must(0, detach(true));
+        c.run_until("node 0 Diskless", secs(10), |c| {
+            disk(c, 0) == DiskState::Diskless
+        });
+        let b = pattern(seed + 1, BLOCK as usize);
+        c.write(0, BLOCK, b.clone(), false)
+            .expect("a diskless Primary writes through the peer");
+        c.partition(0, 1);
+        c.run_until("the link gone", secs(60), |c| {
+            c.conn(0) != Some(ConnState::Connected)
+        });
+        let r = c.read(0, 0, BLOCK as u32);
+        check(&c, r.is_err(), "no copy reachable: EIO");
+        c.heal();
+        c.wait_connected(secs(60));
+        let r = c.read(0, 0, BLOCK as u32);
+        check(
+            &c,
+            r.ok() == Some(a.clone()),
+            "the first write, from the peer",
+        );
+        let r = c.read(0, BLOCK, BLOCK as u32);
+        check(
+            &c,
+            r.ok() == Some(b.clone()),
+            "the diskless write, from the peer",
+        );
+        // The disk comes back: the resync brings what it missed.
+        let cmd = attach_cmd(&c);
+        c.must(0, cmd);
+        c.wait_in_sync(secs(60));
+        check(
+            &c,
+            c.check_identical() == 1,
+            "identical after the re-attach",
+        );
+    }
+}
