@@ -529,6 +529,20 @@ impl Resource {
         &self.config
     }
 
+    /// Whether 4 KiB block `block` of the data is marked for resync: its bit is set in the
+    /// in-memory bitmap, or its 4 MiB extent is in the activity log (which a crash turns into
+    /// set bits). `None` without meta-data in memory. For the simulator's bitmap-soundness
+    /// checker (a read-only view; the data path never calls it).
+    pub fn block_marked(&self, block: u64) -> Option<bool> {
+        let d = self.disk.as_ref()?;
+        let extent = udrbd_meta::activity_log::extent_of_sector(block * 8);
+        Some(
+            d.bitmap.test(block)
+                || d.al.is_active(extent)
+                || d.al.committed_extents().contains(&extent),
+        )
+    }
+
     /// Checks every invariant of the module doc; panics on a violation (a bug).
     pub fn invariants(&self) {
         self.peer_invariants();

@@ -153,8 +153,12 @@ impl SimDisk {
         self.pending.len()
     }
 
-    /// Completes every operation due at `now` (in due order).
-    pub fn complete_due(&mut self, now: Instant) -> Vec<DiskCompletion> {
+    /// Completes every operation due at `now` (in due order), each with its area, offset,
+    /// length (0 for a flush) and whether it modifies data.
+    pub fn complete_due(
+        &mut self,
+        now: Instant,
+    ) -> Vec<(DiskCompletion, DiskArea, u64, u64, bool)> {
         if self.faults.frozen {
             return Vec::new();
         }
@@ -168,8 +172,15 @@ impl SimDisk {
         due.into_iter().map(|(_, id)| self.complete(id)).collect()
     }
 
-    fn complete(&mut self, id: DiskOpId) -> DiskCompletion {
+    fn complete(&mut self, id: DiskOpId) -> (DiskCompletion, DiskArea, u64, u64, bool) {
         let Pending { op, .. } = self.pending.remove(&id).expect("pending op");
+        let (len, write) = match &op.kind {
+            DiskOpKind::Read { len } => (u64::from(*len), false),
+            DiskOpKind::Write { data, .. } => (data.len() as u64, true),
+            DiskOpKind::Discard { len } | DiskOpKind::WriteZeroes { len } => (*len, true),
+            DiskOpKind::Flush => (0, false),
+        };
+        let (op_area, offset) = (op.area, op.offset);
         self.stats.completed += 1;
         let area = area_index(op.area);
         let at = op.offset as usize;
@@ -211,7 +222,7 @@ impl SimDisk {
         if result.is_err() {
             self.stats.errors += 1;
         }
-        DiskCompletion { id, result }
+        (DiskCompletion { id, result }, op_area, offset, len, write)
     }
 
     /// A completed write enters the cache (and, with FUA, the durable image).

@@ -8,12 +8,16 @@
 //! durability across failovers and convergence; the `vopr` binary runs one seed.
 #![forbid(unsafe_code)]
 
+pub mod bench;
+pub mod checker;
 pub mod cluster;
 pub mod disk;
 pub mod net;
 pub mod single;
+pub mod swarm;
 pub mod workload;
 
+pub use checker::{Checker, SimFailure};
 pub use cluster::{Cluster, ClusterOptions};
 pub use disk::{Faults, SimDisk};
 pub use net::{NetEvent, SimNet};
