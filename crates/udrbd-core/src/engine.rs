@@ -682,7 +682,12 @@ impl Resource {
     /// Recomputes the MDF flags from the states (drbd-v08-facts.md §2.2) and bumps the
     /// superblock version if they changed. FULL_SYNC and AL_DISABLED are preserved.
     pub(crate) fn update_md_flags(&mut self) {
-        self.update_md_flags_for(self.role);
+        // A promotion in progress wrote "Primary" and waits for it to be durable: a flag
+        // update meanwhile (a handshake, the peer's disk state) keeps it. Recomputing for
+        // the old role made the node Primary over a superblock without PRIMARY_IND (found
+        // by the swarm, with a frozen disk holding the promotion's superblock write).
+        let promoting = matches!(self.pending, Some((_, Pending::Primary { .. })));
+        self.update_md_flags_for(if promoting { Role::Primary } else { self.role });
     }
 
     /// As [`Resource::update_md_flags`], for the role the node is taking (a promotion writes

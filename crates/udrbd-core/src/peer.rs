@@ -1314,7 +1314,11 @@ impl Resource {
         let peer_disk = state.disk;
         let peer_conn = state.conn;
         if !handshake_done {
-            if !(has_uuids && has_sizes && got_protocol) {
+            // A diskless peer sends no P_UUIDS (DRBD's drbd_send_uuids needs a disk), and
+            // DRBD's receive_state runs the sync handshake only with the peer's UUIDs:
+            // demanding them refused every diskless peer's connection (found by the swarm).
+            let diskless_peer = peer_disk <= DiskState::Diskless;
+            if !((has_uuids || diskless_peer) && has_sizes && got_protocol) {
                 return Err("P_STATE before P_PROTOCOL, P_SIZES and P_UUIDS".to_string());
             }
             {
@@ -1397,6 +1401,22 @@ impl Resource {
         }
     }
 
+    /// Two Primaries never connect without allow-two-primaries: DRBD's is_valid_state refuses
+    /// the state change (SS_TWO_PRIMARIES) whatever the handshake decided, and the connection
+    /// is dropped. Without this a Primary made Inconsistent (pass_on), or a diskless Primary,
+    /// connected to the other Primary (found by the swarm). True if it refused.
+    fn refuse_two_primaries(&mut self, peer_role: Role) -> bool {
+        if !(self.role == Role::Primary && peer_role == Role::Primary) {
+            return false;
+        }
+        let message = StateChangeError::TwoPrimaries.message().to_string();
+        self.peer.as_mut().expect("peer").last_error = Some(message.clone());
+        self.log(LogLevel::Error, message);
+        self.drop_connection(ConnState::Disconnecting, None);
+        self.go_standalone();
+        true
+    }
+
     /// DRBD's `drbd_sync_handshake`: the UUID comparison, then the post-processing.
     fn sync_handshake(
         &mut self,
@@ -1406,12 +1426,26 @@ impl Resource {
     ) -> Result<(), String> {
         let Some(d) = self.disk.as_ref() else {
             // Diskless: no resync; connected as a diskless node.
+            if self.refuse_two_primaries(peer_role) {
+                return Ok(());
+            }
             self.set_conn(ConnState::Connected);
             self.send_state();
             return Ok(());
         };
         let link = self.link().expect("link");
-        let mut peer = link.peer_uuids.expect("checked");
+        // A diskless peer (it sent no P_UUIDS, or those of this link predate its detach):
+        // nothing to resync. Running the handshake against its stale UUIDs made it a
+        // resync target without a disk (found by the swarm).
+        let peer_uuids = link.peer_uuids.filter(|_| peer_disk > DiskState::Diskless);
+        let Some(mut peer) = peer_uuids else {
+            if self.refuse_two_primaries(peer_role) {
+                return Ok(());
+            }
+            self.set_conn(ConnState::Connected);
+            self.send_state();
+            return Ok(());
+        };
         let mut local = d.sb.uuids;
         let compare = CompareInput {
             local,
@@ -1511,6 +1545,7 @@ impl Resource {
                 self.drop_connection(ConnState::Disconnecting, None);
                 self.go_standalone();
             }
+            HandshakeOutcome::Connect { .. } if self.refuse_two_primaries(peer_role) => {}
             HandshakeOutcome::Connect {
                 direction,
                 full_sync,

@@ -93,6 +93,8 @@ pub struct SwarmOptions {
     /// Alters each node's configuration at every boot (after the drawn parameters), e.g. to
     /// select an engine mutation.
     pub configure: Option<ConfigureHook>,
+    /// Print every operation and journal entry to stderr (for debugging one seed).
+    pub trace: bool,
 }
 
 impl std::fmt::Debug for SwarmOptions {
@@ -377,6 +379,7 @@ pub fn run_seed(seed: u64, options: &SwarmOptions) -> Result<SwarmReport, SwarmF
     let _ = checker::take_failure();
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut run = Run::new(seed, params, options.configure.clone());
+        run.trace = options.trace;
         run.main_phase();
         run.liveness_phase();
         run.report()
@@ -466,6 +469,8 @@ struct Req {
     /// Tag base of a write (block `b` gets `base | (b + 1)`); 0 for zeros.
     base: u64,
     seq: u64,
+    /// The node's link epoch at submission, if it was connected then.
+    link: Option<u64>,
     /// The reading node's view at submission.
     expected: Vec<Option<u64>>,
 }
@@ -496,9 +501,13 @@ struct Run {
     busy_read: BTreeMap<u64, u32>,
     commands: BTreeMap<(NodeId, CommandId), PendingCommand>,
     last: [Snapshot; 2],
+    /// Per node: incremented whenever its connection is lost (a write is mirrored only if it
+    /// started and completed on the same link).
+    link_epoch: [u64; 2],
     down_since: [Option<u64>; 2],
     /// What the runner is doing (for failure messages).
     op: String,
+    trace: bool,
 }
 
 const NODES: [NodeId; 2] = [0, 1];
@@ -561,8 +570,10 @@ impl Run {
             busy_read: BTreeMap::new(),
             commands: BTreeMap::new(),
             last,
+            link_epoch: [0, 0],
             down_since: [None, None],
             op: String::new(),
+            trace: false,
         };
         run.drain();
         run
@@ -585,6 +596,13 @@ impl Run {
     }
 
     fn set_op(&mut self, op: String) {
+        if self.trace {
+            eprintln!(
+                "t={:.6} op {}: {op}",
+                self.c.now().0 as f64 / 1e9,
+                self.counts.ops
+            );
+        }
         self.c.set_context(format!("op {}: {op}", self.counts.ops));
         self.op = op;
     }
@@ -768,6 +786,8 @@ impl Run {
                     0
                 },
                 seq,
+                link: is_connected(self.last[usize::from(node)].conn)
+                    .then_some(self.link_epoch[usize::from(node)]),
                 expected,
             },
         );
@@ -838,7 +858,13 @@ impl Run {
             (Kind::Flush, Err(_)) => {}
             (kind, Ok(_)) => {
                 let fua = kind == Kind::Write { fua: true };
-                let promised = ack.protocol_c
+                // Mirrored: started and completed on one link. Started on a link that broke
+                // (or completed on a link that came up meanwhile): the peer may or may not
+                // have it.
+                let same_link = ack.connected && req.link == Some(self.link_epoch[node]);
+                let maybe_mirrored = req.link.is_some() || ack.connected;
+                let promised = same_link
+                    && ack.protocol_c
                     && ack.primary
                     && ack.peer_up_to_date
                     && ack.conn == Some(ConnState::Connected);
@@ -851,12 +877,12 @@ impl Run {
                     if !fua {
                         self.volatile[node].insert(b, req.seq);
                     }
-                    if ack.connected {
+                    if maybe_mirrored {
                         let peer_failed = self.failed_write[peer]
                             .get(&b)
                             .is_some_and(|&s| s >= req.seq);
                         self.view[peer][b as usize] =
-                            (ack.protocol_c && !peer_failed).then_some(tag);
+                            (same_link && ack.protocol_c && !peer_failed).then_some(tag);
                         if !fua {
                             self.volatile[peer].insert(b, req.seq);
                         }
@@ -867,7 +893,7 @@ impl Run {
             (_, Err(_)) => {
                 for b in req.first..req.first + req.blocks {
                     self.view[node][b as usize] = None;
-                    if ack.connected {
+                    if ack.connected || req.link.is_some() {
                         self.view[peer][b as usize] = None;
                     }
                     self.acked[b as usize] = None;
@@ -912,6 +938,20 @@ impl Run {
     fn drain(&mut self) {
         for entry in self.c.take_journal() {
             self.seq += 1;
+            if self.trace {
+                match &entry {
+                    JournalEntry::Completed {
+                        id,
+                        node,
+                        result,
+                        ack,
+                    } => eprintln!(
+                        "    completed {id:?} on {node}: {:?} {ack:?}",
+                        result.as_ref().map(|_| ())
+                    ),
+                    other => eprintln!("    {other:?}"),
+                }
+            }
             match entry {
                 JournalEntry::Completed {
                     id, result, ack, ..
@@ -944,6 +984,9 @@ impl Run {
         let i = usize::from(node);
         let before = self.last[i];
         self.last[i] = s;
+        if is_connected(before.conn) && !is_connected(s.conn) {
+            self.link_epoch[i] += 1;
+        }
         self.hash.add(
             u64::from(node)
                 | (s.role as u64) << 8
@@ -1134,7 +1177,12 @@ impl Run {
             let Some((tag, true, seq)) = self.acked[b as usize] else {
                 continue;
             };
-            if self.busy_write.contains(&b)
+            // The survivor's own copy may have gone since: it crashed itself before the write
+            // was durable there, or a resync from a node that had lost it replaced it (a
+            // crashed Primary resyncs its activity log to the peer, as in DRBD). Its view
+            // says so.
+            if self.view[s][b as usize] != Some(tag)
+                || self.busy_write.contains(&b)
                 || self.failed_write[s].get(&b).is_some_and(|&f| f >= seq)
             {
                 continue;
@@ -1376,15 +1424,44 @@ impl Run {
         self.inflight.is_empty() && self.commands.is_empty() && self.c.all_in_sync()
     }
 
-    /// What an operator does to bring the pair back: attach, connect, resolve a split brain.
+    /// What an operator does to bring the pair back: attach, connect, resolve a split brain
+    /// (the Secondary, or node 1, discards its data), force a Primary when nobody has
+    /// UpToDate data (every copy was invalidated or left mid-resync), and wipe the meta-data
+    /// of one node when the data is unrelated (DRBD's only way out: create-md).
     fn nudge(&mut self, round: u64) {
         if !self.commands.is_empty() {
             return;
         }
         let status = [self.c.status(0), self.c.status(1)];
+        let error_is = |s: &crate::cluster::NodeStatus, what: &str| {
+            s.peer
+                .as_ref()
+                .and_then(|p| p.last_error.as_deref())
+                .is_some_and(|e| e.contains(what))
+        };
+        if status.iter().any(|s| error_is(s, "Unrelated data")) {
+            let node =
+                if status[1].disk == DiskState::UpToDate && status[0].disk < DiskState::UpToDate {
+                    0
+                } else {
+                    1
+                };
+            self.wipe(node);
+            return;
+        }
+        if status.iter().all(|s| s.role == Role::Primary) {
+            // Two Primaries never connect: the operator demotes one.
+            self.start(1, AdminCommand::Secondary);
+            return;
+        }
         let split_brain = status
             .iter()
             .any(|s| s.peer.as_ref().is_some_and(|p| p.split_brain));
+        let loser = if status[1].role == Role::Primary {
+            0
+        } else {
+            1
+        };
         for node in NODES {
             let st = &status[usize::from(node)];
             let conn = st.peer.as_ref().map(|p| p.conn);
@@ -1394,18 +1471,12 @@ impl Run {
                 continue;
             }
             if conn == Some(ConnState::StandAlone) {
-                // The loser of a split brain (the Secondary, or node 1) discards its data.
-                let loser = if status[1].role == Role::Primary {
-                    0
-                } else {
-                    1
-                };
                 let discard = split_brain && node == loser;
                 if discard && st.role == Role::Primary {
                     self.start(node, AdminCommand::Secondary);
                     continue;
                 }
-                if split_brain {
+                if split_brain && node == loser {
                     self.counts.split_brains += 1;
                 }
                 self.start(
@@ -1416,15 +1487,12 @@ impl Run {
                 );
             }
         }
-        // Nobody has UpToDate data (e.g. both crashed mid-resync): the operator forces one.
-        let connected = status.iter().all(|s| {
-            s.peer
-                .as_ref()
-                .is_some_and(|p| p.conn == ConnState::Connected)
-        });
-        if round > 20
-            && connected
-            && self.commands.is_empty()
+        // Nobody has UpToDate data: the operator forces the best copy to be the truth. What
+        // it holds is whatever the interrupted resyncs left: the model forgets it.
+        let attached = status.iter().all(|s| s.disk >= DiskState::Inconsistent);
+        if round > 10
+            && round % 10 == 1
+            && attached
             && status.iter().all(|s| s.disk != DiskState::UpToDate)
         {
             let node = if status[0].disk >= status[1].disk {
@@ -1432,8 +1500,19 @@ impl Run {
             } else {
                 1
             };
-            self.start(node, AdminCommand::Primary { force: true });
+            self.view[node] = vec![None; self.blocks as usize];
+            self.start(node as NodeId, AdminCommand::Primary { force: true });
         }
+    }
+
+    /// `down`, `create-md`, `up` on node `i`: its data will be fully synced from the peer.
+    fn wipe(&mut self, node: NodeId) {
+        self.set_op(format!("liveness: wipe the meta-data of node {node}"));
+        self.c.crash(node);
+        self.commands.retain(|(n, _), _| *n != node);
+        crate::cluster::create_md(self.c.disk(node));
+        self.view[usize::from(node)] = vec![None; self.blocks as usize];
+        self.restart(node);
     }
 
     /// (7) Once idle, nothing is outstanding anywhere.
@@ -1496,6 +1575,7 @@ impl Run {
                         blocks: n,
                         base: 0,
                         seq: 0,
+                        link: None,
                         expected,
                     };
                     self.check_read(&req, &data);

@@ -8,6 +8,7 @@
 //! vopr --threads T              run seeds on T threads (default 1)
 //! vopr --ops N                  operations per seed (default: drawn per seed)
 //! vopr --verbose                one line per seed
+//! vopr --trace                  every operation and event of the run (one seed)
 //! vopr --bench                  the speed benchmark (see `bench` below)
 //! vopr --epochs E [--full-sync] the older epoch workload (udrbd_sim::workload)
 //! ```
@@ -29,6 +30,7 @@ struct Args {
     threads: usize,
     ops: u64,
     verbose: bool,
+    trace: bool,
     bench: bool,
     epochs: Option<u64>,
     full_sync: bool,
@@ -42,6 +44,7 @@ fn parse() -> Args {
         threads: 1,
         ops: 0,
         verbose: false,
+        trace: false,
         bench: false,
         epochs: None,
         full_sync: false,
@@ -79,6 +82,7 @@ fn parse() -> Args {
             "--threads" => a.threads = number("--threads", value("--threads")).max(1) as usize,
             "--ops" => a.ops = number("--ops", value("--ops")),
             "--verbose" | "-v" => a.verbose = true,
+            "--trace" => a.trace = true,
             "--bench" => a.bench = true,
             "--epochs" => a.epochs = Some(number("--epochs", value("--epochs"))),
             "--full-sync" => a.full_sync = true,
@@ -91,6 +95,9 @@ fn parse() -> Args {
     a
 }
 
+// The binary may read the wall clock and /proc (the library may not): `--minutes` and the
+// benchmark's CPU time.
+#[allow(clippy::disallowed_methods)]
 fn main() {
     let args = parse();
     if args.bench {
@@ -115,6 +122,7 @@ fn main() {
     let failures: Arc<Mutex<Vec<SwarmFailure>>> = Arc::new(Mutex::new(Vec::new()));
     let options = SwarmOptions {
         ops: args.ops,
+        trace: args.trace,
         ..SwarmOptions::default()
     };
     std::thread::scope(|scope| {
@@ -184,6 +192,7 @@ fn bench() {
 }
 
 /// CPU time of the calling thread's process in seconds (/proc/self/schedstat, nanoseconds).
+#[allow(clippy::disallowed_methods)]
 fn cpu_seconds() -> f64 {
     let text = std::fs::read_to_string("/proc/self/schedstat").unwrap_or_default();
     let ns: f64 = text
