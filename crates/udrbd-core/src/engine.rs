@@ -529,6 +529,13 @@ impl Resource {
         &self.config
     }
 
+    /// The role, and the connection state and the peer's disk if a peer is configured (what
+    /// `status` shows of them, without building a [`Status`]: the simulator asks at every
+    /// request completion).
+    pub fn role_and_peer(&self) -> (Role, Option<(crate::state::ConnState, DiskState)>) {
+        (self.role, self.peer.as_ref().map(|p| (p.conn, p.peer_disk)))
+    }
+
     /// Whether 4 KiB block `block` of the data is marked for resync: its bit is set in the
     /// in-memory bitmap, or its 4 MiB extent is in the activity log (which a crash turns into
     /// set bits). `None` without meta-data in memory. For the simulator's bitmap-soundness

@@ -25,6 +25,8 @@ pub struct BenchOptions {
     pub queue_depth: usize,
     /// Seed.
     pub seed: u64,
+    /// Run `invariants()` after every step (as every other run does).
+    pub invariants: bool,
 }
 
 impl Default for BenchOptions {
@@ -33,6 +35,7 @@ impl Default for BenchOptions {
             requests: 200_000,
             queue_depth: 32,
             seed: 1,
+            invariants: true,
         }
     }
 }
@@ -56,6 +59,7 @@ pub fn run(options: &BenchOptions) -> BenchReport {
             device_bytes: 16 << 20,
             al_extents: 7,
             journal: true,
+            invariants_every_step: options.invariants,
             ..ClusterOptions::default()
         },
     );

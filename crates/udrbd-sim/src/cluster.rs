@@ -122,6 +122,9 @@ pub struct ClusterOptions {
     pub disk_timeout: Option<Duration>,
     /// `on-io-error` of every node.
     pub on_io_error: OnIoError,
+    /// Run every engine's `invariants()` after every step (on by default; off only to measure
+    /// the simulator's own speed).
+    pub invariants_every_step: bool,
     /// Record a [`JournalEntry`] for every completion, state change and disk error (for a
     /// driver that keeps its own model, like the swarm runner).
     pub journal: bool,
@@ -156,6 +159,7 @@ impl Default for ClusterOptions {
             disk_timeout: None,
             on_io_error: OnIoError::Detach,
             journal: false,
+            invariants_every_step: true,
             configure: None,
         }
     }
@@ -828,6 +832,20 @@ impl Cluster {
                         st.busy_with,
                         peer.unwrap_or_else(|| "-".into())
                     ));
+                    let logs: Vec<String> = n
+                        .events
+                        .iter()
+                        .filter_map(|(t, e)| match e {
+                            Event::Log { message, .. } => {
+                                Some(format!("    t={:.3} {message}", t.0 as f64 / 1e9))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    for line in &logs[logs.len().saturating_sub(6)..] {
+                        s.push_str(line);
+                        s.push('\n');
+                    }
                 }
             }
         }
@@ -1355,9 +1373,12 @@ impl Cluster {
             _ => None,
         };
         let now = self.now;
+        let check = self.options.invariants_every_step;
         let result = catch_unwind(AssertUnwindSafe(|| {
             engine.handle(now, input);
-            engine.invariants();
+            if check {
+                engine.invariants();
+            }
         }));
         if let Err(panic) = result {
             self.engine_panicked(node, panic);
@@ -1446,23 +1467,19 @@ impl Cluster {
     /// What node `i` knows when it completes a request (see [`AckInfo`]).
     fn ack_info(&self, node: NodeId) -> AckInfo {
         let engine = self.engine(node);
-        let st = engine.status();
+        let (role, peer) = engine.role_and_peer();
         let protocol_c = engine
             .config()
             .net
             .as_ref()
             .is_some_and(|n| n.protocol == WireProtocol::C);
-        let connected = st.peer.as_ref().is_some_and(|p| is_connected(Some(p.conn)));
+        let connected = peer.is_some_and(|(conn, _)| is_connected(Some(conn)));
         AckInfo {
             protocol_c,
-            conn: st.peer.as_ref().map(|p| p.conn),
+            conn: peer.map(|(conn, _)| conn),
             connected,
-            peer_up_to_date: connected
-                && st
-                    .peer
-                    .as_ref()
-                    .is_some_and(|p| p.peer_disk == DiskState::UpToDate),
-            primary: st.role == Role::Primary,
+            peer_up_to_date: connected && peer.is_some_and(|(_, disk)| disk == DiskState::UpToDate),
+            primary: role == Role::Primary,
         }
     }
 
@@ -1576,8 +1593,18 @@ impl Cluster {
                 if !data.is_empty() {
                     self.net.send(now, node, net, data);
                 }
-                self.ready
-                    .push_back((node, Input::Peer(PeerInput::Sent { conn, bytes })));
+                // The socket took it all: one report covers consecutive sends on a socket
+                // (the kernel reports cumulative progress too).
+                if let Some((n, Input::Peer(PeerInput::Sent { conn: c, bytes: b }))) =
+                    self.ready.back_mut()
+                    && *n == node
+                    && *c == conn
+                {
+                    *b += bytes;
+                } else {
+                    self.ready
+                        .push_back((node, Input::Peer(PeerInput::Sent { conn, bytes })));
+                }
             }
             PeerOutput::Close { conn } => {
                 let n = &mut self.nodes[usize::from(node)];

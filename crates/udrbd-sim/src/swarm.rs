@@ -471,12 +471,17 @@ struct Req {
     seq: u64,
     /// The node's link epoch at submission, if it was connected then.
     link: Option<u64>,
+    /// The peer's attach epoch at submission (a mirrored write is on the peer's disk only if
+    /// the peer kept that disk until the write completed).
+    peer_attach: u64,
     /// The reading node's view at submission.
     expected: Vec<Option<u64>>,
 }
 
 struct PendingCommand {
     cmd: AdminCommand,
+    /// The node's role when the command was issued.
+    role: Role,
 }
 
 struct Run {
@@ -490,7 +495,11 @@ struct Run {
     /// Per node: the value an application reading there must get (None: unknown).
     view: [Vec<Option<u64>>; 2],
     /// Per node: acknowledged, not yet durable blocks (with the sequence of their write).
-    volatile: [BTreeMap<u64, u64>; 2],
+    /// (The sequence of the write and the node's attach epoch then: a flush makes durable
+    /// only what the current attach wrote; a flush while diskless flushes nothing local.)
+    volatile: [BTreeMap<u64, (u64, u64)>; 2],
+    /// Per node: incremented whenever its disk goes away (detach, failure).
+    attach_epoch: [u64; 2],
     /// Per block: the last acknowledged write (tag, promised, sequence), if known.
     acked: Vec<Option<(u64, bool, u64)>>,
     /// Per node: the sequence of the last failed local data write of a block.
@@ -501,6 +510,8 @@ struct Run {
     busy_read: BTreeMap<u64, u32>,
     commands: BTreeMap<(NodeId, CommandId), PendingCommand>,
     last: [Snapshot; 2],
+    /// Per node: the snapshot before `last` (the state a promotion was granted in).
+    previous: [Snapshot; 2],
     /// Per node: incremented whenever its connection is lost (a write is mirrored only if it
     /// started and completed on the same link).
     link_epoch: [u64; 2],
@@ -508,9 +519,15 @@ struct Run {
     /// What the runner is doing (for failure messages).
     op: String,
     trace: bool,
+    /// The liveness phase wiped a node's meta-data (once is enough).
+    wiped: bool,
 }
 
 const NODES: [NodeId; 2] = [0, 1];
+
+/// The attach epoch of a write a diskless node completed through its peer (no flush makes it
+/// durable on the node's own disk).
+const NOT_LOCAL: u64 = u64::MAX;
 
 fn is_target(conn: Option<ConnState>) -> bool {
     matches!(
@@ -563,6 +580,7 @@ impl Run {
                 vec![Some(0); blocks as usize],
             ],
             volatile: [BTreeMap::new(), BTreeMap::new()],
+            attach_epoch: [0, 0],
             acked: vec![None; blocks as usize],
             failed_write: [BTreeMap::new(), BTreeMap::new()],
             inflight: BTreeMap::new(),
@@ -570,10 +588,12 @@ impl Run {
             busy_read: BTreeMap::new(),
             commands: BTreeMap::new(),
             last,
+            previous: last,
             link_epoch: [0, 0],
             down_since: [None, None],
             op: String::new(),
             trace: false,
+            wiped: false,
         };
         run.drain();
         run
@@ -681,7 +701,11 @@ impl Run {
 
     fn io(&mut self) {
         let Some(node) = self.primary() else {
-            let d = self.span();
+            // The application needs a Primary: the cluster manager promotes one.
+            if self.commands.is_empty() {
+                self.failover();
+            }
+            let d = Duration::from_micros(self.below(5_000));
             self.c.run_for(d);
             return;
         };
@@ -788,6 +812,7 @@ impl Run {
                 seq,
                 link: is_connected(self.last[usize::from(node)].conn)
                     .then_some(self.link_epoch[usize::from(node)]),
+                peer_attach: self.attach_epoch[usize::from(node) ^ 1],
                 expected,
             },
         );
@@ -850,14 +875,17 @@ impl Run {
             }
             (Kind::Read, Err(_)) => {}
             (Kind::Flush, Ok(_)) => {
-                self.volatile[node].retain(|_, s| *s >= req.seq);
+                let epoch = self.attach_epoch[node];
+                self.volatile[node].retain(|_, (s, e)| *s >= req.seq || *e != epoch);
                 if ack.connected {
-                    self.volatile[peer].retain(|_, s| *s >= req.seq);
+                    let epoch = self.attach_epoch[peer];
+                    self.volatile[peer].retain(|_, (s, e)| *s >= req.seq || *e != epoch);
                 }
             }
             (Kind::Flush, Err(_)) => {}
             (kind, Ok(_)) => {
                 let fua = kind == Kind::Write { fua: true };
+                let attached = self.last[node].disk >= DiskState::Inconsistent;
                 // Mirrored: started and completed on one link. Started on a link that broke
                 // (or completed on a link that came up meanwhile): the peer may or may not
                 // have it.
@@ -874,17 +902,25 @@ impl Run {
                         .get(&b)
                         .is_some_and(|&s| s >= req.seq);
                     self.view[node][b as usize] = (!local_failed).then_some(tag);
-                    if !fua {
-                        self.volatile[node].insert(b, req.seq);
+                    if !attached {
+                        // Served by the peer: not on this node's own disk at all.
+                        self.volatile[node].insert(b, (self.seq, NOT_LOCAL));
+                    } else if !fua {
+                        // A flush covers what completed before it was submitted: the
+                        // completion's sequence counts, not the submission's.
+                        self.volatile[node].insert(b, (self.seq, self.attach_epoch[node]));
                     }
                     if maybe_mirrored {
                         let peer_failed = self.failed_write[peer]
                             .get(&b)
                             .is_some_and(|&s| s >= req.seq);
+                        let peer_disk_kept = self.attach_epoch[peer] == req.peer_attach
+                            && self.last[peer].disk >= DiskState::Inconsistent;
                         self.view[peer][b as usize] =
-                            (same_link && ack.protocol_c && !peer_failed).then_some(tag);
+                            (same_link && ack.protocol_c && !peer_failed && peer_disk_kept)
+                                .then_some(tag);
                         if !fua {
-                            self.volatile[peer].insert(b, req.seq);
+                            self.volatile[peer].insert(b, (self.seq, self.attach_epoch[peer]));
                         }
                     }
                     self.acked[b as usize] = Some((tag, promised, req.seq));
@@ -983,9 +1019,27 @@ impl Run {
     fn on_state(&mut self, node: NodeId, s: Snapshot) {
         let i = usize::from(node);
         let before = self.last[i];
+        self.previous[i] = before;
         self.last[i] = s;
         if is_connected(before.conn) && !is_connected(s.conn) {
             self.link_epoch[i] += 1;
+        }
+        if before.disk >= DiskState::Inconsistent && s.disk < DiskState::Inconsistent {
+            self.attach_epoch[i] += 1;
+        }
+        if before.disk < DiskState::Inconsistent && s.disk >= DiskState::Inconsistent {
+            // The node's own disk is back: what it wrote through the peer meanwhile is not
+            // on it (a resync from the peer, if one follows, brings the peer's view).
+            let volatile = &mut self.volatile[i];
+            let gone: Vec<u64> = volatile
+                .iter()
+                .filter(|(_, (_, e))| *e == NOT_LOCAL)
+                .map(|(b, _)| *b)
+                .collect();
+            for b in gone {
+                volatile.remove(&b);
+                self.view[i][b as usize] = None;
+            }
         }
         self.hash.add(
             u64::from(node)
@@ -1028,10 +1082,17 @@ impl Run {
         if pending.cmd == (AdminCommand::Primary { force: false }) {
             // (5) A promotion DRBD grants: UpToDate data here or at a connected peer, and no
             // connected Primary peer. `last` is the state before the promotion took effect.
-            let s = self.last[usize::from(node)];
-            if s.role == Role::Primary {
+            if pending.role == Role::Primary {
                 return; // already Primary: a no-op, as in DRBD
             }
+            // The state in which the role changed (the journal reports the state change
+            // before the command's completion).
+            let i = usize::from(node);
+            let s = if self.last[i].role == Role::Primary {
+                self.previous[i]
+            } else {
+                self.last[i]
+            };
             let up_to_date = s.disk == DiskState::UpToDate
                 || (is_connected(s.conn) && s.peer_disk == DiskState::UpToDate);
             if !up_to_date {
@@ -1070,8 +1131,10 @@ impl Run {
         }
         self.set_op(format!("{cmd:?} on node {node}"));
         self.counts.commands += 1;
+        let role = self.last[usize::from(node)].role;
         let id = self.c.start_command(node, cmd.clone());
-        self.commands.insert((node, id), PendingCommand { cmd });
+        self.commands
+            .insert((node, id), PendingCommand { cmd, role });
     }
 
     fn admin(&mut self) {
@@ -1439,7 +1502,8 @@ impl Run {
                 .and_then(|p| p.last_error.as_deref())
                 .is_some_and(|e| e.contains(what))
         };
-        if status.iter().any(|s| error_is(s, "Unrelated data")) {
+        if !self.wiped && status.iter().any(|s| error_is(s, "Unrelated data")) {
+            self.wiped = true;
             let node =
                 if status[1].disk == DiskState::UpToDate && status[0].disk < DiskState::UpToDate {
                     0
@@ -1495,13 +1559,37 @@ impl Run {
             && attached
             && status.iter().all(|s| s.disk != DiskState::UpToDate)
         {
-            let node = if status[0].disk >= status[1].disk {
+            let node = if status[0].role == Role::Primary
+                || (status[1].role != Role::Primary && status[0].disk >= status[1].disk)
+            {
                 0
             } else {
                 1
             };
+            if status[node].role == Role::Primary {
+                // primary --force on a Primary is a no-op: demote first.
+                self.start(node as NodeId, AdminCommand::Secondary);
+                return;
+            }
             self.view[node] = vec![None; self.blocks as usize];
             self.start(node as NodeId, AdminCommand::Primary { force: true });
+            return;
+        }
+        // Connected and UpToDate with blocks still out of sync (a write the peer failed,
+        // a resync request that failed): DRBD resyncs them at the next connection, so the
+        // operator reconnects.
+        let connected_up_to_date = status.iter().all(|s| {
+            s.disk == DiskState::UpToDate
+                && s.peer.as_ref().is_some_and(|p| {
+                    p.conn == ConnState::Connected && p.peer_disk == DiskState::UpToDate
+                })
+        });
+        if round > 4
+            && round.is_multiple_of(5)
+            && connected_up_to_date
+            && status.iter().any(|s| s.out_of_sync_bytes > 0)
+        {
+            self.start(1, AdminCommand::Disconnect);
         }
     }
 
@@ -1576,6 +1664,7 @@ impl Run {
                         base: 0,
                         seq: 0,
                         link: None,
+                        peer_attach: 0,
                         expected,
                     };
                     self.check_read(&req, &data);

@@ -178,17 +178,28 @@ fn main() {
 /// The speed benchmark: [`udrbd_sim::bench`]'s fixed workload; prints simulated requests
 /// per second of CPU time (the process's, on one thread).
 fn bench() {
-    let start = cpu_seconds();
-    let report = udrbd_sim::bench::run(&udrbd_sim::bench::BenchOptions::default());
-    let secs = cpu_seconds() - start;
-    println!(
-        "bench: {} requests ({} steps, {:.1}s simulated) in {:.3}s of CPU: {:.0} simulated requests per second of CPU",
-        report.requests,
-        report.steps,
-        report.simulated_ns as f64 / 1e9,
-        secs,
-        report.requests as f64 / secs
-    );
+    for invariants in [true, false] {
+        let options = udrbd_sim::bench::BenchOptions {
+            invariants,
+            ..udrbd_sim::bench::BenchOptions::default()
+        };
+        let start = cpu_seconds();
+        let report = udrbd_sim::bench::run(&options);
+        let secs = cpu_seconds() - start;
+        println!(
+            "bench ({}): {} requests ({} steps, {:.1}s simulated) in {:.3}s of CPU: {:.0} simulated requests per second of CPU",
+            if invariants {
+                "invariants() after every step"
+            } else {
+                "without invariants()"
+            },
+            report.requests,
+            report.steps,
+            report.simulated_ns as f64 / 1e9,
+            secs,
+            report.requests as f64 / secs
+        );
+    }
 }
 
 /// CPU time of the calling thread's process in seconds (/proc/self/schedstat, nanoseconds).
