@@ -1434,10 +1434,11 @@ impl Resource {
             return Ok(());
         };
         let link = self.link().expect("link");
-        // A diskless peer (it sent no P_UUIDS, or those of this link predate its detach):
-        // nothing to resync. Running the handshake against its stale UUIDs made it a
-        // resync target without a disk (found by the swarm).
-        let peer_uuids = link.peer_uuids.filter(|_| peer_disk > DiskState::Diskless);
+        // A peer without a disk (diskless, attaching, failed: it sent no P_UUIDS, or those
+        // of this link predate its detach): nothing to resync now; an attach re-runs the
+        // handshake when it completes. Running it against stale UUIDs made the peer a resync
+        // target without a disk (found by the swarm).
+        let peer_uuids = link.peer_uuids.filter(|_| peer_disk > DiskState::Failed);
         let Some(mut peer) = peer_uuids else {
             if self.refuse_two_primaries(peer_role) {
                 return Ok(());

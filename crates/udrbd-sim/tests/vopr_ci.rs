@@ -27,7 +27,6 @@ const KNOWN_FAILURES: &[(u64, Checker)] = &[
     (13, Register),
     (14, Register),
     (16, Register),
-    (18, Invariants),
     (19, Register),
     (20, Register),
     (23, Register),

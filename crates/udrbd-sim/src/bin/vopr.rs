@@ -109,7 +109,9 @@ fn main() {
         return;
     }
     // Failures are printed once, by the runner, with the seed: keep the panic hook quiet.
-    std::panic::set_hook(Box::new(|_| {}));
+    if !args.trace {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     let started = Instant::now();
     let end = match (args.end, args.minutes) {
         (Some(end), _) => end,
