@@ -596,11 +596,15 @@ impl Resource {
     /// request's local part counts as failed: reads go to the peer, writes complete when the
     /// peer has them (their blocks are out of sync here).
     pub(crate) fn force_detach(&mut self, failure: DiskFailure) {
-        if self.disk.is_none() {
-            return;
-        }
+        // An attach in progress fails, its outstanding reads becoming stuck IO. Checked before
+        // `disk`: until the superblock is read there is no meta-data in memory, and returning
+        // early then left the overdue read in place, so the disk-timeout timer re-armed in the
+        // past for ever (a livelock the swarm found).
         if matches!(self.pending, Some((_, Pending::Attach(_)))) {
             return self.attach_failed(CommandError::MetaDataIo);
+        }
+        if self.disk.is_none() {
+            return;
         }
         if failure == DiskFailure::Timeout {
             self.disk_errors.count += 1;

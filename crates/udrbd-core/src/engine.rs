@@ -545,6 +545,27 @@ impl Resource {
         &self.config
     }
 
+    /// The role, and the connection state and the peer's disk if a peer is configured (what
+    /// `status` shows of them, without building a [`Status`]: the simulator asks at every
+    /// request completion).
+    pub fn role_and_peer(&self) -> (Role, Option<(crate::state::ConnState, DiskState)>) {
+        (self.role, self.peer.as_ref().map(|p| (p.conn, p.peer_disk)))
+    }
+
+    /// Whether 4 KiB block `block` of the data is marked for resync: its bit is set in the
+    /// in-memory bitmap, or its 4 MiB extent is in the activity log (which a crash turns into
+    /// set bits). `None` without meta-data in memory. For the simulator's bitmap-soundness
+    /// checker (a read-only view; the data path never calls it).
+    pub fn block_marked(&self, block: u64) -> Option<bool> {
+        let d = self.disk.as_ref()?;
+        let extent = udrbd_meta::activity_log::extent_of_sector(block * 8);
+        Some(
+            d.bitmap.test(block)
+                || d.al.is_active(extent)
+                || d.al.committed_extents().contains(&extent),
+        )
+    }
+
     /// Checks every invariant of the module doc; panics on a violation (a bug).
     pub fn invariants(&self) {
         self.peer_invariants();
@@ -688,7 +709,12 @@ impl Resource {
     /// Recomputes the MDF flags from the states (drbd-v08-facts.md §2.2) and bumps the
     /// superblock version if they changed. FULL_SYNC and AL_DISABLED are preserved.
     pub(crate) fn update_md_flags(&mut self) {
-        self.update_md_flags_for(self.role);
+        // A promotion in progress wrote "Primary" and waits for it to be durable: a flag
+        // update meanwhile (a handshake, the peer's disk state) keeps it. Recomputing for
+        // the old role made the node Primary over a superblock without PRIMARY_IND (found
+        // by the swarm, with a frozen disk holding the promotion's superblock write).
+        let promoting = matches!(self.pending, Some((_, Pending::Primary { .. })));
+        self.update_md_flags_for(if promoting { Role::Primary } else { self.role });
     }
 
     /// As [`Resource::update_md_flags`], for the role the node is taking (a promotion writes

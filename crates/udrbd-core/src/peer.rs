@@ -1428,6 +1428,22 @@ impl Resource {
         }
     }
 
+    /// Two Primaries never connect without allow-two-primaries: DRBD's is_valid_state refuses
+    /// the state change (SS_TWO_PRIMARIES) whatever the handshake decided, and the connection
+    /// is dropped. Without this a Primary made Inconsistent (pass_on), or a diskless Primary,
+    /// connected to the other Primary (found by the swarm). True if it refused.
+    fn refuse_two_primaries(&mut self, peer_role: Role) -> bool {
+        if !(self.role == Role::Primary && peer_role == Role::Primary) {
+            return false;
+        }
+        let message = StateChangeError::TwoPrimaries.message().to_string();
+        self.peer.as_mut().expect("peer").last_error = Some(message.clone());
+        self.log(LogLevel::Error, message);
+        self.drop_connection(ConnState::Disconnecting, None);
+        self.go_standalone();
+        true
+    }
+
     /// DRBD's `drbd_sync_handshake`: the UUID comparison, then the post-processing.
     fn sync_handshake(
         &mut self,
@@ -1435,18 +1451,30 @@ impl Resource {
         peer_disk: DiskState,
         local_disk_now: DiskState,
     ) -> Result<(), String> {
-        let peer_has_no_disk = peer_disk < DiskState::Negotiating
-            || self.link().is_some_and(|l| l.peer_uuids.is_none());
-        let Some(d) = self.disk.as_ref().filter(|_| !peer_has_no_disk) else {
-            // One side is diskless: nothing to compare or sync; connected (a diskless
-            // Primary's IO is served by the peer's disk).
+        let Some(d) = self.disk.as_ref() else {
+            // Diskless: no resync; connected as a diskless node.
+            if self.refuse_two_primaries(peer_role) {
+                return Ok(());
+            }
             self.set_conn(ConnState::Connected);
             self.update_md_flags();
             self.send_state();
             return Ok(());
         };
         let link = self.link().expect("link");
-        let mut peer = link.peer_uuids.expect("checked");
+        // A peer without a disk (diskless, attaching, failed: it sent no P_UUIDS, or those
+        // of this link predate its detach): nothing to resync now; an attach re-runs the
+        // handshake when it completes. Running it against stale UUIDs made the peer a resync
+        // target without a disk (found by the swarm).
+        let peer_uuids = link.peer_uuids.filter(|_| peer_disk > DiskState::Failed);
+        let Some(mut peer) = peer_uuids else {
+            if self.refuse_two_primaries(peer_role) {
+                return Ok(());
+            }
+            self.set_conn(ConnState::Connected);
+            self.send_state();
+            return Ok(());
+        };
         let mut local = d.sb.uuids;
         let compare = CompareInput {
             local,
@@ -1546,6 +1574,7 @@ impl Resource {
                 self.drop_connection(ConnState::Disconnecting, None);
                 self.go_standalone();
             }
+            HandshakeOutcome::Connect { .. } if self.refuse_two_primaries(peer_role) => {}
             HandshakeOutcome::Connect {
                 direction,
                 full_sync,

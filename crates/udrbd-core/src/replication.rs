@@ -596,7 +596,14 @@ impl Resource {
                 Ok(())
             }
             Packet::NegRsDReply(a) | Packet::RsCancel(a) => {
-                self.link_mut().rs_requests.remove(&a.sector);
+                // The request is answered: it leaves the controller's in-flight count as a
+                // data reply does. Without this every failed request stayed "in flight"
+                // for ever and, once max-buffers/2 of them had failed, the resync never
+                // asked again (a stall found by the swarm). The bit stays set: a later pass
+                // of the resync retries it.
+                let link = self.link_mut();
+                link.rs_sect_in += u64::from(a.blksize) / 512;
+                link.rs_requests.remove(&a.sector);
                 let lock = self.rs_request_locks.remove(&a.sector);
                 self.unlock(lock);
                 self.log(

@@ -67,6 +67,7 @@ use udrbd_meta::activity_log::AlTransaction;
 use udrbd_meta::{AlGeometry, GenerationUuids, Layout, MdFlags, MetaDiskKind, Superblock};
 pub use udrbd_wire::WireProtocol;
 
+use crate::checker::{self, Checker};
 use crate::disk::SimDisk;
 use crate::net::{NetConnId, NetEvent, NodeId, SimNet};
 
@@ -117,6 +118,16 @@ pub struct ClusterOptions {
     pub up_at_start: bool,
     /// Simulated time a command or a block request may take before the run fails.
     pub limit: Duration,
+    /// `disk-timeout` of every node (`None`: off).
+    pub disk_timeout: Option<Duration>,
+    /// `on-io-error` of every node.
+    pub on_io_error: OnIoError,
+    /// Run every engine's `invariants()` after every step (on by default; off only to measure
+    /// the simulator's own speed).
+    pub invariants_every_step: bool,
+    /// Record a [`JournalEntry`] for every completion, state change and disk error (for a
+    /// driver that keeps its own model, like the swarm runner).
+    pub journal: bool,
     /// A last word on each node's configuration.
     pub configure: Option<fn(NodeId, &mut ResourceConfig)>,
 }
@@ -145,6 +156,10 @@ impl Default for ClusterOptions {
             abortive_close: false,
             up_at_start: true,
             limit: Duration::from_secs(120),
+            disk_timeout: None,
+            on_io_error: OnIoError::Detach,
+            journal: false,
+            invariants_every_step: true,
             configure: None,
         }
     }
@@ -269,6 +284,65 @@ struct InFlight {
     write: Option<usize>,
 }
 
+/// What the harness knew when a Primary completed a write or a flush.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AckInfo {
+    /// The node completing the request replicates under protocol C.
+    pub protocol_c: bool,
+    /// Its connection is established (Connected or a resync state), so the request was
+    /// mirrored to the peer.
+    pub connected: bool,
+    /// It sees the peer's disk UpToDate.
+    pub peer_up_to_date: bool,
+    /// It is Primary.
+    pub primary: bool,
+    /// Its connection state.
+    pub conn: Option<ConnState>,
+}
+
+/// What happened, in step order (recorded with [`ClusterOptions::journal`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JournalEntry {
+    /// A block request completed.
+    Completed {
+        /// The request.
+        id: BlockRequestId,
+        /// Its node.
+        node: NodeId,
+        /// Success (read data), or the error.
+        result: Result<Option<Bytes>, BlockError>,
+        /// The node's state at the completion.
+        ack: AckInfo,
+    },
+    /// A node's state changed (see [`Cluster::history`]).
+    State {
+        /// The node.
+        node: NodeId,
+        /// The new state.
+        snapshot: Snapshot,
+    },
+    /// A disk operation on a node's data area failed (an injected error).
+    DataIoError {
+        /// The node.
+        node: NodeId,
+        /// Byte offset in the data area.
+        offset: u64,
+        /// Length in bytes (0 for a flush).
+        len: u64,
+        /// A write (or discard), not a read.
+        write: bool,
+    },
+    /// An admin command finished.
+    CommandDone {
+        /// The node.
+        node: NodeId,
+        /// The command.
+        id: CommandId,
+        /// Its result.
+        result: Result<(), CommandError>,
+    },
+}
+
 /// A socket as the harness maps it.
 #[derive(Clone, Copy, Debug)]
 struct Socket {
@@ -309,7 +383,15 @@ pub struct Cluster {
     rng: ChaCha8Rng,
     /// What the driver of the run is doing (for failure messages).
     context: String,
+    /// What happened, in order, if [`ClusterOptions::journal`] is on.
+    journal: Vec<JournalEntry>,
+    /// A last word on each node's configuration that may capture state.
+    configure_dyn: Option<ConfigureHook>,
 }
+
+/// A hook that alters a node's configuration (it may capture state, unlike
+/// [`ClusterOptions::configure`]).
+pub type ConfigureHook = std::sync::Arc<dyn Fn(NodeId, &mut ResourceConfig) + Send + Sync>;
 
 /// splitmix64 over the run's seed and two salts: independent streams per node and purpose.
 fn derive_seed(seed: u64, a: u64, b: u64) -> u64 {
@@ -359,6 +441,16 @@ impl Cluster {
     /// A cluster of fresh (create-md'd) nodes; with `up_at_start`, every node is attached and
     /// told to connect (the connection itself is still to be awaited).
     pub fn new(seed: u64, options: ClusterOptions) -> Cluster {
+        Cluster::with_configure(seed, options, None)
+    }
+
+    /// [`Cluster::new`] with a configuration hook that runs after
+    /// [`ClusterOptions::configure`] for every node, at every boot.
+    pub fn with_configure(
+        seed: u64,
+        options: ClusterOptions,
+        configure: Option<ConfigureHook>,
+    ) -> Cluster {
         assert!(options.nodes >= 1 && options.nodes <= 200, "node count");
         let mut net = SimNet::new(derive_seed(seed, 0xEE, 0));
         net.latency = options.net_latency_ns;
@@ -379,6 +471,8 @@ impl Cluster {
             steps: 0,
             rng: ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x77, 0)),
             context: String::new(),
+            journal: Vec::new(),
+            configure_dyn: configure,
         };
         for i in 0..options.nodes {
             let mut disk = SimDisk::new(options.device_bytes, derive_seed(seed, i as u64, 0xD15C));
@@ -466,7 +560,12 @@ impl Cluster {
             net.connect_at_start = false;
             net
         });
+        config.disk_timeout = o.disk_timeout;
+        config.on_io_error = o.on_io_error;
         if let Some(configure) = o.configure {
+            configure(node, &mut config);
+        }
+        if let Some(configure) = &self.configure_dyn {
             configure(node, &mut config);
         }
         config
@@ -674,6 +773,20 @@ impl Cluster {
         byte & (1 << (bit % 8)) != 0
     }
 
+    /// Disk operations of node `i` in flight (including abandoned ones on a frozen disk).
+    pub fn disk_in_flight(&self, node: NodeId) -> usize {
+        self.nodes[usize::from(node)].disk.in_flight()
+    }
+
+    /// Whether block `block` is marked for resync on node `i` (bit set or extent in the
+    /// activity log); `None` if the node is down or has no meta-data in memory.
+    pub fn block_marked(&self, node: NodeId, block: u64) -> Option<bool> {
+        self.nodes[usize::from(node)]
+            .engine
+            .as_ref()
+            .and_then(|e| e.block_marked(block))
+    }
+
     /// Node `i`'s disk (for faults and counters).
     pub fn disk(&mut self, node: NodeId) -> &mut SimDisk {
         &mut self.nodes[usize::from(node)].disk
@@ -719,6 +832,20 @@ impl Cluster {
                         st.busy_with,
                         peer.unwrap_or_else(|| "-".into())
                     ));
+                    let logs: Vec<String> = n
+                        .events
+                        .iter()
+                        .filter_map(|(t, e)| match e {
+                            Event::Log { message, .. } => {
+                                Some(format!("    t={:.3} {message}", t.0 as f64 / 1e9))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    for line in &logs[logs.len().saturating_sub(6)..] {
+                        s.push_str(line);
+                        s.push('\n');
+                    }
                 }
             }
         }
@@ -730,15 +857,24 @@ impl Cluster {
         self.context = context;
     }
 
-    /// Fails the run: the seed, the time, the context and every node's state.
+    /// Fails the run as a scenario's own expectation ([`Checker::Scenario`]): the seed, the
+    /// time, the context and every node's state.
     pub fn fail(&self, what: &str) -> ! {
-        panic!(
-            "seed {}: t={:.6}s step {}: {what}\n  during: {}\n{}",
-            self.seed,
-            self.now.0 as f64 / 1e9,
-            self.steps,
-            self.context,
-            self.describe()
+        self.fail_by(Checker::Scenario, what)
+    }
+
+    /// Fails the run, naming the checker that caught it ([`checker::raise`]).
+    pub fn fail_by(&self, checker: Checker, what: &str) -> ! {
+        checker::raise(
+            checker,
+            format!(
+                "seed {}: t={:.6}s step {}: {what}\n  during: {}\n{}",
+                self.seed,
+                self.now.0 as f64 / 1e9,
+                self.steps,
+                self.context,
+                self.describe()
+            ),
         )
     }
 
@@ -758,10 +894,13 @@ impl Cluster {
                 self.fail(&format!("node {node} went down during {cmd:?}"));
             }
             if !self.step_before(deadline) {
-                self.fail(&format!(
-                    "node {node}: {cmd:?} did not finish within {:?}",
-                    self.options.limit
-                ));
+                self.fail_by(
+                    Checker::Progress,
+                    &format!(
+                        "node {node}: {cmd:?} did not finish within {:?}",
+                        self.options.limit
+                    ),
+                );
             }
         }
     }
@@ -930,10 +1069,13 @@ impl Cluster {
                 self.fail(&format!("request {id:?} was lost in a crash"));
             }
             if !self.step_before(deadline) {
-                self.fail(&format!(
-                    "request {id:?} did not complete within {:?}",
-                    self.options.limit
-                ));
+                self.fail_by(
+                    Checker::Progress,
+                    &format!(
+                        "request {id:?} did not complete within {:?}",
+                        self.options.limit
+                    ),
+                );
             }
         }
     }
@@ -1027,10 +1169,13 @@ impl Cluster {
                 self.fail("a random write was lost in a crash");
             }
             if !self.step_before(deadline) {
-                self.fail(&format!(
-                    "random writes on node {node} did not complete within {:?}",
-                    self.options.limit
-                ));
+                self.fail_by(
+                    Checker::Progress,
+                    &format!(
+                        "random writes on node {node} did not complete within {:?}",
+                        self.options.limit
+                    ),
+                );
             }
         }
         ids
@@ -1060,7 +1205,10 @@ impl Cluster {
     /// Runs until `done` holds; fails the run, naming `what`, if it does not within `limit`.
     pub fn run_until(&mut self, what: &str, limit: Duration, done: impl FnMut(&Cluster) -> bool) {
         if !self.try_run_until(limit, done) {
-            self.fail(&format!("not reached within {limit:?}: {what}"));
+            self.fail_by(
+                Checker::Progress,
+                &format!("not reached within {limit:?}: {what}"),
+            );
         }
     }
 
@@ -1151,7 +1299,15 @@ impl Cluster {
         let now = self.now;
         for i in 0..self.nodes.len() {
             let node = i as NodeId;
-            for c in self.nodes[i].disk.complete_due(now) {
+            for (c, area, offset, len, write) in self.nodes[i].disk.complete_due(now) {
+                if self.options.journal && c.result.is_err() && area == DiskArea::Data {
+                    self.journal.push(JournalEntry::DataIoError {
+                        node,
+                        offset,
+                        len,
+                        write,
+                    });
+                }
                 self.ready.push_back((node, Input::Disk(c)));
             }
         }
@@ -1175,9 +1331,25 @@ impl Cluster {
         self.steps += 1;
         self.steps_at_now += 1;
         if self.steps_at_now > MAX_STEPS_PER_INSTANT {
-            self.fail(&format!(
-                "livelock: more than {MAX_STEPS_PER_INSTANT} steps at one instant"
-            ));
+            self.fail_by(
+                Checker::Progress,
+                &format!("livelock: more than {MAX_STEPS_PER_INSTANT} steps at one instant"),
+            );
+        }
+        if self.steps_at_now + 8 > MAX_STEPS_PER_INSTANT {
+            // About to be declared a livelock: say what goes round.
+            let what = match &input {
+                Input::Peer(PeerInput::Received { conn, bytes }) => {
+                    format!(
+                        "Received {conn:?} {} bytes {:02x?}",
+                        bytes.len(),
+                        &bytes[..bytes.len().min(16)]
+                    )
+                }
+                other => format!("{other:?}").chars().take(200).collect(),
+            };
+            self.context
+                .push_str(&format!("\n  node {node} input: {what}"));
         }
         let n = &mut self.nodes[usize::from(node)];
         let Some(engine) = n.engine.as_mut() else {
@@ -1201,9 +1373,12 @@ impl Cluster {
             _ => None,
         };
         let now = self.now;
+        let check = self.options.invariants_every_step;
         let result = catch_unwind(AssertUnwindSafe(|| {
             engine.handle(now, input);
-            engine.invariants();
+            if check {
+                engine.invariants();
+            }
         }));
         if let Err(panic) = result {
             self.engine_panicked(node, panic);
@@ -1225,7 +1400,10 @@ impl Cluster {
             .map(String::as_str)
             .or_else(|| panic.downcast_ref::<&str>().copied())
             .unwrap_or("(no message)");
-        self.fail(&format!("node {node}: the engine panicked: {message}"))
+        self.fail_by(
+            Checker::Invariants,
+            &format!("node {node}: the engine panicked: {message}"),
+        )
     }
 
     // ---- routing -------------------------------------------------------------------------
@@ -1261,23 +1439,53 @@ impl Cluster {
                 c.id, r.node
             ));
         }
+        let ack = if r.write.is_some() || self.options.journal {
+            self.ack_info(node)
+        } else {
+            AckInfo::default()
+        };
         if let (Some(w), Ok(_)) = (r.write, &c.result) {
-            let engine = self.engine(node);
-            let st = NodeStatus::of(engine);
-            let protocol_c = engine
-                .config()
-                .net
-                .as_ref()
-                .is_some_and(|n| n.protocol == WireProtocol::C);
-            let peer_good = st.peer.as_ref().is_some_and(|p| {
-                p.conn == ConnState::Connected && p.peer_disk == DiskState::UpToDate
-            });
-            let promised = protocol_c && st.role == Role::Primary && peer_good;
+            let promised = ack.protocol_c
+                && ack.primary
+                && ack.peer_up_to_date
+                && ack.conn == Some(ConnState::Connected);
             let record = &mut self.writes[w];
             record.acked = true;
             record.promised = promised;
         }
+        if self.options.journal {
+            self.journal.push(JournalEntry::Completed {
+                id: c.id,
+                node,
+                result: c.result.clone(),
+                ack,
+            });
+        }
         self.completions.insert(c.id, (node, c.result));
+    }
+
+    /// What node `i` knows when it completes a request (see [`AckInfo`]).
+    fn ack_info(&self, node: NodeId) -> AckInfo {
+        let engine = self.engine(node);
+        let (role, peer) = engine.role_and_peer();
+        let protocol_c = engine
+            .config()
+            .net
+            .as_ref()
+            .is_some_and(|n| n.protocol == WireProtocol::C);
+        let connected = peer.is_some_and(|(conn, _)| is_connected(Some(conn)));
+        AckInfo {
+            protocol_c,
+            conn: peer.map(|(conn, _)| conn),
+            connected,
+            peer_up_to_date: connected && peer.is_some_and(|(_, disk)| disk == DiskState::UpToDate),
+            primary: role == Role::Primary,
+        }
+    }
+
+    /// Takes what was journaled since the last call ([`ClusterOptions::journal`]).
+    pub fn take_journal(&mut self) -> Vec<JournalEntry> {
+        std::mem::take(&mut self.journal)
     }
 
     fn on_event(&mut self, node: NodeId, event: Event) {
@@ -1288,6 +1496,10 @@ impl Cluster {
                 self.check_primaries();
             }
             Event::CommandDone { id, result } => {
+                if self.options.journal {
+                    self.journal
+                        .push(JournalEntry::CommandDone { node, id, result });
+                }
                 let n = &mut self.nodes[usize::from(node)];
                 n.done.insert(id, result);
                 n.events.push((now, Event::CommandDone { id, result }));
@@ -1302,6 +1514,9 @@ impl Cluster {
         let history = &mut self.nodes[usize::from(node)].history;
         if history.last().map(|(_, s)| *s) != Some(snapshot) {
             history.push((now, snapshot));
+            if self.options.journal {
+                self.journal.push(JournalEntry::State { node, snapshot });
+            }
         }
     }
 
@@ -1318,7 +1533,10 @@ impl Cluster {
                 && is_connected(a.conn)
                 && is_connected(b.conn)
             {
-                self.fail(&format!("nodes {i} and {j} are both Primary and connected"));
+                self.fail_by(
+                    Checker::Primaries,
+                    &format!("nodes {i} and {j} are both Primary and connected"),
+                );
             }
         }
     }
@@ -1375,8 +1593,18 @@ impl Cluster {
                 if !data.is_empty() {
                     self.net.send(now, node, net, data);
                 }
-                self.ready
-                    .push_back((node, Input::Peer(PeerInput::Sent { conn, bytes })));
+                // The socket took it all: one report covers consecutive sends on a socket
+                // (the kernel reports cumulative progress too).
+                if let Some((n, Input::Peer(PeerInput::Sent { conn: c, bytes: b }))) =
+                    self.ready.back_mut()
+                    && *n == node
+                    && *c == conn
+                {
+                    *b += bytes;
+                } else {
+                    self.ready
+                        .push_back((node, Input::Peer(PeerInput::Sent { conn, bytes })));
+                }
             }
             PeerOutput::Close { conn } => {
                 let n = &mut self.nodes[usize::from(node)];
@@ -1504,7 +1732,7 @@ impl Cluster {
             let expected = &w.data[at..at + SECTOR as usize];
             let got = &data[(sector * SECTOR) as usize..((sector + 1) * SECTOR) as usize];
             if got != expected {
-                self.fail(&format!(
+                self.fail_by(Checker::Durability, &format!(
                     "durability: node {node} lost sector {sector} of write {:?} (acknowledged by node {} under protocol C while the peer was Connected and UpToDate)",
                     w.id, w.node
                 ));
@@ -1544,9 +1772,10 @@ impl Cluster {
             }
             match self.read(node, offset, data.len() as u32) {
                 Ok(got) if got == data => verified += 1,
-                Ok(_) => self.fail(&format!(
-                    "register: node {node} does not read back write {id:?} at {offset}"
-                )),
+                Ok(_) => self.fail_by(
+                    Checker::Register,
+                    &format!("register: node {node} does not read back write {id:?} at {offset}"),
+                ),
                 Err(e) => self.fail(&format!("read on node {node} failed: {e:?}")),
             }
         }
@@ -1585,7 +1814,7 @@ impl Cluster {
                 .zip(y.chunks(4096))
                 .filter(|(p, q)| p != q)
                 .count();
-            self.fail(&format!(
+            self.fail_by(Checker::Convergence, &format!(
                 "replicas differ: nodes {a} and {b} first at byte {at} (block {}); {differing} blocks of 4 KiB differ",
                 at / 4096
             ));

@@ -19,7 +19,7 @@
 //!
 //! The disk never inspects what the engine writes: it is the same model for every layout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
@@ -29,6 +29,8 @@ use udrbd_core::{DiskArea, DiskCompletion, DiskError, DiskOp, DiskOpId, DiskOpKi
 /// EIO.
 pub const EIO: i32 = 5;
 const SECTOR: u64 = 512;
+const BLOCK: u64 = 4096;
+const SECTORS_PER_BLOCK: u64 = BLOCK / SECTOR;
 
 /// Which operations fail, per area.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,7 +56,6 @@ pub fn area_index(area: DiskArea) -> usize {
 #[derive(Clone, Debug)]
 struct Pending {
     op: DiskOp,
-    due: Instant,
 }
 
 /// What happened on the disk.
@@ -75,11 +76,17 @@ pub struct SimDisk {
     durable: Vec<u8>,
     cache: Vec<u8>,
     /// Cached sectors that are not durable, with the completion number that last wrote them.
-    dirty: BTreeMap<u64, u64>,
+    /// Kept per 4 KiB block: the mask of its dirty sectors and the completion number that
+    /// last wrote one of them (a flush clears the block only if no sector of it was written
+    /// after the flush was submitted; keeping more dirty is harmless: a dirty sector whose
+    /// cache equals its durable copy loses nothing in a crash).
+    dirty: BTreeMap<u64, (u8, u64)>,
     next_completion: u64,
     pending: BTreeMap<DiskOpId, Pending>,
+    /// `pending` ordered by due time.
+    due: BTreeSet<(Instant, DiskOpId)>,
     /// Flushes in flight: the dirty sectors (and their completion numbers) they cover.
-    flush_covers: BTreeMap<DiskOpId, Vec<(u64, u64)>>,
+    flush_covers: BTreeMap<DiskOpId, Vec<(u64, u64)>>, // (block, completion number)
     rng: ChaCha8Rng,
     /// Latency range in nanoseconds.
     latency: (u64, u64),
@@ -98,6 +105,7 @@ impl SimDisk {
             dirty: BTreeMap::new(),
             next_completion: 0,
             pending: BTreeMap::new(),
+            due: BTreeSet::new(),
             flush_covers: BTreeMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             latency: (10_000, 2_000_000),
@@ -144,11 +152,12 @@ impl SimDisk {
         let latency = self.latency.0 + self.rng.next_u64() % (self.latency.1 - self.latency.0);
         if matches!(op.kind, DiskOpKind::Flush) {
             // A flush covers what was cached (completed) before it was submitted.
-            let covered = self.dirty.iter().map(|(s, n)| (*s, *n)).collect();
+            let covered = self.dirty.iter().map(|(b, (_, n))| (*b, *n)).collect();
             self.flush_covers.insert(op.id, covered);
         }
         let due = now.plus(std::time::Duration::from_nanos(latency));
-        self.pending.insert(op.id, Pending { op, due });
+        self.due.insert((due, op.id));
+        self.pending.insert(op.id, Pending { op });
     }
 
     /// The earliest completion time, unless frozen.
@@ -156,7 +165,7 @@ impl SimDisk {
         if self.faults.frozen {
             return None;
         }
-        self.pending.values().map(|p| p.due).min()
+        self.due.first().map(|(at, _)| *at)
     }
 
     /// Operations in flight.
@@ -164,23 +173,34 @@ impl SimDisk {
         self.pending.len()
     }
 
-    /// Completes every operation due at `now` (in due order).
-    pub fn complete_due(&mut self, now: Instant) -> Vec<DiskCompletion> {
+    /// Completes every operation due at `now` (in due order), each with its area, offset,
+    /// length (0 for a flush) and whether it modifies data.
+    pub fn complete_due(
+        &mut self,
+        now: Instant,
+    ) -> Vec<(DiskCompletion, DiskArea, u64, u64, bool)> {
         if self.faults.frozen {
             return Vec::new();
         }
-        let mut due: Vec<(Instant, DiskOpId)> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.due <= now)
-            .map(|(id, p)| (p.due, *id))
-            .collect();
-        due.sort();
-        due.into_iter().map(|(_, id)| self.complete(id)).collect()
+        let mut done = Vec::new();
+        while let Some(&(at, id)) = self.due.first()
+            && at <= now
+        {
+            self.due.pop_first();
+            done.push(self.complete(id));
+        }
+        done
     }
 
-    fn complete(&mut self, id: DiskOpId) -> DiskCompletion {
+    fn complete(&mut self, id: DiskOpId) -> (DiskCompletion, DiskArea, u64, u64, bool) {
         let Pending { op, .. } = self.pending.remove(&id).expect("pending op");
+        let (len, write) = match &op.kind {
+            DiskOpKind::Read { len } => (u64::from(*len), false),
+            DiskOpKind::Write { data, .. } => (data.len() as u64, true),
+            DiskOpKind::Discard { len } | DiskOpKind::WriteZeroes { len } => (*len, true),
+            DiskOpKind::Flush => (0, false),
+        };
+        let (op_area, offset) = (op.area, op.offset);
         self.stats.completed += 1;
         let area = area_index(op.area);
         let at = op.offset as usize;
@@ -207,13 +227,14 @@ impl SimDisk {
                 Ok(None)
             }
             DiskOpKind::Flush => {
-                for (sector, n) in self.flush_covers.remove(&id).unwrap_or_default() {
-                    // Whatever the cache holds now is written back (it may be newer).
-                    let a = (sector * SECTOR) as usize;
-                    let b = a + SECTOR as usize;
+                for (block, n) in self.flush_covers.remove(&id).unwrap_or_default() {
+                    // Whatever the cache holds now is written back (it may be newer; the
+                    // block's clean sectors hold their durable data in the cache too).
+                    let a = (block * BLOCK) as usize;
+                    let b = (a + BLOCK as usize).min(self.cache.len());
                     self.durable[a..b].copy_from_slice(&self.cache[a..b]);
-                    if self.dirty.get(&sector) == Some(&n) {
-                        self.dirty.remove(&sector);
+                    if self.dirty.get(&block).is_some_and(|(_, m)| *m == n) {
+                        self.dirty.remove(&block);
                     }
                 }
                 Ok(None)
@@ -222,7 +243,7 @@ impl SimDisk {
         if result.is_err() {
             self.stats.errors += 1;
         }
-        DiskCompletion { id, result }
+        (DiskCompletion { id, result }, op_area, offset, len, write)
     }
 
     /// A completed write enters the cache (and, with FUA, the durable image).
@@ -235,11 +256,19 @@ impl SimDisk {
         if fua {
             self.durable[at..at + data.len()].copy_from_slice(data);
             for s in sectors {
-                self.dirty.remove(&s);
+                let block = s / SECTORS_PER_BLOCK;
+                if let Some((mask, _)) = self.dirty.get_mut(&block) {
+                    *mask &= !(1 << (s % SECTORS_PER_BLOCK));
+                    if *mask == 0 {
+                        self.dirty.remove(&block);
+                    }
+                }
             }
         } else {
             for s in sectors {
-                self.dirty.insert(s, n);
+                let entry = self.dirty.entry(s / SECTORS_PER_BLOCK).or_insert((0, n));
+                entry.0 |= 1 << (s % SECTORS_PER_BLOCK);
+                entry.1 = n;
             }
         }
     }
@@ -255,6 +284,7 @@ impl SimDisk {
         };
         // Writes in flight first (older than nothing in the cache: they never completed).
         let pending = std::mem::take(&mut self.pending);
+        self.due.clear();
         for (_, p) in pending {
             if let DiskOpKind::Write { data, .. } = &p.op.kind {
                 let landed = self.land_units(p.op.offset, data, unit);
@@ -264,7 +294,12 @@ impl SimDisk {
         // Then cached data, which is newer than any durable copy of its sectors.
         let dirty = std::mem::take(&mut self.dirty);
         let mut decided: BTreeMap<u64, bool> = BTreeMap::new();
-        for sector in dirty.into_keys() {
+        let sectors = dirty.into_iter().flat_map(|(block, (mask, _))| {
+            (0..SECTORS_PER_BLOCK)
+                .filter(move |i| mask & (1 << i) != 0)
+                .map(move |i| block * SECTORS_PER_BLOCK + i)
+        });
+        for sector in sectors.collect::<Vec<u64>>() {
             let unit_nr = sector / unit;
             let lands = *decided
                 .entry(unit_nr)

@@ -210,7 +210,7 @@ impl Run {
             .min();
         let Some(at) = next else { return false };
         self.now = self.now.max(at);
-        for c in self.disk.complete_due(self.now) {
+        for (c, ..) in self.disk.complete_due(self.now) {
             self.handle(Input::Disk(c));
         }
         if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {

@@ -1,28 +1,228 @@
-//! `vopr --seed N [--seeds COUNT] [--epochs E] [--full-sync]`: random two-node runs
-//! ([`udrbd_sim::workload`]); a failing seed panics with its number and replays bit for bit.
+//! `vopr`: swarm runs of the deterministic simulator ([`udrbd_sim::swarm`]).
+//!
+//! ```text
+//! vopr --seed N                 one seed (replays a failure bit for bit)
+//! vopr --seeds A..B             seeds A (inclusive) to B (exclusive)
+//! vopr --seed N --seeds K       K seeds from N
+//! vopr --minutes M [--seed N]   consecutive seeds from N until M minutes of wall time passed
+//! vopr --threads T              run seeds on T threads (default 1)
+//! vopr --ops N                  operations per seed (default: drawn per seed)
+//! vopr --verbose                one line per seed
+//! vopr --trace                  every operation and event of the run (one seed)
+//! vopr --bench                  the speed benchmark (see `bench` below)
+//! vopr --epochs E [--full-sync] the older epoch workload (udrbd_sim::workload)
+//! ```
+//!
+//! A failure prints the seed, the checker, the drawn parameters and the cluster's state, and
+//! the exit status is 1. Every run prints the summed fault and event counts.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use udrbd_sim::swarm::{SwarmCounts, SwarmFailure, SwarmOptions, run_seed};
 use udrbd_sim::workload::{WorkloadOptions, run};
 
-fn main() {
-    let mut seed = 0u64;
-    let mut seeds = 1u64;
-    let mut opts = WorkloadOptions::default();
+struct Args {
+    first: u64,
+    end: Option<u64>,
+    minutes: Option<f64>,
+    threads: usize,
+    ops: u64,
+    verbose: bool,
+    trace: bool,
+    bench: bool,
+    epochs: Option<u64>,
+    full_sync: bool,
+}
+
+fn parse() -> Args {
+    let mut a = Args {
+        first: 0,
+        end: None,
+        minutes: None,
+        threads: 1,
+        ops: 0,
+        verbose: false,
+        trace: false,
+        bench: false,
+        epochs: None,
+        full_sync: false,
+    };
+    let mut count = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| -> u64 {
+        let mut value = |name: &str| -> String {
             args.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| usage(&format!("{name} needs a number")))
+                .unwrap_or_else(|| usage(&format!("{name} needs a value")))
+        };
+        let number = |name: &str, v: String| -> u64 {
+            v.parse()
+                .unwrap_or_else(|_| usage(&format!("{name}: not a number: {v}")))
         };
         match arg.as_str() {
-            "--seed" => seed = value("--seed"),
-            "--seeds" => seeds = value("--seeds"),
-            "--epochs" => opts.epochs = value("--epochs"),
-            "--full-sync" => opts.initial_full_sync = true,
+            "--seed" => a.first = number("--seed", value("--seed")),
+            "--seeds" => {
+                let v = value("--seeds");
+                match v.split_once("..") {
+                    Some((x, y)) => {
+                        a.first = number("--seeds", x.into());
+                        a.end = Some(number("--seeds", y.into()));
+                    }
+                    None => count = Some(number("--seeds", v)),
+                }
+            }
+            "--minutes" => {
+                let v = value("--minutes");
+                a.minutes = Some(
+                    v.parse()
+                        .unwrap_or_else(|_| usage(&format!("--minutes: not a number: {v}"))),
+                );
+            }
+            "--threads" => a.threads = number("--threads", value("--threads")).max(1) as usize,
+            "--ops" => a.ops = number("--ops", value("--ops")),
+            "--verbose" | "-v" => a.verbose = true,
+            "--trace" => a.trace = true,
+            "--bench" => a.bench = true,
+            "--epochs" => a.epochs = Some(number("--epochs", value("--epochs"))),
+            "--full-sync" => a.full_sync = true,
             other => usage(&format!("unknown argument {other}")),
         }
     }
-    for s in seed..seed + seeds {
+    if let Some(k) = count {
+        a.end = Some(a.first + k);
+    }
+    a
+}
+
+// The binary may read the wall clock and /proc (the library may not): `--minutes` and the
+// benchmark's CPU time.
+#[allow(clippy::disallowed_methods)]
+fn main() {
+    let args = parse();
+    if args.bench {
+        bench();
+        return;
+    }
+    if let Some(epochs) = args.epochs {
+        epoch_workload(&args, epochs);
+        return;
+    }
+    // Failures are printed once, by the runner, with the seed: keep the panic hook quiet.
+    if !args.trace {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
+    let started = Instant::now();
+    let end = match (args.end, args.minutes) {
+        (Some(end), _) => end,
+        (None, Some(_)) => u64::MAX,
+        (None, None) => args.first + 1,
+    };
+    let deadline = args.minutes.map(|m| m * 60.0);
+    let next = Arc::new(AtomicU64::new(args.first));
+    let totals = Arc::new(Mutex::new(SwarmCounts::default()));
+    let failures: Arc<Mutex<Vec<SwarmFailure>>> = Arc::new(Mutex::new(Vec::new()));
+    let options = SwarmOptions {
+        ops: args.ops,
+        trace: args.trace,
+        ..SwarmOptions::default()
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..args.threads {
+            let (next, totals, failures, options) = (&next, &totals, &failures, &options);
+            scope.spawn(move || {
+                loop {
+                    if deadline.is_some_and(|d| started.elapsed().as_secs_f64() >= d) {
+                        return;
+                    }
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= end {
+                        return;
+                    }
+                    match run_seed(seed, options) {
+                        Ok(report) => {
+                            if args.verbose {
+                                println!(
+                                    "seed {seed}: ok, hash {:016x}: {}",
+                                    report.hash, report.counts
+                                );
+                            }
+                            totals.lock().expect("totals").add(&report.counts);
+                        }
+                        Err(failure) => {
+                            println!("FAILED: {failure}");
+                            failures.lock().expect("failures").push(failure);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let totals = *totals.lock().expect("totals");
+    let failures = failures.lock().expect("failures");
+    println!(
+        "{} seeds passed, {} failed in {:.1}s: {totals}",
+        totals.seeds,
+        failures.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for f in failures.iter() {
+        println!(
+            "failed: seed {} ({} checker): vopr --seed {}",
+            f.seed, f.checker, f.seed
+        );
+    }
+    if !failures.is_empty() {
+        std::process::exit(1);
+    }
+}
+
+/// The speed benchmark: [`udrbd_sim::bench`]'s fixed workload; prints simulated requests
+/// per second of CPU time (the process's, on one thread).
+fn bench() {
+    for invariants in [true, false] {
+        let options = udrbd_sim::bench::BenchOptions {
+            invariants,
+            ..udrbd_sim::bench::BenchOptions::default()
+        };
+        let start = cpu_seconds();
+        let report = udrbd_sim::bench::run(&options);
+        let secs = cpu_seconds() - start;
+        println!(
+            "bench ({}): {} requests ({} steps, {:.1}s simulated) in {:.3}s of CPU: {:.0} simulated requests per second of CPU",
+            if invariants {
+                "invariants() after every step"
+            } else {
+                "without invariants()"
+            },
+            report.requests,
+            report.steps,
+            report.simulated_ns as f64 / 1e9,
+            secs,
+            report.requests as f64 / secs
+        );
+    }
+}
+
+/// CPU time of the calling thread's process in seconds (/proc/self/schedstat, nanoseconds).
+#[allow(clippy::disallowed_methods)]
+fn cpu_seconds() -> f64 {
+    let text = std::fs::read_to_string("/proc/self/schedstat").unwrap_or_default();
+    let ns: f64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    ns / 1e9
+}
+
+fn epoch_workload(args: &Args, epochs: u64) {
+    let opts = WorkloadOptions {
+        epochs,
+        initial_full_sync: args.full_sync,
+        ..WorkloadOptions::default()
+    };
+    for s in args.first..args.end.unwrap_or(args.first + 1) {
         let report = run(s, opts);
         println!(
             "seed {s}: ok: {} writes, {} sectors verified after failovers, {:.3}s simulated, {} steps, faults {:?}",
@@ -36,6 +236,8 @@ fn main() {
 }
 
 fn usage(problem: &str) -> ! {
-    eprintln!("vopr: {problem}\nusage: vopr [--seed N] [--seeds COUNT] [--epochs E] [--full-sync]");
+    eprintln!(
+        "vopr: {problem}\nusage: vopr [--seed N] [--seeds A..B | --seeds COUNT] [--minutes M] [--threads T] [--ops N] [--verbose]\n       vopr --bench\n       vopr --epochs E [--full-sync] [--seed N] [--seeds COUNT]"
+    );
     std::process::exit(2)
 }
