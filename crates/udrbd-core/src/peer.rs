@@ -362,8 +362,20 @@ impl Resource {
         }
     }
 
-    /// `disconnect`: close the link (if any) and stay StandAlone.
+    /// `disconnect`: close the link (if any) and stay StandAlone. A connected peer is told
+    /// first, as DRBD's cluster-wide `disconnect` does (P_CONN_ST_CHG_REQ conn=Disconnecting on
+    /// the data socket, queued before the sockets close): a kernel peer then tears the
+    /// connection down (TearDown, back to WFConnection) instead of reading an unexpected EOF
+    /// ("short read" in its log). udrbd does not wait for the reply.
     pub(crate) fn disconnect_now(&mut self) {
+        if self.link().is_some_and(|l| l.handshake_done) {
+            let mask = StateWord::mask_of(&[StateField::Conn]);
+            let val = StateWord(0).with_field(StateField::Conn, ConnState::Disconnecting as u32);
+            self.send(
+                Socket::Data,
+                &Packet::ConnStChgReq(StateChange { mask, val }),
+            );
+        }
         if self.link().is_some() {
             self.drop_connection(ConnState::Disconnecting, None);
         }
@@ -1068,7 +1080,6 @@ impl Resource {
                 } else {
                     return;
                 };
-                p.received_bytes += bytes.len() as u64;
                 self.on_bytes(socket, &bytes);
             }
             PeerInput::Sent { conn, bytes } => {
@@ -1147,6 +1158,11 @@ impl Resource {
             self.go_standalone();
             return Ok(());
         }
+        // `received` counts data as DRBD's `nr:` does (recv_cnt): the payload of writes, read
+        // replies and resync replies, not headers, bitmaps or pings.
+        if let Packet::Data(d) | Packet::DataReply(d) | Packet::RsDataReply(d) = &packet {
+            self.peer.as_mut().expect("peer").received_bytes += d.data.len() as u64;
+        }
         match packet {
             Packet::Ping => self.send(Socket::Meta, &Packet::PingAck),
             Packet::PingAck => {
@@ -1159,11 +1175,18 @@ impl Resource {
             Packet::Uuids(u) => self.receive_uuids(u),
             Packet::State(state) => self.receive_state(state)?,
             Packet::StateChgReq(req) => self.receive_state_change_request(req),
-            Packet::ConnStChgReq(_) => {
+            Packet::ConnStChgReq(req) => {
                 self.send(
                     Socket::Meta,
                     &Packet::ConnStChgReply(StateChangeReply { retcode: 1 }),
                 );
+                // The peer disconnects (its `disconnect` or `down`): TearDown, then reconnect,
+                // as the kernel's receive_req_conn_state does.
+                let conn = req.val.convert_for_peer().field(StateField::Conn);
+                if req.mask.field(StateField::Conn) != 0 && conn == ConnState::TearDown as u32 {
+                    self.log(LogLevel::Info, "the peer disconnects".to_string());
+                    self.drop_connection(ConnState::TearDown, None);
+                }
             }
             Packet::StateChgReply(reply) | Packet::ConnStChgReply(reply) => {
                 self.receive_state_change_reply(reply)
@@ -1664,6 +1687,22 @@ impl Resource {
             self.send(Socket::Data, &packet);
         }
         self.link_mut().bm_sent = true;
+        self.log_bitmap_stats("send", sender.stats());
+    }
+
+    /// DRBD's INFO_bm_xfer_stats line; unlike the kernel, also for an uncompressed transfer.
+    fn log_bitmap_stats(&mut self, direction: &str, s: udrbd_wire::TransferStats) {
+        self.log(
+            LogLevel::Info,
+            format!(
+                "{direction} bitmap stats [Bytes(packets)]: plain {}({}), RLE {}({}), total {}",
+                s.plain_bytes,
+                s.plain_packets,
+                s.compressed_bytes,
+                s.compressed_packets,
+                s.plain_bytes + s.compressed_bytes
+            ),
+        );
     }
 
     fn receive_bitmap(&mut self, packet: &Packet) -> Result<(), String> {
@@ -1688,7 +1727,9 @@ impl Resource {
         if progress == BitmapProgress::More {
             return Ok(());
         }
-        self.link_mut().bm_receiver = None;
+        if let Some(receiver) = self.link_mut().bm_receiver.take() {
+            self.log_bitmap_stats("receive", receiver.stats());
+        }
         // The merged bitmap is what the resync works from; it must be durable first.
         self.write_dirty_pages();
         if conn == ConnState::WfBitMapT {

@@ -427,6 +427,11 @@ fn incremental_resync_moves_only_what_changed() {
     }
     assert_eq!(c.status(0).out_of_sync_bytes, 16 * 4096);
     let before = c.nodes[0].sent_bytes;
+    let kib = |c: &Cluster, i: usize| {
+        let p = c.status(i).peer.unwrap();
+        (p.sent_kib, p.received_kib)
+    };
+    let (sent0, received1) = (kib(&c, 0).0, kib(&c, 1).1);
     c.connect_both();
     c.run_until(Duration::from_secs(60), |c| {
         c.conn(0) == ConnState::Connected
@@ -440,6 +445,32 @@ fn incremental_resync_moves_only_what_changed() {
     );
     assert_eq!(c.data_area(0), c.data_area(1));
     assert_eq!(c.status(0).out_of_sync_bytes, 0);
+    // The status counters are DRBD's `ns:`/`nr:`: data, not wire bytes (headers, bitmaps,
+    // handshake), so both are exactly the changed blocks.
+    assert_eq!(kib(&c, 0).0 - sent0, 16 * 4);
+    assert_eq!(kib(&c, 1).1 - received1, 16 * 4);
+}
+
+/// `disconnect` on a connected node tells the peer first (P_CONN_ST_CHG_REQ
+/// conn=Disconnecting, as DRBD does; a kernel peer otherwise logs "short read" on the EOF): the
+/// peer tears the connection down without an error and waits for a reconnect.
+#[test]
+fn disconnect_tells_the_peer_which_tears_down_without_an_error() {
+    let mut c = synced_pair();
+    c.command(0, AdminCommand::Disconnect).unwrap();
+    c.run_until(Duration::from_secs(10), |c| {
+        c.conn(0) == ConnState::StandAlone && c.conn(1) == ConnState::WfConnection
+    });
+    let told = c.nodes[1]
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Log { message, .. } if message == "the peer disconnects"));
+    assert!(told, "bob was not told: {:?}", c.nodes[1].events);
+    assert_eq!(c.status(1).peer.unwrap().last_error, None);
+    c.connect_both();
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected)
+    });
 }
 
 #[test]

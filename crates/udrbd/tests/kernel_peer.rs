@@ -26,7 +26,9 @@
 //!
 //! A fourth test, [`kernel_primary_syncs_to_udrbd`], turns the data around: the kernel node is
 //! Primary with random data and udrbd, on a zeroed disk, connects and becomes the SyncTarget of
-//! a full sync; then the kernel's own writes must replicate to udrbd (protocol C).
+//! a full sync; then the kernel's own writes must replicate to udrbd (protocol C), and after a
+//! disconnect with scattered writes on the kernel, the incremental resync (RLE bitmap) moves
+//! exactly the changed blocks.
 //!
 //! After the handshake each of the first three tests makes udrbd `primary --force` on a data
 //! area full of random bytes, waits for the full sync to the kernel node (`UpToDate/UpToDate`
@@ -40,434 +42,18 @@
 //! (`/var/cache/kdrbd-vm`) is complete, build returns at once. They never skip: a VM that
 //! cannot be built or booted fails them. Each guest uses about 300 MB of host memory.
 
+mod kernelvm;
 mod support;
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use kernelvm::*;
 use support::*;
 
-/// The guest's brd size; its data area is 16344 KiB (internal meta-data takes 40 KiB).
-const SIZE_MIB: u64 = 16;
-/// The data area in KiB that both sides must report.
+/// The data area in KiB that both sides must report (the guest's 16 MiB brd less 40 KiB of
+/// internal meta-data).
 const DATA_KIB: u64 = 16344;
-/// The guest's DRBD port (fixed by kdrbd-vm).
-const GUEST_DRBD_PORT: u16 = 7789;
-/// How long a connection or the 16 MiB sync may take under TCG.
-const WAIT: Duration = Duration::from_secs(180);
-/// Patterns that must not appear in the guest's kernel log.
-const BAD_KERNEL_LOG: [&str; 6] = [
-    "protocol error",
-    "ProtocolError",
-    "BAD!",
-    "Unexpected data packet",
-    "short read",
-    "error receiving",
-];
-
-/// The ports of one test: the guest's hostfwd of its DRBD (`hp`), the port the guest connects
-/// to (`pp`), the guest agent (`ap`), and a port where nothing listens (`dead`).
-#[derive(Clone, Copy, Debug)]
-struct Ports {
-    hp: u16,
-    pp: u16,
-    ap: u16,
-    dead: u16,
-    /// Where udrbd listens.
-    udrbd_listen: u16,
-    /// Where udrbd connects.
-    udrbd_peer: u16,
-}
-
-impl Ports {
-    /// Checks that nothing uses the ports (so a clash fails clearly, not as a hang).
-    fn check_free(&self) {
-        for port in [self.hp, self.pp, self.ap, self.dead, self.udrbd_listen] {
-            if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-                panic!("port 127.0.0.1:{port} is not free ({e}); {self:?}");
-            }
-        }
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// kdrbd-vm
-// ------------------------------------------------------------------------------------------
-
-/// The kdrbd-vm script: `$KDRBD_VM`, else `shared/tools/kdrbd-vm/kdrbd-vm` beside the
-/// repository, else the workplace's `/work/shared/tools/kdrbd-vm/kdrbd-vm` (a clean clone
-/// for CI may live elsewhere).
-fn kdrbd_vm_tool() -> PathBuf {
-    let tool = match std::env::var_os("KDRBD_VM") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let beside = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/tools/kdrbd-vm/kdrbd-vm");
-            if beside.is_file() {
-                beside
-            } else {
-                PathBuf::from("/work/shared/tools/kdrbd-vm/kdrbd-vm")
-            }
-        }
-    };
-    assert!(
-        tool.is_file(),
-        "kdrbd-vm not found at {} (set KDRBD_VM to the script)",
-        tool.display()
-    );
-    tool
-}
-
-/// The build cache kdrbd-vm uses.
-fn kdrbd_vm_cache() -> PathBuf {
-    std::env::var_os("KDRBD_VM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/kdrbd-vm"))
-}
-
-/// Runs `kdrbd-vm build` once per test binary (it returns at once when the cache is complete;
-/// a fresh build needs root and apt) and checks the cache it leaves.
-fn ensure_vm_built() {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = BUILT.get_or_init(|| {
-        let t0 = Instant::now();
-        let o = Command::new(kdrbd_vm_tool())
-            .arg("build")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("running kdrbd-vm build: {e}"))?;
-        if !o.status.success() {
-            return Err(format!(
-                "kdrbd-vm build failed ({}; needs root and apt the first time): {}{}",
-                o.status,
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ));
-        }
-        let cache = kdrbd_vm_cache();
-        for f in ["vmlinuz", "initramfs.cpio.gz", "build.info"] {
-            let p = cache.join(f);
-            if std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0) == 0 {
-                return Err(format!("kdrbd-vm build left no {}", p.display()));
-            }
-        }
-        let info = std::fs::read_to_string(cache.join("build.info")).unwrap_or_default();
-        if !info.contains("drbd_module=8.4.") {
-            return Err(format!("the guest's drbd module is not 8.4: {info}"));
-        }
-        eprintln!("kdrbd-vm build: {:.1?}", t0.elapsed());
-        Ok(())
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
-}
-
-/// One kernel DRBD guest, killed (qemu SIGKILL) when dropped, also when the test panics.
-struct KernelVm {
-    tool: PathBuf,
-    dir: PathBuf,
-    name: String,
-    ports: Ports,
-}
-
-impl KernelVm {
-    /// `kdrbd-vm start NAME --listen-port HP --peer-port PP --agent-port AP --size-mib 16`
-    /// with the state directory `dir`; waits for the guest's DRBD setup (`KDRBD-READY`).
-    fn start(dir: &Path, name: &str, ports: Ports) -> KernelVm {
-        Self::start_with(dir, name, ports, &[])
-    }
-
-    /// As [`KernelVm::start`] with more options for `kdrbd-vm start` (e.g. `--no-wait`).
-    fn start_with(dir: &Path, name: &str, ports: Ports, extra: &[&str]) -> KernelVm {
-        let vm = KernelVm {
-            tool: kdrbd_vm_tool(),
-            dir: dir.to_path_buf(),
-            name: name.to_string(),
-            ports,
-        };
-        let t0 = Instant::now();
-        let o = vm.run(
-            &[
-                "start",
-                name,
-                "--listen-port",
-                &ports.hp.to_string(),
-                "--peer-port",
-                &ports.pp.to_string(),
-                "--agent-port",
-                &ports.ap.to_string(),
-                "--size-mib",
-                &SIZE_MIB.to_string(),
-                "--protocol",
-                "C",
-            ]
-            .iter()
-            .chain(extra)
-            .copied()
-            .collect::<Vec<&str>>(),
-        );
-        assert!(
-            o.status.success(),
-            "kdrbd-vm start {name} failed ({}): {}{}\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            vm.log_tail()
-        );
-        eprintln!("guest {name} started in {:.1?}", t0.elapsed());
-        vm
-    }
-
-    /// Runs `kdrbd-vm ARGS --dir DIR`.
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(&self.tool)
-            .args(args)
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", self.tool.display()))
-    }
-
-    /// Runs `sh -c CMD` in the guest; returns its output, or panics with it.
-    fn exec(&self, cmd: &str) -> String {
-        let o = self.run(&["exec", &self.name, cmd, "--timeout", "120"]);
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(
-            o.status.success(),
-            "guest {}: `{cmd}` failed ({}): {out}{}\n{}",
-            self.name,
-            o.status,
-            String::from_utf8_lossy(&o.stderr),
-            self.log_tail()
-        );
-        out
-    }
-
-    /// The guest's `/proc/drbd`.
-    fn proc_drbd(&self) -> String {
-        self.exec("cat /proc/drbd")
-    }
-
-    /// Waits until the guest's `/proc/drbd` matches the extended regex `re`; returns it.
-    fn wait(&self, re: &str, timeout: Duration, context: &dyn Fn() -> String) -> String {
-        let o = self.run(&[
-            "wait",
-            &self.name,
-            re,
-            "--timeout",
-            &timeout.as_secs().to_string(),
-        ]);
-        assert!(
-            o.status.success(),
-            "guest {}: /proc/drbd did not match `{re}` within {timeout:?}: {}{}\n{}\n{}",
-            self.name,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            self.log_tail(),
-            context()
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    /// The last lines of the guest's serial log (init's output and kernel messages).
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join(format!("{}.log", self.name)))
-            .unwrap_or_default()
-            .replace('\r', "");
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
-        format!("--- guest {} serial log (tail) ---\n{tail}", self.name)
-    }
-
-    /// The guest's established TCP connections of its DRBD: `(accepted, outgoing)`, where
-    /// accepted ones have the local port 7789 and outgoing ones the remote port PP.
-    fn drbd_sockets(&self) -> (usize, usize, String) {
-        let table = self.exec("cat /proc/net/tcp");
-        let port = |addr: &str| {
-            u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).unwrap_or(0)
-        };
-        let (mut accepted, mut outgoing) = (0, 0);
-        for line in table.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 4 || f[3] != "01" {
-                continue; // not ESTABLISHED
-            }
-            if port(f[1]) == GUEST_DRBD_PORT {
-                accepted += 1;
-            } else if port(f[2]) == self.ports.pp {
-                outgoing += 1;
-            }
-        }
-        (accepted, outgoing, table)
-    }
-
-    /// md5 of the first `len` bytes of the guest's backing device, read with O_DIRECT.
-    fn backing_md5(&self, len: u64) -> String {
-        assert_eq!(len % 4096, 0);
-        let out = self.exec(&format!(
-            "dd if=/dev/ram0 bs=4096 count={} iflag=direct 2>/dev/null | md5sum",
-            len / 4096
-        ));
-        out.split_whitespace().next().unwrap_or("").to_string()
-    }
-
-    /// Checks the guest's kernel log: the handshake's line is there, no protocol error.
-    fn assert_clean_dmesg(&self) {
-        let dmesg = self.exec("dmesg");
-        assert!(
-            dmesg.contains("Handshake successful: Agreed network protocol version 101"),
-            "no successful handshake in the guest's dmesg:\n{dmesg}"
-        );
-        for bad in BAD_KERNEL_LOG {
-            assert!(
-                !dmesg.contains(bad),
-                "the guest's dmesg shows `{bad}`:\n{dmesg}"
-            );
-        }
-    }
-}
-
-impl Drop for KernelVm {
-    fn drop(&mut self) {
-        // A power cut is enough: the guest keeps nothing.
-        let _ = self.run(&["kill", &self.name]);
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// The udrbd side
-// ------------------------------------------------------------------------------------------
-
-/// Fails the test unless python3-libnbd is installed.
-fn require_libnbd() {
-    let o = Command::new("/usr/bin/python3")
-        .args(["-c", "import nbd"])
-        .output()
-        .expect("/usr/bin/python3");
-    assert!(
-        o.status.success(),
-        "python3-libnbd missing: apt-get install python3-libnbd"
-    );
-}
-
-/// udrbd's node `alice` with a 16 MiB backing file full of random bytes and fresh internal
-/// meta-data, and the config of `r0` with the kernel node as peer `kernel`.
-struct Udrbd {
-    dir: tempfile::TempDir,
-    disk: PathBuf,
-    config: PathBuf,
-}
-
-impl Udrbd {
-    /// A backing file full of random bytes (udrbd's data will be the data).
-    fn prepare(ports: Ports) -> Udrbd {
-        Self::prepare_disk(ports, true)
-    }
-
-    /// A backing file of zeroes (written, not sparse): udrbd receives the kernel's data.
-    fn prepare_zeroed(ports: Ports) -> Udrbd {
-        Self::prepare_disk(ports, false)
-    }
-
-    fn prepare_disk(ports: Ports, random: bool) -> Udrbd {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = dir.path().join("alice.img");
-        let mut contents = vec![0u8; (SIZE_MIB << 20) as usize];
-        if random {
-            std::fs::File::open("/dev/urandom")
-                .unwrap()
-                .read_exact(&mut contents)
-                .unwrap();
-        }
-        std::fs::write(&disk, &contents).unwrap();
-        create_md(&disk);
-        let config = dir.path().join("r0.res");
-        // Timeouts are DRBD's (tenths of a second) but generous: the kernel runs under TCG.
-        let text = format!(
-            "resource r0 {{\n  net {{ protocol C; connect-int 10; ping-int 10; ping-timeout 20; timeout 60; }}\n  disk {{ c-plan-ahead 0; resync-rate 100M; }}\n  on alice {{ device minor 0; disk {}; address 127.0.0.1:{}; meta-disk internal; }}\n  on kernel {{ device minor 0; disk /dev/null; address 127.0.0.1:{}; meta-disk internal; }}\n}}\n",
-            disk.display(),
-            ports.udrbd_listen,
-            ports.udrbd_peer,
-        );
-        std::fs::write(&config, text).unwrap();
-        Udrbd { dir, disk, config }
-    }
-
-    /// Starts the daemon (which brings r0 up: attach, then listen and connect).
-    fn start(&self) -> TestDaemon {
-        TestDaemon::start_node(self.dir.path(), "alice", &self.config, "alice", &[])
-    }
-
-    /// The guest's state directory (inside the test's temp dir).
-    fn vm_dir(&self) -> PathBuf {
-        self.dir.path().join("vm")
-    }
-
-    /// The first `len` bytes of the backing file (the data area).
-    fn data_area(&self, len: u64) -> Vec<u8> {
-        let mut buf = vec![0u8; len as usize];
-        std::fs::File::open(&self.disk)
-            .unwrap()
-            .read_exact(&mut buf)
-            .unwrap();
-        buf
-    }
-}
-
-/// `udrbd status r0 --json`: the resource's object.
-fn status_json(d: &TestDaemon) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(&d.ok(&["status", "r0", "--json"])).unwrap();
-    v[0].clone()
-}
-
-/// md5 (hex) of `bytes`, by the host's md5sum.
-fn md5_hex(bytes: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("md5sum");
-    let mut stdin = child.stdin.take().unwrap();
-    let data = bytes.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&data));
-    let o = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(o.status.success());
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-/// Whether some socket of this host listens on `127.0.0.1:port` (from `/proc/net/tcp`, so
-/// the listener sees no probe connection).
-fn host_listens_on(port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let local = format!("0100007F:{port:04X}");
-    table.lines().skip(1).any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() > 3 && f[1] == local && f[3] == "0A"
-    })
-}
-
-/// Waits until udrbd listens on `127.0.0.1:port`.
-fn wait_for_listener(d: &TestDaemon, port: u16, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !host_listens_on(port) {
-        assert!(
-            Instant::now() < deadline,
-            "udrbd does not listen on 127.0.0.1:{port} after {timeout:?}:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Both sides connected: udrbd's `wait-connect`, then the guest's `cs:Connected`; both report
 /// the same size and `Inconsistent/Inconsistent` (fresh meta-data on both).
@@ -871,6 +457,71 @@ fn kernel_primary_syncs_to_udrbd() {
         "expected ns:{sent_kib} and oos:0: {proc_drbd}"
     );
     assert_eq!(d.ok(&["cstate", "r0"]).trim(), "Connected");
+    assert_eq!(d.ok(&["dstate", "r0"]).trim(), "UpToDate/UpToDate");
+
+    // Incremental resync from the kernel: udrbd disconnects, the kernel writes 30 scattered
+    // blocks, udrbd connects again. The kernel's `ns:` and
+    // udrbd's `received` grow by exactly the changed blocks; the bitmaps travel RLE-compressed
+    // (DRBD's default use-rle yes), one packet each way.
+    let k0 = parse_proc_counters(&vm.proc_drbd());
+    let received = |d: &TestDaemon| {
+        status_json(d)["connections"][0]["peer_devices"][0]["received"]
+            .as_u64()
+            .unwrap()
+    };
+    let r0 = received(&d);
+    let mark = vm.exec("dmesg").lines().count();
+    let t_inc = Instant::now();
+    d.ok(&["disconnect", "r0"]);
+    vm.wait("cs:WFConnection", WAIT, &|| d.log_text());
+    let blocks: Vec<u64> = (0..30u64).map(|i| (i * 131 + 7) % (DATA_KIB / 4)).collect();
+    let cmd: String = blocks
+        .iter()
+        .map(|b| {
+            format!(
+                "dd if=/dev/urandom of=/dev/drbd0 bs=4096 seek={b} count=1 oflag=direct \
+                 2>/dev/null || echo FAILED;"
+            )
+        })
+        .collect();
+    let out = vm.exec(&cmd);
+    assert!(!out.contains("FAILED"), "{out}");
+    d.ok(&["connect", "r0"]);
+    vm.wait(
+        "cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    let k1 = parse_proc_counters(&vm.proc_drbd());
+    let r1 = received(&d);
+    eprintln!(
+        "incremental resync of 30 blocks (120 KiB) from the kernel in {:.1?}: kernel {k0:?} -> \
+         {k1:?}, udrbd received {r0} -> {r1} KiB",
+        t_inc.elapsed(),
+    );
+    assert_eq!(
+        k1.ns - k0.ns,
+        120,
+        "the kernel sent {k1:?} (before: {k0:?})"
+    );
+    assert_eq!(r1 - r0, 120, "udrbd received {} KiB", r1 - r0);
+    let dmesg = vm.exec("dmesg");
+    let stats: Vec<&str> = dmesg
+        .lines()
+        .skip(mark)
+        .filter(|l| l.contains("bitmap stats"))
+        .collect();
+    assert!(
+        stats.len() == 2 && stats.iter().all(|l| l.contains("plain 0(0), RLE ")),
+        "expected an RLE bitmap each way: {stats:?}"
+    );
+    let host = md5_hex(&u.data_area(len));
+    assert_eq!(
+        vm.backing_md5(len),
+        host,
+        "the data areas differ after the incremental resync\n{}",
+        d.log_text()
+    );
     assert_eq!(d.ok(&["dstate", "r0"]).trim(), "UpToDate/UpToDate");
     vm.assert_clean_dmesg();
     eprintln!("total {:.1?}", t0.elapsed());
