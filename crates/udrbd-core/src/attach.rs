@@ -162,6 +162,19 @@ impl Resource {
             .map_err(|_| CommandError::NoValidMetaData)?;
         sb.check_layout(&layout)
             .map_err(|_| CommandError::NoValidMetaData)?;
+        let connected = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.conn >= crate::state::ConnState::Connected);
+        if self.role == Role::Primary
+            && !connected
+            && let Some(exposed) = self.exposed_uuid
+            && exposed != sb.uuids.current & !1
+        {
+            // The disk holds other data than what this Primary served (DRBD's
+            // ERR_DATA_NOT_CURRENT): attaching it would expose stale data.
+            return Err(CommandError::DataNotCurrent { exposed });
+        }
         let usable = layout.max_data_sect.min(params.data_device_bytes / 512) & !7;
         if sb.la_size_sect > usable {
             return Err(CommandError::DeviceTooSmall);

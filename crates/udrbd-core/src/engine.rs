@@ -354,6 +354,10 @@ pub struct Resource {
     pub(crate) zero_buffer: Bytes,
     /// Local IO errors of this attach (see [`DiskErrors`]).
     pub(crate) disk_errors: DiskErrors,
+    /// The current UUID (bit 0 cleared) of the data this Primary serves: its own disk's, or
+    /// the connected peer's when it has none (DRBD's ed_uuid). A Primary that is not connected
+    /// attaches only a disk with this UUID.
+    pub(crate) exposed_uuid: Option<u64>,
     /// Operations of this generation in submission order, for `disk-timeout` (only kept when
     /// it is on; entries of completed operations are dropped lazily from the front).
     pub(crate) op_started: VecDeque<(DiskOpId, Instant)>,
@@ -415,6 +419,7 @@ impl Resource {
             rs_request_locks: BTreeMap::new(),
             zero_buffer: Bytes::new(),
             disk_errors: DiskErrors::default(),
+            exposed_uuid: None,
             op_started: VecDeque::new(),
         };
         resource.init_peer();
@@ -867,6 +872,26 @@ impl Resource {
         }
         self.arm_bitmap_writeout();
         self.arm_disk_timeout();
+        self.track_exposed_uuid();
+    }
+
+    /// Keeps [`Resource::exposed_uuid`] current: the local disk's UUID while it serves, the
+    /// peer's while the peer serves; kept while neither does; forgotten on demotion.
+    fn track_exposed_uuid(&mut self) {
+        if self.role != Role::Primary {
+            self.exposed_uuid = None;
+            return;
+        }
+        if self.disk_state == DiskState::UpToDate
+            && let Some(d) = self.disk.as_ref()
+            && !matches!(self.pending, Some((_, Pending::Attach(_))))
+        {
+            self.exposed_uuid = Some(d.sb.uuids.current & !1);
+        } else if self.peer_serves()
+            && let Some(peer) = self.link().and_then(|l| l.peer_uuids)
+        {
+            self.exposed_uuid = Some(peer.uuids.current & !1);
+        }
     }
 
     /// Arms the disk-timeout timer for the oldest outstanding operation.

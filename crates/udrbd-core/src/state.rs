@@ -161,6 +161,12 @@ pub enum CommandError {
     NoDiskConfig,
     /// The disk failed while the command waited.
     DiskFailed,
+    /// ERR_* 150: a Primary without a connected peer attaches only the data it was serving
+    /// (the disk's current UUID must be the exposed one).
+    DataNotCurrent {
+        /// The UUID of the data the Primary serves.
+        exposed: u64,
+    },
 }
 
 impl CommandError {
@@ -172,6 +178,7 @@ impl CommandError {
             CommandError::NoValidMetaData => Some(119),
             CommandError::DeviceTooSmall => Some(111),
             CommandError::NoDiskConfig => Some(138),
+            CommandError::DataNotCurrent { .. } => Some(150),
             _ => None,
         }
     }
@@ -211,6 +218,11 @@ impl std::fmt::Display for CommandError {
                 write!(f, "Failure: (138) Device does not have a disk-config")
             }
             CommandError::DiskFailed => write!(f, "Failure: the disk failed during the command"),
+            CommandError::DataNotCurrent { exposed } => write!(
+                f,
+                "Failure: (150) Can only attach to the data we lost last (see kernel log). \
+                 (Can only attach to data with current UUID={exposed:016X})"
+            ),
         }
     }
 }

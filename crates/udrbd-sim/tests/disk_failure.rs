@@ -1099,3 +1099,49 @@ fn a_diskless_primary_reconnects_to_its_peer() {
         );
     }
 }
+
+/// A diskless Primary that lost its peer attaches only the data it was serving (DRBD's
+/// ERR_DATA_NOT_CURRENT): its old disk predates the writes the peer took alone, so the attach
+/// is refused while disconnected; once connected again the attach resyncs what it missed.
+#[test]
+fn a_disconnected_diskless_primary_refuses_its_stale_disk() {
+    for seed in SEEDS {
+        let mut c = in_sync_pair(seed, ClusterOptions::default());
+        c.must(0, primary());
+        c.must(0, detach(true));
+        c.run_until("node 0 Diskless", secs(10), |c| {
+            disk(c, 0) == DiskState::Diskless
+        });
+        let b = pattern(seed + 7, BLOCK as usize);
+        c.write(0, 3 * BLOCK, b.clone(), false)
+            .expect("a diskless Primary writes through the peer");
+        c.partition(0, 1);
+        c.run_until("the link gone", secs(60), |c| {
+            c.conn(0) != Some(ConnState::Connected)
+        });
+        let cmd = attach_cmd(&c);
+        let refused = c.command(0, cmd);
+        check(
+            &c,
+            matches!(refused, Err(CommandError::DataNotCurrent { .. })),
+            &format!("attach of the stale disk refused: {refused:?}"),
+        );
+        check(&c, disk(&c, 0) == DiskState::Diskless, "still diskless");
+        c.heal();
+        c.wait_connected(secs(60));
+        let cmd = attach_cmd(&c);
+        c.must(0, cmd);
+        c.wait_in_sync(secs(60));
+        let r = c.read(0, 3 * BLOCK, BLOCK as u32);
+        check(
+            &c,
+            r.ok() == Some(b.clone()),
+            "the diskless write, now local",
+        );
+        check(
+            &c,
+            c.check_identical() == 1,
+            "identical after the re-attach",
+        );
+    }
+}
