@@ -233,10 +233,19 @@ fn frozen_disk(force: bool) {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         plain_detach = Some(cmd.spawn().unwrap());
+        // (Which step hangs depends on what was in flight at the pause: the data IO, the
+        // bitmap write-out, the AL ring or the clean superblock.)
         poll_status_until(&pair, "the detach waiting", Duration::from_secs(5), |s| {
-            s["devices"][0]["udrbd-detach"] == "waiting-for-io"
+            s["devices"][0]["udrbd-detach"].is_string()
         });
         std::thread::sleep(Duration::from_millis(500));
+        let s = pair.alice.status_json();
+        let step = s["devices"][0]["udrbd-detach"].clone();
+        println!("the plain detach hangs at step {step}");
+        assert!(
+            step.is_string(),
+            "the plain detach ended on a frozen disk: {s}"
+        );
         // ... until `detach --force` ends it.
         let t0 = Instant::now();
         pair.alice.ok(&["detach", "--force", PAIR_RESOURCE]);
