@@ -695,3 +695,26 @@ impl Drop for EventsStream {
         }
     }
 }
+
+/// The bitmap words of a `dump-md` text (`0x...;` and `N times 0x...;` inside `bm { }`).
+pub fn bitmap_words(dump: &str) -> Vec<u64> {
+    let start = dump.find("\nbm {").expect("bm section") + 5;
+    let end = start + dump[start..].find("\n}").expect("end of bm");
+    let mut words = Vec::new();
+    for line in dump[start..end].lines() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        for tok in line.split(';').map(str::trim).filter(|t| !t.is_empty()) {
+            let (count, value) = match tok.split_once(" times ") {
+                Some((n, v)) => (n.trim().parse::<usize>().unwrap(), v.trim()),
+                None => (1, tok),
+            };
+            let value = u64::from_str_radix(value.trim_start_matches("0x"), 16)
+                .unwrap_or_else(|e| panic!("bad bitmap word {tok:?}: {e}"));
+            words.extend(std::iter::repeat_n(value, count));
+        }
+    }
+    words
+}
