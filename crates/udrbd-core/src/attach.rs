@@ -383,12 +383,7 @@ impl Resource {
         if self.disk.is_none() {
             return Err(CommandError::NoDiskConfig);
         }
-        let peer_up_to_date = self.replicating()
-            && self
-                .peer
-                .as_ref()
-                .is_some_and(|p| p.peer_disk == DiskState::UpToDate);
-        if self.role == Role::Primary && !force && !peer_up_to_date {
+        if self.role == Role::Primary && !force && !self.peer_serves() {
             // The only UpToDate copy of a Primary's data.
             return Err(CommandError::StateChange(StateChangeError::NoUpToDateDisk));
         }

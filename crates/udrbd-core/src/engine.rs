@@ -522,11 +522,7 @@ impl Resource {
             io_errors: self.disk_errors.count,
             served_by_peer: self.role == Role::Primary
                 && !(self.disk_state == DiskState::UpToDate && self.disk.is_some())
-                && self.replicating()
-                && self
-                    .peer
-                    .as_ref()
-                    .is_some_and(|p| p.peer_disk == DiskState::UpToDate),
+                && self.peer_serves(),
             generation: self.disk.as_ref().map(|d| (d.sb.uuids, d.sb.flags)),
             statistics: self.statistics,
             busy_with: self.pending.as_ref().map(|(_, p)| match p {
@@ -894,18 +890,24 @@ impl Resource {
         }
     }
 
-    /// Arms the disk-timeout timer for the oldest outstanding operation.
-    fn arm_disk_timeout(&mut self) {
-        let Some(timeout) = self.config.disk_timeout else {
-            return;
-        };
+    /// The oldest outstanding operation and when it was submitted (drops the entries of
+    /// completed ones from the front of `op_started`).
+    fn oldest_outstanding_op(&mut self) -> Option<(DiskOpId, Instant)> {
         while let Some((id, _)) = self.op_started.front() {
             if self.ops.contains_key(id) {
                 break;
             }
             self.op_started.pop_front();
         }
-        match self.op_started.front() {
+        self.op_started.front().copied()
+    }
+
+    /// Arms the disk-timeout timer for the oldest outstanding operation.
+    fn arm_disk_timeout(&mut self) {
+        let Some(timeout) = self.config.disk_timeout else {
+            return;
+        };
+        match self.oldest_outstanding_op() {
             Some((_, started)) => {
                 if self.timers.get(Timer::DiskTimeout).is_none() {
                     self.timers.set(Timer::DiskTimeout, started.plus(timeout));
@@ -920,13 +922,7 @@ impl Resource {
         let Some(timeout) = self.config.disk_timeout else {
             return;
         };
-        while let Some((id, _)) = self.op_started.front() {
-            if self.ops.contains_key(id) {
-                break;
-            }
-            self.op_started.pop_front();
-        }
-        let Some(&(id, started)) = self.op_started.front() else {
+        let Some((id, started)) = self.oldest_outstanding_op() else {
             return;
         };
         if self.now < started.plus(timeout) {
