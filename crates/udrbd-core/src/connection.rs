@@ -834,7 +834,14 @@ impl ConnectionSetup {
     /// listen socket): if the peer connected a data or meta socket at the same time as we
     /// did, that is "crossed" and handled as such, instead of both sides going on with
     /// different sockets.
+    ///
+    /// A queued socket the peer has already closed is not read: the peer gave it up (it
+    /// released it as crossed, or its connect timed out) and holds other sockets, perhaps
+    /// exactly our pair. Taking it as "crossed" would close a socket of a pair the peer has
+    /// already checked and is handshaking on (a kernel peer then logs "short read (expected
+    /// size 8)" and starts over).
     fn socket_check_done(&mut self, now: Instant) {
+        self.incoming.retain(|i| !i.closed);
         if self.has_both() && self.incoming.is_empty() {
             self.begin_handshake(now);
         } else {

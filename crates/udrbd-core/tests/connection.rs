@@ -706,3 +706,78 @@ fn timers_follow_the_configuration() {
     );
     assert!(wait == short || wait == long, "{wait}");
 }
+
+/// The kernel-peer connect race (seen against kernel 8.4.11 behind qemu's user network): we
+/// hold a complete, checked pair, and a socket the peer connected and then gave up (it took
+/// ours as "crossed") waits in our backlog, its P_INITIAL_DATA still buffered, already closed.
+/// That socket must not replace our data socket: the peer is handshaking on it.
+#[test]
+fn a_queued_socket_the_peer_already_closed_does_not_break_a_checked_pair() {
+    let c = SetupConfig::new(ADDR[0].parse().unwrap(), ADDR[1].parse().unwrap());
+    let mut m = ConnectionSetup::new(c, ChaCha20Rng::seed_from_u64(7));
+    let drain = |m: &mut ConnectionSetup| -> Vec<SetupOutput> {
+        std::iter::from_fn(|| m.poll_output()).collect()
+    };
+    let initial = |command: u16| -> Bytes {
+        // h80: magic, command, length 0.
+        let mut b = 0x8374_0267u32.to_be_bytes().to_vec();
+        b.extend_from_slice(&command.to_be_bytes());
+        b.extend_from_slice(&0u16.to_be_bytes());
+        Bytes::from(b)
+    };
+    const P_INITIAL_DATA: u16 = 0xfff2;
+    const P_INITIAL_META: u16 = 0xfff1;
+
+    m.handle(Instant(0), SetupInput::Start);
+    let data = drain(&mut m)
+        .into_iter()
+        .find_map(|o| match o {
+            SetupOutput::Connect { conn, .. } => Some(conn),
+            _ => None,
+        })
+        .expect("a connect");
+    m.handle(Instant(1), SetupInput::Connected { conn: data });
+    drain(&mut m);
+    // The peer's meta socket completes the pair; the socket check starts.
+    let meta = ConnId(1);
+    m.handle(Instant(2), SetupInput::Accepted { conn: meta });
+    m.handle(
+        Instant(3),
+        SetupInput::Received {
+            conn: meta,
+            bytes: initial(P_INITIAL_META),
+        },
+    );
+    assert!(
+        drain(&mut m)
+            .iter()
+            .all(|o| !matches!(o, SetupOutput::Close { .. })),
+        "the pair is complete"
+    );
+    // The abandoned socket arrives during the check, with its first packet, then its FIN.
+    let abandoned = ConnId(2);
+    m.handle(Instant(4), SetupInput::Accepted { conn: abandoned });
+    m.handle(
+        Instant(5),
+        SetupInput::Received {
+            conn: abandoned,
+            bytes: initial(P_INITIAL_DATA),
+        },
+    );
+    m.handle(Instant(6), SetupInput::Closed { conn: abandoned });
+    assert!(drain(&mut m).is_empty());
+    let check_end = m.poll_timeout().expect("the socket check's timer");
+    m.handle(check_end, SetupInput::Timeout);
+    let out = drain(&mut m);
+    assert!(
+        out.iter()
+            .all(|o| !matches!(o, SetupOutput::Close { .. } | SetupOutput::Retrying { .. })),
+        "the checked pair was broken: {out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, SetupOutput::Send { conn, .. } if *conn == data)),
+        "P_CONNECTION_FEATURES goes out on the data socket: {out:?}"
+    );
+    assert_eq!(m.stats().crossed, 0);
+}
