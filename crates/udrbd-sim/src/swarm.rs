@@ -36,7 +36,11 @@
 //! that crashes make the affected blocks unknown on that node. When a node becomes a resync
 //! target (or a diskless node connects to an UpToDate peer) its view becomes the source's: the
 //! data generation changes, which is how a split-brain resolution discarding one side's
-//! writes is modelled. Unknown blocks become known again with the next write.
+//! writes is modelled. A disk that goes away (detach, failure, crash) keeps what the model
+//! knows it holds (not its unflushed writes, not blocks a write in flight may still change,
+//! not blocks an unfinished resync had yet to bring); attaching it again serves that, so a
+//! stale disk attached and promoted while disconnected is judged by its own content, as DRBD
+//! serves it. Unknown blocks become known again with the next write.
 //!
 //! # Checkers ([`Checker`])
 //!
@@ -500,6 +504,14 @@ struct Run {
     volatile: [BTreeMap<u64, (u64, u64)>; 2],
     /// Per node: incremented whenever its disk goes away (detach, failure).
     attach_epoch: [u64; 2],
+    /// Per node whose disk is away (detached, failed, crashed): what that disk holds, as far
+    /// as the model knows. Its view meanwhile is what the peer serves; attaching the disk
+    /// again brings this back (a stale disk attached while disconnected serves stale data,
+    /// as in DRBD).
+    on_disk: [Option<Vec<Option<u64>>>; 2],
+    /// Per node that became a resync target and has not finished: its view before. Until
+    /// the resync finishes, its disk holds the source's value only where both agreed.
+    pre_target: [Option<Vec<Option<u64>>>; 2],
     /// Per block: the last acknowledged write (tag, promised, sequence), if known.
     acked: Vec<Option<(u64, bool, u64)>>,
     /// Per node: the sequence of the last failed local data write of a block.
@@ -528,6 +540,14 @@ const NODES: [NodeId; 2] = [0, 1];
 /// The attach epoch of a write a diskless node completed through its peer (no flush makes it
 /// durable on the node's own disk).
 const NOT_LOCAL: u64 = u64::MAX;
+
+/// Blockwise: the value where both views know the same one, else unknown.
+fn agreed(a: &[Option<u64>], b: &[Option<u64>]) -> Vec<Option<u64>> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| if x == y { *x } else { None })
+        .collect()
+}
 
 fn is_target(conn: Option<ConnState>) -> bool {
     matches!(
@@ -581,6 +601,8 @@ impl Run {
             ],
             volatile: [BTreeMap::new(), BTreeMap::new()],
             attach_epoch: [0, 0],
+            on_disk: [None, None],
+            pre_target: [None, None],
             acked: vec![None; blocks as usize],
             failed_write: [BTreeMap::new(), BTreeMap::new()],
             inflight: BTreeMap::new(),
@@ -1016,6 +1038,28 @@ impl Run {
         }
     }
 
+    /// What node `i`'s own disk holds as far as the model knows, while it is attached: its
+    /// view, except blocks not yet durable (a detach does not flush them; a crash may lose
+    /// them), blocks a write in flight may still change (an abandoned write can land late),
+    /// and blocks an unfinished resync has not brought.
+    fn disk_content(&self, i: usize) -> Vec<Option<u64>> {
+        let mut content = match &self.pre_target[i] {
+            Some(before) => agreed(before, &self.view[i]),
+            None => self.view[i].clone(),
+        };
+        for b in self.volatile[i].keys() {
+            content[*b as usize] = None;
+        }
+        for req in self.inflight.values() {
+            if !matches!(req.kind, Kind::Read | Kind::Flush) {
+                for b in req.first..req.first + req.blocks {
+                    content[b as usize] = None;
+                }
+            }
+        }
+        content
+    }
+
     fn on_state(&mut self, node: NodeId, s: Snapshot) {
         let i = usize::from(node);
         let before = self.last[i];
@@ -1025,21 +1069,17 @@ impl Run {
             self.link_epoch[i] += 1;
         }
         if before.disk >= DiskState::Inconsistent && s.disk < DiskState::Inconsistent {
+            self.on_disk[i] = Some(self.disk_content(i));
             self.attach_epoch[i] += 1;
         }
         if before.disk < DiskState::Inconsistent && s.disk >= DiskState::Inconsistent {
-            // The node's own disk is back: what it wrote through the peer meanwhile is not
-            // on it (a resync from the peer, if one follows, brings the peer's view).
-            let volatile = &mut self.volatile[i];
-            let gone: Vec<u64> = volatile
-                .iter()
-                .filter(|(_, (_, e))| *e == NOT_LOCAL)
-                .map(|(b, _)| *b)
-                .collect();
-            for b in gone {
-                volatile.remove(&b);
-                self.view[i][b as usize] = None;
-            }
+            // The node's own disk is back: reads are served from it again. What it wrote
+            // through the peer meanwhile is not on it (a resync from the peer, if one
+            // follows, brings the peer's view).
+            self.volatile[i].retain(|_, (_, e)| *e != NOT_LOCAL);
+            self.view[i] = self.on_disk[i]
+                .take()
+                .unwrap_or_else(|| vec![None; self.blocks as usize]);
         }
         self.hash.add(
             u64::from(node)
@@ -1058,11 +1098,20 @@ impl Run {
             && !(before.disk == DiskState::Diskless
                 && is_connected(before.conn)
                 && before.peer_disk == DiskState::UpToDate);
+        if becomes_target {
+            let before_resync = match self.pre_target[i].take() {
+                // An unfinished resync before: its disk is known only where both agreed.
+                Some(older) => agreed(&older, &self.view[i]),
+                None => self.view[i].clone(),
+            };
+            self.pre_target[i] = Some(before_resync);
+        }
         if becomes_target || diskless_joins {
             self.view[i] = self.view[i ^ 1].clone();
         }
         if is_target(before.conn) && s.conn == Some(ConnState::Connected) {
             self.counts.resyncs += 1;
+            self.pre_target[i] = None;
         }
         if s.disk == DiskState::Failed && before.disk != DiskState::Failed {
             self.counts.disk_failures += 1;
@@ -1197,6 +1246,10 @@ impl Run {
         self.counts.crashes += 1;
         let i = usize::from(node);
         // Acknowledged writes that were not durable may be gone, torn, or there.
+        if self.last[i].disk >= DiskState::Inconsistent {
+            self.on_disk[i] = Some(self.disk_content(i));
+        }
+        self.pre_target[i] = None;
         for (b, _) in std::mem::take(&mut self.volatile[i]) {
             self.view[i][b as usize] = None;
         }
@@ -1600,6 +1653,8 @@ impl Run {
         self.commands.retain(|(n, _), _| *n != node);
         crate::cluster::create_md(self.c.disk(node));
         self.view[usize::from(node)] = vec![None; self.blocks as usize];
+        self.on_disk[usize::from(node)] = None;
+        self.pre_target[usize::from(node)] = None;
         self.restart(node);
     }
 
