@@ -199,6 +199,11 @@ impl Resource {
             size_sect: usable,
             al_ring: None,
             bitmap_pages_to_read: pages,
+            data_writes_done: 0,
+            flushed_through: 0,
+            flushes_in_flight: Default::default(),
+            sb_flush_need: None,
+            bm_flush_need: None,
         });
         self.set_attach_step(AttachStep::ActivityLog);
         self.submit(
@@ -637,6 +642,10 @@ impl Resource {
         self.next_sequence = 0;
         self.op_started.clear();
         let eio = || Err(DiskError { errno: 5 });
+        if let Some(d) = self.disk.as_mut() {
+            // Abandoned flushes cover nothing; a writer waiting for one starts another.
+            d.flushes_in_flight.clear();
+        }
         self.disk_errors.abandoning = true;
         for (_, purpose) in outstanding {
             match purpose {
@@ -664,6 +673,7 @@ impl Resource {
                     self.on_epoch_flushed(link_gen, through, eio())
                 }
                 OpPurpose::ResyncFlush => self.on_resync_flushed(eio()),
+                OpPurpose::MdPreflush => {}
                 OpPurpose::ReadSuperblock
                 | OpPurpose::ReadActivityLog
                 | OpPurpose::ReadBitmap { .. }

@@ -157,6 +157,10 @@ pub(crate) enum OpPurpose {
     EpochFlush { link_gen: u64, through: u64 },
     /// Flushing resync writes before clearing their bits.
     ResyncFlush,
+    /// The flush before meta-data writes (superblock, bitmap pages): DRBD writes its
+    /// meta-data with FLUSH|FUA (md-flushes), so data writes that completed before a
+    /// meta-data write are durable with it.
+    MdPreflush,
 }
 
 /// Attach, detach and the other commands that take several steps.
@@ -197,6 +201,24 @@ pub(crate) struct Disk {
     pub(crate) al_ring: Option<Bytes>,
     /// Pages still to read at attach.
     pub(crate) bitmap_pages_to_read: u64,
+    /// Data writes (application and peer) completed on this disk.
+    pub(crate) data_writes_done: u64,
+    /// `data_writes_done` as it was when the latest completed flush was submitted: those
+    /// writes are durable.
+    pub(crate) flushed_through: u64,
+    /// Flushes in flight, with `data_writes_done` at their submission.
+    pub(crate) flushes_in_flight: BTreeMap<DiskOpId, u64>,
+    /// A superblock write waits for a flush covering this many data writes.
+    pub(crate) sb_flush_need: Option<u64>,
+    /// Bitmap page writes wait for a flush covering this many data writes.
+    pub(crate) bm_flush_need: Option<u64>,
+}
+
+/// Who waits for a meta-data preflush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MdWriter {
+    Superblock,
+    BitmapPages,
 }
 
 /// The activity-log writer: at most one transaction in flight, evicted pages first.
@@ -641,6 +663,13 @@ impl Resource {
                     "a bitmap page written twice at once"
                 );
                 assert_eq!(unique, d.pages_in_flight);
+                assert!(
+                    d.flushes_in_flight
+                        .keys()
+                        .all(|id| self.ops.contains_key(id)),
+                    "a flush counted for meta-data preflushes is not outstanding"
+                );
+                assert!(d.flushed_through <= d.data_writes_done);
                 if self.role == Role::Primary
                     && d.sb_durable == d.sb_version
                     && !matches!(self.pending, Some((_, Pending::Secondary { .. })))
@@ -667,6 +696,11 @@ impl Resource {
         let id = DiskOpId::new(self.generation, self.next_sequence);
         self.next_sequence = self.next_sequence.wrapping_add(1);
         self.ops.insert(id, purpose);
+        if matches!(kind, DiskOpKind::Flush)
+            && let Some(d) = self.disk.as_mut()
+        {
+            d.flushes_in_flight.insert(id, d.data_writes_done);
+        }
         if self.config.disk_timeout.is_some() {
             self.op_started.push_back((id, self.now));
         }
@@ -793,6 +827,7 @@ impl Resource {
             .ops
             .remove(&c.id)
             .expect("completion of an unknown operation");
+        self.count_for_md_preflush(c.id, purpose, c.result.is_ok());
         match purpose {
             OpPurpose::Request(id) => self.on_request_done(id, c.result),
             OpPurpose::BitmapPage(page) => {
@@ -849,7 +884,73 @@ impl Resource {
                 self.on_epoch_flushed(link_gen, through, c.result)
             }
             OpPurpose::ResyncFlush => self.on_resync_flushed(c.result),
+            OpPurpose::MdPreflush => {
+                if c.result.is_err() {
+                    // Part of a meta-data write in DRBD: a meta-data error, which detaches.
+                    self.local_io_error(LocalIoError::MetaData);
+                }
+                // The writers waiting for it go on (the superblock through `progress`).
+                if self
+                    .disk
+                    .as_ref()
+                    .is_some_and(|d| d.bm_flush_need.is_some())
+                {
+                    self.write_dirty_pages();
+                }
+            }
         }
+    }
+
+    /// Keeps the counts behind [`Resource::md_preflushed`]: completed data writes, and what
+    /// every completed flush covers.
+    fn count_for_md_preflush(&mut self, id: DiskOpId, purpose: OpPurpose, ok: bool) {
+        let data_write = match purpose {
+            OpPurpose::Request(r) => self.requests.get(&r).is_some_and(|r| {
+                matches!(
+                    r.request,
+                    BlockRequest::Write { .. }
+                        | BlockRequest::Discard { .. }
+                        | BlockRequest::WriteZeroes { .. }
+                )
+            }),
+            OpPurpose::PeerWrite(_) => true,
+            _ => false,
+        };
+        let Some(d) = self.disk.as_mut() else { return };
+        if data_write {
+            d.data_writes_done += 1;
+        }
+        if let Some(covers) = d.flushes_in_flight.remove(&id)
+            && ok
+        {
+            d.flushed_through = d.flushed_through.max(covers);
+        }
+    }
+
+    /// Whether `writer` may write meta-data now: every data write that completed before it
+    /// first asked is durable (DRBD's FLUSH|FUA meta-data writes). If not, a flush is started
+    /// (one at a time) and the writer asks again when it completes. A Failed disk writes
+    /// what it can without (its detach writes the bitmap once, best effort).
+    pub(crate) fn md_preflushed(&mut self, writer: MdWriter) -> bool {
+        let failed = self.disk_state == DiskState::Failed;
+        let Some(d) = self.disk.as_mut() else {
+            return true;
+        };
+        let done = d.data_writes_done;
+        let need = match writer {
+            MdWriter::Superblock => &mut d.sb_flush_need,
+            MdWriter::BitmapPages => &mut d.bm_flush_need,
+        };
+        let wanted = *need.get_or_insert(done);
+        if failed || d.flushed_through >= wanted {
+            *need = None;
+            return true;
+        }
+        let covering = d.flushes_in_flight.values().any(|&c| c >= wanted);
+        if !covering {
+            self.submit(OpPurpose::MdPreflush, DiskArea::Data, 0, DiskOpKind::Flush);
+        }
+        false
     }
 
     /// Advances everything an input may have unblocked.
@@ -951,6 +1052,9 @@ impl Resource {
         if d.sb_in_flight || d.sb_version == d.sb_durable || !self.pending_allows_md_io() {
             return;
         }
+        if !self.md_preflushed(MdWriter::Superblock) {
+            return;
+        }
         let Some(d) = self.disk.as_mut() else { return };
         d.sb_in_flight = true;
         let version = d.sb_version;
@@ -996,6 +1100,9 @@ impl Resource {
             .into_iter()
             .filter(|p| !d.pages_in_flight.contains(p))
             .collect();
+        if pages.is_empty() || !self.md_preflushed(MdWriter::BitmapPages) {
+            return;
+        }
         for page in pages {
             self.write_page(page);
         }

@@ -375,6 +375,9 @@ impl Resource {
             .filter(|p| !d.pages_in_flight.contains(p))
             .collect();
         let done = pages.is_empty();
+        if !to_write.is_empty() && !self.md_preflushed(crate::engine::MdWriter::BitmapPages) {
+            return;
+        }
         for page in to_write {
             self.write_page(page);
         }

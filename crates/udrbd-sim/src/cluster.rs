@@ -792,6 +792,11 @@ impl Cluster {
         &mut self.nodes[usize::from(node)].disk
     }
 
+    /// Node `i`'s disk, to look at.
+    pub fn disk_ref(&self, node: NodeId) -> &SimDisk {
+        &self.nodes[usize::from(node)].disk
+    }
+
     /// Checks every engine's invariants (they are also checked after every step).
     pub fn invariants(&self) {
         for n in &self.nodes {

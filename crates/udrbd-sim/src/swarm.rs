@@ -99,6 +99,9 @@ pub struct SwarmOptions {
     pub configure: Option<ConfigureHook>,
     /// Print every operation and journal entry to stderr (for debugging one seed).
     pub trace: bool,
+    /// Print every change of the model's knowledge of this block (both views, the detached
+    /// disks' content, the last acknowledged write) with what caused it.
+    pub trace_block: Option<u64>,
 }
 
 impl std::fmt::Debug for SwarmOptions {
@@ -384,6 +387,7 @@ pub fn run_seed(seed: u64, options: &SwarmOptions) -> Result<SwarmReport, SwarmF
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut run = Run::new(seed, params, options.configure.clone());
         run.trace = options.trace;
+        run.trace_block = options.trace_block;
         run.main_phase();
         run.liveness_phase();
         run.report()
@@ -501,7 +505,8 @@ struct Run {
     /// Per node: acknowledged, not yet durable blocks (with the sequence of their write).
     /// (The sequence of the write and the node's attach epoch then: a flush makes durable
     /// only what the current attach wrote; a flush while diskless flushes nothing local.)
-    volatile: [BTreeMap<u64, (u64, u64)>; 2],
+    /// And the node whose request wrote it: a flush on the peer covers only what it mirrored.
+    volatile: [BTreeMap<u64, (u64, u64, usize)>; 2],
     /// Per node: incremented whenever its disk goes away (detach, failure).
     attach_epoch: [u64; 2],
     /// Per node whose disk is away (detached, failed, crashed): what that disk holds, as far
@@ -531,6 +536,18 @@ struct Run {
     /// What the runner is doing (for failure messages).
     op: String,
     trace: bool,
+    trace_block: Option<u64>,
+    /// The watched block's last printed state.
+    #[allow(clippy::type_complexity)]
+    watched: Option<(
+        Option<u64>,
+        Option<u64>,
+        Option<Option<u64>>,
+        Option<Option<u64>>,
+        Option<(u64, bool, u64)>,
+        [Option<(u64, u64, usize)>; 2],
+        [(Option<u64>, Option<u64>); 2],
+    )>,
     /// The liveness phase wiped a node's meta-data (once is enough).
     wiped: bool,
 }
@@ -615,6 +632,8 @@ impl Run {
             down_since: [None, None],
             op: String::new(),
             trace: false,
+            trace_block: None,
+            watched: None,
             wiped: false,
         };
         run.drain();
@@ -638,6 +657,7 @@ impl Run {
     }
 
     fn set_op(&mut self, op: String) {
+        self.watch_block(&format!("before op {}: {op}", self.counts.ops));
         if self.trace {
             eprintln!(
                 "t={:.6} op {}: {op}",
@@ -898,10 +918,13 @@ impl Run {
             (Kind::Read, Err(_)) => {}
             (Kind::Flush, Ok(_)) => {
                 let epoch = self.attach_epoch[node];
-                self.volatile[node].retain(|_, (s, e)| *s >= req.seq || *e != epoch);
+                self.volatile[node].retain(|_, (s, e, _)| *s >= req.seq || *e != epoch);
                 if ack.connected {
                     let epoch = self.attach_epoch[peer];
-                    self.volatile[peer].retain(|_, (s, e)| *s >= req.seq || *e != epoch);
+                    // The peer flushed before acking the epochs of this node's writes (the
+                    // flush waited for those barrier acks); not for its own writes.
+                    self.volatile[peer]
+                        .retain(|_, (s, e, w)| *s >= req.seq || *e != epoch || *w != node);
                 }
             }
             (Kind::Flush, Err(_)) => {}
@@ -926,11 +949,11 @@ impl Run {
                     self.view[node][b as usize] = (!local_failed).then_some(tag);
                     if !attached {
                         // Served by the peer: not on this node's own disk at all.
-                        self.volatile[node].insert(b, (self.seq, NOT_LOCAL));
+                        self.volatile[node].insert(b, (self.seq, NOT_LOCAL, node));
                     } else if !fua {
                         // A flush covers what completed before it was submitted: the
                         // completion's sequence counts, not the submission's.
-                        self.volatile[node].insert(b, (self.seq, self.attach_epoch[node]));
+                        self.volatile[node].insert(b, (self.seq, self.attach_epoch[node], node));
                     }
                     if maybe_mirrored {
                         let peer_failed = self.failed_write[peer]
@@ -942,7 +965,8 @@ impl Run {
                             (same_link && ack.protocol_c && !peer_failed && peer_disk_kept)
                                 .then_some(tag);
                         if !fua {
-                            self.volatile[peer].insert(b, (self.seq, self.attach_epoch[peer]));
+                            self.volatile[peer]
+                                .insert(b, (self.seq, self.attach_epoch[peer], node));
                         }
                     }
                     self.acked[b as usize] = Some((tag, promised, req.seq));
@@ -1010,6 +1034,15 @@ impl Run {
                     other => eprintln!("    {other:?}"),
                 }
             }
+            let what = self.trace_block.map(|_| match &entry {
+                JournalEntry::Completed {
+                    id, node, result, ..
+                } => {
+                    let req = self.inflight.get(id).map(|r| (r.kind, r.first, r.blocks));
+                    format!("completed {id:?} on {node} {req:?}: ok {}", result.is_ok())
+                }
+                other => format!("{other:?}"),
+            });
             match entry {
                 JournalEntry::Completed {
                     id, result, ack, ..
@@ -1035,6 +1068,46 @@ impl Run {
                     self.on_command_done(node, id, result)
                 }
             }
+            if let Some(what) = what {
+                self.watch_block(&what);
+            }
+        }
+    }
+
+    /// `--block`: prints what changed in the model's knowledge of the watched block.
+    fn watch_block(&mut self, what: &str) {
+        let Some(b) = self.trace_block.map(|b| b as usize) else {
+            return;
+        };
+        let now = (
+            self.view[0][b],
+            self.view[1][b],
+            self.on_disk[0].as_ref().map(|d| d[b]),
+            self.on_disk[1].as_ref().map(|d| d[b]),
+            self.acked[b],
+            [0, 1].map(|n| self.volatile[n].get(&(b as u64)).copied()),
+            [0, 1].map(|n: NodeId| {
+                let at = b as u64 * BLOCK;
+                let disk = self.c.disk_ref(n);
+                (
+                    tag_of(disk.current(at, BLOCK as usize)),
+                    tag_of(disk.durable(at, BLOCK as usize)),
+                )
+            }),
+        );
+        if self.watched != Some(now) {
+            eprintln!(
+                "t={:.6} block {b}: view {:x?} {:x?} on_disk {:x?} {:x?} acked {:x?} volatile {:?} disks (current, durable) {:x?}  <- {what}",
+                self.c.now().0 as f64 / 1e9,
+                now.0,
+                now.1,
+                now.2,
+                now.3,
+                now.4,
+                now.5,
+                now.6,
+            );
+            self.watched = Some(now);
         }
     }
 
@@ -1076,7 +1149,7 @@ impl Run {
             // The node's own disk is back: reads are served from it again. What it wrote
             // through the peer meanwhile is not on it (a resync from the peer, if one
             // follows, brings the peer's view).
-            self.volatile[i].retain(|_, (_, e)| *e != NOT_LOCAL);
+            self.volatile[i].retain(|_, (_, e, _)| *e != NOT_LOCAL);
             self.view[i] = self.on_disk[i]
                 .take()
                 .unwrap_or_else(|| vec![None; self.blocks as usize]);

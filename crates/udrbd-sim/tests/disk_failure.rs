@@ -644,6 +644,9 @@ fn down_with_a_frozen_disk_ends_by_disk_timeout() {
             alone.clone().all(|b| !c.durable_bitmap_bit(0, b)),
             "the bitmap pages are dirty (not yet on disk)",
         );
+        // The writes are durable already: the detach's meta-data write-out needs no flush
+        // before it (DRBD's FLUSH|FUA), so the bitmap page itself is what the freeze holds.
+        c.flush(0).expect("flush");
         c.disk(0).faults.frozen = true;
         let frozen_at = c.now();
         let id = c.start_command(0, AdminCommand::Down);

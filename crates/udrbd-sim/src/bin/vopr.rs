@@ -9,6 +9,7 @@
 //! vopr --ops N                  operations per seed (default: drawn per seed)
 //! vopr --verbose                one line per seed
 //! vopr --trace                  every operation and event of the run (one seed)
+//! vopr --block B                every change of the model's knowledge of block B, and why
 //! vopr --bench                  the speed benchmark (see `bench` below)
 //! vopr --epochs E [--full-sync] the older epoch workload (udrbd_sim::workload)
 //! ```
@@ -31,6 +32,7 @@ struct Args {
     ops: u64,
     verbose: bool,
     trace: bool,
+    trace_block: Option<u64>,
     bench: bool,
     epochs: Option<u64>,
     full_sync: bool,
@@ -45,6 +47,7 @@ fn parse() -> Args {
         ops: 0,
         verbose: false,
         trace: false,
+        trace_block: None,
         bench: false,
         epochs: None,
         full_sync: false,
@@ -83,6 +86,7 @@ fn parse() -> Args {
             "--ops" => a.ops = number("--ops", value("--ops")),
             "--verbose" | "-v" => a.verbose = true,
             "--trace" => a.trace = true,
+            "--block" => a.trace_block = Some(number("--block", value("--block"))),
             "--bench" => a.bench = true,
             "--epochs" => a.epochs = Some(number("--epochs", value("--epochs"))),
             "--full-sync" => a.full_sync = true,
@@ -109,7 +113,7 @@ fn main() {
         return;
     }
     // Failures are printed once, by the runner, with the seed: keep the panic hook quiet.
-    if !args.trace {
+    if !args.trace && args.trace_block.is_none() {
         std::panic::set_hook(Box::new(|_| {}));
     }
     let started = Instant::now();
@@ -125,6 +129,7 @@ fn main() {
     let options = SwarmOptions {
         ops: args.ops,
         trace: args.trace,
+        trace_block: args.trace_block,
         ..SwarmOptions::default()
     };
     std::thread::scope(|scope| {
