@@ -428,7 +428,7 @@ impl Resource {
 
     /// Primary needs UpToDate data: the local disk's, or a connected UpToDate peer's;
     /// `--force` takes an Inconsistent local disk as UpToDate.
-    fn check_promotable(&self, force: bool) -> Result<(), CommandError> {
+    pub(crate) fn check_promotable(&self, force: bool) -> Result<(), CommandError> {
         let peer_up_to_date = self.peer.as_ref().is_some_and(|p| {
             p.conn >= crate::state::ConnState::Connected && p.peer_disk == DiskState::UpToDate
         });

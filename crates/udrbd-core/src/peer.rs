@@ -910,6 +910,7 @@ impl Resource {
         let was_connected_primary_peer = p.peer_disk >= DiskState::Inconsistent
             && p.peer_disk != DiskState::DUnknown
             && p.peer_disk != DiskState::Outdated;
+        let state_request = p.link.as_ref().and_then(|l| l.state_request.clone());
         if let Some(link) = p.link.take() {
             for conn in [link.data, link.meta] {
                 self.outputs
@@ -927,6 +928,9 @@ impl Resource {
         self.set_conn(reason);
         if was_connected_primary_peer {
             self.lost_peer_copy(Role::Unknown);
+        }
+        if let Some((id, StateRequest::Primary { force })) = state_request {
+            self.primary_without_the_peer(id, force);
         }
         if reason != ConnState::Disconnecting && reason != ConnState::StandAlone {
             self.set_conn(ConnState::Unconnected);
@@ -1877,6 +1881,21 @@ impl Resource {
                 self.finish_command(id, Err(CommandError::StateChange(e)));
             }
         }
+    }
+
+    /// The connection went away while `primary` waited for the peer's reply: as in DRBD
+    /// (`_req_st_cond` answers SS_CW_NO_NEED once the change is no longer cluster-wide), the
+    /// promotion is decided locally, by the rules for a node without a peer. Before, the
+    /// command waited for a reply that could never come, and blocked every later command.
+    fn primary_without_the_peer(&mut self, id: CommandId, force: bool) {
+        if !matches!(&self.pending, Some((p, Pending::PeerApproval)) if *p == id) {
+            return;
+        }
+        if let Err(e) = self.check_promotable(force) {
+            self.pending = None;
+            return self.finish_command(id, Err(e));
+        }
+        self.continue_primary(id, force);
     }
 
     /// The peer agreed: promote locally.

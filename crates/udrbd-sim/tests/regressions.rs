@@ -203,3 +203,34 @@ fn a_pending_promotion_keeps_primary_ind() {
         );
     }
 }
+
+/// Swarm seed 1 (convergence: nothing converged for 600 s): `primary` on a connected node
+/// waits for the peer's P_STATE_CHG_REPLY; the connection broke before it came, and the
+/// command waited for ever, refusing every later command (`attach`: "in transient state").
+/// Now, as DRBD (the change is no longer cluster-wide), the promotion is decided locally.
+#[test]
+fn primary_waiting_for_the_peer_is_decided_locally_when_the_link_breaks() {
+    for seed in 0..4 {
+        let mut c = pair(seed, ClusterOptions::default(), false);
+        // The request goes out; the reply never comes back.
+        c.partition_one_way(1, 0);
+        let id = c.start_command(0, AdminCommand::Primary { force: false });
+        c.run_until("the link broke", secs(30), |c| {
+            !is_connected_now(c.conn(0)) && c.command_result(0, id).is_some()
+        });
+        let result = c.command_result(0, id);
+        check(
+            &c,
+            result == Some(Ok(())) && c.status(0).role == Role::Primary,
+            &format!("node 0 (UpToDate) promoted on its own: {result:?}"),
+        );
+        c.heal();
+        // The partition made node 0 alone Primary: no split brain (node 1 stayed Secondary).
+        c.wait_in_sync(secs(60));
+        c.must(0, AdminCommand::Secondary);
+    }
+}
+
+fn is_connected_now(conn: Option<ConnState>) -> bool {
+    udrbd_sim::cluster::is_connected(conn)
+}
