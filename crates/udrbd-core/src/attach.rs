@@ -9,6 +9,12 @@
 //!
 //! A clean detach drains the data IO, writes every dirty bitmap page, re-initialises the ring
 //! and writes the superblock with magic 08 and MDF_AL_CLEAN: the meta-data is clean.
+//! A detaching disk takes no part in a resync (8.4's D_FAILED); when it is released, no
+//! resync state remains and no request holds references in its activity log.
+//!
+//! A promotion writes the superblock saying "Primary" and changes the role once that write is
+//! durable; it is judged again then, against the state it takes effect in (UpToDate data
+//! here or at a connected peer, no connected Primary peer), and refused if that moved.
 
 use bytes::Bytes;
 use udrbd_meta::activity_log::{self, AlTransaction, BITS_PER_AL_EXTENT, ReplayOutcome};
@@ -314,6 +320,18 @@ impl Resource {
         self.state_changed();
     }
 
+    /// The activity log went away with its disk: a request still holding extents of it (a
+    /// replicated write whose local part ended, waiting for the peer's ack) holds nothing
+    /// now, as DRBD's drbd_req_destroy skips drbd_al_complete_io once the disk is gone
+    /// ("my Disk seems to have failed"). Otherwise the request released them later into the
+    /// fresh activity log of the next attach, whose references it never took (found by the
+    /// swarm, seeds 29, 157, 381: "activity-log references").
+    fn forget_activity_log_references(&mut self) {
+        for r in self.requests.values_mut() {
+            r.holds_extents = false;
+        }
+    }
+
     /// Ends the current attach generation: its outstanding operations are remembered as stuck
     /// until they return, and the next attach gets a new generation.
     pub(crate) fn retire_generation(&mut self) {
@@ -440,6 +458,29 @@ impl Resource {
             || (peer_up_to_date && self.disk_state >= DiskState::Inconsistent);
         if !usable {
             return Err(CommandError::StateChange(StateChangeError::NoUpToDateDisk));
+        }
+        Ok(())
+    }
+
+    /// The role changes only once the superblock saying "Primary" is durable, where DRBD
+    /// changes it at once, in the same atomic state change as its checks. A frozen disk can
+    /// hold that write for seconds, and meanwhile the state moves on: a handshake makes the
+    /// disk Outdated or Inconsistent (a resync target) or learns that the peer is Primary
+    /// (the peer promoted itself, or approved its own promotion while this one waited), or the
+    /// connection that made an Inconsistent disk promotable goes away. So the promotion is
+    /// judged again in the state it takes effect in, as DRBD's is_valid_state judges every
+    /// role change: UpToDate data here or at a connected peer, and never two Primaries
+    /// connected (no allow-two-primaries). Without this a node became Primary on an
+    /// Inconsistent disk while StandAlone, or Primary while connected to a Primary (found
+    /// by the swarm, seeds 244, 257, 269, 283, 293, 432, 464).
+    fn check_promotion_takes_effect(&self) -> Result<(), CommandError> {
+        // A forced promotion made the disk UpToDate when it started; it is judged as
+        // unforced now, so a handshake that made it Inconsistent since refuses it.
+        self.check_promotable(false)?;
+        if self.peer.as_ref().is_some_and(|p| {
+            p.conn >= crate::state::ConnState::Connected && p.peer_role == Role::Primary
+        }) {
+            return Err(CommandError::StateChange(StateChangeError::TwoPrimaries));
         }
         Ok(())
     }
@@ -706,6 +747,15 @@ impl Resource {
                     .disk
                     .as_ref()
                     .is_some_and(|d| d.sb_durable >= sb_version);
+                if durable && let Err(e) = self.check_promotion_takes_effect() {
+                    self.pending = None;
+                    // The superblock said "Primary" for the promotion: say the role again.
+                    self.update_md_flags();
+                    // A peer that agreed to the promotion counts this node as Primary.
+                    self.send_state();
+                    self.finish_command(id, Err(e));
+                    return;
+                }
                 if durable {
                     self.role = Role::Primary;
                     self.state_changed();
@@ -875,8 +925,12 @@ impl Resource {
                 if waiting && !self.disk_errors.forced {
                     return false;
                 }
+                // No resync state without a disk (DRBD's sanitize_state: "abort resync if
+                // a disk fails/detaches"), whatever started one during the detach.
+                self.abort_resync();
                 self.retire_generation();
                 self.disk = None;
+                self.forget_activity_log_references();
                 self.disk_state = DiskState::Diskless;
                 self.state_changed();
                 self.send_state();

@@ -1381,7 +1381,7 @@ impl Resource {
             // The peer wants our bitmap as its SyncTarget (invalidate, or its handshake
             // re-run): we are the source.
             (ConnState::Connected, ConnState::WfBitMapT | ConnState::StartingSyncT)
-                if self.disk.is_none() =>
+                if !self.disk_takes_part_in_resync() =>
             {
                 // A resync needs a disk on both sides: the peer's handshake saw this node's
                 // disk before it went (its state is on the way); nothing to exchange.
@@ -1394,7 +1394,7 @@ impl Resource {
                 self.enter_bitmap_exchange(true);
             }
             (ConnState::Connected, ConnState::WfBitMapS | ConnState::StartingSyncS)
-                if self.disk.is_none() =>
+                if !self.disk_takes_part_in_resync() =>
             {
                 self.log(
                     LogLevel::Warn,
@@ -1435,6 +1435,16 @@ impl Resource {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether the local disk can enter a resync the peer starts: attached and not detaching.
+    /// A detach in 8.4 is D_FAILED at once, and is_valid_state refuses a resync state
+    /// (conn > Connected) on a disk below Inconsistent (SS_NO_LOCAL_DISK); the detach's own
+    /// abort_resync ended any resync, and entering one again behind it (the peer's state
+    /// after an invalidate) left the node in WFSyncUUID once its disk was gone (found by
+    /// the swarm, seed 376).
+    fn disk_takes_part_in_resync(&self) -> bool {
+        self.disk.is_some() && !matches!(self.pending, Some((_, Pending::Detach(_))))
     }
 
     /// An attach finished while connected: the peer learns the disk (P_SIZES, P_UUIDS) and
@@ -1767,6 +1777,13 @@ impl Resource {
     }
 
     fn receive_sync_uuid(&mut self, uuid: u64) -> Result<(), String> {
+        if !self.disk_takes_part_in_resync() {
+            // The disk is going or gone while the peer's P_SYNC_UUID was on its way (the
+            // detach ended the resync): DRBD's receive_sync_uuid ignores it on a disk below
+            // D_NEGOTIATING (a detaching one is D_FAILED).
+            self.log(LogLevel::Warn, "Ignoring SyncUUID packet!".to_string());
+            return Ok(());
+        }
         let conn = self.peer.as_ref().expect("peer").conn;
         if conn != ConnState::WfSyncUuid {
             return Err(format!("P_SYNC_UUID in {conn:?}"));

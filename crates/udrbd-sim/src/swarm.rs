@@ -366,7 +366,10 @@ pub fn draw_params(seed: u64, ops: u64) -> SwarmParams {
     SwarmParams {
         ops: if ops > 0 { ops } else { 1_500 + below(2_500) },
         device_mib: [8, 12, 16][below(3) as usize],
-        al_extents: 1 + below(4) as u16,
+        // Tiny, so that extents are evicted all the time (DRBD's minimum is 67), but at
+        // least 2: a request of up to 32 blocks spans two 4 MiB extents, and with one slot it
+        // could never hold both.
+        al_extents: 2 + below(4) as u16,
         protocol,
         disk_timeout,
         on_io_error,

@@ -234,3 +234,165 @@ fn primary_waiting_for_the_peer_is_decided_locally_when_the_link_breaks() {
 fn is_connected_now(conn: Option<ConnState>) -> bool {
     udrbd_sim::cluster::is_connected(conn)
 }
+
+/// Swarm seeds 257, 283, 293, 432 (primaries: "promoted without UpToDate data"): a SyncTarget
+/// (Inconsistent, its peer UpToDate) asked for `primary`, the peer agreed, and the promotion
+/// waited for its superblock on a frozen disk. The connection went away meanwhile; when the
+/// superblock became durable the node became Primary on an Inconsistent disk with no peer.
+/// DRBD changes the role atomically with its checks; the engine, which changes it once the
+/// superblock is durable, now judges the promotion again then, and refuses it.
+#[test]
+fn a_promotion_that_lost_its_up_to_date_peer_while_waiting_is_refused() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), false);
+        c.must(1, AdminCommand::Invalidate);
+        c.run_until("node 1 is SyncTarget", secs(30), |c| {
+            c.snapshot(1).conn == Some(ConnState::SyncTarget)
+        });
+        c.disk(1).faults.frozen = true;
+        let id = c.start_command(1, AdminCommand::Primary { force: false });
+        c.run_for(Duration::from_millis(100));
+        check(
+            &c,
+            c.command_result(1, id).is_none() && c.snapshot(1).role == Role::Secondary,
+            "the promotion waits for its superblock",
+        );
+        c.must(1, AdminCommand::Disconnect);
+        c.disk(1).faults.frozen = false;
+        c.run_for(secs(2));
+        let s1 = c.snapshot(1);
+        check(
+            &c,
+            c.command_result(1, id)
+                == Some(Err(CommandError::StateChange(
+                    StateChangeError::NoUpToDateDisk,
+                )))
+                && s1.role == Role::Secondary,
+            &format!(
+                "the promotion is refused: {:?} {s1:?}",
+                c.command_result(1, id)
+            ),
+        );
+    }
+}
+
+/// Swarm seeds 244, 269, 464 (primaries: "both Primary and connected"): a promotion started
+/// while disconnected waited for its superblock on a frozen disk; meanwhile the node connected
+/// to a Primary peer (here a diskless one, which needs no handshake on UUIDs), and when the
+/// superblock became durable it became Primary next to it. Now the promotion is judged again
+/// when it takes effect: two Primaries never connect without allow-two-primaries.
+#[test]
+fn a_promotion_that_connected_to_a_primary_while_waiting_is_refused() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.must(0, AdminCommand::Detach { force: false });
+        c.partition(0, 1);
+        c.wait_disconnected(1, secs(60));
+        c.disk(1).faults.frozen = true;
+        let id = c.start_command(1, AdminCommand::Primary { force: false });
+        c.run_for(Duration::from_millis(100));
+        check(
+            &c,
+            c.command_result(1, id).is_none(),
+            "the promotion waits for its superblock",
+        );
+        c.heal();
+        c.wait_connected(secs(60));
+        check(
+            &c,
+            c.snapshot(1).peer_role == Role::Primary,
+            "node 1 sees the diskless Primary",
+        );
+        c.disk(1).faults.frozen = false;
+        // The cluster fails the run if both Primaries are ever connected.
+        c.run_for(secs(2));
+        check(
+            &c,
+            c.command_result(1, id)
+                == Some(Err(CommandError::StateChange(
+                    StateChangeError::TwoPrimaries,
+                )))
+                && c.snapshot(1).role == Role::Secondary,
+            &format!("the promotion is refused: {:?}", c.command_result(1, id)),
+        );
+    }
+}
+
+/// Swarm seeds 29, 157, 381 (invariants: "activity-log references"): a replicated write whose
+/// local part had ended still held its activity-log extents while it waited for the peer's
+/// ack; the disk was detached and attached again before the ack came, so the request held
+/// references in an activity log that was gone, and the new one (zero references) disagreed
+/// with it. As DRBD's drbd_req_destroy, a request forgets its extents when the disk goes.
+#[test]
+fn a_write_waiting_for_its_peer_ack_across_detach_and_attach() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        // The write's local part completes; the peer's (frozen) never does, so no ack.
+        c.disk(1).faults.frozen = true;
+        let id = c.submit_write(0, 0, pattern(seed, BLOCK as usize), false);
+        c.run_for(Duration::from_millis(100));
+        check(
+            &c,
+            c.completion(id).is_none(),
+            "the write waits for the ack",
+        );
+        c.must(0, AdminCommand::Detach { force: false });
+        let attach = attach_cmd(&c);
+        // The cluster checks invariants() after every step of the attach.
+        c.must(0, attach);
+        c.disk(1).faults.frozen = false;
+        let result = c.wait(id);
+        check(
+            &c,
+            result.is_ok(),
+            "the write completes with the peer's ack",
+        );
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+    }
+}
+
+/// Swarm seed 376 (invariants: "attached" panic): a node detached while its peer's
+/// invalidate-remote started a resync towards it. The peer's state (WFBitMapS) started the
+/// bitmap exchange on the detaching disk, and the disk was released in a resync state (in
+/// the seed, WFSyncUUID: the peer's P_SYNC_UUID then found no disk). As in DRBD (a detaching disk is
+/// D_FAILED: no resync state on it), a detaching disk takes no part in a resync, a released
+/// one leaves any resync state, and a P_SYNC_UUID without a disk is ignored.
+#[test]
+fn detach_during_the_bitmap_exchange() {
+    for seed in 0..6 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        // The peer's P_STATE (WFBitMapS) reaches node 1 after its detach started.
+        let invalidate = c.start_command(0, AdminCommand::InvalidateRemote);
+        let detach = c.start_command(1, AdminCommand::Detach { force: false });
+        c.run_for(secs(5));
+        check(
+            &c,
+            c.command_result(0, invalidate) == Some(Ok(()))
+                && c.command_result(1, detach) == Some(Ok(())),
+            "invalidate-remote and detach done",
+        );
+        // Never a resync state without a disk (it ended in a panic when the peer's
+        // P_SYNC_UUID came to a disk released in WFSyncUUID).
+        let resync_without_disk = c.history(1).iter().find(|(_, s)| {
+            s.disk == DiskState::Diskless && s.conn.is_some_and(|conn| conn > ConnState::Connected)
+        });
+        check(
+            &c,
+            resync_without_disk.is_none(),
+            &format!("node 1 in a resync state without a disk: {resync_without_disk:?}"),
+        );
+        let (s0, s1) = (c.snapshot(0), c.snapshot(1));
+        check(
+            &c,
+            s1.disk == DiskState::Diskless
+                && s0.conn == Some(ConnState::Connected)
+                && s1.conn == Some(ConnState::Connected),
+            &format!("connected, node 1 diskless: {s0:?} / {s1:?}"),
+        );
+        let attach = attach_cmd(&c);
+        c.must(1, attach);
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+    }
+}
