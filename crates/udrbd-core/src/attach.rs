@@ -199,6 +199,7 @@ impl Resource {
             size_sect: usable,
             al_ring: None,
             bitmap_pages_to_read: pages,
+            data_preflush: Default::default(),
         });
         self.set_attach_step(AttachStep::ActivityLog);
         self.submit(
@@ -664,6 +665,11 @@ impl Resource {
                     self.on_epoch_flushed(link_gen, through, eio())
                 }
                 OpPurpose::ResyncFlush => self.on_resync_flushed(eio()),
+                OpPurpose::DataPreflush => {
+                    if let Some(d) = self.disk.as_mut() {
+                        d.data_preflush = crate::engine::DataPreflush::Idle;
+                    }
+                }
                 OpPurpose::ReadSuperblock
                 | OpPurpose::ReadActivityLog
                 | OpPurpose::ReadBitmap { .. }
@@ -709,7 +715,24 @@ impl Resource {
                 durable
             }
             Pending::Secondary { sb_version: None } => {
+                // DRBD demotes only with nothing on the fly (the device cannot be demoted
+                // while open, and drbd_set_role waits for pending requests before the
+                // "demote" bitmap write-out). A write accepted while Primary may still set
+                // bits (it may not reach the peer) after start_secondary's write-out; they
+                // must be on disk before the superblock stops saying Primary, or a crash
+                // loses them: apply-al replays only with MDF_PRIMARY_IND.
+                if self.requests.values().any(|r| r.extents.is_some()) {
+                    return;
+                }
+                self.write_dirty_pages();
                 if self.bitmap_is_durable() {
+                    // The superblock without MDF_PRIMARY_IND ends the AL's cover.
+                    if !self.data_preflushed() {
+                        return;
+                    }
+                    if let Some(d) = self.disk.as_mut() {
+                        d.data_preflush = crate::engine::DataPreflush::Idle;
+                    }
                     self.update_md_flags();
                     let v = self.disk.as_ref().expect("attached").sb_version;
                     self.pending = Some((
@@ -806,6 +829,10 @@ impl Resource {
                     }
                     self.set_detach_step(DetachStep::Release);
                     return self.drive_detach(DetachStep::Release);
+                }
+                // Re-initialising the ring ends the AL's cover of completed writes.
+                if !self.data_preflushed() {
+                    return false;
                 }
                 self.set_detach_step(DetachStep::InitializeAl);
                 self.initialize_activity_log();

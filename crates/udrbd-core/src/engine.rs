@@ -157,6 +157,9 @@ pub(crate) enum OpPurpose {
     EpochFlush { link_gen: u64, through: u64 },
     /// Flushing resync writes before clearing their bits.
     ResyncFlush,
+    /// Flushing the data before a meta-data write that ends the activity log's cover
+    /// ([`Resource::data_preflushed`]).
+    DataPreflush,
 }
 
 /// Attach, detach and the other commands that take several steps.
@@ -197,6 +200,21 @@ pub(crate) struct Disk {
     pub(crate) al_ring: Option<Bytes>,
     /// Pages still to read at attach.
     pub(crate) bitmap_pages_to_read: u64,
+    /// The data flush before a clean detach's ring re-initialisation or a demotion's
+    /// superblock ([`Resource::data_preflushed`]).
+    pub(crate) data_preflush: DataPreflush,
+}
+
+/// The state of [`Disk::data_preflush`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum DataPreflush {
+    /// Not submitted.
+    #[default]
+    Idle,
+    /// Submitted, not yet completed.
+    InFlight,
+    /// Completed: every data write completed before its submission is durable.
+    Done,
 }
 
 /// The activity-log writer: at most one transaction in flight, evicted pages first.
@@ -849,6 +867,16 @@ impl Resource {
                 self.on_epoch_flushed(link_gen, through, c.result)
             }
             OpPurpose::ResyncFlush => self.on_resync_flushed(c.result),
+            OpPurpose::DataPreflush => {
+                let Some(d) = self.disk.as_mut() else { return };
+                match c.result {
+                    Ok(_) => d.data_preflush = DataPreflush::Done,
+                    Err(_) => {
+                        d.data_preflush = DataPreflush::Idle;
+                        self.local_io_error(LocalIoError::Write);
+                    }
+                }
+            }
         }
     }
 
@@ -943,6 +971,34 @@ impl Resource {
     fn progress_fingerprint(&self) -> (usize, Option<(CommandId, Pending)>, u64) {
         let sb_version = self.disk.as_ref().map_or(0, |d| d.sb_version);
         (self.outputs.len(), self.pending.clone(), sb_version)
+    }
+
+    /// Whether every data write completed so far is durable; submits the flush the first
+    /// time. The activity log covers completed writes that may still be in the disk's
+    /// cache; before the meta-data stops saying "replay the log" (a clean detach
+    /// re-initialises the ring, a demotion clears MDF_PRIMARY_IND) they must be durable,
+    /// or a power cut loses them with no bit and no extent left to resync them. DRBD gets
+    /// this from its meta-data writes, which carry REQ_FLUSH (drbd-v08-facts.md §3.3); ours
+    /// are FUA only, so the flush is explicit, like the preflush of an evicting AL
+    /// transaction. The caller resets [`Disk::data_preflush`] once it has used it.
+    pub(crate) fn data_preflushed(&mut self) -> bool {
+        let Some(d) = self.disk.as_mut() else {
+            return true;
+        };
+        match d.data_preflush {
+            DataPreflush::Done => true,
+            DataPreflush::InFlight => false,
+            DataPreflush::Idle => {
+                d.data_preflush = DataPreflush::InFlight;
+                self.submit(
+                    OpPurpose::DataPreflush,
+                    DiskArea::Data,
+                    0,
+                    DiskOpKind::Flush,
+                );
+                false
+            }
+        }
     }
 
     /// Writes the superblock when its version moved past the durable one.
