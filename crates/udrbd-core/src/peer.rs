@@ -1007,6 +1007,11 @@ impl Resource {
         for (offset, len) in ranges {
             self.mark_out_of_sync(offset, len);
         }
+        // DRBD's drbd_disconnected: after tl_clear, "write from disconnected" writes the
+        // bitmap out. The bits just set may belong to a node that is no longer Primary
+        // (demoted while its protocol A/B writes awaited their barrier ack), whose activity
+        // log a crash would not replay: the lazy write-out would leave them in memory only.
+        self.write_dirty_pages();
         for (request, is_read) in finished_requests {
             if is_read {
                 self.peer_read_failed(request);

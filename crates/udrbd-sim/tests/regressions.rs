@@ -277,3 +277,37 @@ fn detach_and_demotion_make_completed_writes_durable() {
         }
     }
 }
+
+/// Swarm seed 51 (bitmap-soundness): a Primary under protocol A was demoted while its last
+/// writes still awaited the peer's barrier ack; then the connection broke. The connection
+/// loss set their bits, in memory only (the lazy write-out comes seconds later), on a node
+/// whose superblock no longer said Primary: a crash lost them. DRBD writes the bitmap out
+/// after every connection loss ("write from disconnected"); now the engine does too.
+#[test]
+fn a_connection_loss_writes_the_bitmap_out() {
+    for seed in 0..3 {
+        let options = ClusterOptions {
+            protocol: udrbd_wire::WireProtocol::A,
+            ..ClusterOptions::default()
+        };
+        let mut c = pair(seed, options, true);
+        // The peer receives the write but never acknowledges its epoch.
+        c.disk(1).faults.frozen = true;
+        let block = 500 + seed;
+        c.write(0, block * BLOCK, pattern(seed, BLOCK as usize), false)
+            .expect("a protocol A write completes without the peer");
+        c.must(0, AdminCommand::Secondary);
+        let now = c.now();
+        for conn in c.net().connections_between(0, 1) {
+            c.net().reset(now, conn);
+        }
+        c.wait_disconnected(0, secs(30));
+        c.run_for(secs(1));
+        check(
+            &c,
+            c.durable_bitmap_bit(0, block),
+            "the unacknowledged write's bit is on disk",
+        );
+        c.disk(1).faults.frozen = false;
+    }
+}
