@@ -210,6 +210,7 @@ impl Resource {
             flushes_in_flight: Default::default(),
             sb_flush_need: None,
             bm_flush_need: None,
+            al_reinit_flush_need: None,
         });
         self.set_attach_step(AttachStep::ActivityLog);
         self.submit(
@@ -769,7 +770,19 @@ impl Resource {
                 durable
             }
             Pending::Secondary { sb_version: None } => {
+                // DRBD demotes only with nothing on the fly (the device cannot be demoted
+                // while open, and drbd_set_role waits for pending requests before the
+                // "demote" bitmap write-out). A write accepted while Primary may still set
+                // bits (it may not reach the peer) after start_secondary's write-out; they
+                // must be on disk before the superblock stops saying Primary, or a crash
+                // loses them: apply-al replays only with MDF_PRIMARY_IND.
+                if self.requests.values().any(|r| r.extents.is_some()) {
+                    return;
+                }
+                self.write_dirty_pages();
                 if self.bitmap_is_durable() {
+                    // The superblock without MDF_PRIMARY_IND ends the AL's cover: its write
+                    // waits for a flush of the completed data writes (drive_superblock).
                     self.update_md_flags();
                     let v = self.disk.as_ref().expect("attached").sb_version;
                     self.pending = Some((
@@ -866,6 +879,10 @@ impl Resource {
                     }
                     self.set_detach_step(DetachStep::Release);
                     return self.drive_detach(DetachStep::Release);
+                }
+                // Re-initialising the ring ends the AL's cover of completed writes.
+                if !self.md_preflushed(crate::engine::MdWriter::AlReinit) {
+                    return false;
                 }
                 self.set_detach_step(DetachStep::InitializeAl);
                 self.initialize_activity_log();

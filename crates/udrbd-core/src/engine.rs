@@ -212,6 +212,8 @@ pub(crate) struct Disk {
     pub(crate) sb_flush_need: Option<u64>,
     /// Bitmap page writes wait for a flush covering this many data writes.
     pub(crate) bm_flush_need: Option<u64>,
+    /// The activity-log re-initialisation waits for a flush covering this many data writes.
+    pub(crate) al_reinit_flush_need: Option<u64>,
 }
 
 /// Who waits for a meta-data preflush.
@@ -219,6 +221,9 @@ pub(crate) struct Disk {
 pub(crate) enum MdWriter {
     Superblock,
     BitmapPages,
+    /// A clean detach's re-initialisation of the activity-log ring: it ends the log's cover
+    /// of completed writes, which must be durable first.
+    AlReinit,
 }
 
 /// The activity-log writer: at most one transaction in flight, evicted pages first.
@@ -940,6 +945,7 @@ impl Resource {
         let need = match writer {
             MdWriter::Superblock => &mut d.sb_flush_need,
             MdWriter::BitmapPages => &mut d.bm_flush_need,
+            MdWriter::AlReinit => &mut d.al_reinit_flush_need,
         };
         let wanted = *need.get_or_insert(done);
         if failed || d.flushed_through >= wanted {

@@ -910,7 +910,7 @@ impl Resource {
         let was_connected_primary_peer = p.peer_disk >= DiskState::Inconsistent
             && p.peer_disk != DiskState::DUnknown
             && p.peer_disk != DiskState::Outdated;
-        let state_request = p.link.as_ref().and_then(|l| l.state_request.clone());
+        let state_request = p.link.as_ref().and_then(|l| l.state_request);
         if let Some(link) = p.link.take() {
             for conn in [link.data, link.meta] {
                 self.outputs
@@ -1011,6 +1011,11 @@ impl Resource {
         for (offset, len) in ranges {
             self.mark_out_of_sync(offset, len);
         }
+        // DRBD's drbd_disconnected: after tl_clear, "write from disconnected" writes the
+        // bitmap out. The bits just set may belong to a node that is no longer Primary
+        // (demoted while its protocol A/B writes awaited their barrier ack), whose activity
+        // log a crash would not replay: the lazy write-out would leave them in memory only.
+        self.write_dirty_pages();
         for (request, is_read) in finished_requests {
             if is_read {
                 self.peer_read_failed(request);

@@ -635,6 +635,8 @@ fn down_with_a_frozen_disk_ends_by_disk_timeout() {
         }
         c.must(0, AdminCommand::Disconnect);
         c.wait_disconnected(1, secs(30));
+        // The bitmap write-out after the connection loss (and its preflush) is done.
+        c.run_for(secs(1));
         let alone = 4..12u64;
         for b in alone.clone() {
             m.write(&mut c, 0, b);

@@ -341,10 +341,12 @@ fn flush_then_power_cut(seed: u64, m: Option<Mutation>) {
 }
 
 /// The Primary detaches (a diskless Primary: its writes go to the Secondary alone, which
-/// records them as out of sync) and then goes down; the Secondary detaches cleanly and
-/// re-attaches; the old Primary restarts and must be resynced from the Secondary's bitmap.
-/// (Connecting or re-attaching while the peer is a diskless Primary runs into engine bugs of
-/// the diskless handshake that this test does not chase, hence the crash.)
+/// records them as out of sync), is demoted and then goes down; the Secondary, still
+/// connected, detaches cleanly and re-attaches; the old Primary restarts and must be resynced
+/// from the Secondary's bitmap. (Connecting or re-attaching while the peer is a diskless
+/// Primary runs into engine bugs of the diskless handshake that this test does not chase,
+/// hence the crash. The Secondary detaches before the crash: a connection loss writes the
+/// bitmap out, as DRBD's "write from disconnected", and would hide the detach's write.)
 fn detach_with_peer_records(seed: u64, m: Option<Mutation>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xDE7A);
     let mut c = primary_pair(seed, options(m));
@@ -355,9 +357,9 @@ fn detach_with_peer_records(seed: u64, m: Option<Mutation>) {
         let depth = 1 + below(&mut rng, 6) as usize;
         c.random_writes(0, n, depth);
         c.run_for(millis(below(&mut rng, 100)));
-        c.crash(0);
-        c.wait_disconnected(1, secs(30));
+        c.must(0, AdminCommand::Secondary);
         c.must(1, AdminCommand::Detach { force: false });
+        c.crash(0);
         c.attach(1);
         c.restart(0);
         c.wait_in_sync(secs(120));

@@ -396,3 +396,111 @@ fn detach_during_the_bitmap_exchange() {
         c.check_identical();
     }
 }
+
+/// Swarm seed 406 (bitmap-soundness): a write was accepted on a disconnected Primary (waiting
+/// for its activity-log transaction) when `secondary` came. The demotion wrote the bitmap and
+/// the superblock without MDF_PRIMARY_IND while the write was still in flight; the write then
+/// set its bit in memory only, and a crash lost it (apply-al replays nothing for a Secondary).
+/// DRBD demotes with nothing on the fly: now the demotion waits for the write and writes its
+/// bit before the superblock.
+#[test]
+fn a_demotion_writes_the_bits_of_writes_in_flight() {
+    for seed in 0..6 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.must(0, AdminCommand::Disconnect);
+        c.disk(0).faults.frozen = true;
+        let block = 700 + seed;
+        let write = c.submit_write(0, block * BLOCK, pattern(seed, BLOCK as usize), false);
+        let demote = c.start_command(0, AdminCommand::Secondary);
+        c.run_for(Duration::from_millis(10));
+        c.disk(0).faults.frozen = false;
+        c.run_until("the demotion completes", secs(10), |c| {
+            c.command_result(0, demote).is_some()
+        });
+        check(
+            &c,
+            c.command_result(0, demote) == Some(Ok(())),
+            "the demotion succeeds",
+        );
+        c.run_for(Duration::from_millis(500));
+        let written = c.wait(write);
+        check(&c, written.is_ok(), "the write succeeds");
+        let primary_ind = c
+            .durable_superblock(0)
+            .flags
+            .has(udrbd_meta::MdFlags::PRIMARY_IND);
+        check(
+            &c,
+            c.durable_bitmap_bit(0, block) || primary_ind,
+            "the disconnected write is recorded on disk (its bit, or an AL a crash replays)",
+        );
+    }
+}
+
+/// Swarm seeds 406 and 42 (bitmap-soundness): a write completed on a connected Primary sat in
+/// its disk's volatile cache, covered by the activity log. A clean detach (and a demotion)
+/// then ended that cover, the detach by re-initialising the ring and the demotion by clearing
+/// MDF_PRIMARY_IND, without flushing the data: a later power cut lost the write, with no bit
+/// and no extent left to resync it from the peer. DRBD's meta-data writes carry REQ_FLUSH;
+/// now a data flush precedes both.
+#[test]
+fn detach_and_demotion_make_completed_writes_durable() {
+    for seed in 0..3 {
+        for detach in [true, false] {
+            let mut c = pair(seed, ClusterOptions::default(), true);
+            let block = 300 + seed;
+            let data = pattern(seed + 10, BLOCK as usize);
+            c.write(0, block * BLOCK, data.clone(), false)
+                .expect("write on the Primary");
+            let cmd = if detach {
+                AdminCommand::Detach { force: false }
+            } else {
+                AdminCommand::Secondary
+            };
+            c.must(0, cmd);
+            let durable = c.disk(0).durable(block * BLOCK, BLOCK as usize).to_vec();
+            check(
+                &c,
+                durable == data[..],
+                &format!(
+                    "after the {}, the write is durable on node 0",
+                    if detach { "detach" } else { "demotion" }
+                ),
+            );
+        }
+    }
+}
+
+/// Swarm seed 51 (bitmap-soundness): a Primary under protocol A was demoted while its last
+/// writes still awaited the peer's barrier ack; then the connection broke. The connection
+/// loss set their bits, in memory only (the lazy write-out comes seconds later), on a node
+/// whose superblock no longer said Primary: a crash lost them. DRBD writes the bitmap out
+/// after every connection loss ("write from disconnected"); now the engine does too.
+#[test]
+fn a_connection_loss_writes_the_bitmap_out() {
+    for seed in 0..3 {
+        let options = ClusterOptions {
+            protocol: udrbd_wire::WireProtocol::A,
+            ..ClusterOptions::default()
+        };
+        let mut c = pair(seed, options, true);
+        // The peer receives the write but never acknowledges its epoch.
+        c.disk(1).faults.frozen = true;
+        let block = 500 + seed;
+        c.write(0, block * BLOCK, pattern(seed, BLOCK as usize), false)
+            .expect("a protocol A write completes without the peer");
+        c.must(0, AdminCommand::Secondary);
+        let now = c.now();
+        for conn in c.net().connections_between(0, 1) {
+            c.net().reset(now, conn);
+        }
+        c.wait_disconnected(0, secs(30));
+        c.run_for(secs(1));
+        check(
+            &c,
+            c.durable_bitmap_bit(0, block),
+            "the unacknowledged write's bit is on disk",
+        );
+        c.disk(1).faults.frozen = false;
+    }
+}

@@ -21,18 +21,13 @@ const SEEDS: std::ops::Range<u64> = 0..500;
 const KNOWN_FAILURES: &[(u64, Checker)] = &[
     (16, Register),
     (45, Register),
-    (111, BitmapSoundness),
-    (157, BitmapSoundness),
-    (221, BitmapSoundness),
-    (237, Convergence),
+    (61, Convergence),
+    (111, Convergence),
     (277, Convergence),
-    (315, Convergence),
-    (329, Register),
+    (317, Register),
     (331, Durability),
-    (445, BitmapSoundness),
-    (451, Convergence),
-    (471, BitmapSoundness),
     (479, Register),
+    (497, Convergence),
 ];
 
 fn known(seed: u64) -> Option<Checker> {
