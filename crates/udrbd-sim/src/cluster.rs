@@ -40,6 +40,11 @@
 //!   connects (`drbdadm up`).
 //! - [`Cluster::partition`] stalls both directions without loss (TCP retransmits) and
 //!   refuses new connections; [`Cluster::heal`] resumes delivery.
+//! - [`Cluster::clock_jump`]: node `i`'s clock leaps forward (a paused VM or a stopped
+//!   process resuming: its monotonic clock moved on while nothing ran). Each engine sees its
+//!   own clock, the cluster's plus an offset that only grows, so every clock stays
+//!   monotonic; the node's timers that the jump passed fire at once (pings, disk-timeout,
+//!   connect-int), while disks and network keep the cluster's time.
 //!
 //! # Checkers
 //!
@@ -362,6 +367,18 @@ struct Node {
     done: BTreeMap<CommandId, Result<(), CommandError>>,
     events: Vec<(Instant, Event)>,
     history: Vec<(Instant, Snapshot)>,
+    /// How far this node's clock is ahead of the cluster's (ns; only grows).
+    clock_offset: u64,
+}
+
+impl Node {
+    /// The engine's next deadline on the cluster's clock.
+    fn deadline(&self) -> Option<Instant> {
+        self.engine
+            .as_ref()
+            .and_then(|e| e.poll_timeout())
+            .map(|t| Instant(t.0.saturating_sub(self.clock_offset)))
+    }
 }
 
 /// The simulated cluster. See the module doc.
@@ -487,6 +504,7 @@ impl Cluster {
                 done: BTreeMap::new(),
                 events: Vec::new(),
                 history: Vec::new(),
+                clock_offset: 0,
             });
             c.boot(i as NodeId);
         }
@@ -665,6 +683,11 @@ impl Cluster {
     /// Stops traffic from `from` to `to` only.
     pub fn partition_one_way(&mut self, from: NodeId, to: NodeId) {
         self.net.partition(from, to, true);
+    }
+
+    /// Node `node`'s clock leaps `by` forward (see the module doc).
+    pub fn clock_jump(&mut self, node: NodeId, by: Duration) {
+        self.nodes[usize::from(node)].clock_offset += by.as_nanos() as u64;
     }
 
     /// Heals every partition.
@@ -913,7 +936,7 @@ impl Cluster {
     /// Hands `cmd` to node `i` without running the simulation; its result is
     /// [`Cluster::command_result`] once the engine finished it.
     pub fn start_command(&mut self, node: NodeId, cmd: AdminCommand) -> CommandId {
-        let now = self.now;
+        let now = Instant(self.now.0 + self.nodes[usize::from(node)].clock_offset);
         let Some(engine) = self.nodes[usize::from(node)].engine.as_mut() else {
             self.fail(&format!("{cmd:?} on node {node}, which is down"));
         };
@@ -1286,12 +1309,10 @@ impl Cluster {
     }
 
     fn next_due(&self) -> Option<Instant> {
-        let nodes = self.nodes.iter().flat_map(|n| {
-            [
-                n.disk.next_due(),
-                n.engine.as_ref().and_then(|e| e.poll_timeout()),
-            ]
-        });
+        let nodes = self
+            .nodes
+            .iter()
+            .flat_map(|n| [n.disk.next_due(), n.deadline()]);
         nodes.chain([self.net.next_due()]).flatten().min()
     }
 
@@ -1320,11 +1341,7 @@ impl Cluster {
             self.on_net_event(event);
         }
         for i in 0..self.nodes.len() {
-            let due = self.nodes[i]
-                .engine
-                .as_ref()
-                .and_then(|e| e.poll_timeout())
-                .is_some_and(|t| t <= now);
+            let due = self.nodes[i].deadline().is_some_and(|t| t <= now);
             if due {
                 self.ready.push_back((i as NodeId, Input::Timeout));
             }
@@ -1377,7 +1394,7 @@ impl Cluster {
             }
             _ => None,
         };
-        let now = self.now;
+        let now = Instant(self.now.0 + n.clock_offset);
         let check = self.options.invariants_every_step;
         let result = catch_unwind(AssertUnwindSafe(|| {
             engine.handle(now, input);

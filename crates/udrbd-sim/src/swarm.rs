@@ -25,6 +25,9 @@
 //!   policy are drawn per seed.
 //! - **Network faults**: symmetric and one-way partitions, heal, connection resets, stalls of
 //!   one stream, latency and bandwidth changes.
+//! - **Clock faults**: a node's clock leaps 50 ms to 15 s forward
+//!   ([`Cluster::clock_jump`]): its ping, ping-timeout, disk-timeout and connect timers see
+//!   the time pass at once, while its peer, disks and network do not.
 //!
 //! # The model
 //!
@@ -180,6 +183,8 @@ pub struct SwarmCounts {
     pub stalls: u64,
     /// Latency or bandwidth changes.
     pub net_changes: u64,
+    /// A node's clock leapt forward.
+    pub clock_jumps: u64,
     /// Disk freezes.
     pub freezes: u64,
     /// IO error injections switched on.
@@ -207,7 +212,7 @@ pub struct SwarmCounts {
 impl SwarmCounts {
     /// Adds `other` to `self`.
     pub fn add(&mut self, o: &SwarmCounts) {
-        let pairs: [(&mut u64, u64); 27] = [
+        let pairs: [(&mut u64, u64); 28] = [
             (&mut self.seeds, o.seeds),
             (&mut self.ops, o.ops),
             (&mut self.requests, o.requests),
@@ -224,6 +229,7 @@ impl SwarmCounts {
             (&mut self.resets, o.resets),
             (&mut self.stalls, o.stalls),
             (&mut self.net_changes, o.net_changes),
+            (&mut self.clock_jumps, o.clock_jumps),
             (&mut self.freezes, o.freezes),
             (&mut self.error_injections, o.error_injections),
             (&mut self.io_errors, o.io_errors),
@@ -247,7 +253,7 @@ impl std::fmt::Display for SwarmCounts {
         write!(
             f,
             "seeds {} ops {} requests {} (ok {}, failed {}, reads checked {}) commands {} (refused {}) | \
-             crashes {} torn-writes {} lost-writes {} | partitions {} one-way {} resets {} stalls {} net-changes {} | \
+             crashes {} torn-writes {} lost-writes {} | partitions {} one-way {} resets {} stalls {} net-changes {} | clock-jumps {} | \
              freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} failovers {} split-brains {} | \
              bitmap-checks {} durable-blocks {} | steps {} simulated {:.1}s",
             self.seeds,
@@ -266,6 +272,7 @@ impl std::fmt::Display for SwarmCounts {
             self.resets,
             self.stalls,
             self.net_changes,
+            self.clock_jumps,
             self.freezes,
             self.error_injections,
             self.io_errors,
@@ -1468,7 +1475,7 @@ impl Run {
     }
 
     fn net_fault(&mut self) {
-        let choice = self.below(12);
+        let choice = self.below(13);
         self.set_op(format!("net fault {choice}"));
         match choice {
             0 | 1 => {
@@ -1501,9 +1508,17 @@ impl Run {
                 self.c.net().latency = (high / 10, high);
                 self.counts.net_changes += 1;
             }
-            _ => {
+            11 => {
                 self.c.net().bandwidth = (1 << 20) + self.below(1 << 30);
                 self.counts.net_changes += 1;
+            }
+            _ => {
+                // Not a network fault but a node's: its clock leaps (a paused VM resumes).
+                let node = self.below(2) as NodeId;
+                let by = Duration::from_millis(50 + self.below(15_000));
+                self.set_op(format!("clock of node {node} leaps {by:?}"));
+                self.c.clock_jump(node, by);
+                self.counts.clock_jumps += 1;
             }
         }
     }

@@ -1150,3 +1150,42 @@ fn a_disconnected_diskless_primary_refuses_its_stale_disk() {
         );
     }
 }
+
+// ---- clock faults ------------------------------------------------------------------------
+
+/// A node's clock leaps past disk-timeout while one of its writes is on the disk (a paused VM
+/// resuming: DRBD's request timer then sees an old request and force-detaches, as it does).
+/// The write still completes through the peer; a clock leap without IO outstanding changes
+/// nothing but the ping: the pair stays (or comes back) Connected and in sync.
+#[test]
+fn a_clock_leap_past_disk_timeout_with_io_outstanding_detaches() {
+    for seed in SEEDS {
+        let mut c = in_sync_pair(seed, configured(with_disk_timeout));
+        c.must(0, primary());
+        // Idle (nothing on the disks): a leap only makes the timers fire early.
+        c.run_for(secs(1));
+        check(&c, c.disk_in_flight(1) == 0, "node 1 is idle");
+        c.clock_jump(1, secs(20));
+        c.run_for(secs(30));
+        c.wait_in_sync(secs(60));
+        check(
+            &c,
+            disk(&c, 1) == DiskState::UpToDate,
+            "an idle leap detaches nothing",
+        );
+        // A write on node 0's disk when node 0's clock leaps.
+        c.disk(0).set_latency(2_000_000, 2_000_001);
+        let write = c.submit_write(0, 0, pattern(seed, BLOCK as usize), false);
+        c.run_for(millis(1));
+        c.clock_jump(0, DISK_TIMEOUT + secs(1));
+        c.run_until("the disk-timeout fired", secs(5), |c| {
+            c.status(0).disk_failure == Some(DiskFailure::Timeout)
+        });
+        let result = c.wait(write);
+        check(
+            &c,
+            result.is_ok(),
+            &format!("the write completed through the peer: {result:?}"),
+        );
+    }
+}
