@@ -594,6 +594,11 @@ impl Resource {
         )
     }
 
+    /// Whether 4 KiB block `block` has its bit set in the bitmap (None without meta-data).
+    pub fn block_out_of_sync(&self, block: u64) -> Option<bool> {
+        Some(self.disk.as_ref()?.bitmap.test(block))
+    }
+
     /// Checks every invariant of the module doc; panics on a violation (a bug).
     pub fn invariants(&self) {
         self.peer_invariants();

@@ -1514,8 +1514,15 @@ impl Cluster {
         let now = self.now;
         match event {
             Event::StateChanged => {
+                let before = self.nodes[usize::from(node)]
+                    .history
+                    .last()
+                    .map(|(_, s)| *s);
                 self.record_state(node);
                 self.check_primaries();
+                if let Some(before) = before {
+                    self.check_resync_done(node, before);
+                }
             }
             Event::CommandDone { id, result } => {
                 if self.options.journal {
@@ -1538,6 +1545,47 @@ impl Cluster {
             history.push((now, snapshot));
             if self.options.journal {
                 self.journal.push(JournalEntry::State { node, snapshot });
+            }
+        }
+    }
+
+    /// Convergence, when a SyncSource declares its resync done (its peer UpToDate): the
+    /// SyncTarget holds the source's data in every block the source no longer marks. The
+    /// source clears a bit at P_RS_WRITE_ACK, which the target sends once it wrote the block;
+    /// so the replicas are identical then, except in blocks an application write is changing
+    /// (protocol C only: under A and B a completed write may still be on its way to the
+    /// peer) and blocks the source still marks (a resync request that failed).
+    fn check_resync_done(&self, node: NodeId, before: Snapshot) {
+        let after = self.snapshot(node);
+        let was_source = matches!(
+            before.conn,
+            Some(ConnState::SyncSource | ConnState::PausedSyncS)
+        );
+        if !was_source
+            || after.conn != Some(ConnState::Connected)
+            || after.peer_disk != DiskState::UpToDate
+            || self.options.protocol != WireProtocol::C
+        {
+            return;
+        }
+        let Some(peer) = self.peer_of(node).filter(|&p| self.is_up(p)) else {
+            return;
+        };
+        let (mine, theirs) = (self.data_area(node), self.data_area(peer));
+        let block = BLOCK as usize;
+        for (b, (x, y)) in mine.chunks(block).zip(theirs.chunks(block)).enumerate() {
+            let b = b as u64;
+            let out_of_sync = self.nodes[usize::from(node)]
+                .engine
+                .as_ref()
+                .and_then(|e| e.block_out_of_sync(b));
+            if x != y && !self.block_busy(b) && out_of_sync == Some(false) {
+                self.fail_by(
+                    Checker::Convergence,
+                    &format!(
+                        "replicas differ when node {node} ended its resync as SyncSource (peer UpToDate): block {b} on node {peer} is not the source's, and the source does not mark it"
+                    ),
+                );
             }
         }
     }

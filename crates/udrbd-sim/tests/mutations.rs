@@ -20,31 +20,18 @@
 //! | `NoBitmapWhileDisconnected` | random pairs | convergence | after a disconnect / partition / Secondary crash nothing is resynced, the replicas differ |
 //! | `WriteBeforeAlTransaction` | random pairs on 16 MiB with 2 AL slots | convergence | the peer got a write the crashed Primary lost, and no AL extent or bit on the crashed node covers it: the resync after its restart misses the block |
 //! | `ResyncOverwritesNewerWrite` | resync under a hot write load | convergence | the stale resync data lands after the newer application write on the SyncTarget and its bit is cleared |
-//! | `ClearBitBeforeWriteAck` | resync interrupted by SyncTarget crashes | none | not observable in a pair, see below (no test) |
+//! | `ClearBitBeforeWriteAck` | resync after writes alone | convergence | the SyncSource declares the resync done (its peer UpToDate) while its last replies are still on the way: the cluster compares the replicas at that moment, and blocks the source no longer marks differ |
 //! | `FlushWithoutBarrierAck` | flush, then power cut of both, failover | durability | the flush completed before the peer flushed: the peer alone comes back without writes acknowledged before the flush |
 //! | `SkipBitmapWriteOnDetach` | diskless Primary, clean detach of the Secondary | convergence | the Secondary's record of the blocks the detached Primary missed is lost on the detach: nothing is resynced |
 //! | `AttachWithStuckIo` | force-detach with a slow write outstanding, re-attach | convergence (or register) | the old attach's write lands after the resync replaced the block: the replicas differ and the Primary reads stale data |
 //!
 //! `ClearBitBeforeWriteAck` (the SyncSource clears a bit when it sends P_RS_DATA_REPLY
-//! instead of at P_RS_WRITE_ACK) is not caught, and cannot be by a data checker in a
-//! two-node cluster: the SyncTarget set the same bit in the bitmap exchange and clears it
-//! only after the resync write is durable (a flush); if the reply is lost (link drop, crash
-//! of either node) the target's bit survives in memory or on its disk, and the next bitmap
-//! exchange ORs it back into the source's bitmap, so the block is resynced anyway. The only
-//! visible effect is that the source declares the resync done (and its peer UpToDate) before
-//! the target has written the last replies; a checker of the SyncSource's view against the
-//! SyncTarget's state would see that, none of the named checkers does. It has no test: the
-//! issue's acceptance for it is open.
-//!
-//! Engine bugs met while writing the workloads (the controls avoid them; not fixed here):
-//! with a 16 MiB device and 2 AL slots, the random pair runs diverge after a Primary crash
-//! without any mutation (an AL transaction that evicts an extent is written with FUA but
-//! without a preceding flush, so completed but unflushed writes of the evicted extent can
-//! be lost in the crash while the peer has them, and nothing marks them: DRBD writes the
-//! transaction with a preflush); re-attaching the Secondary while connected to a diskless
-//! Primary makes the Primary receive a bitmap while it has no disk (panic `attached` in
-//! `receive_bitmap`); connecting to a diskless Primary fails with "P_STATE before P_PROTOCOL,
-//! P_SIZES and P_UUIDS".
+//! instead of at P_RS_WRITE_ACK) loses no data in a pair: the SyncTarget keeps its own bit
+//! until the resync write is durable, and the next bitmap exchange ORs it back. What it breaks
+//! is the SyncSource's claim: it declares the resync done, and its peer UpToDate, before the
+//! target holds the data. The cluster's convergence check at that transition
+//! (`Cluster::check_resync_done`: every block the source no longer marks is identical on
+//! both, except blocks an application write is changing, under protocol C) sees it.
 
 use std::cell::Cell;
 use std::ops::Range;
@@ -368,6 +355,29 @@ fn detach_with_peer_records(seed: u64, m: Option<Mutation>) {
     }
 }
 
+/// The Secondary disconnects, the Primary writes alone (a few to a few hundred blocks), the
+/// Secondary reconnects and is resynced; when the SyncSource declares the resync done the
+/// cluster compares the replicas (convergence). Repeated.
+fn resync_after_writes_alone(seed: u64, m: Option<Mutation>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EC0);
+    let mut c = primary_pair(seed, options(m));
+    for _ in 0..3 {
+        c.forget_writes();
+        c.must(1, AdminCommand::Disconnect);
+        c.wait_disconnected(0, secs(30));
+        let n = 1 + below(&mut rng, 300) as usize;
+        let depth = 1 + below(&mut rng, 8) as usize;
+        c.random_writes(0, n, depth);
+        c.must(
+            1,
+            AdminCommand::Connect {
+                discard_my_data: false,
+            },
+        );
+        settle(&mut c, 0);
+    }
+}
+
 /// A write is slow on the Primary's disk when the disk is force-detached; the block is
 /// written again (through the peer); the node re-attaches as soon as attach is accepted, is
 /// resynced, and must read the newest data once the old write has returned.
@@ -511,5 +521,14 @@ fn attach_with_stuck_io_is_caught() {
         Mutation::AttachWithStuckIo,
         reattach_with_slow_write,
         "re-attach with a slow write",
+    );
+}
+
+#[test]
+fn clear_bit_before_write_ack_is_caught() {
+    caught(
+        Mutation::ClearBitBeforeWriteAck,
+        resync_after_writes_alone,
+        "resync after writes alone",
     );
 }

@@ -23,6 +23,7 @@ const KNOWN_FAILURES: &[(u64, Checker)] = &[
     (39, Register),
     (45, Register),
     (99, Register),
+    (111, Convergence),
     (263, Convergence),
     (269, BitmapSoundness),
     (277, Convergence),
