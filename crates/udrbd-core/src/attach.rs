@@ -411,6 +411,23 @@ impl Resource {
             // The only UpToDate copy of a Primary's data.
             return Err(CommandError::StateChange(StateChangeError::NoUpToDateDisk));
         }
+        if !force
+            && self.peer.as_ref().is_some_and(|p| {
+                p.conn >= crate::state::ConnState::Connected
+                    && p.peer_role == Role::Primary
+                    && p.peer_disk != DiskState::UpToDate
+            })
+        {
+            // The only UpToDate copy of a connected Primary peer's data (it is diskless, or
+            // a resync target). In DRBD a detach while connected is a cluster-wide state
+            // change (cl_wide_st_chg: disk to D_FAILED) that the Primary refuses, as a
+            // Primary with neither disk UpToDate (SS_NO_UP_TO_DATE_DISK). Allowed, the
+            // detaching disk neg-acked the Primary's writes, which then lived only on its
+            // Inconsistent disk and were overwritten by the next resync from this one:
+            // acknowledged writes lost (swarm seed 331). `detach --force` is a hard
+            // transition and is not refused.
+            return Err(CommandError::StateChange(StateChangeError::NoUpToDateDisk));
+        }
         if force {
             self.force_detach(DiskFailure::Forced);
             // The failure's detach took the pending slot; this command only started it.

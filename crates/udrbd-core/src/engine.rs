@@ -352,6 +352,10 @@ pub struct Resource {
     pub(crate) requests: BTreeMap<BlockRequestId, Request>,
     /// Writes waiting for activity-log extents (references held, or none held when busy).
     pub(crate) al_waiting: VecDeque<BlockRequestId>,
+    /// Application requests that arrived during an administrative detach, not yet looked at
+    /// (DRBD's `drbd_suspend_io` for the whole of `adm_detach`); see
+    /// [`Resource::holds_application_io`].
+    pub(crate) held_requests: VecDeque<BlockRequest>,
     pub(crate) outputs: VecDeque<Output>,
     pub(crate) openers: u32,
     pub(crate) timers: TimerTable,
@@ -425,6 +429,7 @@ impl Resource {
             stale_ops: BTreeMap::new(),
             requests: BTreeMap::new(),
             al_waiting: VecDeque::new(),
+            held_requests: VecDeque::new(),
             outputs: VecDeque::new(),
             openers: 0,
             timers: TimerTable::default(),
@@ -538,7 +543,7 @@ impl Resource {
                 .disk
                 .as_ref()
                 .map_or(0, |d| d.bitmap.count() * udrbd_meta::BM_BLOCK_SIZE),
-            upper_pending: self.requests.len() as u64,
+            upper_pending: (self.requests.len() + self.held_requests.len()) as u64,
             lower_pending: data_ops,
             stuck_ios: self.stale_ops.values().sum(),
             detach_step: match &self.pending {
@@ -968,6 +973,7 @@ impl Resource {
     pub(crate) fn progress(&mut self) {
         loop {
             let before = self.progress_fingerprint();
+            self.release_held_requests();
             self.start_waiting_writes();
             self.start_lock_waiters();
             self.drive_resync_flush();

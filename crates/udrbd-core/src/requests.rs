@@ -23,8 +23,12 @@ impl Resource {
             !self.requests.contains_key(&id),
             "duplicate request id {id:?}"
         );
-        if self.requests.len() >= self.config.max_requests {
+        if self.requests.len() + self.held_requests.len() >= self.config.max_requests {
             return self.complete(id, Err(BlockError::Busy));
+        }
+        if self.holds_application_io() {
+            self.held_requests.push_back(request);
+            return;
         }
         if self.role != Role::Primary {
             return self.complete(id, Err(BlockError::NotPrimary));
@@ -107,9 +111,10 @@ impl Resource {
     /// Whether writes go to the local disk: attached and not failed (Negotiating is the
     /// handshake after an attach while connected: the meta-data is loaded, writes are
     /// recorded locally as well so that no write falls between the two bitmaps). Not while
-    /// detaching (DRBD's D_DETACHING): new IO goes to the peer (a received write is
-    /// neg-acked, so the peer marks it out of sync) and the detach can drain what is
-    /// in flight.
+    /// detaching, so that the detach can drain what is in flight: a received write is
+    /// neg-acked (the peer marks it out of sync); new application IO waits for the end of an
+    /// administrative detach (`holds_application_io`) and is served by the peer during a
+    /// failure's.
     pub(crate) fn local_disk_writable(&self) -> bool {
         self.disk.is_some()
             && !matches!(
@@ -121,6 +126,32 @@ impl Resource {
             )
             && (self.disk_state >= DiskState::Inconsistent
                 || self.disk_state == DiskState::Negotiating)
+    }
+
+    /// Whether new application IO waits: during an administrative detach (or `down`), from
+    /// its start until the disk is Diskless, as DRBD's `adm_detach` keeps IO suspended
+    /// (`drbd_suspend_io` ... `drbd_resume_io`) around the whole detach, also when the disk
+    /// fails or is force-detached meanwhile. A detach the engine started for a failure or a
+    /// `detach --force` (command id 0) does not: while Failed, new IO is served by the peer.
+    ///
+    /// Serving it meanwhile from the peer alone, with the disk still UpToDate to everyone
+    /// (the peer was not told), left acknowledged writes off the detaching disk that nobody
+    /// knew to resync when the disk came back: the peer marked nothing and made no new data
+    /// generation, so that disk, attached again, served the old data (swarm seed 16).
+    pub(crate) fn holds_application_io(&self) -> bool {
+        matches!(
+            self.pending,
+            Some((id, crate::engine::Pending::Detach(_))) if id != CommandId(0)
+        )
+    }
+
+    /// Looks at the requests held during an administrative detach once it is over.
+    pub(crate) fn release_held_requests(&mut self) {
+        while !self.holds_application_io()
+            && let Some(request) = self.held_requests.pop_front()
+        {
+            self.on_block_request(request);
+        }
     }
 
     /// Whether the peer can serve application IO: connected, receiving writes, UpToDate.

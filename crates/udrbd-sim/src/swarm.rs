@@ -1172,13 +1172,18 @@ impl Run {
                 | (s.peer_role as u64) << 32
                 | (s.peer_disk as u64) << 40,
         );
-        // A resync target (or a diskless node that connects) takes the source's data: the
-        // data generation changes.
+        // A resync target (or a node without a usable disk that connects) takes the source's
+        // data: the data generation changes. "Without a usable disk" is every disk state
+        // below Inconsistent, not only Diskless: DRBD serves IO locally only with a local
+        // reference (get_ldev: disk >= Inconsistent), so a node that is Attaching (reading
+        // its meta-data), Failed or Negotiating reads from its peer too (swarm seed 317: a
+        // diskless Primary connected while its attach was under way, and read the peer's
+        // data).
         let becomes_target = is_target(s.conn) && !is_target(before.conn);
-        let diskless_joins = s.disk == DiskState::Diskless
+        let diskless_joins = s.disk < DiskState::Inconsistent
             && is_connected(s.conn)
             && s.peer_disk == DiskState::UpToDate
-            && !(before.disk == DiskState::Diskless
+            && !(before.disk < DiskState::Inconsistent
                 && is_connected(before.conn)
                 && before.peer_disk == DiskState::UpToDate);
         if becomes_target {
@@ -1192,7 +1197,12 @@ impl Run {
         if becomes_target || diskless_joins {
             self.view[i] = self.view[i ^ 1].clone();
         }
-        if is_target(before.conn) && s.conn == Some(ConnState::Connected) {
+        // A resync target's resync finished when its disk is UpToDate, not when it is back
+        // to Connected: DRBD also aborts a resync back to Connected when the source's disk
+        // goes (detach, failure), and the target stays Inconsistent with what it had got so
+        // far (swarm seeds 45, 479: the aborted target's disk was taken for the source's,
+        // then served stale data after an attach whose Inconsistent flag never reached it).
+        if self.pre_target[i].is_some() && !is_target(s.conn) && s.disk == DiskState::UpToDate {
             self.counts.resyncs += 1;
             self.pre_target[i] = None;
         }

@@ -345,6 +345,12 @@ fn detach_with_peer_records(seed: u64, m: Option<Mutation>) {
         c.random_writes(0, n, depth);
         c.run_for(millis(below(&mut rng, 100)));
         c.must(0, AdminCommand::Secondary);
+        // The Secondary refuses to detach the only UpToDate disk of a Primary peer (DRBD's
+        // cluster-wide detach, which the Primary refuses); the engine judges with the peer
+        // state it last heard, so the demotion must have reached it.
+        c.run_until("node 1 sees the demotion", secs(10), |c| {
+            c.snapshot(1).peer_role == Role::Secondary
+        });
         c.must(1, AdminCommand::Detach { force: false });
         c.crash(0);
         c.attach(1);

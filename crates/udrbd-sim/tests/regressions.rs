@@ -504,3 +504,114 @@ fn a_connection_loss_writes_the_bitmap_out() {
         c.disk(1).faults.frozen = false;
     }
 }
+
+/// Swarm seed 16 (register): a Primary's disk was frozen when `detach` came. While the detach
+/// waited for the disk, new writes were served by the peer alone and acknowledged, yet the
+/// disk stayed UpToDate to both nodes: the peer marked nothing and made no new data
+/// generation, and whoever trusted "a write completed on an attached, UpToDate disk is on that
+/// disk" (the swarm's model) was wrong about the detached disk, which later served without
+/// those writes. DRBD's `adm_detach` suspends application IO for the whole detach
+/// (`drbd_suspend_io` .. `drbd_resume_io`); now the engine holds new requests until the disk
+/// is Diskless, then serves them through the peer.
+#[test]
+fn an_administrative_detach_holds_new_application_io() {
+    for seed in 0..4 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.disk(0).faults.frozen = true;
+        let stuck = c.submit_write(
+            0,
+            (100 + seed) * BLOCK,
+            pattern(seed, BLOCK as usize),
+            false,
+        );
+        c.run_for(Duration::from_millis(10));
+        let detach = c.start_command(0, AdminCommand::Detach { force: false });
+        let block = 600 + seed;
+        let data = pattern(seed + 50, BLOCK as usize);
+        let late = c.submit_write(0, block * BLOCK, data.clone(), false);
+        c.run_for(Duration::from_millis(200));
+        check(
+            &c,
+            c.completion(late).is_none(),
+            "a write submitted during the detach waits for its end",
+        );
+        c.disk(0).faults.frozen = false;
+        c.run_until("the detach completes", secs(10), |c| {
+            c.command_result(0, detach).is_some()
+        });
+        let stuck = c.wait(stuck);
+        check(&c, stuck.is_ok(), "the write in flight completes");
+        let late = c.wait(late);
+        check(
+            &c,
+            late.is_ok(),
+            &format!("the held write is served by the peer: {late:?}"),
+        );
+        check(
+            &c,
+            c.status(0).disk == DiskState::Diskless,
+            "node 0 is diskless",
+        );
+        let at = (block * BLOCK) as usize;
+        check(
+            &c,
+            c.data_area(1)[at..at + BLOCK as usize] == data[..],
+            "the held write is on the peer",
+        );
+    }
+}
+
+/// Swarm seed 331 (durability): the Secondary, the only UpToDate disk of a Primary that was a
+/// resync target, was detached. Its detach neg-acked the Primary's writes, which then lived
+/// only on the Primary's Inconsistent disk, and the next resync from the re-attached disk
+/// overwrote them: acknowledged writes lost. In DRBD a detach while connected is cluster-wide
+/// and the Primary refuses it (SS_NO_UP_TO_DATE_DISK); now the engine refuses it too, also
+/// under a diskless Primary.
+#[test]
+fn the_only_up_to_date_disk_of_a_connected_primary_does_not_detach() {
+    for seed in 0..3 {
+        let options = ClusterOptions {
+            resync: udrbd_core::resync_controller::ResyncControllerConfig {
+                resync_rate_kib_per_sec: 100,
+                c_plan_ahead_tenths: 0,
+                ..udrbd_core::resync_controller::ResyncControllerConfig::default()
+            },
+            ..ClusterOptions::default()
+        };
+        let mut c = pair(seed, options, true);
+        c.must(0, AdminCommand::Invalidate);
+        c.run_until("node 0 is a resync target", secs(10), |c| {
+            c.conn(0) == Some(ConnState::SyncTarget)
+        });
+        let refused = c.command(1, AdminCommand::Detach { force: false });
+        check(
+            &c,
+            refused == Err(CommandError::StateChange(StateChangeError::NoUpToDateDisk)),
+            &format!("the resync source's detach is refused: {refused:?}"),
+        );
+        let block = 900 + seed;
+        let data = pattern(seed + 7, BLOCK as usize);
+        c.write(0, block * BLOCK, data.clone(), false)
+            .expect("a write on the resync target");
+        c.wait_in_sync(secs(600));
+        let read = c.read(0, block * BLOCK, BLOCK as u32).expect("read back");
+        check(
+            &c,
+            read == data,
+            "the acknowledged write survives the resync",
+        );
+
+        // Under a diskless Primary as well.
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.must(0, AdminCommand::Detach { force: false });
+        c.run_until("node 1 sees a diskless Primary", secs(10), |c| {
+            c.snapshot(1).peer_disk == DiskState::Diskless
+        });
+        let refused = c.command(1, AdminCommand::Detach { force: false });
+        check(
+            &c,
+            refused == Err(CommandError::StateChange(StateChangeError::NoUpToDateDisk)),
+            &format!("the detach under a diskless Primary is refused: {refused:?}"),
+        );
+    }
+}
