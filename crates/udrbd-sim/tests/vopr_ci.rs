@@ -19,16 +19,10 @@ const SEEDS: std::ops::Range<u64> = 0..500;
 
 /// Seeds that fail today, with the checker that catches them (unfixed engine bugs).
 const KNOWN_FAILURES: &[(u64, Checker)] = &[
-    (16, Durability),
-    (39, Register),
-    (45, Register),
     (99, Register),
-    (111, Convergence),
     (263, Convergence),
     (269, BitmapSoundness),
     (277, Convergence),
-    (278, Durability),
-    (331, Durability),
     (418, Register),
     (450, Convergence),
     (496, Register),
