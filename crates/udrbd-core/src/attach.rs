@@ -126,6 +126,11 @@ impl Resource {
     ) {
         let data = match result {
             Ok(d) => d,
+            Err(_) if !matches!(self.pending, Some((_, Pending::Attach(_)))) => {
+                // The ring re-initialisation of a clean detach: a meta-data write error,
+                // which detaches (the detach goes on as after a failure).
+                return self.local_io_error(crate::engine::LocalIoError::MetaData);
+            }
             Err(_) => return self.attach_failed(CommandError::MetaDataIo),
         };
         let outcome = match purpose {
@@ -310,9 +315,12 @@ impl Resource {
     }
 
     fn attach_failed(&mut self, e: CommandError) {
-        let Some((id, Pending::Attach(_))) = self.pending.take() else {
+        // Only an attach in progress fails: `take()` in the pattern would also drop another
+        // command's pending step (a `detach` then waited for ever, unanswered: swarm seed 277).
+        let Some((id, Pending::Attach(_))) = self.pending else {
             return;
         };
+        self.pending = None;
         // Reads of this attach may still be outstanding: they become stale.
         self.retire_generation();
         self.disk = None;

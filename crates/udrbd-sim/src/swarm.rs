@@ -1618,9 +1618,13 @@ impl Run {
                 self.fail(
                     Checker::Convergence,
                     &format!(
-                        "not Connected, UpToDate and in sync {limit:?} after the faults stopped ({} requests, {} commands outstanding)",
+                        "not Connected, UpToDate and in sync {limit:?} after the faults stopped ({} requests, {} commands outstanding: {:?})",
                         self.inflight.len(),
-                        self.commands.len()
+                        self.commands.len(),
+                        self.commands
+                            .iter()
+                            .map(|((n, id), c)| (*n, *id, &c.cmd))
+                            .collect::<Vec<_>>()
                     ),
                 );
             }
@@ -1683,7 +1687,13 @@ impl Run {
         for node in NODES {
             let st = &status[usize::from(node)];
             let conn = st.peer.as_ref().map(|p| p.conn);
-            if st.disk == DiskState::Diskless && st.busy_with.is_none() {
+            if st.disk == DiskState::Diskless
+                && st.busy_with.is_none()
+                && conn != Some(ConnState::StandAlone)
+            {
+                // (A StandAlone diskless node connects first: a Primary that served its
+                // peer's data attaches its own disk only while connected to the peer,
+                // ERR_DATA_NOT_CURRENT.)
                 let attach = self.attach_cmd();
                 self.start(node, attach);
                 continue;

@@ -615,3 +615,34 @@ fn the_only_up_to_date_disk_of_a_connected_primary_does_not_detach() {
         );
     }
 }
+
+/// Swarm seed 277 (convergence: a command outstanding for ever): a clean `detach` whose
+/// activity-log ring re-initialisation failed. The failure went to the attach's error path,
+/// whose `pending.take()` dropped the detach's pending step without answering the command:
+/// the disk stayed attached, the detach never finished, and every later nudge waited for it.
+/// Now the ring write error is a meta-data error (the detach goes on as after a failure) and
+/// the command is answered.
+#[test]
+fn a_detach_whose_ring_write_fails_still_finishes() {
+    for seed in 0..4 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        let al = udrbd_sim::disk::area_index(DiskArea::ActivityLog);
+        c.disk(1).faults.fail_writes[al] = true;
+        let id = c.start_command(1, AdminCommand::Detach { force: false });
+        c.run_until("the detach is answered", secs(30), |c| {
+            c.command_result(1, id).is_some()
+        });
+        check(
+            &c,
+            c.status(1).disk == DiskState::Diskless,
+            &format!(
+                "node 1 is Diskless after its detach ({:?})",
+                c.command_result(1, id)
+            ),
+        );
+        c.disk(1).faults.fail_writes[al] = false;
+        let attach = attach_cmd(&c);
+        c.must(1, attach);
+        c.wait_in_sync(secs(60));
+    }
+}

@@ -20,11 +20,9 @@ const SEEDS: std::ops::Range<u64> = 0..500;
 /// Seeds that fail today, with the checker that catches them (unfixed engine bugs).
 const KNOWN_FAILURES: &[(u64, Checker)] = &[
     (99, Register),
-    (263, Convergence),
+    (101, Convergence),
     (269, BitmapSoundness),
-    (277, Convergence),
     (418, Register),
-    (450, Convergence),
     (496, Register),
 ];
 
