@@ -598,17 +598,29 @@ impl Resource {
     pub fn invariants(&self) {
         self.peer_invariants();
         // One pass over the requests and one over the operations, without allocating: this
-        // runs after every step of every simulation.
+        // runs after every step of every simulation. Requests and their operations are
+        // matched by walking both maps side by side: usually requests (by id) got their
+        // operations (by id) in the same order; only when they did not is each request's
+        // operation looked up.
+        let mut page_ops = 0usize;
+        let mut request_ops = self.ops.iter().filter_map(|(op, purpose)| {
+            assert_eq!(op.generation(), self.generation, "op of another generation");
+            match purpose {
+                OpPurpose::Request(id) => Some((*op, *id)),
+                OpPurpose::BitmapPage(_) => {
+                    page_ops += 1;
+                    None
+                }
+                _ => None,
+            }
+        });
+        let mut in_order = true;
         let mut waiting_parts = 0u64;
         let mut held = 0u64;
-        let mut requests_with_op = 0usize;
         for (id, r) in &self.requests {
             waiting_parts += u64::from(r.net_pending);
             match r.op {
-                Some(op) => {
-                    assert_eq!(self.ops.get(&op), Some(&OpPurpose::Request(*id)));
-                    requests_with_op += 1;
-                }
+                Some(op) => in_order = in_order && request_ops.next() == Some((op, *id)),
                 None => assert!(
                     self.al_waiting.contains(id)
                         || (r.local_done && (r.net_pending > 0 || r.flush_epoch.is_some())),
@@ -620,6 +632,30 @@ impl Resource {
                 held += u64::from(b - a + 1);
             }
         }
+        // The rest of the operations (checking each).
+        let left_over = request_ops.count() > 0;
+        // In order and nothing left over: the requests with an operation and the request
+        // operations are the same pairs, each pointing to the other.
+        if !in_order || left_over {
+            let mut requests_with_op = 0usize;
+            for (id, r) in &self.requests {
+                if let Some(op) = r.op {
+                    assert_eq!(self.ops.get(&op), Some(&OpPurpose::Request(*id)));
+                    requests_with_op += 1;
+                }
+            }
+            // Every request's op points back to it, so requests map one-to-one onto request
+            // ops; equal counts make it a bijection: every request op's request points to it.
+            let request_ops = self
+                .ops
+                .values()
+                .filter(|p| matches!(p, OpPurpose::Request(_)))
+                .count();
+            assert_eq!(
+                request_ops, requests_with_op,
+                "a request operation whose request does not point to it"
+            );
+        }
         let sent_parts: u64 = self.link().map_or(0, |l| l.sent.len() as u64);
         // AckBeforePeerAck completes writes whose parts are still out: the end-to-end
         // checkers must catch it, so this accounting is not checked then.
@@ -628,23 +664,6 @@ impl Resource {
                 || sent_parts == waiting_parts
                 || self.config.mutation == Some(crate::Mutation::AckBeforePeerAck),
             "network parts: {sent_parts} sent, {waiting_parts} awaited"
-        );
-        let mut request_ops = 0usize;
-        let mut page_ops = 0usize;
-        for (op, purpose) in &self.ops {
-            assert_eq!(op.generation(), self.generation, "op of another generation");
-            match purpose {
-                OpPurpose::Request(_) => request_ops += 1,
-                OpPurpose::BitmapPage(_) => page_ops += 1,
-                _ => {}
-            }
-        }
-        // Every request's op points back to it (above), so requests map one-to-one onto
-        // request ops; equal counts make it a bijection: every request op's request points
-        // to it.
-        assert_eq!(
-            request_ops, requests_with_op,
-            "a request operation whose request does not point to it"
         );
         match &self.disk {
             None => {
