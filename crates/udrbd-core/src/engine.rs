@@ -607,24 +607,30 @@ impl Resource {
     /// Checks every invariant of the module doc; panics on a violation (a bug).
     pub fn invariants(&self) {
         self.peer_invariants();
-        let sent_parts: u64 = self.link().map_or(0, |l| l.sent.len() as u64);
-        let waiting_parts: u64 = self
-            .requests
-            .values()
-            .map(|r| u64::from(r.net_pending))
-            .sum();
-        // AckBeforePeerAck completes writes whose parts are still out: the end-to-end
-        // checkers must catch it, so this accounting is not checked then.
-        assert!(
-            self.link().is_none()
-                || sent_parts == waiting_parts
-                || self.config.mutation == Some(crate::Mutation::AckBeforePeerAck),
-            "network parts: {sent_parts} sent, {waiting_parts} awaited"
-        );
+        // One pass over the requests and one over the operations, without allocating: this
+        // runs after every step of every simulation. Requests and their operations are
+        // matched by walking both maps side by side: usually requests (by id) got their
+        // operations (by id) in the same order; only when they did not is each request's
+        // operation looked up.
+        let mut page_ops = 0usize;
+        let mut request_ops = self.ops.iter().filter_map(|(op, purpose)| {
+            assert_eq!(op.generation(), self.generation, "op of another generation");
+            match purpose {
+                OpPurpose::Request(id) => Some((*op, *id)),
+                OpPurpose::BitmapPage(_) => {
+                    page_ops += 1;
+                    None
+                }
+                _ => None,
+            }
+        });
+        let mut in_order = true;
+        let mut waiting_parts = 0u64;
         let mut held = 0u64;
         for (id, r) in &self.requests {
+            waiting_parts += u64::from(r.net_pending);
             match r.op {
-                Some(op) => assert_eq!(self.ops.get(&op), Some(&OpPurpose::Request(*id))),
+                Some(op) => in_order = in_order && request_ops.next() == Some((op, *id)),
                 None => assert!(
                     self.al_waiting.contains(id)
                         || (r.local_done && (r.net_pending > 0 || r.flush_epoch.is_some())),
@@ -636,12 +642,39 @@ impl Resource {
                 held += u64::from(b - a + 1);
             }
         }
-        for (op, purpose) in &self.ops {
-            assert_eq!(op.generation(), self.generation, "op of another generation");
-            if let OpPurpose::Request(id) = purpose {
-                assert_eq!(self.requests.get(id).and_then(|r| r.op), Some(*op));
+        // The rest of the operations (checking each).
+        let left_over = request_ops.count() > 0;
+        // In order and nothing left over: the requests with an operation and the request
+        // operations are the same pairs, each pointing to the other.
+        if !in_order || left_over {
+            let mut requests_with_op = 0usize;
+            for (id, r) in &self.requests {
+                if let Some(op) = r.op {
+                    assert_eq!(self.ops.get(&op), Some(&OpPurpose::Request(*id)));
+                    requests_with_op += 1;
+                }
             }
+            // Every request's op points back to it, so requests map one-to-one onto request
+            // ops; equal counts make it a bijection: every request op's request points to it.
+            let request_ops = self
+                .ops
+                .values()
+                .filter(|p| matches!(p, OpPurpose::Request(_)))
+                .count();
+            assert_eq!(
+                request_ops, requests_with_op,
+                "a request operation whose request does not point to it"
+            );
         }
+        let sent_parts: u64 = self.link().map_or(0, |l| l.sent.len() as u64);
+        // AckBeforePeerAck completes writes whose parts are still out: the end-to-end
+        // checkers must catch it, so this accounting is not checked then.
+        assert!(
+            self.link().is_none()
+                || sent_parts == waiting_parts
+                || self.config.mutation == Some(crate::Mutation::AckBeforePeerAck),
+            "network parts: {sent_parts} sent, {waiting_parts} awaited"
+        );
         match &self.disk {
             None => {
                 // Before the superblock is read, an attach has no meta-data in memory yet.
@@ -663,21 +696,25 @@ impl Resource {
                 d.al.invariants();
                 d.bitmap.invariants();
                 assert_eq!(d.al.references(), held, "activity-log references");
-                let writing: Vec<u64> = self
-                    .ops
-                    .values()
-                    .filter_map(|p| match p {
-                        OpPurpose::BitmapPage(page) => Some(*page),
-                        _ => None,
-                    })
-                    .collect();
-                let unique: BTreeSet<u64> = writing.iter().copied().collect();
-                assert_eq!(
-                    unique.len(),
-                    writing.len(),
-                    "a bitmap page written twice at once"
-                );
-                assert_eq!(unique, d.pages_in_flight);
+                if page_ops == 0 {
+                    assert!(d.pages_in_flight.is_empty());
+                } else {
+                    let writing: Vec<u64> = self
+                        .ops
+                        .values()
+                        .filter_map(|p| match p {
+                            OpPurpose::BitmapPage(page) => Some(*page),
+                            _ => None,
+                        })
+                        .collect();
+                    let unique: BTreeSet<u64> = writing.iter().copied().collect();
+                    assert_eq!(
+                        unique.len(),
+                        writing.len(),
+                        "a bitmap page written twice at once"
+                    );
+                    assert_eq!(unique, d.pages_in_flight);
+                }
                 assert!(
                     d.flushes_in_flight
                         .keys()

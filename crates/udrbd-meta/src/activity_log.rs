@@ -716,30 +716,46 @@ impl ActivityLog {
 
     /// Checks the invariants in the type doc; panics on a violation (a bug).
     pub fn invariants(&self) {
-        let mut seen = BTreeSet::new();
+        // Without allocating or searching (it runs after every simulated step): every entry
+        // of `by_extent` (of `idle`) is checked against its slot, and the entries are counted
+        // against the slots that must have one. An entry names one slot and is checked to hold
+        // that slot's value, so entries map one-to-one onto such slots; equal counts make it
+        // a bijection: every used (idle) slot has exactly its entry, and an extent in two
+        // slots would need two entries for one key.
+        let (mut used, mut idle_slots) = (0usize, 0usize);
         for (i, s) in self.slots.iter().enumerate() {
             let current = s.pending.unwrap_or(s.committed);
             if current != LC_FREE {
-                assert!(seen.insert(current), "extent {current} in two slots");
-                assert_eq!(self.by_extent.get(&current), Some(&(i as u16)));
+                used += 1;
             }
-            let idle = s.refs == 0 && s.pending.is_none();
-            assert_eq!(
-                self.idle.contains(&(s.last_used, i as u16)),
-                idle,
-                "idle set of slot {i}"
-            );
+            if s.refs == 0 && s.pending.is_none() {
+                idle_slots += 1;
+            }
             if s.refs > 0 {
                 assert_ne!(current, LC_FREE, "referenced slot {i} has no extent");
             }
         }
-        assert_eq!(self.by_extent.len(), seen.len());
+        for (&extent, &slot) in &self.by_extent {
+            let s = &self.slots[usize::from(slot)];
+            assert_ne!(extent, LC_FREE, "the free marker in by_extent");
+            assert_eq!(
+                s.pending.unwrap_or(s.committed),
+                extent,
+                "by_extent: extent {extent} is not in slot {slot}"
+            );
+        }
+        assert_eq!(self.by_extent.len(), used, "by_extent: a used slot missing");
+        for &(last_used, slot) in &self.idle {
+            let s = &self.slots[usize::from(slot)];
+            assert!(
+                s.refs == 0 && s.pending.is_none() && s.last_used == last_used,
+                "idle set of slot {slot}"
+            );
+        }
         assert_eq!(
             self.idle.len(),
-            self.slots
-                .iter()
-                .filter(|s| s.refs == 0 && s.pending.is_none())
-                .count()
+            idle_slots,
+            "idle set: an idle slot missing"
         );
         assert!(self.queued.len() <= AL_UPDATES_PER_TRANSACTION);
         if let Some(f) = &self.in_flight {

@@ -43,6 +43,12 @@ pub struct Faults {
     pub frozen: bool,
 }
 
+/// The mask of sectors `lo .. hi` of a block (`hi <= 8`).
+fn block_mask(lo: u64, hi: u64) -> u8 {
+    debug_assert!(lo < hi && hi <= SECTORS_PER_BLOCK);
+    ((0xFFu16 << lo) & !(0xFFu16 << hi)) as u8
+}
+
 /// Index of an area in [`Faults`] arrays.
 pub fn area_index(area: DiskArea) -> usize {
     match area {
@@ -229,11 +235,16 @@ impl SimDisk {
             DiskOpKind::Flush => {
                 for (block, n) in self.flush_covers.remove(&id).unwrap_or_default() {
                     // Whatever the cache holds now is written back (it may be newer; the
-                    // block's clean sectors hold their durable data in the cache too).
+                    // block's clean sectors hold their durable data in the cache too). A
+                    // block that is no longer dirty (an earlier flush or a FUA write cleaned
+                    // it) holds its durable data in the cache: there is nothing to copy.
+                    let Some(&(_, m)) = self.dirty.get(&block) else {
+                        continue;
+                    };
                     let a = (block * BLOCK) as usize;
                     let b = (a + BLOCK as usize).min(self.cache.len());
                     self.durable[a..b].copy_from_slice(&self.cache[a..b]);
-                    if self.dirty.get(&block).is_some_and(|(_, m)| *m == n) {
+                    if m == n {
                         self.dirty.remove(&block);
                     }
                 }
@@ -252,24 +263,32 @@ impl SimDisk {
         self.cache[at..at + data.len()].copy_from_slice(data);
         let n = self.next_completion;
         self.next_completion += 1;
-        let sectors = offset / SECTOR..(offset + data.len() as u64).div_ceil(SECTOR);
-        if fua {
-            self.durable[at..at + data.len()].copy_from_slice(data);
-            for s in sectors {
-                let block = s / SECTORS_PER_BLOCK;
+        // The written sectors, one block (and one map search) at a time.
+        let (first, end) = (
+            offset / SECTOR,
+            (offset + data.len() as u64).div_ceil(SECTOR),
+        );
+        let mut s = first;
+        while s < end {
+            let block = s / SECTORS_PER_BLOCK;
+            let block_end = ((block + 1) * SECTORS_PER_BLOCK).min(end);
+            let bits = block_mask(s % SECTORS_PER_BLOCK, block_end - block * SECTORS_PER_BLOCK);
+            s = block_end;
+            if fua {
                 if let Some((mask, _)) = self.dirty.get_mut(&block) {
-                    *mask &= !(1 << (s % SECTORS_PER_BLOCK));
+                    *mask &= !bits;
                     if *mask == 0 {
                         self.dirty.remove(&block);
                     }
                 }
-            }
-        } else {
-            for s in sectors {
-                let entry = self.dirty.entry(s / SECTORS_PER_BLOCK).or_insert((0, n));
-                entry.0 |= 1 << (s % SECTORS_PER_BLOCK);
+            } else {
+                let entry = self.dirty.entry(block).or_insert((0, n));
+                entry.0 |= bits;
                 entry.1 = n;
             }
+        }
+        if fua {
+            self.durable[at..at + data.len()].copy_from_slice(data);
         }
     }
 

@@ -109,8 +109,13 @@ impl Deframer {
                 check_length(header.command, header.length, &self.context)?;
                 let _ = self.buffer.split_to(size);
                 let length = header.length as usize;
-                if self.buffer.len() < length {
-                    self.buffer.reserve(length - self.buffer.len());
+                if self.buffer.len() < length && self.buffer.capacity() < length {
+                    // A fresh buffer for the payload, rather than growing this one: it may
+                    // share its allocation with frames still in use (growing it would copy
+                    // or reallocate far more than the payload).
+                    let mut fresh = BytesMut::with_capacity(length);
+                    fresh.extend_from_slice(&self.buffer);
+                    self.buffer = fresh;
                 }
                 self.pending = Some(header);
                 header
