@@ -771,9 +771,11 @@ impl Resource {
     }
 
     fn send_sizes(&mut self) {
+        // As DRBD (get_ldev_if_state(D_NEGOTIATING)): a disk still attaching, or failed,
+        // is not offered.
         let (d_size, c_size) = match self.disk.as_ref() {
-            Some(d) => (d.size_sect, d.size_sect),
-            None => (0, 0),
+            Some(d) if self.disk_state >= DiskState::Negotiating => (d.size_sect, d.size_sect),
+            _ => (0, 0),
         };
         let wsame = self
             .peer
@@ -803,7 +805,14 @@ impl Resource {
     }
 
     pub(crate) fn send_uuids(&mut self, extra_flags: u64) {
-        let Some(d) = self.disk.as_ref() else {
+        // As DRBD's drbd_send_uuids (get_ldev_if_state(D_NEGOTIATING)): no P_UUIDS for a
+        // disk still attaching or failed; an attach that completes while connected sends
+        // them then (handshake_after_attach).
+        let Some(d) = self
+            .disk
+            .as_ref()
+            .filter(|_| self.disk_state >= DiskState::Negotiating)
+        else {
             return;
         };
         let mut flags = extra_flags;
@@ -1493,7 +1502,15 @@ impl Resource {
         peer_disk: DiskState,
         local_disk_now: DiskState,
     ) -> Result<(), String> {
-        let Some(d) = self.disk.as_ref() else {
+        // A disk still attaching (or failed) takes no part either, as in DRBD where it is not
+        // D_NEGOTIATING yet: its attach re-runs the handshake when it completes. Comparing
+        // its UUIDs already made it SyncTarget (WFBitMapT) of a peer that, seeing its disk
+        // Attaching, went Connected: both waited for ever (swarm seed 101).
+        let Some(d) = self
+            .disk
+            .as_ref()
+            .filter(|_| local_disk_now >= DiskState::Negotiating)
+        else {
             // Diskless: no resync; connected as a diskless node.
             if self.refuse_two_primaries(peer_role) {
                 return Ok(());

@@ -646,3 +646,44 @@ fn a_detach_whose_ring_write_fails_still_finishes() {
         c.wait_in_sync(secs(60));
     }
 }
+
+/// Swarm seed 101 (convergence: stuck for 600 s): the connection came up while node 1's
+/// attach was still reading its meta-data (superblock read, bitmap not yet). Node 1 compared
+/// UUIDs with its half-attached disk and became SyncTarget (WFBitMapT); node 0, seeing the
+/// peer's disk Attaching, went Connected without a handshake: each waited for the other for
+/// ever. As DRBD (a disk below D_NEGOTIATING sends no P_UUIDS and takes no part), a disk
+/// still attaching now connects as diskless; the attach re-runs the handshake when it ends.
+#[test]
+fn a_connection_made_while_attaching_resyncs_once_attached() {
+    for seed in 0..4 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.must(1, AdminCommand::Disconnect);
+        c.must(1, AdminCommand::Detach { force: false });
+        c.wait_disconnected(0, secs(30));
+        for b in 0..16u64 {
+            c.write(0, b * BLOCK, pattern(seed * 100 + b, BLOCK as usize), false)
+                .expect("write");
+        }
+        let attach = attach_cmd(&c);
+        let id = c.start_command(1, attach);
+        c.run_until("node 1 read its superblock", secs(10), |c| {
+            c.status(1).generation.is_some()
+        });
+        check(
+            &c,
+            c.command_result(1, id).is_none(),
+            "the attach is still running",
+        );
+        c.disk(1).faults.frozen = true;
+        c.must(
+            1,
+            AdminCommand::Connect {
+                discard_my_data: false,
+            },
+        );
+        c.run_for(secs(5));
+        c.disk(1).faults.frozen = false;
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+    }
+}

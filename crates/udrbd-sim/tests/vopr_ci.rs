@@ -20,7 +20,6 @@ const SEEDS: std::ops::Range<u64> = 0..500;
 /// Seeds that fail today, with the checker that catches them (unfixed engine bugs).
 const KNOWN_FAILURES: &[(u64, Checker)] = &[
     (99, Register),
-    (101, Convergence),
     (269, BitmapSoundness),
     (418, Register),
     (496, Register),
