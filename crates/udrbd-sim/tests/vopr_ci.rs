@@ -2,9 +2,9 @@
 //! (`udrbd_sim::swarm`), on two threads; minimum totals over the range so the run cannot pass
 //! by being gentle; and a determinism check (a seed twice, equal output hashes).
 //!
-//! Seeds listed in [`KNOWN_FAILURES`] fail today with the named checker: each is an engine bug
-//! found by the swarm and not fixed yet (see the report on branch `vopr-swarm`; the fixed ones
-//! are scripted in `tests/regressions.rs`). The test fails on any other failure, or on a
+//! Seeds listed in [`KNOWN_FAILURES`] fail today with the named checker: each is a failure
+//! the swarm found that is not fixed yet (triaged in issue 6's note; the fixed engine bugs are
+//! scripted in `tests/regressions.rs`). The test fails on any other failure, or on a
 //! listed seed failing with another checker; a listed seed that passes is printed, to be
 //! removed from the list. Changing the generator reshuffles the seeds: regenerate the list
 //! with `vopr --seeds 0..500 --threads 2` and triage every new entry.
