@@ -216,9 +216,6 @@ impl Resource {
             sb_flush_need: None,
             bm_flush_need: None,
             al_reinit_flush_need: None,
-            bm_marks: 0,
-            bm_page_durable: Default::default(),
-            bm_page_writing: Default::default(),
         });
         self.set_attach_step(AttachStep::ActivityLog);
         self.submit(
@@ -723,7 +720,6 @@ impl Resource {
                 OpPurpose::BitmapPage(page) => {
                     if let Some(d) = self.disk.as_mut() {
                         d.pages_in_flight.remove(&page);
-                        d.bm_page_writing.remove(&page);
                         // Its contents are unknown on disk now: dirty again in memory.
                         d.bitmap.mark_dirty(page);
                     }

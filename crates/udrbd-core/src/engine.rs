@@ -214,13 +214,6 @@ pub(crate) struct Disk {
     pub(crate) bm_flush_need: Option<u64>,
     /// The activity-log re-initialisation waits for a flush covering this many data writes.
     pub(crate) al_reinit_flush_need: Option<u64>,
-    /// Calls of `mark_out_of_sync` that set bits (a version of the bitmap's contents).
-    pub(crate) bm_marks: u64,
-    /// Per bitmap page: `bm_marks` when its last completed write was submitted (what that
-    /// write made durable).
-    pub(crate) bm_page_durable: BTreeMap<u64, u64>,
-    /// Per bitmap page being written: `bm_marks` at the submission.
-    pub(crate) bm_page_writing: BTreeMap<u64, u64>,
 }
 
 /// Who waits for a meta-data preflush.
@@ -723,13 +716,6 @@ impl Resource {
                     assert_eq!(unique, d.pages_in_flight);
                 }
                 assert!(
-                    d.bm_page_writing.len() == d.pages_in_flight.len()
-                        && d.bm_page_writing
-                            .keys()
-                            .all(|p| d.pages_in_flight.contains(p)),
-                    "the marks of a bitmap page write are tracked while it is in flight"
-                );
-                assert!(
                     d.flushes_in_flight
                         .keys()
                         .all(|id| self.ops.contains_key(id)),
@@ -899,11 +885,6 @@ impl Resource {
             OpPurpose::BitmapPage(page) => {
                 if let Some(d) = self.disk.as_mut() {
                     d.pages_in_flight.remove(&page);
-                    let written = d.bm_page_writing.remove(&page);
-                    if let (Some(at), true) = (written, c.result.is_ok()) {
-                        let durable = d.bm_page_durable.entry(page).or_default();
-                        *durable = (*durable).max(at);
-                    }
                 }
                 self.statistics.bm_writes += 1;
                 if c.result.is_err() {
@@ -1191,7 +1172,6 @@ impl Resource {
         let data = Bytes::copy_from_slice(&d.bitmap.page_bytes(page));
         d.bitmap.mark_clean(page);
         d.pages_in_flight.insert(page);
-        d.bm_page_writing.insert(page, d.bm_marks);
         let offset = d.layout.bm_byte() + page * udrbd_meta::bitmap::PAGE_BYTES as u64;
         self.submit(
             OpPurpose::BitmapPage(page),

@@ -1053,7 +1053,6 @@ impl Resource {
             let bits = bits_of(offset, len, d.bitmap.bits());
             if !bits.is_empty() {
                 d.bitmap.set_range(bits);
-                d.bm_marks += 1;
             }
         }
         self.forget_unflushed(offset, len);

@@ -47,9 +47,6 @@ pub(crate) struct PeerWrite {
     pub(crate) op: DiskOpKind,
     pub(crate) epoch: u64,
     pub(crate) lock: Option<u64>,
-    /// A write of a Primary without a usable disk: its blocks are marked here, and the data
-    /// is written only once those bits are durable (`Disk::bm_marks` at marking).
-    pub(crate) bits_durable_at: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,14 +111,6 @@ impl Resource {
                 }
             };
             let overlaps_blocked = blocked.iter().any(|&(s, e)| s < range.1 && range.0 < e);
-            if let LockWaiter::PeerWrite(id) = w
-                && self.local_disk_writable()
-                && !self.peer_write_bits_durable(id)
-            {
-                self.write_dirty_pages();
-                blocked.push(range);
-                continue;
-            }
             // Mutation::ResyncOverwritesNewerWrite breaks this rule: a received application
             // write does not wait for resync requests and resync writes of its blocks.
             let locked = if matches!(w, LockWaiter::PeerWrite(_))
@@ -176,23 +165,6 @@ impl Resource {
                 }
             }
         }
-    }
-
-    /// Whether the bits a diskless Primary's write marked here are durable: every bitmap
-    /// page of its range was written (and completed) after the marking.
-    fn peer_write_bits_durable(&self, id: u64) -> bool {
-        let pw = &self.peer_writes[&id];
-        let Some(at) = pw.bits_durable_at else {
-            return true;
-        };
-        let Some(d) = self.disk.as_ref() else {
-            return true;
-        };
-        let bits = crate::peer::bits_of(pw.sector * 512, pw.len, d.bitmap.bits());
-        d.bitmap
-            .pages_of(bits)
-            .into_iter()
-            .all(|p| d.bm_page_durable.get(&p).is_some_and(|&w| w >= at))
     }
 
     // ---- primary side: sending -----------------------------------------------------------
@@ -698,7 +670,6 @@ impl Resource {
             );
         }
         let writable = self.local_disk_writable();
-        let mut bits_durable_at = None;
         if writable
             && self
                 .peer
@@ -706,13 +677,8 @@ impl Resource {
                 .is_some_and(|p| p.peer_disk < DiskState::Inconsistent)
         {
             // The peer (a Primary without a usable disk) has no copy: this node has the only
-            // one, and the peer's disk will need these blocks. The bits must survive a crash
-            // of this node before the data lands (DRBD's receive_Data puts such writes in the
-            // Secondary's activity log, "we have the only disk of the cluster"): the write
-            // waits until the bitmap pages with them are durable (swarm seed 269: a crash
-            // lost them, and the diverging block was marked nowhere).
+            // one, and the peer's disk will need these blocks.
             self.mark_out_of_sync(sector * 512, len);
-            bits_durable_at = self.disk.as_ref().map(|d| d.bm_marks);
         }
         let epoch = {
             let link = self.link_mut();
@@ -742,7 +708,6 @@ impl Resource {
                 op,
                 epoch,
                 lock: None,
-                bits_durable_at,
             },
         );
         self.lock_waiting.push_back(LockWaiter::PeerWrite(id));
@@ -1051,7 +1016,6 @@ impl Resource {
                 },
                 epoch: 0,
                 lock,
-                bits_durable_at: None,
             },
         );
         // The request's lock is held since the request went out: write at once.

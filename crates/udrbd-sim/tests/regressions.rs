@@ -687,37 +687,3 @@ fn a_connection_made_while_attaching_resyncs_once_attached() {
         c.check_identical();
     }
 }
-
-/// Swarm seed 269 (bitmap soundness): a diskless Primary's writes go to the Secondary's disk
-/// alone; the Secondary marks them out of sync (the Primary's own disk will need them), but
-/// only in memory: a crash of the Secondary right after lost the bits, and once the Primary
-/// attached its disk again nothing resynced those blocks. As DRBD (which puts such writes in
-/// the Secondary's activity log: "we have the only disk of the cluster"), the data is now
-/// written only once the bits are durable.
-#[test]
-fn a_diskless_primarys_writes_are_marked_durably_on_the_secondary() {
-    for seed in 0..4 {
-        let mut c = pair(seed, ClusterOptions::default(), true);
-        c.must(0, AdminCommand::Detach { force: false });
-        for b in 0..24u64 {
-            let block = (5 + b * 37) % c.data_blocks();
-            c.write(
-                0,
-                block * BLOCK,
-                pattern(seed * 1000 + b, BLOCK as usize),
-                false,
-            )
-            .expect("write through the peer");
-        }
-        // The data is durable on node 1 (its flush before the barrier ack); the bits must be.
-        c.flush(0).expect("flush");
-        c.crash(1);
-        c.restart(1);
-        c.wait_connected(secs(30));
-        let attach = attach_cmd(&c);
-        c.must(0, attach);
-        c.wait_in_sync(secs(60));
-        c.check_identical();
-        c.check_reads(0);
-    }
-}
