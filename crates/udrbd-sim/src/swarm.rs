@@ -489,9 +489,16 @@ struct Req {
     seq: u64,
     /// The node's link epoch at submission, if it was connected then.
     link: Option<u64>,
-    /// The peer's attach epoch at submission (a mirrored write is on the peer's disk only if
-    /// the peer kept that disk until the write completed).
-    peer_attach: u64,
+    /// The peer's attach epoch at submission, if the peer had a disk then that this node
+    /// mirrors to (a mirrored write is on the peer's disk only if the peer kept that disk
+    /// until the write completed). None while the peer's disk was below Inconsistent
+    /// (Diskless, Attaching, Negotiating), in its own state or in this node's view of it:
+    /// DRBD mirrors a write only while its view of the peer's disk is at least Inconsistent
+    /// (`drbd_should_do_remote`), and completes a write it did not mirror on the local disk
+    /// alone, also while still connected. So a disk that the peer attached while the write
+    /// was in flight may lack it (swarm seed 496: the peer attached while connected, its
+    /// handshake failed on split brain, and writes completed meanwhile never reached it).
+    peer_attach: Option<u64>,
     /// The reading node's view at submission.
     expected: Vec<Option<u64>>,
 }
@@ -864,7 +871,9 @@ impl Run {
                 seq,
                 link: is_connected(self.last[usize::from(node)].conn)
                     .then_some(self.link_epoch[usize::from(node)]),
-                peer_attach: self.attach_epoch[usize::from(node) ^ 1],
+                peer_attach: (self.last[usize::from(node)].peer_disk >= DiskState::Inconsistent
+                    && self.last[usize::from(node) ^ 1].disk >= DiskState::Inconsistent)
+                    .then_some(self.attach_epoch[usize::from(node) ^ 1]),
                 expected,
             },
         );
@@ -969,7 +978,7 @@ impl Run {
                         let peer_failed = self.failed_write[peer]
                             .get(&b)
                             .is_some_and(|&s| s >= req.seq);
-                        let peer_disk_kept = self.attach_epoch[peer] == req.peer_attach
+                        let peer_disk_kept = req.peer_attach == Some(self.attach_epoch[peer])
                             && self.last[peer].disk >= DiskState::Inconsistent;
                         self.view[peer][b as usize] =
                             (same_link && ack.protocol_c && !peer_failed && peer_disk_kept)
@@ -1830,7 +1839,7 @@ impl Run {
                         base: 0,
                         seq: 0,
                         link: None,
-                        peer_attach: 0,
+                        peer_attach: None,
                         expected,
                     };
                     self.check_read(&req, &data);
