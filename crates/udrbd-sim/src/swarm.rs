@@ -567,6 +567,9 @@ struct Run {
     )>,
     /// The liveness phase wiped a node's meta-data (once is enough).
     wiped: bool,
+    /// The node's last attach was refused because its disk holds other data than the data
+    /// generation it exposed as a Primary (ERR_DATA_NOT_CURRENT).
+    attach_refused: [bool; 2],
 }
 
 const NODES: [NodeId; 2] = [0, 1];
@@ -652,6 +655,7 @@ impl Run {
             trace_block: None,
             watched: None,
             wiped: false,
+            attach_refused: [false; 2],
         };
         run.drain();
         run
@@ -1225,6 +1229,10 @@ impl Run {
             return;
         };
         self.hash.add(u64::from(result.is_ok()));
+        if matches!(pending.cmd, AdminCommand::Attach(_)) {
+            self.attach_refused[usize::from(node)] =
+                matches!(result, Err(CommandError::DataNotCurrent { .. }));
+        }
         if result.is_err() {
             // A refusal is DRBD's answer, not a failure: the checkers judge outcomes.
             self.counts.commands_refused += 1;
@@ -1705,6 +1713,25 @@ impl Run {
                 // ERR_DATA_NOT_CURRENT.)
                 let attach = self.attach_cmd();
                 self.start(node, attach);
+                continue;
+            }
+            if conn == Some(ConnState::StandAlone)
+                && st.role == Role::Primary
+                && st.disk == DiskState::Diskless
+                && error_is(st, "Can only connect to data")
+            {
+                // A diskless Primary serves only the data generation it exposed: the peer's
+                // disk holds another one (the connection was refused) and so does its own
+                // (ERR_DATA_NOT_CURRENT), or it has not tried its own yet. Once both are
+                // refused, nobody has that data any more: the operator demotes it, as a DRBD
+                // admin must.
+                let cmd = if self.attach_refused[usize::from(node)] {
+                    self.attach_refused[usize::from(node)] = false;
+                    AdminCommand::Secondary
+                } else {
+                    self.attach_cmd()
+                };
+                self.start(node, cmd);
                 continue;
             }
             if conn == Some(ConnState::StandAlone) {
