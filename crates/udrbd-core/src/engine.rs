@@ -1026,8 +1026,12 @@ impl Resource {
         self.track_exposed_uuid();
     }
 
-    /// Keeps [`Resource::exposed_uuid`] current: the local disk's UUID while it serves, the
-    /// peer's while the peer serves; kept while neither does; forgotten on demotion.
+    /// Keeps [`Resource::exposed_uuid`] current: the local disk's UUID while it serves; kept
+    /// while it does not (the peer's, when it serves, comes with its P_UUIDS:
+    /// `receive_uuids`); forgotten on demotion. Not the peer's UUIDs as last stored: those
+    /// can be stale (a peer that adopted a skip-initial-sync UUID sends none), and a stale
+    /// exposed UUID refused the peer's current data (DRBD sets ed_uuid from the local disk's
+    /// current UUID and, on a diskless Primary, from each P_UUIDS received).
     fn track_exposed_uuid(&mut self) {
         if self.role != Role::Primary {
             self.exposed_uuid = None;
@@ -1038,10 +1042,6 @@ impl Resource {
             && !matches!(self.pending, Some((_, Pending::Attach(_))))
         {
             self.exposed_uuid = Some(d.sb.uuids.current & !1);
-        } else if self.peer_serves()
-            && let Some(peer) = self.link().and_then(|l| l.peer_uuids)
-        {
-            self.exposed_uuid = Some(peer.uuids.current & !1);
         }
     }
 

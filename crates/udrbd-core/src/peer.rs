@@ -1153,6 +1153,13 @@ impl Resource {
                         ));
                     }
                     if let Err(e) = self.on_packet(socket, frame.packet) {
+                        // A handler that already dropped the link (incompatible settings:
+                        // StandAlone, as DRBD's C_DISCONNECTING) is done. A protocol error on
+                        // top of it reconnected the StandAlone node, so a discard-my-data flag
+                        // the operator wanted gone stayed set for ever (swarm seed 145).
+                        if self.link().is_none() {
+                            return;
+                        }
                         return self.protocol_error(e);
                     }
                 }
@@ -1299,6 +1306,37 @@ impl Resource {
             u.bits_set,
             u.flags,
         ]);
+        // A Primary without a usable disk serves the data generation it exposed
+        // (exposed_uuid, DRBD's ed_uuid): it takes no peer disk that holds another one
+        // (receive_uuids: "Can only connect to data with current UUID", a hard disconnect).
+        // DRBD checks this while not yet connected, and, since "drbd: disconnect, if the
+        // wrong UUIDs are attached on a connected peer", also for a connected peer without a
+        // disk that attaches one. Accepting it served stale data and wrote onto it under the
+        // old generation UUID; the Primary's own disk, attached later, then became
+        // SyncSource over those acknowledged writes (swarm seeds 418, 99). P_UUIDS from a
+        // peer whose disk serves us already (a new current UUID when this diskless node was
+        // promoted, a resync's UUIDs) are not checked.
+        let peer_without_disk = self.peer.as_ref().is_some_and(|p| {
+            p.conn < ConnState::Connected || p.peer_disk < DiskState::Inconsistent
+        });
+        if self.role == Role::Primary
+            && self.disk_state < DiskState::Inconsistent
+            && peer_without_disk
+            && let Some(exposed) = self.exposed_uuid
+            && exposed != u.current & !1
+        {
+            let message = format!("Can only connect to data with current UUID={exposed:016X}");
+            self.peer.as_mut().expect("peer").last_error = Some(message.clone());
+            self.log(LogLevel::Error, message);
+            self.drop_connection(ConnState::Disconnecting, None);
+            self.go_standalone();
+            return;
+        }
+        if self.role == Role::Primary && self.disk_state < DiskState::Inconsistent {
+            // A diskless Primary serves the peer's data: its generation is the one exposed
+            // now ("the peer just created a new current UUID for me").
+            self.exposed_uuid = Some(u.current & !1);
+        }
         let handshake_done = {
             let link = self.link_mut();
             link.peer_uuids = Some(peer_uuids);
@@ -1404,6 +1442,20 @@ impl Resource {
                     "the peer wants a resync but this node has no disk".to_string(),
                 );
             }
+            (ConnState::Connected, ConnState::WfBitMapT)
+                if self.disk_state <= DiskState::Inconsistent =>
+            {
+                // The peer's handshake (after its attach) made it SyncTarget, but this disk
+                // holds no good data to be the source of: DRBD runs the handshake on both
+                // sides, and this one decides "I shall become SyncSource, but I am
+                // inconsistent!" and disconnects. Following the peer resynced between two
+                // Inconsistent disks, whose reads then failed for ever (swarm seed 125).
+                let message = "I shall become SyncSource, but I am inconsistent!".to_string();
+                self.peer.as_mut().expect("peer").last_error = Some(message.clone());
+                self.log(LogLevel::Error, message);
+                self.drop_connection(ConnState::Disconnecting, None);
+                self.go_standalone();
+            }
             (ConnState::Connected, ConnState::WfBitMapT | ConnState::StartingSyncT) => {
                 self.enter_bitmap_exchange(true);
             }
@@ -1505,7 +1557,7 @@ impl Resource {
         // A disk still attaching (or failed) takes no part either, as in DRBD where it is not
         // D_NEGOTIATING yet: its attach re-runs the handshake when it completes. Comparing
         // its UUIDs already made it SyncTarget (WFBitMapT) of a peer that, seeing its disk
-        // Attaching, went Connected: both waited for ever (swarm seed 101).
+        // Attaching, went Connected: both waited for ever (swarm seeds 101, 263).
         let Some(d) = self
             .disk
             .as_ref()

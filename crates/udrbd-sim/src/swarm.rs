@@ -489,9 +489,16 @@ struct Req {
     seq: u64,
     /// The node's link epoch at submission, if it was connected then.
     link: Option<u64>,
-    /// The peer's attach epoch at submission (a mirrored write is on the peer's disk only if
-    /// the peer kept that disk until the write completed).
-    peer_attach: u64,
+    /// The peer's attach epoch at submission, if the peer had a disk then that this node
+    /// mirrors to (a mirrored write is on the peer's disk only if the peer kept that disk
+    /// until the write completed). None while the peer's disk was below Inconsistent
+    /// (Diskless, Attaching, Negotiating), in its own state or in this node's view of it:
+    /// DRBD mirrors a write only while its view of the peer's disk is at least Inconsistent
+    /// (`drbd_should_do_remote`), and completes a write it did not mirror on the local disk
+    /// alone, also while still connected. So a disk that the peer attached while the write
+    /// was in flight may lack it (swarm seed 496: the peer attached while connected, its
+    /// handshake failed on split brain, and writes completed meanwhile never reached it).
+    peer_attach: Option<u64>,
     /// The reading node's view at submission.
     expected: Vec<Option<u64>>,
 }
@@ -560,6 +567,9 @@ struct Run {
     )>,
     /// The liveness phase wiped a node's meta-data (once is enough).
     wiped: bool,
+    /// The node's last attach was refused because its disk holds other data than the data
+    /// generation it exposed as a Primary (ERR_DATA_NOT_CURRENT).
+    attach_refused: [bool; 2],
 }
 
 const NODES: [NodeId; 2] = [0, 1];
@@ -645,6 +655,7 @@ impl Run {
             trace_block: None,
             watched: None,
             wiped: false,
+            attach_refused: [false; 2],
         };
         run.drain();
         run
@@ -864,7 +875,9 @@ impl Run {
                 seq,
                 link: is_connected(self.last[usize::from(node)].conn)
                     .then_some(self.link_epoch[usize::from(node)]),
-                peer_attach: self.attach_epoch[usize::from(node) ^ 1],
+                peer_attach: (self.last[usize::from(node)].peer_disk >= DiskState::Inconsistent
+                    && self.last[usize::from(node) ^ 1].disk >= DiskState::Inconsistent)
+                    .then_some(self.attach_epoch[usize::from(node) ^ 1]),
                 expected,
             },
         );
@@ -969,7 +982,7 @@ impl Run {
                         let peer_failed = self.failed_write[peer]
                             .get(&b)
                             .is_some_and(|&s| s >= req.seq);
-                        let peer_disk_kept = self.attach_epoch[peer] == req.peer_attach
+                        let peer_disk_kept = req.peer_attach == Some(self.attach_epoch[peer])
                             && self.last[peer].disk >= DiskState::Inconsistent;
                         self.view[peer][b as usize] =
                             (same_link && ack.protocol_c && !peer_failed && peer_disk_kept)
@@ -1216,6 +1229,10 @@ impl Run {
             return;
         };
         self.hash.add(u64::from(result.is_ok()));
+        if matches!(pending.cmd, AdminCommand::Attach(_)) {
+            self.attach_refused[usize::from(node)] =
+                matches!(result, Err(CommandError::DataNotCurrent { .. }));
+        }
         if result.is_err() {
             // A refusal is DRBD's answer, not a failure: the checkers judge outcomes.
             self.counts.commands_refused += 1;
@@ -1698,6 +1715,25 @@ impl Run {
                 self.start(node, attach);
                 continue;
             }
+            if conn == Some(ConnState::StandAlone)
+                && st.role == Role::Primary
+                && st.disk == DiskState::Diskless
+                && error_is(st, "Can only connect to data")
+            {
+                // A diskless Primary serves only the data generation it exposed: the peer's
+                // disk holds another one (the connection was refused) and so does its own
+                // (ERR_DATA_NOT_CURRENT), or it has not tried its own yet. Once both are
+                // refused, nobody has that data any more: the operator demotes it, as a DRBD
+                // admin must.
+                let cmd = if self.attach_refused[usize::from(node)] {
+                    self.attach_refused[usize::from(node)] = false;
+                    AdminCommand::Secondary
+                } else {
+                    self.attach_cmd()
+                };
+                self.start(node, cmd);
+                continue;
+            }
             if conn == Some(ConnState::StandAlone) {
                 let discard = split_brain && node == loser;
                 if discard && st.role == Role::Primary {
@@ -1830,7 +1866,7 @@ impl Run {
                         base: 0,
                         seq: 0,
                         link: None,
-                        peer_attach: 0,
+                        peer_attach: None,
                         expected,
                     };
                     self.check_read(&req, &data);

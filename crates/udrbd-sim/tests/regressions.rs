@@ -280,7 +280,10 @@ fn a_promotion_that_lost_its_up_to_date_peer_while_waiting_is_refused() {
 /// while disconnected waited for its superblock on a frozen disk; meanwhile the node connected
 /// to a Primary peer (here a diskless one, which needs no handshake on UUIDs), and when the
 /// superblock became durable it became Primary next to it. Now the promotion is judged again
-/// when it takes effect: two Primaries never connect without allow-two-primaries.
+/// when it takes effect: two Primaries never connect without allow-two-primaries. (Since swarm
+/// seeds 99 and 418 the diskless Primary may refuse the connection before: the promotion's new
+/// current UUID is not the data it exposed, "Can only connect to data with current UUID", as
+/// DRBD, whose promotion takes effect at once, would refuse it too.)
 #[test]
 fn a_promotion_that_connected_to_a_primary_while_waiting_is_refused() {
     for seed in 0..3 {
@@ -297,10 +300,18 @@ fn a_promotion_that_connected_to_a_primary_while_waiting_is_refused() {
             "the promotion waits for its superblock",
         );
         c.heal();
-        c.wait_connected(secs(60));
+        let refused_data = |c: &Cluster| {
+            c.logs(0)
+                .iter()
+                .any(|l| l.contains("Can only connect to data with current UUID"))
+        };
+        c.run_until("connected, or the connection refused", secs(60), |c| {
+            c.all_connected() || refused_data(c)
+        });
+        let refused = refused_data(&c);
         check(
             &c,
-            c.snapshot(1).peer_role == Role::Primary,
+            refused || c.snapshot(1).peer_role == Role::Primary,
             "node 1 sees the diskless Primary",
         );
         c.disk(1).faults.frozen = false;
@@ -308,11 +319,12 @@ fn a_promotion_that_connected_to_a_primary_while_waiting_is_refused() {
         c.run_for(secs(2));
         check(
             &c,
-            c.command_result(1, id)
-                == Some(Err(CommandError::StateChange(
-                    StateChangeError::TwoPrimaries,
-                )))
-                && c.snapshot(1).role == Role::Secondary,
+            refused
+                || (c.command_result(1, id)
+                    == Some(Err(CommandError::StateChange(
+                        StateChangeError::TwoPrimaries,
+                    )))
+                    && c.snapshot(1).role == Role::Secondary),
             &format!("the promotion is refused: {:?}", c.command_result(1, id)),
         );
     }
@@ -647,33 +659,107 @@ fn a_detach_whose_ring_write_fails_still_finishes() {
     }
 }
 
-/// Swarm seed 101 (convergence: stuck for 600 s): the connection came up while node 1's
-/// attach was still reading its meta-data (superblock read, bitmap not yet). Node 1 compared
-/// UUIDs with its half-attached disk and became SyncTarget (WFBitMapT); node 0, seeing the
-/// peer's disk Attaching, went Connected without a handshake: each waited for the other for
-/// ever. As DRBD (a disk below D_NEGOTIATING sends no P_UUIDS and takes no part), a disk
-/// still attaching now connects as diskless; the attach re-runs the handshake when it ends.
+/// Swarm seeds 418 and 99 (register: acknowledged writes lost): a Primary whose disk went
+/// away while its peer's disk held older data took that peer disk as its data. Seed 418: the
+/// diskless Primary connected to a peer whose disk missed its last writes; seed 99: the peer
+/// attached that disk while connected. The stale disk served reads and took new writes under
+/// its old generation UUID, and the Primary's own disk, attached later, became SyncSource over
+/// them. DRBD's receive_uuids drops such a connection ("Can only connect to data with current
+/// UUID"), while not yet connected and, since "drbd: disconnect, if the wrong UUIDs are
+/// attached on a connected peer", also when a connected diskless peer attaches; now the
+/// engine does too, and the Primary's own disk brings the data back.
 #[test]
-fn a_connection_made_while_attaching_resyncs_once_attached() {
-    for seed in 0..4 {
-        let mut c = pair(seed, ClusterOptions::default(), true);
-        c.must(1, AdminCommand::Disconnect);
-        c.must(1, AdminCommand::Detach { force: false });
-        c.wait_disconnected(0, secs(30));
-        for b in 0..16u64 {
-            c.write(0, b * BLOCK, pattern(seed * 100 + b, BLOCK as usize), false)
-                .expect("write");
+fn a_diskless_primary_takes_no_peer_disk_of_another_data_generation() {
+    for seed in 0..3 {
+        for connected in [false, true] {
+            let mut c = pair(seed, ClusterOptions::default(), true);
+            let block = 700 + seed;
+            let old = c.read(0, block * BLOCK, BLOCK as u32).expect("read");
+            if connected {
+                // The Secondary's disk goes first, then the Primary's (seed 99).
+                c.must(1, AdminCommand::Detach { force: false });
+            } else {
+                // The link goes first, then the Primary's disk (seed 418).
+                c.must(1, AdminCommand::Disconnect);
+            }
+            let data = pattern(seed + 11, BLOCK as usize);
+            c.write(0, block * BLOCK, data.clone(), true)
+                .expect("a write on the Primary's disk alone");
+            c.must(0, AdminCommand::Detach { force: true });
+            c.run_until("node 0 is a diskless Primary", secs(10), |c| {
+                c.status(0).disk == DiskState::Diskless
+            });
+            if connected {
+                let attach = attach_cmd(&c);
+                let _ = c.command(1, attach);
+            } else {
+                c.must(
+                    1,
+                    AdminCommand::Connect {
+                        discard_my_data: false,
+                    },
+                );
+            }
+            c.run_for(secs(10));
+            check(
+                &c,
+                c.conn(0) == Some(ConnState::StandAlone),
+                &format!(
+                    "the diskless Primary dropped the peer with other data ({:?})",
+                    c.conn(0)
+                ),
+            );
+            let read = c.read(0, block * BLOCK, BLOCK as u32);
+            check(
+                &c,
+                !matches!(&read, Ok(d) if *d == old),
+                "the diskless Primary does not read the peer's stale data",
+            );
+            let attach = attach_cmd(&c);
+            c.must(0, attach);
+            c.must(
+                0,
+                AdminCommand::Connect {
+                    discard_my_data: false,
+                },
+            );
+            if c.status(1).disk == DiskState::Diskless {
+                let attach = attach_cmd(&c);
+                c.must(1, attach);
+            }
+            c.wait_in_sync(secs(120));
+            let read = c.read(0, block * BLOCK, BLOCK as u32).expect("read back");
+            check(&c, read == data, "the Primary reads the acknowledged write");
+            c.assert_same_data(0, 1);
         }
+    }
+}
+
+/// Swarm seeds 263 and 101 (convergence: a hang), 263 found once the liveness operator demoted a diskless
+/// Primary whose data was gone: a node attached its disk while its connection came up. The
+/// connection handshake ran the sync handshake with the disk still Attaching (its meta-data
+/// read not done) and made the node WfBitMapT, while the peer, seeing an Attaching disk, stayed
+/// Connected and ignored it: the pair waited for ever. DRBD runs the handshake only with a disk
+/// of at least Negotiating; now the attaching node connects as a diskless one and the
+/// handshake runs when the attach completes.
+#[test]
+fn a_disk_still_attaching_takes_no_part_in_the_connection_handshake() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.must(1, AdminCommand::Detach { force: false });
+        c.must(1, AdminCommand::Disconnect);
+        let block = 300 + seed;
+        let data = pattern(seed + 5, BLOCK as usize);
+        c.write(0, block * BLOCK, data.clone(), true)
+            .expect("a write the detached disk misses");
+        // The attach waits, its superblock read but the rest of its meta-data not, while the
+        // connection comes up.
         let attach = attach_cmd(&c);
+        let before = c.disk_ref(1).stats.completed;
         let id = c.start_command(1, attach);
-        c.run_until("node 1 read its superblock", secs(10), |c| {
-            c.status(1).generation.is_some()
-        });
-        check(
-            &c,
-            c.command_result(1, id).is_none(),
-            "the attach is still running",
-        );
+        while c.disk_ref(1).stats.completed == before {
+            c.step();
+        }
         c.disk(1).faults.frozen = true;
         c.must(
             1,
@@ -681,9 +767,123 @@ fn a_connection_made_while_attaching_resyncs_once_attached() {
                 discard_my_data: false,
             },
         );
-        c.run_for(secs(5));
+        c.run_until("the pair is connected", secs(30), |c| {
+            c.conn(0) == Some(ConnState::Connected)
+                && c.conn(1).is_some_and(|s| s >= ConnState::Connected)
+        });
+        c.run_for(secs(1));
         c.disk(1).faults.frozen = false;
-        c.wait_in_sync(secs(60));
-        c.check_identical();
+        c.run_until("the attach is answered", secs(30), |c| {
+            c.command_result(1, id).is_some()
+        });
+        check(
+            &c,
+            c.command_result(1, id) == Some(Ok(())),
+            &format!("the attach succeeds ({:?})", c.command_result(1, id)),
+        );
+        c.wait_in_sync(secs(120));
+        c.assert_same_data(0, 1);
+    }
+}
+
+/// Swarm seed 125 (convergence: reads failing for ever), found with the same liveness change:
+/// a node attached while connected, and its handshake made it SyncTarget of a peer whose disk
+/// was Inconsistent too. The peer followed (WFBitMapT from the other side meant "be the
+/// source") and the two resynced between Inconsistent disks, nobody holding the data. DRBD runs
+/// the handshake on both sides, and the Inconsistent one says "I shall become SyncSource, but I
+/// am inconsistent!" and disconnects; now the engine's follower does too.
+#[test]
+fn an_inconsistent_disk_does_not_become_sync_source() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.must(1, AdminCommand::Detach { force: false });
+        let block = 400 + seed;
+        c.write(0, block * BLOCK, pattern(seed + 3, BLOCK as usize), true)
+            .expect("a write the detached disk misses");
+        // Both disks Inconsistent, node 1's of the older generation.
+        c.must(0, AdminCommand::Disconnect);
+        c.must(0, AdminCommand::Secondary);
+        c.must(0, AdminCommand::Invalidate);
+        c.must(1, AdminCommand::Disconnect);
+        let attach = attach_cmd(&c);
+        c.must(1, attach);
+        c.must(1, AdminCommand::Invalidate);
+        c.must(1, AdminCommand::Detach { force: false });
+        check(
+            &c,
+            c.status(0).disk == DiskState::Inconsistent,
+            &format!("node 0 is Inconsistent ({:?})", c.status(0).disk),
+        );
+        for node in [0, 1] {
+            c.must(
+                node,
+                AdminCommand::Connect {
+                    discard_my_data: false,
+                },
+            );
+        }
+        c.wait_connected(secs(30));
+        let attach = attach_cmd(&c);
+        let _ = c.command(1, attach);
+        c.run_for(secs(10));
+        check(
+            &c,
+            !c.was_ever(0, ConnState::SyncSource) && !c.was_ever(0, ConnState::WfBitMapS),
+            "the Inconsistent disk never became the resync source",
+        );
+    }
+}
+
+/// Swarm seed 145 (convergence), found with the same liveness change: both nodes connected
+/// with discard-my-data. DRBD refuses that ("incompatible discard-my-data settings") and goes
+/// StandAlone, and so did the engine, but the handler's error then counted as a protocol
+/// error too, which reconnected: the nodes never stayed StandAlone, so the operator's next
+/// `connect` (without discard-my-data) never came, and they retried for ever.
+#[test]
+fn incompatible_settings_leave_the_node_standalone() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), false);
+        for node in [0, 1] {
+            c.must(node, AdminCommand::Disconnect);
+        }
+        for node in [0, 1] {
+            c.must(
+                node,
+                AdminCommand::Connect {
+                    discard_my_data: true,
+                },
+            );
+        }
+        c.run_for(secs(10));
+        // A node that refused the peer stays StandAlone (the other may have seen only the
+        // connection close, and retries).
+        let mut refusals = 0;
+        for node in [0, 1] {
+            if !c
+                .logs(node)
+                .iter()
+                .any(|l| l.contains("incompatible discard-my-data settings"))
+            {
+                continue;
+            }
+            refusals += 1;
+            check(
+                &c,
+                c.conn(node) == Some(ConnState::StandAlone),
+                &format!("node {node} stays StandAlone ({:?})", c.conn(node)),
+            );
+        }
+        check(&c, refusals > 0, "the settings were refused");
+        for node in [0, 1] {
+            if c.conn(node) == Some(ConnState::StandAlone) {
+                c.must(
+                    node,
+                    AdminCommand::Connect {
+                        discard_my_data: false,
+                    },
+                );
+            }
+        }
+        c.wait_connected(secs(30));
     }
 }
