@@ -629,15 +629,18 @@ impl Cluster {
 
     /// Attaches node `i`'s disk. A refusal fails the run.
     pub fn attach(&mut self, node: NodeId) {
+        let attach = self.attach_command();
+        self.must(node, attach);
+    }
+
+    /// `attach` of a node's whole simulated disk with internal meta-data.
+    pub fn attach_command(&self) -> AdminCommand {
         let size = self.options.device_bytes;
-        self.must(
-            node,
-            AdminCommand::Attach(AttachParams {
-                data_device_bytes: size,
-                meta_device_bytes: size,
-                meta_kind: MetaDiskKind::Internal,
-            }),
-        );
+        AdminCommand::Attach(AttachParams {
+            data_device_bytes: size,
+            meta_device_bytes: size,
+            meta_kind: MetaDiskKind::Internal,
+        })
     }
 
     /// Power cut on node `i`: see the module doc.

@@ -83,7 +83,6 @@ use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use udrbd_core::sync_decision::{AfterSb0pri, AfterSb1pri, SplitBrainPolicy};
 use udrbd_core::*;
-use udrbd_meta::MetaDiskKind;
 use udrbd_wire::WireProtocol;
 
 use crate::checker::{self, Checker};
@@ -1276,12 +1275,7 @@ impl Run {
     // ---- admin ---------------------------------------------------------------------------
 
     fn attach_cmd(&self) -> AdminCommand {
-        let size = self.params.device_mib << 20;
-        AdminCommand::Attach(AttachParams {
-            data_device_bytes: size,
-            meta_device_bytes: size,
-            meta_kind: MetaDiskKind::Internal,
-        })
+        self.c.attach_command()
     }
 
     fn start(&mut self, node: NodeId, cmd: AdminCommand) {

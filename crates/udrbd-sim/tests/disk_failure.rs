@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use udrbd_core::*;
-use udrbd_meta::{MdFlags, MetaDiskKind};
+use udrbd_meta::MdFlags;
 use udrbd_sim::cluster::{BLOCK, Cluster, ClusterOptions, pattern};
 
 const SEEDS: std::ops::Range<u64> = 0..4;
@@ -37,15 +37,6 @@ fn primary() -> AdminCommand {
 
 fn detach(force: bool) -> AdminCommand {
     AdminCommand::Detach { force }
-}
-
-fn attach_cmd(c: &Cluster) -> AdminCommand {
-    let size = c.options().device_bytes;
-    AdminCommand::Attach(AttachParams {
-        data_device_bytes: size,
-        meta_device_bytes: size,
-        meta_kind: MetaDiskKind::Internal,
-    })
 }
 
 /// Asserts with the seed and the cluster's state in the message.
@@ -329,7 +320,7 @@ fn frozen_primary(seed: u64, force: bool) {
     m.assert_reads(&mut c, 0);
     // No attach while IO of the old disk is outstanding.
     let stuck = c.status(0).stuck_ios;
-    let refused = c.command(0, attach_cmd(&c));
+    let refused = c.command(0, c.attach_command());
     check(
         &c,
         refused == Err(CommandError::StuckIo { outstanding: stuck }),
@@ -848,7 +839,7 @@ fn attach_is_refused_while_io_is_stuck() {
             &format!("the 4 abandoned requests are stuck: {stuck}"),
         );
         for _ in 0..2 {
-            let result = c.command(0, attach_cmd(&c));
+            let result = c.command(0, c.attach_command());
             check(
                 &c,
                 result == Err(CommandError::StuckIo { outstanding: stuck }),
@@ -1043,7 +1034,7 @@ fn detach_of_the_sync_target_aborts_the_resync_on_both_sides() {
         });
         let left = c.status(0).out_of_sync_bytes;
         check(&c, left > 0, "the source's bitmap keeps what is left");
-        let cmd = attach_cmd(&c);
+        let cmd = c.attach_command();
         c.must(1, cmd);
         c.wait_in_sync(secs(60));
         check(
@@ -1094,7 +1085,7 @@ fn a_diskless_primary_reconnects_to_its_peer() {
             "the diskless write, from the peer",
         );
         // The disk comes back: the resync brings what it missed.
-        let cmd = attach_cmd(&c);
+        let cmd = c.attach_command();
         c.must(0, cmd);
         c.wait_in_sync(secs(60));
         check(
@@ -1124,7 +1115,7 @@ fn a_disconnected_diskless_primary_refuses_its_stale_disk() {
         c.run_until("the link gone", secs(60), |c| {
             c.conn(0) != Some(ConnState::Connected)
         });
-        let cmd = attach_cmd(&c);
+        let cmd = c.attach_command();
         let refused = c.command(0, cmd);
         check(
             &c,
@@ -1134,7 +1125,7 @@ fn a_disconnected_diskless_primary_refuses_its_stale_disk() {
         check(&c, disk(&c, 0) == DiskState::Diskless, "still diskless");
         c.heal();
         c.wait_connected(secs(60));
-        let cmd = attach_cmd(&c);
+        let cmd = c.attach_command();
         c.must(0, cmd);
         c.wait_in_sync(secs(60));
         let r = c.read(0, 3 * BLOCK, BLOCK as u32);

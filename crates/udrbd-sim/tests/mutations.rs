@@ -42,7 +42,6 @@ use std::time::Duration;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use udrbd_core::*;
-use udrbd_meta::MetaDiskKind;
 use udrbd_sim::cluster::{BLOCK, Cluster, ClusterOptions, pattern};
 use udrbd_sim::net::NodeId;
 use udrbd_sim::workload::{self, WorkloadOptions};
@@ -178,15 +177,6 @@ fn millis(ms: u64) -> Duration {
 
 fn primary() -> AdminCommand {
     AdminCommand::Primary { force: false }
-}
-
-fn attach_cmd(c: &Cluster) -> AdminCommand {
-    let size = c.options().device_bytes;
-    AdminCommand::Attach(AttachParams {
-        data_device_bytes: size,
-        meta_device_bytes: size,
-        meta_kind: MetaDiskKind::Internal,
-    })
 }
 
 fn below(rng: &mut ChaCha8Rng, n: u64) -> u64 {
@@ -410,7 +400,7 @@ fn reattach_with_slow_write(seed: u64, m: Option<Mutation>) {
         }
         // As an administrator would: attach again until it is accepted.
         loop {
-            match c.command(0, attach_cmd(&c)) {
+            match c.command(0, c.attach_command()) {
                 Ok(()) => break,
                 Err(CommandError::StuckIo { .. }) => c.run_for(millis(50)),
                 Err(e) => c.fail(&format!("attach refused: {e}")),

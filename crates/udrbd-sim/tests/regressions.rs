@@ -5,20 +5,10 @@
 use std::time::Duration;
 
 use udrbd_core::*;
-use udrbd_meta::MetaDiskKind;
 use udrbd_sim::cluster::{BLOCK, Cluster, ClusterOptions, pattern};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
-}
-
-fn attach_cmd(c: &Cluster) -> AdminCommand {
-    let size = c.options().device_bytes;
-    AdminCommand::Attach(AttachParams {
-        data_device_bytes: size,
-        meta_device_bytes: size,
-        meta_kind: MetaDiskKind::Internal,
-    })
 }
 
 fn check(c: &Cluster, ok: bool, what: &str) {
@@ -54,7 +44,7 @@ fn disk_timeout_during_an_attach_fails_the_attach() {
         let mut c = pair(seed, options, true);
         c.must(1, AdminCommand::Detach { force: false });
         c.disk(1).faults.frozen = true;
-        let attach = attach_cmd(&c);
+        let attach = c.attach_command();
         let id = c.start_command(1, attach);
         c.run_for(secs(10));
         let result = c.command_result(1, id);
@@ -65,7 +55,7 @@ fn disk_timeout_during_an_attach_fails_the_attach() {
         );
         c.disk(1).faults.frozen = false;
         c.run_for(secs(1));
-        let attach = attach_cmd(&c);
+        let attach = c.attach_command();
         c.must(1, attach);
         c.wait_in_sync(secs(60));
     }
@@ -99,7 +89,7 @@ fn a_diskless_node_connects() {
         // And it stays usable: the disk comes back and resyncs.
         c.write(0, 0, pattern(seed, BLOCK as usize), false)
             .expect("write on the Primary");
-        let attach = attach_cmd(&c);
+        let attach = c.attach_command();
         c.must(1, attach);
         c.wait_in_sync(secs(60));
         c.check_identical();
@@ -116,7 +106,7 @@ fn attaching_next_to_a_diskless_peer_starts_no_resync() {
         c.must(1, AdminCommand::Detach { force: false });
         c.must(0, AdminCommand::Detach { force: false });
         c.run_for(secs(1));
-        let attach = attach_cmd(&c);
+        let attach = c.attach_command();
         c.must(0, attach);
         c.run_for(secs(5));
         let (s0, s1) = (c.snapshot(0), c.snapshot(1));
@@ -125,7 +115,7 @@ fn attaching_next_to_a_diskless_peer_starts_no_resync() {
             s0.conn == Some(ConnState::Connected) && s1.conn == Some(ConnState::Connected),
             &format!("connected, no resync: {s0:?} / {s1:?}"),
         );
-        let attach = attach_cmd(&c);
+        let attach = c.attach_command();
         c.must(1, attach);
         c.wait_in_sync(secs(60));
     }
@@ -349,7 +339,7 @@ fn a_write_waiting_for_its_peer_ack_across_detach_and_attach() {
             "the write waits for the ack",
         );
         c.must(0, AdminCommand::Detach { force: false });
-        let attach = attach_cmd(&c);
+        let attach = c.attach_command();
         // The cluster checks invariants() after every step of the attach.
         c.must(0, attach);
         c.disk(1).faults.frozen = false;
@@ -402,7 +392,7 @@ fn detach_during_the_bitmap_exchange() {
                 && s1.conn == Some(ConnState::Connected),
             &format!("connected, node 1 diskless: {s0:?} / {s1:?}"),
         );
-        let attach = attach_cmd(&c);
+        let attach = c.attach_command();
         c.must(1, attach);
         c.wait_in_sync(secs(60));
         c.check_identical();
@@ -653,7 +643,7 @@ fn a_detach_whose_ring_write_fails_still_finishes() {
             ),
         );
         c.disk(1).faults.fail_writes[al] = false;
-        let attach = attach_cmd(&c);
+        let attach = c.attach_command();
         c.must(1, attach);
         c.wait_in_sync(secs(60));
     }
@@ -690,7 +680,7 @@ fn a_diskless_primary_takes_no_peer_disk_of_another_data_generation() {
                 c.status(0).disk == DiskState::Diskless
             });
             if connected {
-                let attach = attach_cmd(&c);
+                let attach = c.attach_command();
                 let _ = c.command(1, attach);
             } else {
                 c.must(
@@ -715,7 +705,7 @@ fn a_diskless_primary_takes_no_peer_disk_of_another_data_generation() {
                 !matches!(&read, Ok(d) if *d == old),
                 "the diskless Primary does not read the peer's stale data",
             );
-            let attach = attach_cmd(&c);
+            let attach = c.attach_command();
             c.must(0, attach);
             c.must(
                 0,
@@ -724,7 +714,7 @@ fn a_diskless_primary_takes_no_peer_disk_of_another_data_generation() {
                 },
             );
             if c.status(1).disk == DiskState::Diskless {
-                let attach = attach_cmd(&c);
+                let attach = c.attach_command();
                 c.must(1, attach);
             }
             c.wait_in_sync(secs(120));
@@ -754,7 +744,7 @@ fn a_disk_still_attaching_takes_no_part_in_the_connection_handshake() {
             .expect("a write the detached disk misses");
         // The attach waits, its superblock read but the rest of its meta-data not, while the
         // connection comes up.
-        let attach = attach_cmd(&c);
+        let attach = c.attach_command();
         let before = c.disk_ref(1).stats.completed;
         let id = c.start_command(1, attach);
         while c.disk_ref(1).stats.completed == before {
@@ -805,7 +795,7 @@ fn an_inconsistent_disk_does_not_become_sync_source() {
         c.must(0, AdminCommand::Secondary);
         c.must(0, AdminCommand::Invalidate);
         c.must(1, AdminCommand::Disconnect);
-        let attach = attach_cmd(&c);
+        let attach = c.attach_command();
         c.must(1, attach);
         c.must(1, AdminCommand::Invalidate);
         c.must(1, AdminCommand::Detach { force: false });
@@ -823,7 +813,7 @@ fn an_inconsistent_disk_does_not_become_sync_source() {
             );
         }
         c.wait_connected(secs(30));
-        let attach = attach_cmd(&c);
+        let attach = c.attach_command();
         let _ = c.command(1, attach);
         c.run_for(secs(10));
         check(
