@@ -372,6 +372,11 @@ struct Node {
 }
 
 impl Node {
+    /// This node's clock when the cluster's reads `now`.
+    fn clock(&self, now: Instant) -> Instant {
+        Instant(now.0 + self.clock_offset)
+    }
+
     /// The engine's next deadline on the cluster's clock.
     fn deadline(&self) -> Option<Instant> {
         self.engine
@@ -813,6 +818,14 @@ impl Cluster {
             .and_then(|e| e.block_marked(block))
     }
 
+    /// Whether block `block` has its bit set in node `i`'s bitmap (None without meta-data).
+    pub fn block_out_of_sync(&self, node: NodeId, block: u64) -> Option<bool> {
+        self.nodes[usize::from(node)]
+            .engine
+            .as_ref()
+            .and_then(|e| e.block_out_of_sync(block))
+    }
+
     /// Node `i`'s disk (for faults and counters).
     pub fn disk(&mut self, node: NodeId) -> &mut SimDisk {
         &mut self.nodes[usize::from(node)].disk
@@ -939,7 +952,7 @@ impl Cluster {
     /// Hands `cmd` to node `i` without running the simulation; its result is
     /// [`Cluster::command_result`] once the engine finished it.
     pub fn start_command(&mut self, node: NodeId, cmd: AdminCommand) -> CommandId {
-        let now = Instant(self.now.0 + self.nodes[usize::from(node)].clock_offset);
+        let now = self.nodes[usize::from(node)].clock(self.now);
         let Some(engine) = self.nodes[usize::from(node)].engine.as_mut() else {
             self.fail(&format!("{cmd:?} on node {node}, which is down"));
         };
@@ -1377,6 +1390,7 @@ impl Cluster {
                 .push_str(&format!("\n  node {node} input: {what}"));
         }
         let n = &mut self.nodes[usize::from(node)];
+        let now = n.clock(self.now);
         let Some(engine) = n.engine.as_mut() else {
             return;
         };
@@ -1397,7 +1411,6 @@ impl Cluster {
             }
             _ => None,
         };
-        let now = Instant(self.now.0 + n.clock_offset);
         let check = self.options.invariants_every_step;
         let result = catch_unwind(AssertUnwindSafe(|| {
             engine.handle(now, input);
@@ -1578,11 +1591,7 @@ impl Cluster {
         let block = BLOCK as usize;
         for (b, (x, y)) in mine.chunks(block).zip(theirs.chunks(block)).enumerate() {
             let b = b as u64;
-            let out_of_sync = self.nodes[usize::from(node)]
-                .engine
-                .as_ref()
-                .and_then(|e| e.block_out_of_sync(b));
-            if x != y && !self.block_busy(b) && out_of_sync == Some(false) {
+            if x != y && !self.block_busy(b) && self.block_out_of_sync(node, b) == Some(false) {
                 self.fail_by(
                     Checker::Convergence,
                     &format!(

@@ -1034,8 +1034,7 @@ fn detach_of_the_sync_target_aborts_the_resync_on_both_sides() {
         });
         let left = c.status(0).out_of_sync_bytes;
         check(&c, left > 0, "the source's bitmap keeps what is left");
-        let cmd = c.attach_command();
-        c.must(1, cmd);
+        c.attach(1);
         c.wait_in_sync(secs(60));
         check(
             &c,
@@ -1085,8 +1084,7 @@ fn a_diskless_primary_reconnects_to_its_peer() {
             "the diskless write, from the peer",
         );
         // The disk comes back: the resync brings what it missed.
-        let cmd = c.attach_command();
-        c.must(0, cmd);
+        c.attach(0);
         c.wait_in_sync(secs(60));
         check(
             &c,
@@ -1125,8 +1123,7 @@ fn a_disconnected_diskless_primary_refuses_its_stale_disk() {
         check(&c, disk(&c, 0) == DiskState::Diskless, "still diskless");
         c.heal();
         c.wait_connected(secs(60));
-        let cmd = c.attach_command();
-        c.must(0, cmd);
+        c.attach(0);
         c.wait_in_sync(secs(60));
         let r = c.read(0, 3 * BLOCK, BLOCK as u32);
         check(

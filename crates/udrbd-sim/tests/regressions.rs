@@ -55,8 +55,7 @@ fn disk_timeout_during_an_attach_fails_the_attach() {
         );
         c.disk(1).faults.frozen = false;
         c.run_for(secs(1));
-        let attach = c.attach_command();
-        c.must(1, attach);
+        c.attach(1);
         c.wait_in_sync(secs(60));
     }
 }
@@ -89,8 +88,7 @@ fn a_diskless_node_connects() {
         // And it stays usable: the disk comes back and resyncs.
         c.write(0, 0, pattern(seed, BLOCK as usize), false)
             .expect("write on the Primary");
-        let attach = c.attach_command();
-        c.must(1, attach);
+        c.attach(1);
         c.wait_in_sync(secs(60));
         c.check_identical();
     }
@@ -106,8 +104,7 @@ fn attaching_next_to_a_diskless_peer_starts_no_resync() {
         c.must(1, AdminCommand::Detach { force: false });
         c.must(0, AdminCommand::Detach { force: false });
         c.run_for(secs(1));
-        let attach = c.attach_command();
-        c.must(0, attach);
+        c.attach(0);
         c.run_for(secs(5));
         let (s0, s1) = (c.snapshot(0), c.snapshot(1));
         check(
@@ -115,8 +112,7 @@ fn attaching_next_to_a_diskless_peer_starts_no_resync() {
             s0.conn == Some(ConnState::Connected) && s1.conn == Some(ConnState::Connected),
             &format!("connected, no resync: {s0:?} / {s1:?}"),
         );
-        let attach = c.attach_command();
-        c.must(1, attach);
+        c.attach(1);
         c.wait_in_sync(secs(60));
     }
 }
@@ -392,8 +388,7 @@ fn detach_during_the_bitmap_exchange() {
                 && s1.conn == Some(ConnState::Connected),
             &format!("connected, node 1 diskless: {s0:?} / {s1:?}"),
         );
-        let attach = c.attach_command();
-        c.must(1, attach);
+        c.attach(1);
         c.wait_in_sync(secs(60));
         c.check_identical();
     }
@@ -643,8 +638,7 @@ fn a_detach_whose_ring_write_fails_still_finishes() {
             ),
         );
         c.disk(1).faults.fail_writes[al] = false;
-        let attach = c.attach_command();
-        c.must(1, attach);
+        c.attach(1);
         c.wait_in_sync(secs(60));
     }
 }
@@ -705,8 +699,7 @@ fn a_diskless_primary_takes_no_peer_disk_of_another_data_generation() {
                 !matches!(&read, Ok(d) if *d == old),
                 "the diskless Primary does not read the peer's stale data",
             );
-            let attach = c.attach_command();
-            c.must(0, attach);
+            c.attach(0);
             c.must(
                 0,
                 AdminCommand::Connect {
@@ -714,8 +707,7 @@ fn a_diskless_primary_takes_no_peer_disk_of_another_data_generation() {
                 },
             );
             if c.status(1).disk == DiskState::Diskless {
-                let attach = c.attach_command();
-                c.must(1, attach);
+                c.attach(1);
             }
             c.wait_in_sync(secs(120));
             let read = c.read(0, block * BLOCK, BLOCK as u32).expect("read back");
@@ -795,8 +787,7 @@ fn an_inconsistent_disk_does_not_become_sync_source() {
         c.must(0, AdminCommand::Secondary);
         c.must(0, AdminCommand::Invalidate);
         c.must(1, AdminCommand::Disconnect);
-        let attach = c.attach_command();
-        c.must(1, attach);
+        c.attach(1);
         c.must(1, AdminCommand::Invalidate);
         c.must(1, AdminCommand::Detach { force: false });
         check(
