@@ -298,7 +298,11 @@ impl Resource {
                 }
             }
         }
-        if d.sb.flags.has(MdFlags::CRASHED_PRIMARY) {
+        // PRIMARY_IND or CRASHED_PRIMARY at attach make the runtime "crashed primary" bit
+        // (facts §2.3), also on clean meta-data: a Primary's clean detach leaves PRIMARY_IND,
+        // and with equal UUIDs that disk, whose bitmap holds what the peer may lack, must be
+        // the SyncSource (rule 40), not a peer "in sync" that ignores its bits.
+        if d.sb.flags.has(MdFlags::CRASHED_PRIMARY) || d.sb.flags.has(MdFlags::PRIMARY_IND) {
             self.crashed_primary = true;
         }
         if d.sb.flags.has(MdFlags::FULL_SYNC) {
@@ -338,6 +342,9 @@ impl Resource {
     fn forget_activity_log_references(&mut self) {
         for r in self.requests.values_mut() {
             r.holds_extents = false;
+        }
+        for pw in self.peer_writes.values_mut() {
+            pw.holds_extents = false;
         }
     }
 
@@ -861,6 +868,19 @@ impl Resource {
                     self.set_detach_step(DetachStep::InitializeAl);
                     self.initialize_activity_log();
                     return false;
+                }
+                // Writes still on their way to the peer: their local part is done, but the
+                // peer may yet lose them (a crash before its flush) after this disk is gone,
+                // when nothing could mark them any more. The disk's bitmap keeps them, as
+                // DRBD's disk keeps them in its activity log, which a detach leaves for
+                // apply-al; udrbd re-initialises the ring below, so the bits must be here
+                // (swarm seed 269).
+                let unconfirmed = self
+                    .link()
+                    .map(crate::peer::Link::unconfirmed_writes)
+                    .unwrap_or_default();
+                for (offset, len) in unconfirmed {
+                    self.mark_out_of_sync(offset, len);
                 }
                 // "Always write the bitmap on detach": also after a failure (best effort).
                 self.write_dirty_pages();

@@ -642,6 +642,12 @@ impl Resource {
                 held += u64::from(b - a + 1);
             }
         }
+        for pw in self.peer_writes.values() {
+            if pw.holds_extents {
+                let (a, b) = pw.extents.expect("held extents");
+                held += u64::from(b - a + 1);
+            }
+        }
         // The rest of the operations (checking each).
         let left_over = request_ops.count() > 0;
         // In order and nothing left over: the requests with an operation and the request
@@ -813,7 +819,29 @@ impl Resource {
         let mut f = MdFlags(d.sb.flags.0 & (MdFlags::FULL_SYNC | MdFlags::AL_DISABLED));
         f.set(MdFlags::CONSISTENT, disk_state > DiskState::Inconsistent);
         f.set(MdFlags::WAS_UP_TO_DATE, disk_state > DiskState::Outdated);
-        f.set(MdFlags::PRIMARY_IND, role == Role::Primary);
+        // Also while the connected peer is a Primary without a usable disk: this node's
+        // activity log then covers that Primary's writes, and a crash must replay it (DRBD
+        // sets MDF_PRIMARY_IND for "role Primary, or peer Primary with pdsk < Inconsistent").
+        let serving_diskless_primary = self.peer.as_ref().is_some_and(|p| {
+            p.conn >= crate::state::ConnState::Connected
+                && p.peer_role == Role::Primary
+                && p.peer_disk < DiskState::Inconsistent
+        });
+        // The flag goes only once the bitmap is durable: the bits of the diskless Primary's
+        // writes are set in memory, and a crash between the flag's write and theirs would
+        // neither replay the activity log nor find the bits (swarm seed 269, the peer
+        // demoted). The bitmap write-out is started here and its completion comes back.
+        let covering = d.sb.flags.has(MdFlags::PRIMARY_IND)
+            && role != Role::Primary
+            && !serving_diskless_primary
+            && !self.bitmap_is_durable();
+        f.set(
+            MdFlags::PRIMARY_IND,
+            role == Role::Primary || serving_diskless_primary || covering,
+        );
+        if covering {
+            self.write_dirty_pages();
+        }
         f.set(MdFlags::CRASHED_PRIMARY, crashed);
         let connected = self
             .peer
@@ -890,6 +918,16 @@ impl Resource {
                 if c.result.is_err() {
                     self.disk_errors.bitmap_write_failed = true;
                     self.local_io_error(LocalIoError::MetaData);
+                } else if self.bitmap_is_durable()
+                    && self.role != Role::Primary
+                    && self.pending.is_none()
+                    && self
+                        .disk
+                        .as_ref()
+                        .is_some_and(|d| d.sb.flags.has(MdFlags::PRIMARY_IND))
+                {
+                    // A PRIMARY_IND kept for bits not yet durable may go now.
+                    self.update_md_flags();
                 }
             }
             OpPurpose::AlPreflush => {

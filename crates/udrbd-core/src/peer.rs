@@ -147,6 +147,25 @@ pub(crate) struct Link {
     pub(crate) resync: Option<Resync>,
 }
 
+impl Link {
+    /// The blocks of writes sent to the peer and not yet confirmed by a P_BARRIER_ACK: the
+    /// current epoch, the closed epochs waiting for their ack and the writes still waiting
+    /// for any answer. Only the barrier ack says they are on the peer's stable storage, so
+    /// they are out of sync when this node can no longer follow them (DRBD's tl_clear).
+    pub(crate) fn unconfirmed_writes(&self) -> Vec<(u64, u64)> {
+        let mut ranges = self.epoch_ranges.clone();
+        for (_, _, r) in &self.unacked_epochs {
+            ranges.extend(r.iter().copied());
+        }
+        for sent in self.sent.values() {
+            if let SentRequest::Write { offset, len, .. } = sent {
+                ranges.push((*offset, *len));
+            }
+        }
+        ranges
+    }
+}
+
 /// A closed epoch awaiting its barrier ack: (number, writes, byte ranges of its writes).
 pub(crate) type ClosedEpoch = (u64, u32, Vec<(u64, u64)>);
 
@@ -998,22 +1017,11 @@ impl Resource {
     /// The link is gone: what was sent and not confirmed is out of sync, reads waiting for
     /// the peer fail, a resync stops (its bitmap keeps what is left).
     fn connection_lost_cleanup(&mut self, link: Link) {
-        let mut ranges: Vec<(u64, u64)> = link.epoch_ranges.clone();
-        for (_, _, r) in &link.unacked_epochs {
-            ranges.extend(r.iter().copied());
-        }
+        let ranges = link.unconfirmed_writes();
         let mut finished_requests = Vec::new();
         for (_, sent) in link.sent {
             match sent {
-                SentRequest::Write {
-                    request,
-                    offset,
-                    len,
-                    ..
-                } => {
-                    ranges.push((offset, len));
-                    finished_requests.push((request, false));
-                }
+                SentRequest::Write { request, .. } => finished_requests.push((request, false)),
                 SentRequest::Read { request } => finished_requests.push((request, true)),
             }
         }
@@ -1417,6 +1425,16 @@ impl Resource {
         }
         if old_peer_disk != peer_disk || peer_role != Role::Unknown {
             self.state_changed();
+        }
+        // MDF_PRIMARY_IND follows a diskless Primary peer (update_md_flags_for); only that
+        // is recomputed here, when it changes.
+        let serving = peer_role == Role::Primary && peer_disk < DiskState::Inconsistent;
+        let flagged = self
+            .disk
+            .as_ref()
+            .is_some_and(|d| d.sb.flags.has(udrbd_meta::MdFlags::PRIMARY_IND));
+        if serving != flagged && self.role != Role::Primary {
+            self.update_md_flags();
         }
         let had_data = old_peer_disk >= DiskState::Inconsistent
             && old_peer_disk != DiskState::DUnknown

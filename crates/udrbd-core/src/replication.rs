@@ -47,6 +47,11 @@ pub(crate) struct PeerWrite {
     pub(crate) op: DiskOpKind,
     pub(crate) epoch: u64,
     pub(crate) lock: Option<u64>,
+    /// A write of a Primary without a usable disk: the activity-log extents it must hold
+    /// (this node has the only copy; see `receive_data`), inclusive.
+    pub(crate) extents: Option<(u32, u32)>,
+    /// Whether those extents' references are held.
+    pub(crate) holds_extents: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +116,15 @@ impl Resource {
                 }
             };
             let overlaps_blocked = blocked.iter().any(|&(s, e)| s < range.1 && range.0 < e);
+            if let LockWaiter::PeerWrite(id) = w
+                && self.local_disk_writable()
+                && self.disk_state != DiskState::Failed
+                && !overlaps_blocked
+                && !self.peer_write_extents_active(id)
+            {
+                blocked.push(range);
+                continue;
+            }
             // Mutation::ResyncOverwritesNewerWrite breaks this rule: a received application
             // write does not wait for resync requests and resync writes of its blocks.
             let locked = if matches!(w, LockWaiter::PeerWrite(_))
@@ -163,6 +177,50 @@ impl Resource {
                     self.peer_reads.get_mut(&id).expect("waiting").lock = Some(lock);
                     self.submit_peer_read(id);
                 }
+            }
+        }
+    }
+
+    /// Takes the activity-log references of a diskless Primary's write (all or none, as for
+    /// a local write) and tells whether its extents are active (their transaction durable).
+    fn peer_write_extents_active(&mut self, id: u64) -> bool {
+        let pw = &self.peer_writes[&id];
+        let Some((first, last)) = pw.extents else {
+            return true;
+        };
+        let holds = pw.holds_extents;
+        let Some(d) = self.disk.as_mut() else {
+            return true;
+        };
+        if !holds {
+            for e in first..=last {
+                if d.al.activate(e) == udrbd_meta::activity_log::Activation::Busy {
+                    for taken in first..e {
+                        d.al.release(taken);
+                    }
+                    return false;
+                }
+            }
+            self.peer_writes
+                .get_mut(&id)
+                .expect("waiting")
+                .holds_extents = true;
+        }
+        let d = self.disk.as_ref().expect("attached");
+        // And the superblock saying MDF_PRIMARY_IND (set while the peer is a diskless
+        // Primary) is durable: only then does a crash replay the activity log.
+        (first..=last).all(|e| d.al.is_active(e)) && d.sb_durable == d.sb_version
+    }
+
+    /// Releases the activity-log references of a diskless Primary's write.
+    pub(crate) fn release_peer_write_extents(&mut self, pw: &PeerWrite) {
+        if !pw.holds_extents {
+            return;
+        }
+        let (first, last) = pw.extents.expect("held extents");
+        if let Some(d) = self.disk.as_mut() {
+            for e in first..=last {
+                d.al.release(e);
             }
         }
     }
@@ -670,6 +728,7 @@ impl Resource {
             );
         }
         let writable = self.local_disk_writable();
+        let mut extents = None;
         if writable
             && self
                 .peer
@@ -677,8 +736,18 @@ impl Resource {
                 .is_some_and(|p| p.peer_disk < DiskState::Inconsistent)
         {
             // The peer (a Primary without a usable disk) has no copy: this node has the only
-            // one, and the peer's disk will need these blocks.
+            // one, and the peer's disk will need these blocks. As DRBD's receive_Data ("we
+            // have the only disk of the cluster"): marked out of sync, and written under this
+            // node's activity log, so that a crash of this node replays the extents into its
+            // bitmap (MDF_PRIMARY_IND is set meanwhile). Without it a crash lost the bits,
+            // which were in memory only (swarm seed 269).
             self.mark_out_of_sync(sector * 512, len);
+            if len > 0 {
+                extents = Some((
+                    udrbd_meta::activity_log::extent_of_sector(sector),
+                    udrbd_meta::activity_log::extent_of_sector(sector + (len - 1) / 512),
+                ));
+            }
         }
         let epoch = {
             let link = self.link_mut();
@@ -708,6 +777,8 @@ impl Resource {
                 op,
                 epoch,
                 lock: None,
+                extents,
+                holds_extents: false,
             },
         );
         self.lock_waiting.push_back(LockWaiter::PeerWrite(id));
@@ -724,6 +795,7 @@ impl Resource {
     pub(crate) fn on_peer_write_done(&mut self, id: u64, result: Result<Option<Bytes>, DiskError>) {
         let pw = self.peer_writes.remove(&id).expect("peer write");
         self.unlock(pw.lock);
+        self.release_peer_write_extents(&pw);
         let current = pw.link_gen == self.link_gen && self.link().is_some();
         if result.is_err() {
             if current {
@@ -1016,6 +1088,8 @@ impl Resource {
                 },
                 epoch: 0,
                 lock,
+                extents: None,
+                holds_extents: false,
             },
         );
         // The request's lock is held since the request went out: write at once.

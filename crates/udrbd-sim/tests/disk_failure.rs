@@ -377,6 +377,8 @@ fn read_errors(seed: u64, policy: OnIoError) {
     for b in 0..16 {
         m.write(&mut c, 0, b);
     }
+    // The peer confirms the writes (barrier ack): a detach marks writes it has not confirmed.
+    c.flush(0).expect("flush");
     c.disk(0).faults.fail_reads[DATA] = true;
     let bad = 0..4u64;
     let reads: Vec<(u64, BlockRequestId)> = bad

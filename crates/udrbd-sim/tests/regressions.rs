@@ -868,3 +868,90 @@ fn incompatible_settings_leave_the_node_standalone() {
         c.wait_connected(secs(30));
     }
 }
+
+/// Swarm seed 269 (bitmap-soundness), first part: a Primary's write completed on its own disk
+/// and was still on its way to the peer (no barrier ack) when a clean `detach` came. The
+/// detach wrote the bitmap without the write's bit and re-initialised the activity log; the
+/// peer then crashed before its flush and lost the write. Nothing recorded that the detached
+/// disk holds a block the peer does not: after the re-attach the replicas differed unmarked.
+/// (DRBD leaves the activity log on disk at a detach, for apply-al.) Now the detach marks the
+/// writes the peer has not confirmed, as a connection loss does, before its bitmap write.
+#[test]
+fn a_detach_records_the_writes_the_peer_has_not_confirmed() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        // The peer receives the write, but its acks do not come back.
+        c.partition_one_way(1, 0);
+        let block = 900 + seed;
+        let write = c.submit_write(0, block * BLOCK, pattern(seed, BLOCK as usize), false);
+        c.run_for(Duration::from_millis(100));
+        check(
+            &c,
+            c.completion(write).is_none(),
+            "the write waits for the peer",
+        );
+        c.must(0, AdminCommand::Detach { force: false });
+        check(
+            &c,
+            c.durable_bitmap_bit(0, block),
+            "the detached disk's bitmap marks the write the peer has not confirmed",
+        );
+        // The peer learns that the Primary's disk is gone (a new data generation), and may
+        // then lose the write (a power cut before its flush); the Primary's write still
+        // succeeds (its local part did), as in DRBD.
+        c.run_for(secs(1));
+        c.crash(1);
+        let result = c.wait(write);
+        check(&c, result.is_ok(), "the write succeeds on the local disk");
+        c.heal();
+        c.restart(1);
+        // The peer holds the newer generation: node 0's disk becomes its SyncTarget, which
+        // a Primary may not ("I shall become SyncTarget, but I am primary!").
+        c.must(0, AdminCommand::Secondary);
+        c.attach(0);
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+    }
+}
+
+/// Swarm seed 269 (bitmap-soundness), second part: the Secondary of a Primary without a disk
+/// has the only copy of that Primary's writes and marks them out of sync for the Primary's
+/// disk, in memory. A power cut of the Secondary lost those bits: it replayed no activity log
+/// (it was never Primary), and its bitmap write-out had not run. As DRBD's receive_Data
+/// ("we have the only disk of the cluster"), such a write now goes under the Secondary's
+/// activity log, and MDF_PRIMARY_IND is set while it serves a diskless Primary, so a crash
+/// replays the log. When that Primary demotes, the flag goes only after the bits are durable.
+#[test]
+fn the_secondary_of_a_diskless_primary_keeps_its_bits_across_a_crash() {
+    for seed in 0..3 {
+        for demote in [false, true] {
+            let mut c = pair(seed, ClusterOptions::default(), true);
+            c.must(0, AdminCommand::Detach { force: false });
+            c.run_for(Duration::from_millis(100));
+            let block = 200 + seed;
+            c.write(0, block * BLOCK, pattern(seed, BLOCK as usize), false)
+                .expect("a write through the peer's disk");
+            check(
+                &c,
+                c.block_out_of_sync(1, block) == Some(true),
+                "the Secondary marks the diskless Primary's write",
+            );
+            if demote {
+                c.must(0, AdminCommand::Secondary);
+                // Long enough for a superblock write, not for the lazy bitmap write-out.
+                c.run_for(Duration::from_millis(200));
+            }
+            c.crash(1);
+            c.boot(1);
+            c.attach(1);
+            check(
+                &c,
+                c.block_out_of_sync(1, block) == Some(true),
+                &format!(
+                    "after a power cut{}, the Secondary still marks the write",
+                    if demote { " after the demotion" } else { "" }
+                ),
+            );
+        }
+    }
+}

@@ -11,14 +11,15 @@
 
 use std::sync::Mutex;
 
-use udrbd_sim::checker::Checker::{self, *};
+use udrbd_core::{Mutation, ResourceConfig};
+use udrbd_sim::checker::Checker;
 use udrbd_sim::swarm::{SwarmCounts, SwarmFailure, SwarmOptions, run_seed};
 
 /// The CI range.
 const SEEDS: std::ops::Range<u64> = 0..500;
 
 /// Seeds that fail today, with the checker that catches them (unfixed engine bugs).
-const KNOWN_FAILURES: &[(u64, Checker)] = &[(269, BitmapSoundness)];
+const KNOWN_FAILURES: &[(u64, Checker)] = &[];
 
 fn known(seed: u64) -> Option<Checker> {
     KNOWN_FAILURES
@@ -113,18 +114,36 @@ fn swarm_ci_range() {
 #[test]
 fn a_seed_replays_bit_for_bit() {
     let options = SwarmOptions::default();
-    // One seed that passes and one that fails: both replay exactly.
     let passing = (0..50u64)
         .find(|s| known(*s).is_none())
         .expect("a passing seed");
-    let failing = KNOWN_FAILURES[0].0;
-    for seed in [passing, failing] {
-        let first = run_seed(seed, &options);
-        let second = run_seed(seed, &options);
-        assert_eq!(first, second, "seed {seed} replays bit for bit");
-        if let Ok(report) = &first {
-            assert!(report.counts.requests > 0, "seed {seed} did IO");
-            println!("seed {seed}: hash {:016x}", report.hash);
-        }
-    }
+    let first = run_seed(passing, &options);
+    let second = run_seed(passing, &options);
+    assert_eq!(first, second, "seed {passing} replays bit for bit");
+    let report = first.expect("the passing seed passes");
+    assert!(report.counts.requests > 0, "seed {passing} did IO");
+    println!("seed {passing}: hash {:016x}", report.hash);
+    // A failure replays exactly too: the first seed that catches an engine that acks
+    // protocol C writes before the peer's ack.
+    let mutated = SwarmOptions {
+        configure: Some(std::sync::Arc::new(|_, config: &mut ResourceConfig| {
+            config.mutation = Some(Mutation::AckBeforePeerAck);
+        })),
+        ..SwarmOptions::default()
+    };
+    std::panic::set_hook(Box::new(|_| {}));
+    let failing = (0..100u64).find_map(|s| run_seed(s, &mutated).err());
+    let failing = failing.expect("the mutated engine fails a seed");
+    let again = run_seed(failing.seed, &mutated);
+    drop(std::panic::take_hook());
+    assert_eq!(
+        Err(failing.clone()),
+        again,
+        "failing seed {} replays bit for bit",
+        failing.seed
+    );
+    println!(
+        "seed {} fails the mutated engine: {}",
+        failing.seed, failing.checker
+    );
 }
