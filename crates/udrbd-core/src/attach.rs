@@ -454,6 +454,14 @@ impl Resource {
         Ok(Some(Pending::Detach(DetachStep::Drain)))
     }
 
+    /// Tells the peer that the disk is detaching (D_FAILED on the wire, see `send_state_as`),
+    /// once the detach's pending step is in place.
+    pub(crate) fn announce_detach(&mut self) {
+        if matches!(self.pending, Some((_, Pending::Detach(_)))) {
+            self.send_state();
+        }
+    }
+
     pub(crate) fn start_primary(
         &mut self,
         id: CommandId,

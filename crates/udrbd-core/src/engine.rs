@@ -507,7 +507,13 @@ impl Resource {
             other => self.start_peer_command(other),
         };
         match started {
-            Ok(Some(pending)) => self.pending = Some((id, pending)),
+            Ok(Some(pending)) => {
+                let detach = matches!(pending, Pending::Detach(_));
+                self.pending = Some((id, pending));
+                if detach {
+                    self.announce_detach();
+                }
+            }
             Ok(None) => self.finish_command(id, Ok(())),
             Err(e) => self.finish_command(id, Err(e)),
         }

@@ -867,11 +867,23 @@ impl Resource {
         if p.link.is_none() {
             return;
         }
+        // A detaching disk is D_FAILED to the peer from the start, as in DRBD 8.4 (a detach
+        // is a cluster-wide change to D_FAILED): it neg-acks the peer's writes from then on,
+        // and the peer must not count them as mirrored to an UpToDate disk, nor keep its
+        // data generation (swarm seed 682: a protocol C write acknowledged "on an UpToDate
+        // peer" that the detaching peer had refused, lost when both nodes crashed).
+        let detaching = matches!(self.pending, Some((_, Pending::Detach(_))))
+            && self.disk_state > DiskState::Failed;
+        let disk = if detaching {
+            DiskState::Failed
+        } else {
+            self.disk_state
+        };
         let state = State {
             role: self.role,
             peer: p.peer_role,
             conn,
-            disk: self.disk_state,
+            disk,
             pdsk: p.peer_disk,
             susp: false,
             aftr_isp: false,

@@ -299,6 +299,9 @@ pub struct AckInfo {
     pub connected: bool,
     /// It sees the peer's disk UpToDate.
     pub peer_up_to_date: bool,
+    /// It sees the peer with a disk that takes writes (Inconsistent or better; not a disk
+    /// the peer is detaching, which it reports Failed).
+    pub peer_has_disk: bool,
     /// It is Primary.
     pub primary: bool,
     /// Its connection state.
@@ -1517,6 +1520,10 @@ impl Cluster {
             conn: peer.map(|(conn, _)| conn),
             connected,
             peer_up_to_date: connected && peer.is_some_and(|(_, disk)| disk == DiskState::UpToDate),
+            peer_has_disk: connected
+                && peer.is_some_and(|(_, disk)| {
+                    disk >= DiskState::Inconsistent && disk != DiskState::DUnknown
+                }),
             primary: role == Role::Primary,
         }
     }

@@ -977,12 +977,24 @@ impl Run {
                         // completion's sequence counts, not the submission's.
                         self.volatile[node].insert(b, (self.seq, self.attach_epoch[node], node));
                     }
+                    if !maybe_mirrored && is_target(self.last[peer].conn) {
+                        // Written here alone while the peer is already a resync target
+                        // (it took this node's view when it became one): the block is out of
+                        // sync here, and whether the bitmap exchange still carries it to the
+                        // peer depends on timing. Unknown there.
+                        self.view[peer][b as usize] = None;
+                    }
                     if maybe_mirrored {
                         let peer_failed = self.failed_write[peer]
                             .get(&b)
                             .is_some_and(|&s| s >= req.seq);
+                        // The peer's disk had the write if it was attached at submission and
+                        // still is, and the completing node still saw it take writes: a
+                        // detaching disk neg-acks and says Failed (its own state still says
+                        // UpToDate until it is Diskless).
                         let peer_disk_kept = req.peer_attach == Some(self.attach_epoch[peer])
-                            && self.last[peer].disk >= DiskState::Inconsistent;
+                            && self.last[peer].disk >= DiskState::Inconsistent
+                            && ack.peer_has_disk;
                         self.view[peer][b as usize] =
                             (same_link && ack.protocol_c && !peer_failed && peer_disk_kept)
                                 .then_some(tag);

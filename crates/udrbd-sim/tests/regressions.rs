@@ -955,3 +955,50 @@ fn the_secondary_of_a_diskless_primary_keeps_its_bits_across_a_crash() {
         }
     }
 }
+
+/// Swarm seed 682 (durability): a plain `detach` of the Secondary waited for its disk, and
+/// meanwhile the node refused (neg-acked) the Primary's writes while still telling the peer
+/// its disk was UpToDate: the Primary completed protocol C writes as mirrored to an UpToDate
+/// peer that did not have them. DRBD's detach is a cluster-wide change to D_FAILED first; now
+/// the detaching node's P_STATE says Failed from the start of the detach.
+#[test]
+fn a_detaching_disk_is_failed_to_the_peer() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        // The detach's meta-data IO waits on the frozen disk.
+        c.disk(1).faults.frozen = true;
+        let detach = c.start_command(1, AdminCommand::Detach { force: false });
+        c.run_for(Duration::from_millis(100));
+        check(
+            &c,
+            c.command_result(1, detach).is_none(),
+            "the detach waits for the frozen disk",
+        );
+        check(
+            &c,
+            c.snapshot(0).peer_disk == DiskState::Failed,
+            &format!(
+                "the Primary sees the detaching disk Failed: {:?}",
+                c.snapshot(0)
+            ),
+        );
+        let block = 600 + seed;
+        let data = pattern(seed + 3, BLOCK as usize);
+        c.write(0, block * BLOCK, data.clone(), false)
+            .expect("the write completes on the Primary's disk");
+        check(
+            &c,
+            c.block_out_of_sync(0, block) == Some(true),
+            "the write the detaching peer refused is out of sync on the Primary",
+        );
+        c.disk(1).faults.frozen = false;
+        c.run_until("the detach completes", secs(10), |c| {
+            c.command_result(1, detach).is_some()
+        });
+        c.attach(1);
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+        let read = c.read(0, block * BLOCK, BLOCK as u32).expect("read");
+        check(&c, read == data, "the Primary reads the write back");
+    }
+}
