@@ -1497,6 +1497,17 @@ impl Resource {
                     "the peer wants a resync but this node has no disk".to_string(),
                 );
             }
+            (ConnState::Connected, ConnState::WfBitMapS)
+                if self.role == Role::Primary && self.disk_state >= DiskState::Consistent =>
+            {
+                // The peer's handshake (after its attach) made it SyncSource of this
+                // Primary's good disk. DRBD runs the handshake on both sides, and this one
+                // applies rr-conflict ("I shall become SyncTarget, but I am primary!"):
+                // following the peer made a Primary with a write in flight on its own disk
+                // Inconsistent, reading blocks from a peer that never got that write (swarm
+                // seed 902).
+                return self.sync_handshake(peer_role, peer_disk, self.disk_state);
+            }
             (ConnState::Connected, ConnState::WfBitMapS | ConnState::StartingSyncS) => {
                 if self.disk_state == DiskState::UpToDate && self.role != Role::Primary {
                     self.disk_state = DiskState::Inconsistent;

@@ -1002,3 +1002,56 @@ fn a_detaching_disk_is_failed_to_the_peer() {
         check(&c, read == data, "the Primary reads the write back");
     }
 }
+
+/// Swarm seed 902 (register): a node attached its disk next to a Primary whose disk was
+/// UpToDate but older (the attaching disk had taken writes of a generation the Primary's disk
+/// missed). The attaching node's handshake made it SyncSource, and the Primary followed its
+/// P_STATE into SyncTarget: Inconsistent under its own application, with a write in flight on
+/// its disk that the source never got, so reads from the source returned stale data. DRBD
+/// runs the handshake on both sides; the Primary's refuses to become SyncTarget of its own
+/// good disk (rr-conflict: "I shall become SyncTarget, but I am primary!"). Now it does too.
+#[test]
+fn a_primary_with_good_data_does_not_follow_a_peer_into_sync_target() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        let block = 400 + seed;
+        let data = pattern(seed + 21, BLOCK as usize);
+        c.write(0, block * BLOCK, data.clone(), true)
+            .expect("write on the Primary");
+        // Node 1's disk, detached, is given a data generation newer than the Primary's
+        // (current Y, bitmap UUID = the Primary's current), as the swarm's history of
+        // failovers had made it; a scripted history that gets there without a split brain
+        // is longer than this test.
+        c.must(1, AdminCommand::Detach { force: false });
+        c.run_for(secs(1));
+        let primary_current = c.durable_superblock(0).uuids.current;
+        let at = c.layout(1).superblock_byte();
+        let mut sb = c.durable_superblock(1);
+        sb.uuids.bitmap = primary_current & !1;
+        sb.uuids.current = 0x5EED_0000_0000_0000 | (seed << 8);
+        c.disk(1).poke(at, &sb.encode()[..]);
+        // It comes back through an attach: its handshake makes it SyncSource.
+        c.attach(1);
+        c.run_for(secs(2));
+        let s0 = c.snapshot(0);
+        check(
+            &c,
+            s0.role == Role::Primary && s0.disk == DiskState::UpToDate,
+            &format!("the Primary keeps its disk UpToDate: {s0:?}"),
+        );
+        check(
+            &c,
+            s0.conn == Some(ConnState::StandAlone),
+            &format!("the Primary refuses to become SyncTarget: {s0:?}"),
+        );
+        check(
+            &c,
+            c.logs(0)
+                .iter()
+                .any(|l| l.contains("I shall become SyncTarget, but I am primary!")),
+            "in DRBD's words",
+        );
+        let read = c.read(0, block * BLOCK, BLOCK as u32).expect("read");
+        check(&c, read == data, "the Primary reads its own data");
+    }
+}
