@@ -1459,6 +1459,20 @@ impl Resource {
             self.abort_resync();
             return Ok(());
         }
+        if conn == ConnState::Connected
+            && peer_conn == ConnState::Connected
+            && old_peer_disk < DiskState::Negotiating
+            && peer_disk >= DiskState::Inconsistent
+            && peer_disk != DiskState::DUnknown
+            && self.disk_state >= DiskState::Inconsistent
+            && self.disk_takes_part_in_resync()
+        {
+            // The peer's disk arrived (its attach completed) after ours, and its own
+            // handshake saw no disk here: it stayed Connected. DRBD runs the handshake on a
+            // peer disk going D_NEGOTIATING; without it two disks that attached at once
+            // stayed Connected with bits set and no resync (swarm seed 985).
+            return self.sync_handshake(peer_role, peer_disk, self.disk_state);
+        }
         match (conn, peer_conn) {
             // The peer wants our bitmap as its SyncTarget (invalidate, or its handshake
             // re-run): we are the source.

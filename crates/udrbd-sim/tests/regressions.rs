@@ -1055,3 +1055,45 @@ fn a_primary_with_good_data_does_not_follow_a_peer_into_sync_target() {
         check(&c, read == data, "the Primary reads its own data");
     }
 }
+
+/// Swarm seed 985 (convergence): two connected diskless nodes attached their disks at the
+/// same moment. Each attach's handshake saw the peer's disk still attaching and did nothing
+/// ("the peer's attach re-runs it"), and the peer's state with its disk arrived after: both
+/// stayed Connected, one UpToDate and one Outdated with bits set, with no resync for ever.
+/// DRBD runs the handshake when a peer's disk goes D_NEGOTIATING; now a node runs it when the
+/// peer's P_STATE shows a disk that was not there.
+#[test]
+fn disks_attached_at_the_same_moment_resync() {
+    for seed in 0..4 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.must(1, AdminCommand::Disconnect);
+        c.wait_disconnected(0, secs(30));
+        let block = 300 + seed;
+        let data = pattern(seed + 5, BLOCK as usize);
+        c.write(0, block * BLOCK, data.clone(), true)
+            .expect("a write on the Primary alone");
+        c.must(0, AdminCommand::Secondary);
+        c.must(0, AdminCommand::Detach { force: false });
+        c.must(1, AdminCommand::Detach { force: false });
+        c.must(
+            1,
+            AdminCommand::Connect {
+                discard_my_data: false,
+            },
+        );
+        c.run_until("the diskless nodes connect", secs(30), |c| {
+            c.all_connected()
+        });
+        let attach = c.attach_command();
+        let a0 = c.start_command(0, attach.clone());
+        let a1 = c.start_command(1, attach);
+        c.run_until("both attaches complete", secs(10), |c| {
+            c.command_result(0, a0).is_some() && c.command_result(1, a1).is_some()
+        });
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+        c.must(1, AdminCommand::Primary { force: false });
+        let read = c.read(1, block * BLOCK, BLOCK as u32).expect("read");
+        check(&c, read == data, "node 1 has the write it missed");
+    }
+}
