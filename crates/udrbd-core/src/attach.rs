@@ -819,6 +819,20 @@ impl Resource {
                 if self.requests.values().any(|r| r.extents.is_some()) {
                     return;
                 }
+                // Writes the peer has not confirmed (protocol A/B, or C before the barrier
+                // ack) are covered by this node's activity log only while its superblock
+                // says Primary: the demotion waits for their barrier acks (the epoch closed
+                // now), or for the connection loss that marks them out of sync and writes
+                // the bitmap. Otherwise a crash of both nodes left a block that differs with
+                // no record (swarm seed 1572, protocol A). DRBD's drbd_set_role does not
+                // ("FIXME also wait for all pending P_BARRIER_ACK?").
+                if self
+                    .link()
+                    .is_some_and(|l| !l.unconfirmed_writes().is_empty())
+                {
+                    self.close_epoch();
+                    return;
+                }
                 self.write_dirty_pages();
                 if self.bitmap_is_durable() {
                     // The superblock without MDF_PRIMARY_IND ends the AL's cover: its write

@@ -1369,23 +1369,7 @@ impl Run {
         for (b, _) in std::mem::take(&mut self.volatile[i]) {
             self.view[i][b as usize] = None;
         }
-        let lost: Vec<BlockRequestId> = self
-            .inflight
-            .iter()
-            .filter(|(_, r)| r.node == node)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in lost {
-            let req = self.inflight.remove(&id).expect("in flight");
-            self.release(&req);
-            if !matches!(req.kind, Kind::Read | Kind::Flush) {
-                for b in req.first..req.first + req.blocks {
-                    self.view[0][b as usize] = None;
-                    self.view[1][b as usize] = None;
-                    self.acked[b as usize] = None;
-                }
-            }
-        }
+        self.forget_requests_of(node);
         self.commands.retain(|(n, _), _| *n != node);
         self.down_since[i] = Some(self.counts.ops);
         self.last[i] = Snapshot {
@@ -1799,10 +1783,34 @@ impl Run {
         }
     }
 
+    /// The requests of a node that went down are lost: their blocks may hold either value.
+    fn forget_requests_of(&mut self, node: NodeId) {
+        let lost: Vec<BlockRequestId> = self
+            .inflight
+            .iter()
+            .filter(|(_, r)| r.node == node)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            let req = self.inflight.remove(&id).expect("in flight");
+            self.release(&req);
+            if !matches!(req.kind, Kind::Read | Kind::Flush) {
+                for b in req.first..req.first + req.blocks {
+                    self.view[0][b as usize] = None;
+                    self.view[1][b as usize] = None;
+                    self.acked[b as usize] = None;
+                }
+            }
+        }
+    }
+
     /// `down`, `create-md`, `up` on node `i`: its data will be fully synced from the peer.
     fn wipe(&mut self, node: NodeId) {
         self.set_op(format!("liveness: wipe the meta-data of node {node}"));
         self.c.crash(node);
+        // Its requests in flight died with it (they used to stay counted as outstanding,
+        // swarm seed 1958).
+        self.forget_requests_of(node);
         self.commands.retain(|(n, _), _| *n != node);
         crate::cluster::create_md(self.c.disk(node));
         self.view[usize::from(node)] = vec![None; self.blocks as usize];

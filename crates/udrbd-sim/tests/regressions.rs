@@ -486,13 +486,21 @@ fn a_connection_loss_writes_the_bitmap_out() {
         let block = 500 + seed;
         c.write(0, block * BLOCK, pattern(seed, BLOCK as usize), false)
             .expect("a protocol A write completes without the peer");
-        c.must(0, AdminCommand::Secondary);
+        // The demotion waits for the barrier ack (a_demotion_waits_for_the_peer_to_confirm_its_writes),
+        // here until the connection breaks.
+        let demote = c.start_command(0, AdminCommand::Secondary);
+        c.run_for(Duration::from_millis(100));
         let now = c.now();
         for conn in c.net().connections_between(0, 1) {
             c.net().reset(now, conn);
         }
         c.wait_disconnected(0, secs(30));
         c.run_for(secs(1));
+        check(
+            &c,
+            c.command_result(0, demote) == Some(Ok(())),
+            "the demotion completes once the connection is gone",
+        );
         check(
             &c,
             c.durable_bitmap_bit(0, block),
@@ -1095,5 +1103,48 @@ fn disks_attached_at_the_same_moment_resync() {
         c.must(1, AdminCommand::Primary { force: false });
         let read = c.read(1, block * BLOCK, BLOCK as u32).expect("read");
         check(&c, read == data, "node 1 has the write it missed");
+    }
+}
+
+/// Swarm seed 1572 (bitmap-soundness): a protocol A Primary was demoted while its last write
+/// awaited the peer's barrier ack. The demotion cleared MDF_PRIMARY_IND (ending the activity
+/// log's cover) with nothing else recording the write; both nodes then lost power, the peer
+/// before flushing the write: the replicas differed with no bit and no extent. DRBD has the
+/// same window ("FIXME also wait for all pending P_BARRIER_ACK?" in drbd_set_role); udrbd's
+/// demotion now waits for the barrier acks of the writes the peer has not confirmed, or for
+/// the connection loss that marks them.
+#[test]
+fn a_demotion_waits_for_the_peer_to_confirm_its_writes() {
+    for seed in 0..3 {
+        let options = ClusterOptions {
+            protocol: udrbd_wire::WireProtocol::A,
+            ..ClusterOptions::default()
+        };
+        let mut c = pair(seed, options, true);
+        // The peer receives the write but does not confirm its epoch yet.
+        c.disk(1).faults.frozen = true;
+        let block = 800 + seed;
+        c.write(0, block * BLOCK, pattern(seed, BLOCK as usize), false)
+            .expect("a protocol A write completes without the peer");
+        let demote = c.start_command(0, AdminCommand::Secondary);
+        c.run_for(Duration::from_millis(500));
+        let primary_ind = c
+            .durable_superblock(0)
+            .flags
+            .has(udrbd_meta::MdFlags::PRIMARY_IND);
+        check(
+            &c,
+            c.command_result(0, demote).is_none() && primary_ind,
+            "the demotion waits, and the superblock still says Primary",
+        );
+        c.disk(1).faults.frozen = false;
+        c.run_until("the demotion completes", secs(10), |c| {
+            c.command_result(0, demote).is_some()
+        });
+        check(
+            &c,
+            c.command_result(0, demote) == Some(Ok(())),
+            "the demotion succeeds once the peer confirmed the write",
+        );
     }
 }
