@@ -963,6 +963,14 @@ impl Run {
                     && ack.primary
                     && ack.peer_up_to_date
                     && ack.conn == Some(ConnState::Connected);
+                // The completing node marks a block out of sync when the peer refused the
+                // write (P_NEG_ACK): its P_STATE saying why (a detach, a failed disk) may come
+                // after the neg-ack, on the other socket (swarm seed 2086). Such a write is not
+                // mirrored, whatever the peer's disk state looked like.
+                let marked: Vec<bool> = (req.first..req.first + req.blocks)
+                    .map(|b| self.c.block_out_of_sync(req.node, b) == Some(true))
+                    .collect();
+                let marked_here = |b: u64| marked[(b - req.first) as usize];
                 for b in req.first..req.first + req.blocks {
                     let tag = Self::tag(&req, b);
                     let local_failed = self.failed_write[node]
@@ -995,15 +1003,18 @@ impl Run {
                         let peer_disk_kept = req.peer_attach == Some(self.attach_epoch[peer])
                             && self.last[peer].disk >= DiskState::Inconsistent
                             && ack.peer_has_disk;
-                        self.view[peer][b as usize] =
-                            (same_link && ack.protocol_c && !peer_failed && peer_disk_kept)
-                                .then_some(tag);
+                        self.view[peer][b as usize] = (same_link
+                            && ack.protocol_c
+                            && !peer_failed
+                            && peer_disk_kept
+                            && !marked_here(b))
+                        .then_some(tag);
                         if !fua {
                             self.volatile[peer]
                                 .insert(b, (self.seq, self.attach_epoch[peer], node));
                         }
                     }
-                    self.acked[b as usize] = Some((tag, promised, req.seq));
+                    self.acked[b as usize] = Some((tag, promised && !marked_here(b), req.seq));
                 }
             }
             (_, Err(_)) => {
