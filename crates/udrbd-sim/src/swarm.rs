@@ -498,6 +498,10 @@ struct Req {
     /// was in flight may lack it (swarm seed 496: the peer attached while connected, its
     /// handshake failed on split brain, and writes completed meanwhile never reached it).
     peer_attach: Option<u64>,
+    /// The same for the submitting node's own disk: a write submitted without a usable local
+    /// disk goes to the peer alone, even if a disk attaches before it completes (swarm seeds
+    /// 1543, 2857: a diskless Primary's write, then its old disk attached).
+    local_attach: Option<u64>,
     /// The reading node's view at submission.
     expected: Vec<Option<u64>>,
 }
@@ -877,6 +881,8 @@ impl Run {
                 peer_attach: (self.last[usize::from(node)].peer_disk >= DiskState::Inconsistent
                     && self.last[usize::from(node) ^ 1].disk >= DiskState::Inconsistent)
                     .then_some(self.attach_epoch[usize::from(node) ^ 1]),
+                local_attach: (self.last[usize::from(node)].disk >= DiskState::Inconsistent)
+                    .then_some(self.attach_epoch[usize::from(node)]),
                 expected,
             },
         );
@@ -952,7 +958,8 @@ impl Run {
             (Kind::Flush, Err(_)) => {}
             (kind, Ok(_)) => {
                 let fua = kind == Kind::Write { fua: true };
-                let attached = self.last[node].disk >= DiskState::Inconsistent;
+                let attached = self.last[node].disk >= DiskState::Inconsistent
+                    && req.local_attach == Some(self.attach_epoch[node]);
                 // Mirrored: started and completed on one link. Started on a link that broke
                 // (or completed on a link that came up meanwhile): the peer may or may not
                 // have it.
@@ -976,7 +983,11 @@ impl Run {
                     let local_failed = self.failed_write[node]
                         .get(&b)
                         .is_some_and(|&s| s >= req.seq);
-                    self.view[node][b as usize] = (!local_failed).then_some(tag);
+                    // A disk attached since the write was submitted does not have it: what
+                    // this node reads now depends on which copy serves it.
+                    let attached_since =
+                        !attached && self.last[node].disk >= DiskState::Inconsistent;
+                    self.view[node][b as usize] = (!local_failed && !attached_since).then_some(tag);
                     if !attached {
                         // Served by the peer: not on this node's own disk at all.
                         self.volatile[node].insert(b, (self.seq, NOT_LOCAL, node));
@@ -1892,6 +1903,7 @@ impl Run {
                         seq: 0,
                         link: None,
                         peer_attach: None,
+                        local_attach: None,
                         expected,
                     };
                     self.check_read(&req, &data);
