@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::{Notify, oneshot};
@@ -778,10 +778,34 @@ async fn nbd_tcp_listener(shared: SharedRef, listener: tokio::net::TcpListener) 
     }
 }
 
+/// The read half of an NBD client's socket, read by readiness so that the bytes go straight
+/// into the NBD machine's receive buffer (no copy through a buffer of our own).
+trait NbdRead {
+    /// Waits until the socket may be readable.
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>>;
+    /// Reads what is there without waiting (`WouldBlock` if nothing).
+    fn try_read_buf<B: bytes::BufMut>(&self, buf: &mut B) -> std::io::Result<usize>;
+}
+
+macro_rules! nbd_read {
+    ($t:ty) => {
+        impl NbdRead for $t {
+            async fn readable(&self) -> std::io::Result<()> {
+                <$t>::readable(self).await
+            }
+            fn try_read_buf<B: bytes::BufMut>(&self, buf: &mut B) -> std::io::Result<usize> {
+                <$t>::try_read_buf(self, buf)
+            }
+        }
+    };
+}
+nbd_read!(tokio::net::unix::OwnedReadHalf);
+nbd_read!(tokio::net::tcp::OwnedReadHalf);
+
 /// One NBD client: negotiation, then requests to the engine and replies back.
-async fn nbd_connection<R, W>(shared: SharedRef, mut reader: R, mut writer: W)
+async fn nbd_connection<R, W>(shared: SharedRef, reader: R, mut writer: W)
 where
-    R: tokio::io::AsyncRead + Unpin,
+    R: NbdRead,
     W: tokio::io::AsyncWrite + Unpin,
 {
     let (tx, mut completions) = unbounded_channel();
@@ -794,7 +818,6 @@ where
     };
     let mut machine = nbd::ServerConnection::new(nbd::ServerConfig::default());
     let mut opened = false;
-    let mut buf = vec![0u8; 1 << 20];
     let mut eof = false;
     let mut segments: Vec<bytes::Bytes> = Vec::new();
     let mut unsent = 0u64;
@@ -846,13 +869,24 @@ where
             }
             continue;
         }
-        let window = machine.receive_window().min(buf.len());
+        let window = machine.receive_window();
         tokio::select! {
-            read = reader.read(&mut buf[..window.max(1)]), if window > 0 && !eof => {
-                match read {
+            ready = reader.readable(), if window > 0 && !eof => {
+                if ready.is_err() {
+                    eof = true;
+                    continue;
+                }
+                let mut room = machine.receive_buffer();
+                // Never a read of 0 bytes, which would look like EOF (the machine always
+                // offers room while its window is open; this is a guard).
+                if bytes::BufMut::remaining_mut(&room) == 0 {
+                    continue;
+                }
+                match reader.try_read_buf(&mut room) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Ok(0) | Err(_) => eof = true,
                     Ok(n) => {
-                        if let Err(e) = machine.handle(nbd::Input::Received(&buf[..n])) {
+                        if let Err(e) = machine.handle(nbd::Input::Appended(n)) {
                             tracing::warn!("NBD client: {e}");
                             break 'conn;
                         }
