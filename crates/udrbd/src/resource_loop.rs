@@ -66,6 +66,8 @@ struct Shared {
     engine: Resource,
     resource: ResolvedResource,
     backing: Option<Arc<Backing>>,
+    /// The backing device's data lives in memory (tmpfs): its writes never wait for a device.
+    backing_in_memory: bool,
     /// io_uring on this thread when available, otherwise the IO threads.
     uring: Option<Uring>,
     pool: IoPool,
@@ -108,7 +110,12 @@ impl Shared {
     }
 
     fn pump(&mut self) {
-        let mut state_changed = false;
+        self.pump_outputs(false);
+    }
+
+    /// Routes the engine's outputs (`state_changed`: a state change was routed before).
+    fn pump_outputs(&mut self, mut state_changed: bool) {
+        let mut inline_done = Vec::new();
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Disk(op) => {
@@ -122,6 +129,17 @@ impl Shared {
                     // flushes, goes through io_uring, also for page-cache backings (tmpfs):
                     // a thread hop per write cost a replicating peer ~15% of its bandwidth.
                     let fua = matches!(op.kind, udrbd_core::DiskOpKind::Write { fua: true, .. });
+                    let write = matches!(op.kind, udrbd_core::DiskOpKind::Write { .. });
+                    if write && self.backing_in_memory {
+                        // A write to memory (tmpfs) is a copy that cannot wait for a device:
+                        // done here, it costs no io_uring worker thread (tmpfs has no
+                        // non-blocking writes, so the ring hands each to a worker) and no
+                        // wake-ups. Its completion is fed after this batch of outputs.
+                        let device = backing.device_for(op.area);
+                        let result = crate::backing::execute(device, &op);
+                        inline_done.push(DiskCompletion { id: op.id, result });
+                        continue;
+                    }
                     match self.uring.as_mut() {
                         Some(ring) if !fua => ring.push(op, backing),
                         _ => self.pool.submit(op, backing, self.disk_tx.clone()),
@@ -175,6 +193,19 @@ impl Shared {
         {
             tracing::error!("io_uring submit failed: {e}");
         }
+        if !inline_done.is_empty() {
+            // The completions of writes done inline, and whatever they lead to.
+            let now = self.now();
+            for c in inline_done {
+                self.engine.handle(now, Input::Disk(c));
+            }
+            return self.pump_outputs(state_changed);
+        }
+        self.after_outputs(state_changed);
+    }
+
+    /// Once per batch of outputs: state snapshots for subscribers, the timer.
+    fn after_outputs(&mut self, state_changed: bool) {
         // Called on every request: only cheap accessors here, no `status()` snapshot.
         let openers = self.engine.openers();
         if (state_changed || openers != self.last_openers) && self.events.receiver_count() > 0 {
@@ -247,6 +278,7 @@ impl Shared {
             meta_device_bytes: meta.as_ref().unwrap_or(&data).size_bytes(),
             meta_kind,
         };
+        self.backing_in_memory = in_memory(data.file());
         self.backing = Some(Arc::new(Backing { data, meta }));
         Ok(params)
     }
@@ -279,6 +311,13 @@ impl Shared {
             flags: ExportFlags::block_device(),
         })
     }
+}
+
+/// Whether `file` lives on tmpfs (its writes are memory copies that never wait for a device).
+fn in_memory(file: &std::fs::File) -> bool {
+    // f_type and the constant have architecture-dependent integer types.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstatfs(file).is_ok_and(|s| s.f_type as i64 == libc::TMPFS_MAGIC as i64)
 }
 
 /// Runs the loop of one resource until shutdown. Blocks the calling thread.
@@ -369,6 +408,7 @@ async fn run_loop(
         ),
         resource: resource.clone(),
         backing: None,
+        backing_in_memory: false,
         disk_tx,
         origin: std::time::Instant::now(),
         waiters: BTreeMap::new(),
