@@ -861,6 +861,8 @@ where
     let mut eof = false;
     let mut segments: Vec<bytes::Bytes> = Vec::new();
     let mut unsent = 0u64;
+    // Requests handed to the engine whose outputs were not routed yet.
+    let mut unpumped = false;
     'conn: loop {
         // Act on everything the machine asked for.
         while let Some(out) = machine.poll_output() {
@@ -893,9 +895,18 @@ where
                     opened = true;
                     shared.borrow_mut().handle(Input::Opened);
                 }
-                nbd::Output::Request(request) => submit_request(&shared, conn_id, request),
+                nbd::Output::Request(request) => {
+                    submit_request(&shared, conn_id, request);
+                    unpumped = true;
+                }
                 nbd::Output::Close(_) => break 'conn,
             }
+        }
+        if std::mem::take(&mut unpumped) {
+            // Once for all requests of this read: their disk IO goes to the kernel in one
+            // io_uring submission (one device kick, a chance to merge) and their packets to
+            // the peer in one write, rather than one each.
+            shared.borrow_mut().pump();
         }
         if !segments.is_empty() {
             if write_segments(&mut writer, &mut segments).await.is_err() {
@@ -946,6 +957,9 @@ where
             break;
         }
     }
+    if unpumped {
+        shared.borrow_mut().pump();
+    }
     // Requests still in flight complete into the void; the device counts as closed only
     // once they have.
     loop {
@@ -993,6 +1007,7 @@ where
     Ok(())
 }
 
+/// Hands one request to the engine; the caller must [`Shared::pump`] afterwards.
 fn submit_request(shared: &SharedRef, conn: u64, request: nbd::BlockRequest) {
     let mut s = shared.borrow_mut();
     let id = BlockRequestId(s.next_request);
@@ -1026,5 +1041,7 @@ fn submit_request(shared: &SharedRef, conn: u64, request: nbd::BlockRequest) {
             fua,
         },
     };
-    s.handle(Input::Block(block));
+    // Not pumped here: the caller pumps once after a batch of requests.
+    let now = s.now();
+    s.engine.handle(now, Input::Block(block));
 }
