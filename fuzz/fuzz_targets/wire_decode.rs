@@ -29,8 +29,15 @@ fuzz_target!(|data: &[u8]| {
         Deframer::new(DecodeContext::new(format).with_integrity_digest_len(digest_len));
     let mut receiver = BitmapReceiver::new(bits, format);
     let mut bitmap = Bitmap::new(bits);
-    for chunk in stream.chunks(cut) {
-        deframer.push(chunk);
+    // Odd chunks go in sliced (push_bytes), even ones copied (push).
+    let shared = Bytes::copy_from_slice(stream);
+    for (i, chunk) in stream.chunks(cut).enumerate() {
+        if i % 2 == 1 {
+            let at = chunk.as_ptr() as usize - stream.as_ptr() as usize;
+            deframer.push_bytes(shared.slice(at..at + chunk.len()));
+        } else {
+            deframer.push(chunk);
+        }
         while let Ok(Some(frame)) = deframer.next_frame() {
             if let Ok(encoded) = frame.packet.encode(frame.volume, format) {
                 let mut again =

@@ -627,10 +627,10 @@ impl Resource {
                         resolve_conflicts,
                     );
                     if !leftover_meta.is_empty() {
-                        self.on_bytes(Socket::Meta, &leftover_meta);
+                        self.on_bytes(Socket::Meta, leftover_meta);
                     }
                     if !leftover_data.is_empty() {
-                        self.on_bytes(Socket::Data, &leftover_data);
+                        self.on_bytes(Socket::Data, leftover_data);
                     }
                     return;
                 }
@@ -1118,7 +1118,7 @@ impl Resource {
                 } else {
                     return;
                 };
-                self.on_bytes(socket, &bytes);
+                self.on_bytes(socket, bytes);
             }
             PeerInput::Sent { conn, bytes } => {
                 if conn == link.data {
@@ -1148,12 +1148,13 @@ impl Resource {
         }
     }
 
-    fn on_bytes(&mut self, socket: Socket, bytes: &[u8]) {
+    fn on_bytes(&mut self, socket: Socket, bytes: Bytes) {
         {
+            // push_bytes: whole frames are sliced from the received buffer, not copied.
             let link = self.link_mut();
             match socket {
-                Socket::Data => link.data_in.push(bytes),
-                Socket::Meta => link.meta_in.push(bytes),
+                Socket::Data => link.data_in.push_bytes(bytes),
+                Socket::Meta => link.meta_in.push_bytes(bytes),
             }
         }
         loop {

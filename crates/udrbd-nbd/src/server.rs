@@ -39,6 +39,17 @@ use crate::wire::{self, Cookie, Errno, RequestHeader};
 /// `receive_window() == 0`; one socket read of that size always fits.
 pub const RECEIVE_SLACK: usize = 1 << 20;
 
+/// How much room [`ServerConnection::receive_buffer`] makes at a time.
+const RECEIVE_CHUNK: usize = 256 * 1024;
+
+/// WRITE payloads at least this long are received into a buffer of their own whose payload
+/// starts on an [`PAYLOAD_ALIGN`] boundary (so the caller can hand them to O_DIRECT IO as they
+/// are).
+const ALIGN_MIN: usize = 64 * 1024;
+
+/// The alignment of large WRITE payloads (a page; O_DIRECT needs at most the logical block).
+pub const PAYLOAD_ALIGN: usize = 4096;
+
 /// Limits of one connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -114,6 +125,9 @@ pub enum CloseReason {
 pub enum Input<'a> {
     /// Bytes read from the socket, cut anywhere.
     Received(&'a [u8]),
+    /// This many bytes were read from the socket straight into
+    /// [`ServerConnection::receive_buffer`] (appended, nothing else changed).
+    Appended(usize),
     /// The socket took this many bytes of the `Output::Send`s, in order.
     Sent(u64),
     /// The answer to the pending `Output::ExportQuery`.
@@ -206,7 +220,8 @@ struct InFlight {
 ///
 /// 1. `new(config)` queues the greeting; drain `poll_output()`.
 /// 2. Whenever `receive_window() > 0`, read at most that many bytes from the socket and pass
-///    them as `Input::Received`. Report socket writes with `Input::Sent`.
+///    them as `Input::Received`, or read them straight into `receive_buffer()` and report them
+///    with `Input::Appended` (no copy). Report socket writes with `Input::Sent`.
 /// 3. After every `handle`, drain `poll_output()` completely and act on each output in order:
 ///    send bytes, answer queries (at once or later), execute requests (in any order, with any
 ///    parallelism) and later report their completions.
@@ -234,6 +249,12 @@ pub struct ServerConnection {
     skip_reply: Option<SkipReply>,
     in_flight: BTreeMap<RequestId, InFlight>,
     next_request_id: u64,
+    /// `input.len()` after the last input: `Input::Appended` must add to exactly this.
+    settled_len: usize,
+    /// The frame size of a large WRITE whose payload is being received (aligned).
+    large_frame: Option<usize>,
+    /// A large WRITE was just taken out with nothing behind it: read the next header alone.
+    header_next: bool,
 }
 
 impl ServerConnection {
@@ -271,6 +292,9 @@ impl ServerConnection {
             skip_reply: None,
             in_flight: BTreeMap::new(),
             next_request_id: 0,
+            settled_len: 0,
+            large_frame: None,
+            header_next: false,
         };
         connection.send(wire::encode_greeting(), Bytes::new());
         connection
@@ -285,16 +309,49 @@ impl ServerConnection {
         }
         match input {
             Input::Received(bytes) => self.receive(bytes)?,
+            Input::Appended(n) => self.appended(n)?,
             Input::Sent(n) => self.sent(n)?,
             Input::ExportAnswer(answer) => self.answer_export(answer)?,
             Input::ExportList(exports) => self.answer_list(exports)?,
             Input::Completion { id, result } => self.complete(id, result)?,
         }
-        if let Err(error) = self.process() {
+        let processed = self.process();
+        self.settled_len = self.input.len();
+        if let Err(error) = processed {
             self.fail();
             return Err(error.into());
         }
         Ok(())
+    }
+
+    /// The receive buffer, to read into straight from the socket: append at most what the
+    /// returned [`bytes::buf::Limit`] allows (never more than `receive_window()`, and room
+    /// that is already allocated), then report it with `Input::Appended`. Appending nothing is
+    /// fine. Large WRITE payloads land in a buffer of their own, aligned to [`PAYLOAD_ALIGN`],
+    /// and come out of it without a copy.
+    pub fn receive_buffer(&mut self) -> bytes::buf::Limit<&mut BytesMut> {
+        let want = self.preferred_read();
+        if self.input.capacity() - self.input.len() < want.min(RECEIVE_CHUNK / 4) {
+            self.input
+                .reserve(RECEIVE_CHUNK.min(want).max(RECEIVE_CHUNK / 4));
+        }
+        let room = (self.input.capacity() - self.input.len()).min(want);
+        bytes::BufMut::limit(&mut self.input, room)
+    }
+
+    /// How many bytes the next read should ask for at most: `receive_window()`, less while a
+    /// large WRITE payload is being received (exactly its rest) or right after one (one
+    /// request header, so that a large payload behind it starts a buffer of its own rather
+    /// than being copied there).
+    pub fn preferred_read(&self) -> usize {
+        let window = self.receive_window();
+        if let Some(frame) = self.large_frame {
+            return window.min(frame.saturating_sub(self.input.len()).max(1));
+        }
+        if self.header_next && self.input.len() < wire::REQUEST_HEADER_LEN {
+            return window.min(wire::REQUEST_HEADER_LEN - self.input.len());
+        }
+        window
     }
 
     /// The next thing for the caller to do, in order.
@@ -418,6 +475,14 @@ impl ServerConnection {
             });
         }
         self.input.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn appended(&mut self, n: usize) -> Result<(), UsageError> {
+        let room = self.receive_limit().saturating_sub(self.settled_len);
+        if self.input.len() != self.settled_len + n || n > room {
+            return Err(UsageError::ReceiveBufferFull { offered: n, room });
+        }
         Ok(())
     }
 
@@ -768,14 +833,21 @@ impl ServerConnection {
             Op::Write { offset, fua, .. } => {
                 let frame = wire::REQUEST_HEADER_LEN + header.length as usize;
                 if self.input.len() < frame {
-                    self.input.reserve(frame - self.input.len());
+                    if header.length as usize >= ALIGN_MIN {
+                        self.align_large_payload(frame);
+                    } else {
+                        self.input.reserve(frame - self.input.len());
+                    }
                     return false;
                 }
+                self.large_frame = None;
+                self.header_next = header.length as usize >= ALIGN_MIN;
                 self.input.advance(wire::REQUEST_HEADER_LEN);
                 let data = self.input.split_to(header.length as usize).freeze();
                 Op::Write { offset, data, fua }
             }
             other => {
+                self.header_next = false;
                 self.input.advance(wire::REQUEST_HEADER_LEN);
                 other
             }
@@ -799,6 +871,25 @@ impl ServerConnection {
             op,
         }));
         true
+    }
+
+    /// Moves the start of a large WRITE frame (its header and what arrived of its payload)
+    /// into a buffer of its own with room for the whole frame and the payload aligned, unless
+    /// it is there already. The copy is of what arrived so far only: after a large WRITE the
+    /// caller reads just the next header (`preferred_read`), so usually that is the header.
+    fn align_large_payload(&mut self, frame: usize) {
+        self.large_frame = Some(frame);
+        let payload = self.input.as_ptr() as usize + wire::REQUEST_HEADER_LEN;
+        if payload.is_multiple_of(PAYLOAD_ALIGN) && self.input.capacity() >= frame {
+            return;
+        }
+        let mut fresh = BytesMut::with_capacity(frame + PAYLOAD_ALIGN);
+        let start = fresh.as_ptr() as usize + wire::REQUEST_HEADER_LEN;
+        let pad = (PAYLOAD_ALIGN - start % PAYLOAD_ALIGN) % PAYLOAD_ALIGN;
+        fresh.resize(pad, 0);
+        fresh.advance(pad);
+        fresh.extend_from_slice(&self.input);
+        self.input = fresh;
     }
 
     // ---- outputs ----------------------------------------------------------------------------

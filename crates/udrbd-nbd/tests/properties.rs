@@ -8,7 +8,7 @@ use bytes::Bytes;
 use common::*;
 use proptest::prelude::*;
 use udrbd_nbd::wire::{self, Cookie};
-use udrbd_nbd::{ExportFlags, Op, Phase, ServerConfig};
+use udrbd_nbd::{ExportFlags, Input, Op, Phase, ServerConfig};
 
 const SECTORS: u64 = SIZE / 512;
 
@@ -170,6 +170,7 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..60),
         structured in any::<bool>(),
         max_outstanding in 1..5u32,
+        in_place in any::<bool>(),
     ) {
         let config = ServerConfig { max_outstanding, ..ServerConfig::default() };
         let mut h = Harness::negotiated_with(config, ExportFlags::block_device(), structured);
@@ -190,7 +191,25 @@ proptest! {
         }
         let mut seen = Vec::new();
         for piece in cut(&stream, &cuts) {
-            h.feed(&piece).unwrap();
+            if !in_place {
+                h.feed(&piece).unwrap();
+                complete_everything(&mut h, &mut seen);
+                continue;
+            }
+            // As the daemon reads: straight into the receive buffer, as much as it offers.
+            let mut rest = &piece[..];
+            while !rest.is_empty() {
+                let mut room = h.conn.receive_buffer();
+                let n = bytes::BufMut::remaining_mut(&room).min(rest.len());
+                if n == 0 {
+                    complete_everything(&mut h, &mut seen);
+                    prop_assert!(h.conn.receive_window() > 0, "stuck");
+                    continue;
+                }
+                bytes::BufMut::put_slice(&mut room, &rest[..n]);
+                rest = &rest[n..];
+                h.input(Input::Appended(n)).unwrap();
+            }
             complete_everything(&mut h, &mut seen);
         }
         prop_assert_eq!(seen, expected);

@@ -530,6 +530,53 @@ fn write_with_fua() {
 }
 
 #[test]
+fn requests_read_in_place_come_out_alike_and_large_payloads_aligned() {
+    let mut h = Harness::negotiated(false);
+    let mut bytes = Vec::new();
+    let mut expected = Vec::new();
+    // (The export is 1 MiB.)
+    for (i, len) in [4096u32, 1 << 19, 512, 256 * 1024, 1 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let offset = if len == 1 << 20 { 0 } else { 4096 * i as u64 };
+        let data = pattern(offset, len as usize);
+        bytes.extend(request(wire::NBD_CMD_WRITE, 0, i as u64, offset, len));
+        bytes.extend_from_slice(&data);
+        expected.push(Op::Write {
+            offset,
+            data,
+            fua: false,
+        });
+    }
+    bytes.extend(request(wire::NBD_CMD_FLUSH, 0, 9, 0, 0));
+    expected.push(Op::Flush);
+    h.feed_in_place(&bytes).unwrap();
+    let ops: Vec<Op> = h.requests.iter().map(|r| r.op.clone()).collect();
+    // (Not assert_eq: a failure would print megabytes.)
+    assert!(ops == expected, "{} requests differ", ops.len());
+    for r in &h.requests {
+        if let Op::Write { data, .. } = &r.op
+            && data.len() >= 64 * 1024
+        {
+            assert_eq!(data.as_ptr() as usize % udrbd_nbd::server::PAYLOAD_ALIGN, 0);
+        }
+    }
+    // Right after a large WRITE the driver is asked for one header only.
+    let mut h = Harness::negotiated(false);
+    let mut bytes = request(wire::NBD_CMD_WRITE, 0, 1, 0, 1 << 20);
+    bytes.extend_from_slice(&pattern(0, 1 << 20));
+    h.feed_in_place(&bytes).unwrap();
+    assert_eq!(h.requests.len(), 1);
+    assert_eq!(h.conn.preferred_read(), wire::REQUEST_HEADER_LEN);
+    // An Appended that does not match what was appended is refused.
+    assert!(matches!(
+        h.conn.handle(Input::Appended(5)),
+        Err(udrbd_nbd::HandleError::Usage(_))
+    ));
+}
+
+#[test]
 fn flush_trim_write_zeroes_structured() {
     let mut h = Harness::negotiated(true);
     let mut bytes = request(wire::NBD_CMD_FLUSH, 0, 1, 0, 0);

@@ -199,6 +199,38 @@ impl Header {
         }
     }
 
+    /// The header at the start of `bytes`, whichever of the three layouts its magic names
+    /// (`Ok(None)`: too few bytes to tell yet). For a driver that cuts its reads where frames
+    /// end without knowing the format the deframer expects; the deframer still checks the
+    /// format and the length.
+    pub fn sniff(bytes: &[u8]) -> Result<Option<Header>, DecodeError> {
+        let format = match bytes {
+            [0x83, 0x5A, ..] => HeaderFormat::ShortOrBig,
+            [0x83] => return Ok(None),
+            [0x86, 0x20, ..] | [0x86] => HeaderFormat::Long,
+            [] => return Ok(None),
+            _ => HeaderFormat::ShortOrBig,
+        };
+        if bytes.len() < format.header_size() {
+            // Enough for the magic: refuse garbage early rather than wait for more.
+            if bytes.len() >= 4 {
+                let magic32 = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                let expected = match format {
+                    HeaderFormat::Long => MAGIC_H100,
+                    _ => MAGIC_H80,
+                };
+                if magic32 != expected && bytes[..2] != MAGIC_H95.to_be_bytes() {
+                    return Err(DecodeError::BadMagic {
+                        found: magic32,
+                        format,
+                    });
+                }
+            }
+            return Ok(None);
+        }
+        Header::decode(format, bytes).map(Some)
+    }
+
     /// Bytes this header occupies.
     pub const fn size(&self) -> usize {
         match self.kind {
@@ -300,5 +332,26 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn sniff_tells_the_layout_by_the_magic() {
+        for (format, length) in [
+            (HeaderFormat::Short, 100),
+            (HeaderFormat::ShortOrBig, 1 << 20),
+            (HeaderFormat::Long, 1 << 20),
+        ] {
+            let h = Header::new(format, 0, 0, length).unwrap();
+            let mut bytes = Vec::new();
+            h.encode_into(&mut bytes);
+            bytes.extend_from_slice(&[0xff; 5]);
+            for cut in 0..h.size() {
+                assert_eq!(Header::sniff(&bytes[..cut]), Ok(None), "{format} cut {cut}");
+            }
+            assert_eq!(Header::sniff(&bytes), Ok(Some(h)));
+        }
+        assert!(Header::sniff(b"GET / HTTP/1.1").is_err());
+        assert!(Header::sniff(&[0x83, 0x74, 0x02, 0x66]).is_err());
+        assert!(Header::sniff(&[0x86, 0x20, 0xec, 0x21, 0, 0]).is_err());
     }
 }

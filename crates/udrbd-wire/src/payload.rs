@@ -411,6 +411,9 @@ pub struct DataHeader {
 }
 
 impl DataHeader {
+    /// Bytes of p_data on the wire.
+    pub const SIZE: usize = 24;
+
     pub(crate) fn decode(r: &mut Reader<'_>) -> DataHeader {
         DataHeader {
             sector: r.u64(),

@@ -301,7 +301,9 @@ fn formats() -> impl Strategy<Value = HeaderFormat> {
     ])
 }
 
-/// Encodes all packets (volume 0 unless h100), feeds the stream in `cuts`-sized pieces.
+/// Encodes all packets (volume 0 unless h100), feeds the stream in `cuts`-sized pieces: odd
+/// sizes through `push_bytes` (sliced), even ones through `push` (copied); after a size that
+/// is a multiple of 3 the next piece is pushed before the frames are taken out.
 fn round_trip(
     packets: &[(u16, Packet)],
     format: HeaderFormat,
@@ -317,15 +319,25 @@ fn round_trip(
     let mut out = Vec::new();
     let mut at = 0;
     let mut cuts = cuts.iter().cycle();
+    let stream = Bytes::from(stream);
+    let mut drain = true;
     loop {
-        while let Some(frame) = deframer.next_frame().unwrap() {
-            out.push((frame.volume, frame.packet));
+        if drain || at == stream.len() {
+            while let Some(frame) = deframer.next_frame().unwrap() {
+                out.push((frame.volume, frame.packet));
+            }
         }
         if at == stream.len() {
             break;
         }
-        let n = (*cuts.next().unwrap()).clamp(1, stream.len() - at);
-        deframer.push(&stream[at..at + n]);
+        let cut = *cuts.next().unwrap();
+        let n = cut.clamp(1, stream.len() - at);
+        if cut % 2 == 1 {
+            deframer.push_bytes(stream.slice(at..at + n));
+        } else {
+            deframer.push(&stream[at..at + n]);
+        }
+        drain = !cut.is_multiple_of(3);
         at += n;
     }
     assert_eq!(deframer.buffered(), 0);

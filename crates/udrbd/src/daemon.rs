@@ -60,8 +60,33 @@ struct Handle {
     thread: std::thread::JoinHandle<()>,
 }
 
+/// Keeps the allocator from handing the data path's large buffers back to the kernel after
+/// every use. Each replicated 1 MiB write allocates a 1 MiB receive buffer (NBD payload on
+/// the Primary, P_DATA payload on the peer) and frees it when the write completed; with
+/// glibc's defaults, the resource loop's (non-main) arena trims the freed memory with
+/// madvise(MADV_DONTNEED), so the next buffer faults in 256 fresh pages (perf: ~13% of a
+/// peer's samples in page faults and madvise). Buffers below 32 MiB now come from the arenas,
+/// and up to 64 MiB of free memory at an arena's top stays there (about the data in flight
+/// at the default queue depths). glibc only; elsewhere the allocator's defaults stay.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets allocator parameters; it is called before the resource
+        // threads start, with valid parameter numbers and values.
+        #[allow(unsafe_code)]
+        let ok = unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20) == 1
+        };
+        if !ok {
+            tracing::debug!("mallopt refused the allocator settings");
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    tune_allocator();
     let config = Config::load(&opts.config).map_err(|e| DaemonError::Config(e.to_string()))?;
     let mut resources = Vec::new();
     for def in config.resources_for_node(&opts.node) {

@@ -7,7 +7,8 @@
 //! - one listener task while the engine wants to listen; it retries the bind until it works
 //!   (the address may still be held by an old socket);
 //! - one connect task per outgoing `Connect`, bounded by `connect-int` as in DRBD;
-//! - per socket a reader task (reads into 128 KiB buffers, hands them over as `Bytes`) and a
+//! - per socket a reader task (reads into 128 KiB buffers, hands them over as `Bytes`, a
+//!   large payload only once it is complete, so the deframer slices it: [`FrameCutter`]) and a
 //!   writer task (an unbounded queue of `Send`s, written with `writev` in order, each write
 //!   reported as `Sent`).
 //!
@@ -24,7 +25,7 @@ use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -425,24 +426,176 @@ async fn connect_task(
 
 async fn reader_task(conn: ConnId, mut socket: OwnedReadHalf, events: UnboundedSender<NetEvent>) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut cutter = FrameCutter::default();
+    // Right after a held payload: read one header only, so that a large payload behind it
+    // lands in an aligned buffer of its own rather than partly in this one (to be copied).
+    let mut header_next = false;
     loop {
-        if buf.capacity() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        let event = match socket.read_buf(&mut buf).await {
+        let held = cutter.held();
+        let read = if held > 0 {
+            // Exactly the rest of the held payload.
+            let rest = held - buf.len();
+            socket.read_buf(&mut (&mut buf).limit(rest)).await
+        } else {
+            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            if header_next {
+                let limit = udrbd_wire::header::LONG_HEADER_SIZE;
+                socket.read_buf(&mut (&mut buf).limit(limit)).await
+            } else {
+                socket.read_buf(&mut buf).await
+            }
+        };
+        let event = match read {
             Ok(0) => NetEvent::Broken { conn, error: None },
             Err(e) => NetEvent::Broken {
                 conn,
                 error: Some(e),
             },
-            Ok(_) => NetEvent::Received {
-                conn,
-                bytes: buf.split().freeze(),
-            },
+            Ok(_) => {
+                let n = cutter.cut(&buf);
+                header_next = held > 0 && cutter.held() == 0;
+                if header_next {
+                    set_rcvlowat(&socket, 1);
+                }
+                if n == 0 {
+                    // Still holding: wake up when the rest is in, not later (a low-water mark
+                    // above what is still to come would never be reached).
+                    set_rcvlowat(&socket, cutter.held() - buf.len());
+                    continue;
+                }
+                let bytes = buf.split_to(n).freeze();
+                let hold = cutter.held();
+                if hold > 0 {
+                    // The held payload gets a buffer of its own, sized to it, whose data (after
+                    // p_data) is page aligned: the deframer slices it, and the backing writes
+                    // it without an aligned copy.
+                    let mut fresh = aligned_buffer(hold, udrbd_wire::DataHeader::SIZE);
+                    fresh.extend_from_slice(&buf);
+                    buf = fresh;
+                    // No wake-up before the whole payload is in: one read for it rather than
+                    // one per segment, and the sender's softirq skips waking us each time.
+                    set_rcvlowat(&socket, hold - buf.len());
+                }
+                NetEvent::Received { conn, bytes }
+            }
         };
         let broken = matches!(event, NetEvent::Broken { .. });
         if events.send(event).is_err() || broken {
             return;
+        }
+    }
+}
+
+/// Sets SO_RCVLOWAT: the socket reports readable (and wakes its reader) only once `bytes`
+/// are queued, or at EOF or an error. The kernel caps it at half the receive buffer, so a
+/// sender can always make progress. A failure only costs wake-ups, so it is not reported.
+fn set_rcvlowat(socket: &OwnedReadHalf, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let fd = AsRef::<tokio::net::TcpStream>::as_ref(socket).as_raw_fd();
+    // SAFETY: setsockopt only reads `size_of::<c_int>()` bytes from `value`, which lives
+    // across the call; `fd` is open, borrowed from the socket half we hold.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::trace!("SO_RCVLOWAT: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// An empty buffer with room for `len` bytes whose byte `at` falls on an
+/// [`IO_ALIGN`](crate::meta_io::IO_ALIGN) boundary.
+fn aligned_buffer(len: usize, at: usize) -> BytesMut {
+    let align = crate::meta_io::IO_ALIGN;
+    let mut b = BytesMut::with_capacity(len + align);
+    let pad = (align - (b.as_ptr() as usize + at) % align) % align;
+    b.resize(pad, 0);
+    b.advance(pad);
+    debug_assert!(b.capacity() >= len);
+    b
+}
+
+/// Payloads at least this long are held back until complete (see [`FrameCutter`]).
+const HOLD_MIN: usize = 64 * 1024;
+
+/// Where the DRBD frames of a received stream end, so that a large payload reaches the
+/// deframer as one buffer, which it slices instead of copying (a 1 MiB P_DATA arrives in
+/// many reads). Only a hint, by the headers' magic: the deframer parses for real. Nothing is
+/// held back but the rest of a large payload whose header was passed on already (and so was
+/// checked by the deframer); everything else goes on as soon as it is read, and after
+/// anything that does not look like a header, everything goes on unlooked at.
+#[derive(Debug, Default)]
+struct FrameCutter {
+    /// Bytes of a frame partly passed on that still come before the next header.
+    skip: usize,
+    /// The start of a header cut by the end of a read (passed on already).
+    partial: Vec<u8>,
+    /// Length of the payload being held back (the unpassed bytes start with it).
+    hold: Option<usize>,
+    /// Something did not look like a header: no more cutting.
+    lost: bool,
+}
+
+impl FrameCutter {
+    /// Bytes the unpassed buffer must reach before it is passed on (0: none held).
+    fn held(&self) -> usize {
+        self.hold.unwrap_or(0)
+    }
+
+    /// How many of the unpassed bytes `buf` (in stream order, after everything passed on)
+    /// to pass on now.
+    fn cut(&mut self, buf: &[u8]) -> usize {
+        if self.lost {
+            return buf.len();
+        }
+        let mut at = 0;
+        if let Some(need) = self.hold {
+            if buf.len() < need {
+                return 0;
+            }
+            self.hold = None;
+            at = need;
+        }
+        loop {
+            let k = self.skip.min(buf.len() - at);
+            self.skip -= k;
+            at += k;
+            if at == buf.len() {
+                return at;
+            }
+            let from_partial = self.partial.len();
+            let take = (udrbd_wire::header::LONG_HEADER_SIZE - from_partial).min(buf.len() - at);
+            self.partial.extend_from_slice(&buf[at..at + take]);
+            let header = match udrbd_wire::Header::sniff(&self.partial) {
+                Ok(Some(h)) => h,
+                Ok(None) => return buf.len(),
+                Err(_) => {
+                    self.lost = true;
+                    return buf.len();
+                }
+            };
+            self.partial.clear();
+            at += header.size() - from_partial;
+            let length = header.length as usize;
+            let rest = buf.len() - at;
+            if rest >= length {
+                at += length;
+            } else if length >= HOLD_MIN {
+                self.hold = Some(length);
+                return at;
+            } else {
+                self.skip = length - rest;
+                return buf.len();
+            }
         }
     }
 }
@@ -567,6 +720,105 @@ mod tests {
             .local_addr()
             .unwrap()
             .port()
+    }
+
+    /// Cuts `stream` into reads of the sizes in `reads` (cycled) and passes them through a
+    /// cutter as the reader does: returns the passed-on chunks.
+    fn cut_stream(stream: &[u8], reads: &[usize]) -> Vec<Vec<u8>> {
+        let mut cutter = FrameCutter::default();
+        let (mut unpassed, mut chunks, mut at) = (Vec::new(), Vec::new(), 0);
+        for &r in reads.iter().cycle() {
+            if at == stream.len() {
+                break;
+            }
+            let n = r.min(stream.len() - at);
+            unpassed.extend_from_slice(&stream[at..at + n]);
+            at += n;
+            let k = cutter.cut(&unpassed);
+            if k > 0 {
+                chunks.push(unpassed.drain(..k).collect());
+            }
+        }
+        assert!(
+            unpassed.is_empty(),
+            "bytes held at the end of a whole stream"
+        );
+        chunks
+    }
+
+    fn data_packet(len: usize, format: udrbd_wire::HeaderFormat) -> Vec<u8> {
+        udrbd_wire::Packet::Data(udrbd_wire::DataPacket {
+            data: Bytes::from(vec![0x5a; len]),
+            ..Default::default()
+        })
+        .encode(0, format)
+        .unwrap()
+        .to_vec()
+    }
+
+    #[test]
+    fn the_cutter_passes_large_payloads_whole_and_everything_in_order() {
+        use udrbd_wire::HeaderFormat;
+        for format in [HeaderFormat::Long, HeaderFormat::ShortOrBig] {
+            let mut stream = Vec::new();
+            for len in [4096, 1 << 20, 512, 256 * 1024, 1 << 20, 4096] {
+                stream.extend(data_packet(len, format));
+            }
+            for reads in [
+                &[1usize][..],
+                &[7, 300, 65536],
+                &[131072],
+                &[3, 100_000, 17],
+            ] {
+                let chunks = cut_stream(&stream, reads);
+                assert_eq!(chunks.concat(), stream, "{format} {reads:?}");
+                // Each large payload starts a chunk that holds all of it.
+                let mut d = udrbd_wire::Deframer::new(udrbd_wire::DecodeContext::new(format));
+                let mut frames = 0;
+                for c in &chunks {
+                    let c = Bytes::from(c.clone());
+                    d.push_bytes(c.clone());
+                    while let Some(f) = d.next_frame().unwrap() {
+                        let udrbd_wire::Packet::Data(p) = f.packet else {
+                            panic!("not data")
+                        };
+                        if p.data.len() >= HOLD_MIN {
+                            let inside = c.as_ptr_range();
+                            assert!(inside.contains(&p.data.as_ptr()), "{reads:?}: copied");
+                        }
+                        frames += 1;
+                    }
+                }
+                assert_eq!(frames, 6);
+            }
+        }
+    }
+
+    #[test]
+    fn the_cutter_passes_garbage_on_at_once() {
+        let mut stream = data_packet(1 << 20, udrbd_wire::HeaderFormat::Long);
+        stream.truncate(1000);
+        stream.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        let mut cutter = FrameCutter::default();
+        assert_eq!(cutter.cut(b"GET / HT"), 8);
+        assert_eq!(cutter.cut(&stream), stream.len());
+        let mut cutter = FrameCutter::default();
+        assert_eq!(
+            cutter.cut(&stream[..500]),
+            16,
+            "the header goes on, the payload waits"
+        );
+        assert_eq!(cutter.cut(&stream[16..]), 0);
+    }
+
+    #[test]
+    fn aligned_buffers_are_aligned_where_asked() {
+        for at in [0, 24, 4095, 5000] {
+            let mut b = aligned_buffer(1 << 20, at);
+            assert!(b.capacity() >= 1 << 20);
+            b.extend_from_slice(&vec![1u8; at + 1]);
+            assert_eq!((b[at..].as_ptr() as usize) % crate::meta_io::IO_ALIGN, 0);
+        }
     }
 
     #[test]

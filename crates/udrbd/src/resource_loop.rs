@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::{Notify, oneshot};
@@ -66,6 +66,8 @@ struct Shared {
     engine: Resource,
     resource: ResolvedResource,
     backing: Option<Arc<Backing>>,
+    /// The backing device's data lives in memory (tmpfs): its writes never wait for a device.
+    backing_in_memory: bool,
     /// io_uring on this thread when available, otherwise the IO threads.
     uring: Option<Uring>,
     pool: IoPool,
@@ -108,7 +110,12 @@ impl Shared {
     }
 
     fn pump(&mut self) {
-        let mut state_changed = false;
+        self.pump_outputs(false);
+    }
+
+    /// Routes the engine's outputs (`state_changed`: a state change was routed before).
+    fn pump_outputs(&mut self, mut state_changed: bool) {
+        let mut inline_done = Vec::new();
         while let Some(out) = self.engine.poll_output() {
             match out {
                 Output::Disk(op) => {
@@ -122,6 +129,17 @@ impl Shared {
                     // flushes, goes through io_uring, also for page-cache backings (tmpfs):
                     // a thread hop per write cost a replicating peer ~15% of its bandwidth.
                     let fua = matches!(op.kind, udrbd_core::DiskOpKind::Write { fua: true, .. });
+                    let write = matches!(op.kind, udrbd_core::DiskOpKind::Write { .. });
+                    if write && self.backing_in_memory {
+                        // A write to memory (tmpfs) is a copy that cannot wait for a device:
+                        // done here, it costs no io_uring worker thread (tmpfs has no
+                        // non-blocking writes, so the ring hands each to a worker) and no
+                        // wake-ups. Its completion is fed after this batch of outputs.
+                        let device = backing.device_for(op.area);
+                        let result = crate::backing::execute(device, &op);
+                        inline_done.push(DiskCompletion { id: op.id, result });
+                        continue;
+                    }
                     match self.uring.as_mut() {
                         Some(ring) if !fua => ring.push(op, backing),
                         _ => self.pool.submit(op, backing, self.disk_tx.clone()),
@@ -175,6 +193,19 @@ impl Shared {
         {
             tracing::error!("io_uring submit failed: {e}");
         }
+        if !inline_done.is_empty() {
+            // The completions of writes done inline, and whatever they lead to.
+            let now = self.now();
+            for c in inline_done {
+                self.engine.handle(now, Input::Disk(c));
+            }
+            return self.pump_outputs(state_changed);
+        }
+        self.after_outputs(state_changed);
+    }
+
+    /// Once per batch of outputs: state snapshots for subscribers, the timer.
+    fn after_outputs(&mut self, state_changed: bool) {
         // Called on every request: only cheap accessors here, no `status()` snapshot.
         let openers = self.engine.openers();
         if (state_changed || openers != self.last_openers) && self.events.receiver_count() > 0 {
@@ -247,6 +278,7 @@ impl Shared {
             meta_device_bytes: meta.as_ref().unwrap_or(&data).size_bytes(),
             meta_kind,
         };
+        self.backing_in_memory = in_memory(data.file());
         self.backing = Some(Arc::new(Backing { data, meta }));
         Ok(params)
     }
@@ -279,6 +311,13 @@ impl Shared {
             flags: ExportFlags::block_device(),
         })
     }
+}
+
+/// Whether `file` lives on tmpfs (its writes are memory copies that never wait for a device).
+fn in_memory(file: &std::fs::File) -> bool {
+    // f_type and the constant have architecture-dependent integer types.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstatfs(file).is_ok_and(|s| s.f_type as i64 == libc::TMPFS_MAGIC as i64)
 }
 
 /// Runs the loop of one resource until shutdown. Blocks the calling thread.
@@ -369,6 +408,7 @@ async fn run_loop(
         ),
         resource: resource.clone(),
         backing: None,
+        backing_in_memory: false,
         disk_tx,
         origin: std::time::Instant::now(),
         waiters: BTreeMap::new(),
@@ -778,10 +818,34 @@ async fn nbd_tcp_listener(shared: SharedRef, listener: tokio::net::TcpListener) 
     }
 }
 
+/// The read half of an NBD client's socket, read by readiness so that the bytes go straight
+/// into the NBD machine's receive buffer (no copy through a buffer of our own).
+trait NbdRead {
+    /// Waits until the socket may be readable.
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>>;
+    /// Reads what is there without waiting (`WouldBlock` if nothing).
+    fn try_read_buf<B: bytes::BufMut>(&self, buf: &mut B) -> std::io::Result<usize>;
+}
+
+macro_rules! nbd_read {
+    ($t:ty) => {
+        impl NbdRead for $t {
+            async fn readable(&self) -> std::io::Result<()> {
+                <$t>::readable(self).await
+            }
+            fn try_read_buf<B: bytes::BufMut>(&self, buf: &mut B) -> std::io::Result<usize> {
+                <$t>::try_read_buf(self, buf)
+            }
+        }
+    };
+}
+nbd_read!(tokio::net::unix::OwnedReadHalf);
+nbd_read!(tokio::net::tcp::OwnedReadHalf);
+
 /// One NBD client: negotiation, then requests to the engine and replies back.
-async fn nbd_connection<R, W>(shared: SharedRef, mut reader: R, mut writer: W)
+async fn nbd_connection<R, W>(shared: SharedRef, reader: R, mut writer: W)
 where
-    R: tokio::io::AsyncRead + Unpin,
+    R: NbdRead,
     W: tokio::io::AsyncWrite + Unpin,
 {
     let (tx, mut completions) = unbounded_channel();
@@ -794,10 +858,11 @@ where
     };
     let mut machine = nbd::ServerConnection::new(nbd::ServerConfig::default());
     let mut opened = false;
-    let mut buf = vec![0u8; 1 << 20];
     let mut eof = false;
     let mut segments: Vec<bytes::Bytes> = Vec::new();
     let mut unsent = 0u64;
+    // Requests handed to the engine whose outputs were not routed yet.
+    let mut unpumped = false;
     'conn: loop {
         // Act on everything the machine asked for.
         while let Some(out) = machine.poll_output() {
@@ -830,9 +895,18 @@ where
                     opened = true;
                     shared.borrow_mut().handle(Input::Opened);
                 }
-                nbd::Output::Request(request) => submit_request(&shared, conn_id, request),
+                nbd::Output::Request(request) => {
+                    submit_request(&shared, conn_id, request);
+                    unpumped = true;
+                }
                 nbd::Output::Close(_) => break 'conn,
             }
+        }
+        if std::mem::take(&mut unpumped) {
+            // Once for all requests of this read: their disk IO goes to the kernel in one
+            // io_uring submission (one device kick, a chance to merge) and their packets to
+            // the peer in one write, rather than one each.
+            shared.borrow_mut().pump();
         }
         if !segments.is_empty() {
             if write_segments(&mut writer, &mut segments).await.is_err() {
@@ -846,13 +920,24 @@ where
             }
             continue;
         }
-        let window = machine.receive_window().min(buf.len());
+        let window = machine.receive_window();
         tokio::select! {
-            read = reader.read(&mut buf[..window.max(1)]), if window > 0 && !eof => {
-                match read {
+            ready = reader.readable(), if window > 0 && !eof => {
+                if ready.is_err() {
+                    eof = true;
+                    continue;
+                }
+                let mut room = machine.receive_buffer();
+                // Never a read of 0 bytes, which would look like EOF (the machine always
+                // offers room while its window is open; this is a guard).
+                if bytes::BufMut::remaining_mut(&room) == 0 {
+                    continue;
+                }
+                match reader.try_read_buf(&mut room) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Ok(0) | Err(_) => eof = true,
                     Ok(n) => {
-                        if let Err(e) = machine.handle(nbd::Input::Received(&buf[..n])) {
+                        if let Err(e) = machine.handle(nbd::Input::Appended(n)) {
                             tracing::warn!("NBD client: {e}");
                             break 'conn;
                         }
@@ -871,6 +956,9 @@ where
         if eof && machine.outstanding() == 0 {
             break;
         }
+    }
+    if unpumped {
+        shared.borrow_mut().pump();
     }
     // Requests still in flight complete into the void; the device counts as closed only
     // once they have.
@@ -919,6 +1007,7 @@ where
     Ok(())
 }
 
+/// Hands one request to the engine; the caller must [`Shared::pump`] afterwards.
 fn submit_request(shared: &SharedRef, conn: u64, request: nbd::BlockRequest) {
     let mut s = shared.borrow_mut();
     let id = BlockRequestId(s.next_request);
@@ -952,5 +1041,7 @@ fn submit_request(shared: &SharedRef, conn: u64, request: nbd::BlockRequest) {
             fua,
         },
     };
-    s.handle(Input::Block(block));
+    // Not pumped here: the caller pumps once after a batch of requests.
+    let now = s.now();
+    s.engine.handle(now, Input::Block(block));
 }

@@ -32,6 +32,8 @@ struct InFlight {
     op: DiskOp,
     /// The buffer the kernel reads from or writes into (aligned window inside).
     buffer: Option<Vec<u8>>,
+    /// A write's payload when the kernel writes straight from it (no aligned copy).
+    data: Option<Bytes>,
     /// Start of the aligned window in `buffer`.
     start: usize,
     len: usize,
@@ -79,12 +81,15 @@ impl Uring {
 
     /// Queues one operation (submitted by the next [`Uring::submit`]).
     pub fn push(&mut self, op: DiskOp, backing: Arc<Backing>) {
-        let fd = types::Fd(backing.device_for(op.area).file().as_raw_fd());
+        let device = backing.device_for(op.area);
+        let fd = types::Fd(device.file().as_raw_fd());
+        let direct = device.is_direct();
         let key = self.next;
         self.next += 1;
         let mut entry = InFlight {
             op,
             buffer: None,
+            data: None,
             start: 0,
             len: 0,
             _backing: backing,
@@ -101,11 +106,20 @@ impl Uring {
                     .build()
             }
             DiskOpKind::Write { data, fua } => {
-                let (buf, start) = aligned_copy(&data);
-                entry.buffer = Some(buf);
-                entry.start = start;
                 entry.len = data.len();
-                let ptr = entry.buffer.as_ref().expect("buffer")[start..].as_ptr();
+                // Only O_DIRECT needs an aligned buffer: a page-cache write (a peer on tmpfs)
+                // or an already aligned payload is written from the payload itself, saving a
+                // copy of every byte replicated.
+                let ptr = if !direct || (data.as_ptr() as usize).is_multiple_of(IO_ALIGN) {
+                    let ptr = data.as_ptr();
+                    entry.data = Some(data.clone());
+                    ptr
+                } else {
+                    let (buf, start) = aligned_copy(&data);
+                    entry.buffer = Some(buf);
+                    entry.start = start;
+                    entry.buffer.as_ref().expect("buffer")[start..].as_ptr()
+                };
                 // FUA writes are not sent through the ring (see the driver): RWF_DSYNC writes
                 // through io_uring were lost in the power-cut test.
                 assert!(!fua, "FUA writes go to the IO threads");

@@ -106,6 +106,26 @@ fn initial_full_sync_then_replicated_writes() {
     assert_identical(&p, size);
 }
 
+/// Backings on tmpfs: the daemons write to memory inline rather than through io_uring (a
+/// full sync, then replicated writes of 4 KiB to 1 MiB).
+#[test]
+fn backings_on_tmpfs_sync_and_replicate() {
+    require_libnbd();
+    if !std::path::Path::new("/dev/shm").is_dir() {
+        eprintln!("skipped: no /dev/shm");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let p = Pair::start_in(dir, PairOptions::default(), None);
+    p.wait_connected(60);
+    p.alice.ok(&["primary", "r0", "--force"]);
+    p.wait_up_to_date(WAIT);
+    let size = data_bytes(&p.alice);
+    write_through_alice(&p, size);
+    p.wait_up_to_date(WAIT);
+    assert_identical(&p, size);
+}
+
 #[test]
 fn skip_initial_sync_with_new_current_uuid_clear_bitmap() {
     require_libnbd();

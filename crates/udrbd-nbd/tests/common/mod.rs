@@ -68,6 +68,20 @@ impl Harness {
         self.input(Input::Received(bytes))
     }
 
+    /// Feeds bytes as a driver that reads straight into the receive buffer does: as much as
+    /// `receive_buffer()` takes at a time, reported with `Input::Appended`, then drains.
+    pub fn feed_in_place(&mut self, mut bytes: &[u8]) -> Result<(), HandleError> {
+        while !bytes.is_empty() {
+            let mut buf = self.conn.receive_buffer();
+            let n = bytes::BufMut::remaining_mut(&buf).min(bytes.len());
+            assert!(n > 0, "the machine takes no more bytes");
+            bytes::BufMut::put_slice(&mut buf, &bytes[..n]);
+            bytes = &bytes[n..];
+            self.input(Input::Appended(n))?;
+        }
+        Ok(())
+    }
+
     /// Feeds one input and drains; returns the first error, including a protocol error that
     /// surfaced while draining.
     pub fn input(&mut self, input: Input<'_>) -> Result<(), HandleError> {
