@@ -77,7 +77,7 @@ pub(crate) struct PeerRead {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum LockWaiter {
     PeerWrite(u64),
-    ResyncRead(u64),
+    PeerRead(u64),
 }
 
 impl Resource {
@@ -110,7 +110,7 @@ impl Resource {
                     let pw = &self.peer_writes[&id];
                     (pw.sector * 512, pw.sector * 512 + pw.len)
                 }
-                LockWaiter::ResyncRead(id) => {
+                LockWaiter::PeerRead(id) => {
                     let pr = &self.peer_reads[&id];
                     (pr.sector * 512, pr.sector * 512 + u64::from(pr.len))
                 }
@@ -160,7 +160,7 @@ impl Resource {
                         self.peer_writes.get_mut(&id).expect("waiting").lock = Some(lock);
                         self.on_peer_write_done(id, eio);
                     }
-                    LockWaiter::ResyncRead(id) => {
+                    LockWaiter::PeerRead(id) => {
                         self.peer_reads.get_mut(&id).expect("waiting").lock = Some(lock);
                         self.on_peer_read_done(id, eio);
                     }
@@ -173,7 +173,7 @@ impl Resource {
                     self.peer_writes.get_mut(&id).expect("waiting").lock = Some(lock);
                     self.submit_peer_write(id);
                 }
-                LockWaiter::ResyncRead(id) => {
+                LockWaiter::PeerRead(id) => {
                     self.peer_reads.get_mut(&id).expect("waiting").lock = Some(lock);
                     self.submit_peer_read(id);
                 }
@@ -975,12 +975,11 @@ impl Resource {
                 lock: None,
             },
         );
-        if resync {
-            self.lock_waiting.push_back(LockWaiter::ResyncRead(id));
-            self.start_lock_waiters();
-        } else {
-            self.submit_peer_read(id);
-        }
+        // Application reads too wait for the peer's writes received before them: with
+        // protocol A/B a diskless Primary's write completed before this node wrote it, and
+        // a read of its blocks that overtook it returned the old data (swarm seed 3767).
+        self.lock_waiting.push_back(LockWaiter::PeerRead(id));
+        self.start_lock_waiters();
         Ok(())
     }
 

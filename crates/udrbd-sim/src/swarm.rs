@@ -1746,6 +1746,18 @@ impl Run {
                 self.start(node, cmd);
                 continue;
             }
+            if conn == Some(ConnState::StandAlone)
+                && st.role == Role::Primary
+                && (error_is(st, "I shall become SyncTarget, but I am primary")
+                    || error_is(st, "both sides have to support"))
+            {
+                // The handshake would make this Primary a SyncTarget (rr-conflict), or needs
+                // rule 41 (a crashed primary while someone is Primary), which takes a feature
+                // udrbd does not offer: as a DRBD admin must, the operator demotes it; the
+                // next round connects.
+                self.start(node, AdminCommand::Secondary);
+                continue;
+            }
             if conn == Some(ConnState::StandAlone) {
                 let discard = split_brain && node == loser;
                 if discard && st.role == Role::Primary {
@@ -1787,19 +1799,24 @@ impl Run {
             self.start(node as NodeId, AdminCommand::Primary { force: true });
             return;
         }
-        // Connected and UpToDate with blocks still out of sync (a write the peer failed,
-        // a resync request that failed): DRBD resyncs them at the next connection, so the
-        // operator reconnects.
-        let connected_up_to_date = status.iter().all(|s| {
-            s.disk == DiskState::UpToDate
+        // Connected, no resync, with blocks still out of sync (a write the peer failed, a
+        // resync request that failed) or a disk that went Inconsistent in place (a read
+        // error under on-io-error pass_on) next to an UpToDate one: DRBD resyncs them at
+        // the next connection, so the operator reconnects.
+        let connected_attached = status.iter().all(|s| {
+            s.disk >= DiskState::Inconsistent
                 && s.peer.as_ref().is_some_and(|p| {
-                    p.conn == ConnState::Connected && p.peer_disk == DiskState::UpToDate
+                    p.conn == ConnState::Connected && p.peer_disk >= DiskState::Inconsistent
                 })
         });
+        let one_up_to_date = status.iter().any(|s| s.disk == DiskState::UpToDate);
         if round > 4
             && round.is_multiple_of(5)
-            && connected_up_to_date
-            && status.iter().any(|s| s.out_of_sync_bytes > 0)
+            && connected_attached
+            && one_up_to_date
+            && status
+                .iter()
+                .any(|s| s.out_of_sync_bytes > 0 || s.disk != DiskState::UpToDate)
         {
             self.start(1, AdminCommand::Disconnect);
         }

@@ -1148,3 +1148,34 @@ fn a_demotion_waits_for_the_peer_to_confirm_its_writes() {
         );
     }
 }
+
+/// Swarm seed 3767 (register): a diskless Primary under protocol B wrote a block (complete
+/// once the peer received it) and then read it back through the peer. The peer submitted the
+/// read at once, beside its still running write of the same block, and the disk returned the
+/// old data first. Now the peer's application reads wait, like its resync reads, for the
+/// writes received before them.
+#[test]
+fn a_read_through_the_peer_sees_the_write_before_it() {
+    for seed in 0..4 {
+        let options = ClusterOptions {
+            protocol: udrbd_wire::WireProtocol::B,
+            ..ClusterOptions::default()
+        };
+        let mut c = pair(seed, options, true);
+        c.must(0, AdminCommand::Detach { force: false });
+        // The peer's disk completes out of order, slowly.
+        c.disk(1).set_latency(1_000_000, 50_000_000);
+        for i in 0..8u64 {
+            let block = 100 + 16 * seed + i;
+            let data = pattern(seed * 100 + i, BLOCK as usize);
+            c.write(0, block * BLOCK, data.clone(), false)
+                .expect("a protocol B write through the peer");
+            let read = c.read(0, block * BLOCK, BLOCK as u32).expect("read");
+            check(
+                &c,
+                read == data,
+                &format!("block {block} reads back the write just acknowledged"),
+            );
+        }
+    }
+}
