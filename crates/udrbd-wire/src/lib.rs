@@ -27,6 +27,8 @@ pub mod bitmap;
 pub mod command;
 pub mod deframer;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod header;
 pub mod packet;
 pub mod payload;

@@ -1,89 +1,12 @@
 //! Replays the cargo-fuzz corpus of `fuzz/fuzz_targets/wire_decode.rs` on stable Rust: every
 //! input the fuzzer kept must still decode to values or typed errors, never a panic, with the
-//! same checks as the fuzz target (keep the two in step).
+//! same checks as the fuzz target (`udrbd_wire::fuzzing::wire_decode`, which both call).
 // The test reads the corpus from disk; the library itself stays free of file IO.
 #![allow(clippy::disallowed_methods)]
 
 use std::path::Path;
 
-use bytes::Bytes;
-use udrbd_meta::Bitmap;
-use udrbd_wire::{
-    BitmapReceiver, BitmapSender, CompressedBitmap, DecodeContext, Deframer, HeaderFormat, Packet,
-};
-
-fn wire_decode(data: &[u8]) {
-    let Some((&control, stream)) = data.split_first() else {
-        return;
-    };
-    let format = [
-        HeaderFormat::Short,
-        HeaderFormat::ShortOrBig,
-        HeaderFormat::Long,
-    ][usize::from(control % 3)];
-    let digest_len = [0, 4, 32, 64][usize::from((control >> 2) & 3)];
-    let cut = usize::from(control >> 4) + 1;
-    let bits = (stream.len() as u64 * 37) % 9000;
-
-    let context = DecodeContext::new(format).with_integrity_digest_len(digest_len);
-    let mut deframer = Deframer::new(context);
-    let mut receiver = BitmapReceiver::new(bits, format);
-    let mut bitmap = Bitmap::new(bits);
-    // Odd chunks go in sliced (push_bytes), even ones copied (push).
-    let shared = Bytes::copy_from_slice(stream);
-    for (i, chunk) in stream.chunks(cut).enumerate() {
-        if i % 2 == 1 {
-            let at = chunk.as_ptr() as usize - stream.as_ptr() as usize;
-            deframer.push_bytes(shared.slice(at..at + chunk.len()));
-        } else {
-            deframer.push(chunk);
-        }
-        while let Ok(Some(frame)) = deframer.next_frame() {
-            if let Ok(encoded) = frame.packet.encode(frame.volume, format) {
-                let mut again = Deframer::new(context);
-                again.push(&encoded.to_vec());
-                let decoded = again.next_frame().expect("re-encoded packet decodes");
-                assert_eq!(decoded.as_ref().map(|f| &f.packet), Some(&frame.packet));
-            }
-            if matches!(
-                frame.packet,
-                Packet::Bitmap(_) | Packet::CompressedBitmap(_)
-            ) {
-                let _ = receiver.receive(&frame.packet, &mut bitmap);
-            }
-        }
-    }
-
-    let mut receiver = BitmapReceiver::new(bits, HeaderFormat::Long);
-    let code = CompressedBitmap {
-        first_run_set: control & 1 == 1,
-        pad_bits: (control >> 1) & 7,
-        code: Bytes::copy_from_slice(&stream[..stream.len().min(4079)]),
-    };
-    let _ = receiver.receive(&Packet::CompressedBitmap(code), &mut Bitmap::new(bits));
-
-    let mut source = Bitmap::new(bits);
-    let words: Vec<u64> = stream
-        .chunks(8)
-        .map(|c| {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            u64::from_le_bytes(w)
-        })
-        .collect();
-    source.or_words(0, &words);
-    let mut sender = BitmapSender::new(bits, format, control & 0x80 == 0);
-    let mut receiver = BitmapReceiver::new(bits, format);
-    let mut received = Bitmap::new(bits);
-    while let Some(packet) = sender.next_packet(&source) {
-        receiver
-            .receive(&packet, &mut received)
-            .expect("our own bitmap packets are accepted");
-    }
-    assert!(receiver.is_done());
-    assert_eq!(received.words(), source.words());
-}
-
+use udrbd_wire::fuzzing::wire_decode;
 #[test]
 fn replay_wire_decode_corpus() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/wire_decode");
