@@ -816,6 +816,16 @@ impl Resource {
         self.update_md_flags_for(if promoting { Role::Primary } else { self.role });
     }
 
+    /// Whether the connected peer is a Primary without a usable disk, whose data is on this
+    /// node's disk alone.
+    pub(crate) fn serving_diskless_primary(&self) -> bool {
+        self.peer.as_ref().is_some_and(|p| {
+            p.conn >= crate::state::ConnState::Connected
+                && p.peer_role == Role::Primary
+                && p.peer_disk < DiskState::Inconsistent
+        })
+    }
+
     /// As [`Resource::update_md_flags`], for the role the node is taking (a promotion writes
     /// "Primary" before it is Primary).
     pub(crate) fn update_md_flags_for(&mut self, role: Role) {
@@ -828,11 +838,7 @@ impl Resource {
         // Also while the connected peer is a Primary without a usable disk: this node's
         // activity log then covers that Primary's writes, and a crash must replay it (DRBD
         // sets MDF_PRIMARY_IND for "role Primary, or peer Primary with pdsk < Inconsistent").
-        let serving_diskless_primary = self.peer.as_ref().is_some_and(|p| {
-            p.conn >= crate::state::ConnState::Connected
-                && p.peer_role == Role::Primary
-                && p.peer_disk < DiskState::Inconsistent
-        });
+        let serving_diskless_primary = self.serving_diskless_primary();
         // The flag goes only once the bitmap is durable: the bits of the diskless Primary's
         // writes are set in memory, and a crash between the flag's write and theirs would
         // neither replay the activity log nor find the bits (swarm seed 269, the peer

@@ -1441,7 +1441,7 @@ impl Resource {
         }
         // MDF_PRIMARY_IND follows a diskless Primary peer (update_md_flags_for); only that
         // is recomputed here, when it changes.
-        let serving = peer_role == Role::Primary && peer_disk < DiskState::Inconsistent;
+        let serving = self.serving_diskless_primary();
         let flagged = self
             .disk
             .as_ref()

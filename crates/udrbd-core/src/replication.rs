@@ -193,13 +193,8 @@ impl Resource {
             return true;
         };
         if !holds {
-            for e in first..=last {
-                if d.al.activate(e) == udrbd_meta::activity_log::Activation::Busy {
-                    for taken in first..e {
-                        d.al.release(taken);
-                    }
-                    return false;
-                }
+            if !d.al.activate_all(first, last) {
+                return false;
             }
             self.peer_writes
                 .get_mut(&id)
@@ -219,9 +214,7 @@ impl Resource {
         }
         let (first, last) = pw.extents.expect("held extents");
         if let Some(d) = self.disk.as_mut() {
-            for e in first..=last {
-                d.al.release(e);
-            }
+            d.al.release_all(first, last);
         }
     }
 

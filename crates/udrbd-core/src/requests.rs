@@ -9,7 +9,7 @@
 //! a success unless the peer wrote it.
 
 use bytes::Bytes;
-use udrbd_meta::activity_log::{Activation, BITS_PER_AL_EXTENT, extent_of_sector};
+use udrbd_meta::activity_log::{BITS_PER_AL_EXTENT, extent_of_sector};
 
 use crate::engine::{AlWriter, LocalIoError, OpPurpose, Request, Resource};
 use crate::mutation::Mutation;
@@ -335,13 +335,8 @@ impl Resource {
         }
         let (first, last) = r.extents.expect("a write");
         let d = self.disk.as_mut().expect("attached");
-        for e in first..=last {
-            if d.al.activate(e) == Activation::Busy {
-                for taken in first..e {
-                    d.al.release(taken);
-                }
-                return false;
-            }
+        if !d.al.activate_all(first, last) {
+            return false;
         }
         self.requests.get_mut(&id).expect("request").holds_extents = true;
         true
@@ -359,9 +354,7 @@ impl Resource {
         }
         let (first, last) = r.extents.expect("a write");
         if let Some(d) = self.disk.as_mut() {
-            for e in first..=last {
-                d.al.release(e);
-            }
+            d.al.release_all(first, last);
         }
     }
 

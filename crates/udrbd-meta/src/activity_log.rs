@@ -619,6 +619,29 @@ impl ActivityLog {
         }
     }
 
+    /// Takes a reference on every extent of `first..=last`, all or none: if one of them
+    /// finds the log full ([`Activation::Busy`]), the references already taken are given
+    /// back and it returns false, so that two writers can never deadlock each holding half of
+    /// the other's slots.
+    pub fn activate_all(&mut self, first: u32, last: u32) -> bool {
+        for e in first..=last {
+            if self.activate(e) == Activation::Busy {
+                for taken in first..e {
+                    self.release(taken);
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Gives back the references [`ActivityLog::activate_all`] took.
+    pub fn release_all(&mut self, first: u32, last: u32) {
+        for e in first..=last {
+            self.release(e);
+        }
+    }
+
     /// Whether a transaction is waiting to be prepared.
     pub fn wants_transaction(&self) -> bool {
         self.in_flight.is_none() && !self.queued.is_empty()
