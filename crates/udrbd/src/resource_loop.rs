@@ -188,6 +188,7 @@ impl Shared {
                 Output::Peer(out) => self.net.execute(out),
             }
         }
+        self.net.flush();
         if let Some(ring) = self.uring.as_mut()
             && let Err(e) = ring.submit()
         {
@@ -948,6 +949,11 @@ where
                 match done {
                     Some((id, result)) => {
                         let _ = machine.handle(nbd::Input::Completion { id, result });
+                        // Every completion already there too: their replies go out in one
+                        // write (one peer ack packet often completes many requests).
+                        while let Ok((id, result)) = completions.try_recv() {
+                            let _ = machine.handle(nbd::Input::Completion { id, result });
+                        }
                     }
                     None => break 'conn,
                 }
