@@ -118,13 +118,14 @@ fn worker(queue: &(Mutex<Queue>, Condvar)) {
                 q = cond.wait(q).expect("IO queue");
             }
         };
-        let device = job.backing.device_for(job.op.area);
-        let result = execute(device, &job.op);
+        let Job { op, backing, done } = job;
+        let result = execute(backing.device_for(op.area), &op);
+        // The devices close once the last operation of a detach returned: this thread's
+        // reference goes before the engine hears of it, or a `down` could return (and the
+        // next opener find the device locked) while it is still open here.
+        drop(backing);
         // The engine may be gone (shutdown): nothing to tell then.
-        let _ = job.done.send(DiskCompletion {
-            id: job.op.id,
-            result,
-        });
+        let _ = done.send(DiskCompletion { id: op.id, result });
     }
 }
 

@@ -61,6 +61,8 @@ pub struct SocketOptions {
     pub rcvbuf_bytes: u32,
     /// How long a connect may take (`connect-int`).
     pub connect_timeout: Duration,
+    /// The TCP congestion control (`tcp-congestion`; `None`: the system's).
+    pub congestion: Option<String>,
 }
 
 /// The socket settings of `resource`: own IP, `sndbuf-size`, `rcvbuf-size`, `connect-int`.
@@ -71,6 +73,7 @@ pub fn socket_options(resource: &crate::config::ResolvedResource) -> SocketOptio
         sndbuf_bytes: u32::try_from(net.sndbuf_size_bytes).unwrap_or(u32::MAX),
         rcvbuf_bytes: u32::try_from(net.rcvbuf_size_bytes).unwrap_or(u32::MAX),
         connect_timeout: net.connect_int,
+        congestion: net.tcp_congestion.clone(),
     }
 }
 
@@ -450,6 +453,13 @@ fn bound_socket(addr: SocketAddr, options: &SocketOptions) -> std::io::Result<Tc
     if options.rcvbuf_bytes > 0 {
         socket.set_recv_buffer_size(options.rcvbuf_bytes)?;
     }
+    if let Some(name) = &options.congestion {
+        // Accepted sockets inherit it from the listener. A name the kernel does not know (a
+        // module not loaded, or not allowed) leaves the system's default, with a warning.
+        if let Err(e) = rustix::net::sockopt::set_tcp_congestion(&socket, name) {
+            tracing::warn!(%addr, "tcp-congestion {name}: {e} (using the system's default)");
+        }
+    }
     socket.bind(addr)?;
     Ok(socket)
 }
@@ -711,6 +721,9 @@ impl FrameCutter {
 /// Writes the queued sends in order, gathering up to [`MAX_IOVECS`] buffers per `writev`,
 /// and reports each write. Ends when the queue is closed and empty (the engine closed the
 /// socket) or the socket fails.
+/// A writer thread counts what it wrote (for the engine's `Sent`) at most this far behind.
+const SENT_REPORT_BYTES: usize = 4 << 20;
+
 /// How often a writer blocked on a full socket looks at its queue (closed by the engine?).
 const WRITER_POLL: Duration = Duration::from_millis(100);
 
@@ -738,6 +751,8 @@ fn writer_thread(
     };
     // Batches taken from the queue whose bytes are not all written yet.
     let mut pulled = 0;
+    // Bytes written but not counted in `shared.sent` yet.
+    let mut unreported = 0;
     // Set once the queue is closed: the moment the rest must be written by.
     let mut linger_until: Option<std::time::Instant> = None;
     loop {
@@ -794,6 +809,10 @@ fn writer_thread(
             }
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // The engine hears of what went out before the thread waits.
+                if !shared.count_sent(conn, std::mem::take(&mut unreported), &events) {
+                    break;
+                }
                 wait_writable(&shared.socket, WRITER_POLL);
                 continue;
             }
@@ -807,7 +826,12 @@ fn writer_thread(
             }
         };
         consume(&mut segments, n);
-        if !shared.count_sent(conn, n, &events) {
+        unreported += n;
+        // Reported when the thread caught up, or every SENT_REPORT_BYTES: each report may
+        // wake the loop, and a megabyte packet takes several writes.
+        if (segments.is_empty() || unreported >= SENT_REPORT_BYTES)
+            && !shared.count_sent(conn, std::mem::take(&mut unreported), &events)
+        {
             break;
         }
     }
@@ -1127,6 +1151,35 @@ mod tests {
             assert!(received == expected, "the packets arrived out of order");
             // The engine closed `out`: its later `Sent`s are not reported, so only a bound.
             assert!(sent <= expected.len() as u64);
+        });
+    }
+
+    /// `tcp-congestion` reaches both ends: the outgoing socket, and an accepted one (which
+    /// inherits the listener's). A name the kernel does not know leaves the default.
+    #[test]
+    fn the_configured_congestion_control_is_on_outgoing_and_accepted_sockets() {
+        local(async {
+            use rustix::net::sockopt::tcp_congestion;
+            let with = |name: &str| SocketOptions {
+                congestion: Some(name.to_string()),
+                ..options()
+            };
+            // reno is built into every kernel and allowed to every user.
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let listener = bind_listener(addr, &with("reno")).unwrap();
+            let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let outgoing = bound_socket(local, &with("reno")).unwrap();
+            assert_eq!(tcp_congestion(&outgoing).unwrap(), "reno");
+            let outgoing = outgoing.connect(addr).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            assert_eq!(tcp_congestion(&accepted).unwrap(), "reno");
+            assert_eq!(tcp_congestion(&outgoing).unwrap(), "reno");
+            let system = bound_socket(local, &options()).unwrap();
+            let unknown = bound_socket(local, &with("no-such-cc")).unwrap();
+            assert_eq!(
+                tcp_congestion(&unknown).unwrap(),
+                tcp_congestion(&system).unwrap()
+            );
         });
     }
 

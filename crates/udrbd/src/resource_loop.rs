@@ -129,12 +129,17 @@ impl Shared {
                     // flushes, goes through io_uring, also for page-cache backings (tmpfs):
                     // a thread hop per write cost a replicating peer ~15% of its bandwidth.
                     let fua = matches!(op.kind, udrbd_core::DiskOpKind::Write { fua: true, .. });
-                    let write = matches!(op.kind, udrbd_core::DiskOpKind::Write { .. });
-                    if write && self.backing_in_memory {
-                        // A write to memory (tmpfs) is a copy that cannot wait for a device:
-                        // done here, it costs no io_uring worker thread (tmpfs has no
-                        // non-blocking writes, so the ring hands each to a worker) and no
-                        // wake-ups. Its completion is fed after this batch of outputs.
+                    let inline = matches!(
+                        op.kind,
+                        udrbd_core::DiskOpKind::Write { .. } | udrbd_core::DiskOpKind::Flush
+                    );
+                    if inline && self.backing_in_memory {
+                        // A write to memory (tmpfs) is a copy that cannot wait for a device,
+                        // and a flush of it returns at once: done here, they cost no io_uring
+                        // worker thread (tmpfs has no non-blocking writes, so the ring hands
+                        // each to a worker) and no wake-ups. Their completions are fed after
+                        // this batch of outputs, so a flush still completes after every write
+                        // completed before it.
                         let device = backing.device_for(op.area);
                         let result = crate::backing::execute(device, &op);
                         inline_done.push(DiskCompletion { id: op.id, result });
@@ -279,7 +284,10 @@ impl Shared {
             meta_device_bytes: meta.as_ref().unwrap_or(&data).size_bytes(),
             meta_kind,
         };
-        self.backing_in_memory = in_memory(data.file());
+        // Inline IO needs every device in memory: a meta-data device on a disk would block
+        // the loop.
+        self.backing_in_memory =
+            in_memory(data.file()) && meta.as_ref().is_none_or(|m| in_memory(m.file()));
         self.backing = Some(Arc::new(Backing { data, meta }));
         Ok(params)
     }

@@ -344,7 +344,7 @@ fn unknown_keyword_in_net() {
         "{message}"
     );
     assert!(
-        message.ends_with("congestion-extents, csums-after-crash-only)"),
+        message.ends_with("congestion-extents, csums-after-crash-only, tcp-congestion)"),
         "{message}"
     );
 }
@@ -787,4 +787,21 @@ fn turning_flushes_off_is_not_supported_yet() {
         let ok = text.replace(" no;", " yes;");
         parse_str("t.res", &ok).unwrap();
     }
+}
+
+/// `tcp-congestion` (udrbd's own net option) names the peer sockets' congestion control;
+/// a name longer than the kernel's 15 characters is refused where it stands.
+#[test]
+fn tcp_congestion_names_the_congestion_control() {
+    let config = parse_str("t.res", &in_net("tcp-congestion cubic;")).unwrap();
+    let resolved = config.resource_for_node("r0", "alice").unwrap();
+    assert_eq!(
+        resolved.options.net.tcp_congestion.as_deref(),
+        Some("cubic")
+    );
+    let config = parse_str("t.res", &in_net("")).unwrap();
+    let resolved = config.resource_for_node("r0", "alice").unwrap();
+    assert_eq!(resolved.options.net.tcp_congestion, None, "the system's");
+    let message = error(&in_net("tcp-congestion a-name-of-sixteen;"));
+    assert!(message.starts_with("t.res:3:20: "), "{message}");
 }

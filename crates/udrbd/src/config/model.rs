@@ -250,6 +250,8 @@ pub struct NetOptions {
     pub congestion_fill_sectors: u64,
     pub congestion_extents: u32,
     pub csums_after_crash_only: bool,
+    /// udrbd's own: the TCP congestion control of the peer sockets (`None`: the system's).
+    pub tcp_congestion: Option<String>,
 }
 
 impl Default for NetOptions {
@@ -284,6 +286,7 @@ impl Default for NetOptions {
             congestion_fill_sectors: 0,
             congestion_extents: 1237,
             csums_after_crash_only: false,
+            tcp_congestion: None,
         }
     }
 }
