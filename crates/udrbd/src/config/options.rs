@@ -538,9 +538,9 @@ pub static OPTIONS: &[OptionSpec] = &[
     spec(S::Net, "congestion-extents", num(Count, 67, 65_534), Some("1237"), Ignored, |o, v| o.net.congestion_extents = v.count()),
     spec(S::Net, "csums-after-crash-only", FLAG, Some("no"), Only("no"), |o, v| o.net.csums_after_crash_only = v.flag()),
     // udrbd's own, not DRBD's: the TCP congestion control of the peer sockets (Linux's
-    // TCP_CONGESTION, at most 15 characters), unset: the system's default. BBR's model of the
-    // path (bandwidth x minimum round trip) gives a link of microsecond round trips a window
-    // of about a megabyte, which stalls megabyte-sized replicated writes that come in bursts.
+    // TCP_CONGESTION, at most 15 characters); unset: the system's default. On loopback, BBR
+    // was seen holding the data socket to ~1.5 MiB in flight (24 segments) while 1 MiB writes
+    // queued behind it; whether another choice is faster here is not settled (README).
     spec(S::Net, "tcp-congestion", ValueKind::Text { max_len: 15 }, None, Yes, |o, v| o.net.tcp_congestion = v.text()),
 
     // disk
