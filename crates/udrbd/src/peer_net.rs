@@ -9,11 +9,13 @@
 //! - one connect task per outgoing `Connect`, bounded by `connect-int` as in DRBD;
 //! - per socket a reader task (reads into 128 KiB buffers, hands them over as `Bytes`, a
 //!   large payload only once it is complete, so the deframer slices it: [`FrameCutter`]) and a
-//!   writer thread (an unbounded queue of `Send`s, written with `writev` in order on a
-//!   duplicate of the socket's descriptor, each write reported as `Sent`). The writer is a
-//!   thread of its own, not a task, because sending is most of a Primary's work per byte
-//!   (copying into the socket and, on loopback, the receiving side's TCP processing): on its
-//!   own core it overlaps with the resource loop's NBD reads and disk submissions.
+//!   writer thread (a queue of batches of `Send`s, written with `writev` in order on a
+//!   duplicate of the socket's descriptor, what the kernel took reported as `Sent`). The
+//!   writer is a thread of its own, not a task, because sending is most of a Primary's work
+//!   per byte (copying into the socket and, on loopback, the receiving side's TCP
+//!   processing): on its own core it overlaps with the resource loop's NBD reads and disk
+//!   submissions. Small batches are written by the loop itself while the thread has nothing
+//!   queued ([`INLINE_SEND_MAX`]), which keeps the bytes in order.
 //!
 //! Invariants:
 //! - accepted sockets get fresh ids below [`OUTGOING_CONN_ID_BASE`], never reused;
@@ -21,7 +23,11 @@
 //!   the socket itself ([`PeerNet::on_event`] drops events of sockets it no longer has);
 //! - `Connected` is reported only for a `Connect` the engine has not closed meanwhile; a
 //!   failed connect is reported as `Closed`;
-//! - an accepted socket that arrives after `StopListening` is dropped unreported.
+//! - an accepted socket that arrives after `StopListening` is dropped unreported;
+//! - a socket's bytes go out in the engine's order: the loop writes only while its writer
+//!   thread has no batch left unwritten ([`WriterShared::queued`] is 0), and the thread only
+//!   what the loop handed it;
+//! - `Sent` never reports more than was written (the counter is added to after each write).
 
 use std::collections::BTreeMap;
 use std::io::{IoSlice, Write};
@@ -110,9 +116,9 @@ pub enum NetEvent {
         /// The bytes.
         bytes: Bytes,
     },
-    /// The kernel took more bytes: how many is in the socket's [`Socket::sent`] counter
-    /// (one event per time the counter left 0, so that a writer far ahead of the loop does
-    /// not wake it once per write).
+    /// The kernel took more bytes: how many is in the socket's [`WriterShared::sent`]
+    /// counter (one event per time the counter left 0, so that a writer far ahead of the loop
+    /// does not wake it once per write).
     Sent {
         /// The socket.
         conn: ConnId,
@@ -718,9 +724,6 @@ impl FrameCutter {
     }
 }
 
-/// Writes the queued sends in order, gathering up to [`MAX_IOVECS`] buffers per `writev`,
-/// and reports each write. Ends when the queue is closed and empty (the engine closed the
-/// socket) or the socket fails.
 /// A writer thread counts what it wrote (for the engine's `Sent`) at most this far behind.
 const SENT_REPORT_BYTES: usize = 4 << 20;
 
