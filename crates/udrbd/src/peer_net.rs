@@ -1086,11 +1086,55 @@ mod tests {
         while accepted.is_none() || !connected {
             match next_input(net, rx).await {
                 PeerInput::Accepted { conn } => accepted = Some(conn),
-                PeerInput::Connected { conn } => connected = conn == out,
+                PeerInput::Connected { conn } => {
+                    assert_eq!(conn, out);
+                    connected = true;
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }
         (out, accepted.unwrap())
+    }
+
+    /// What a connected pair's engine heard: bytes `out` sent, bytes `inbound` received.
+    struct Transfer {
+        out: ConnId,
+        inbound: ConnId,
+        sent: u64,
+        received: Vec<u8>,
+    }
+
+    impl Transfer {
+        fn new(out: ConnId, inbound: ConnId) -> Transfer {
+            Transfer {
+                out,
+                inbound,
+                sent: 0,
+                received: Vec::new(),
+            }
+        }
+
+        /// Takes the next input: `Sent` of `out` and `Received` of `inbound` are counted;
+        /// a `Closed` is returned; anything else fails the test.
+        async fn next(
+            &mut self,
+            net: &mut PeerNet,
+            rx: &mut UnboundedReceiver<NetEvent>,
+        ) -> Option<ConnId> {
+            match next_input(net, rx).await {
+                PeerInput::Sent { conn, bytes } => {
+                    assert_eq!(conn, self.out);
+                    self.sent += bytes;
+                }
+                PeerInput::Received { conn, bytes } => {
+                    assert_eq!(conn, self.inbound);
+                    self.received.extend_from_slice(&bytes);
+                }
+                PeerInput::Closed { conn } => return Some(conn),
+                other => panic!("unexpected {other:?}"),
+            }
+            None
+        }
     }
 
     /// Small batches are written by the loop, large ones by the writer thread, and a batch
@@ -1132,24 +1176,14 @@ mod tests {
             }
             send(&mut net, 300, 2 << 20);
             net.execute(PeerOutput::Close { conn: out });
-            let (mut sent, mut received) = (0u64, Vec::new());
-            loop {
-                match next_input(&mut net, &mut rx).await {
-                    PeerInput::Sent { conn, bytes } => {
-                        assert_eq!(conn, out);
-                        sent += bytes;
-                    }
-                    PeerInput::Received { conn, bytes } => {
-                        assert_eq!(conn, inbound);
-                        received.extend_from_slice(&bytes);
-                    }
-                    PeerInput::Closed { conn } => {
-                        assert_eq!(conn, inbound);
-                        break;
-                    }
-                    other => panic!("unexpected {other:?}"),
+            let mut io = Transfer::new(out, inbound);
+            let closed = loop {
+                if let Some(conn) = io.next(&mut net, &mut rx).await {
+                    break conn;
                 }
-            }
+            };
+            assert_eq!(closed, inbound);
+            let (sent, received) = (io.sent, io.received);
             assert_eq!(received.len(), expected.len());
             assert!(received == expected, "the packets arrived out of order");
             // The engine closed `out`: its later `Sent`s are not reported, so only a bound.
@@ -1191,25 +1225,7 @@ mod tests {
         local(async {
             let (tx, mut rx) = unbounded_channel();
             let mut net = PeerNet::new(tx, options());
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            net.execute(PeerOutput::Listen { addr });
-            // The listener binds in its task: let it run before connecting.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let out = ConnId(OUTGOING_CONN_ID_BASE);
-            net.execute(PeerOutput::Connect { conn: out, addr });
-            let mut accepted = None;
-            let mut connected = false;
-            while accepted.is_none() || !connected {
-                match next_input(&mut net, &mut rx).await {
-                    PeerInput::Accepted { conn } => accepted = Some(conn),
-                    PeerInput::Connected { conn } => {
-                        assert_eq!(conn, out);
-                        connected = true;
-                    }
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-            let inbound = accepted.unwrap();
+            let (out, inbound) = connected_pair(&mut net, &mut rx).await;
             assert!(inbound.0 < OUTGOING_CONN_ID_BASE);
             let data = Bytes::from(vec![7u8; 300_000]);
             net.execute(PeerOutput::Send {
@@ -1218,20 +1234,11 @@ mod tests {
                 data: data.clone(),
             });
             net.flush();
-            let (mut sent, mut received) = (0u64, Vec::new());
-            while sent < 300_004 || received.len() < 300_004 {
-                match next_input(&mut net, &mut rx).await {
-                    PeerInput::Sent { conn, bytes } => {
-                        assert_eq!(conn, out);
-                        sent += bytes;
-                    }
-                    PeerInput::Received { conn, bytes } => {
-                        assert_eq!(conn, inbound);
-                        received.extend_from_slice(&bytes);
-                    }
-                    other => panic!("unexpected {other:?}"),
-                }
+            let mut io = Transfer::new(out, inbound);
+            while io.sent < 300_004 || io.received.len() < 300_004 {
+                assert_eq!(io.next(&mut net, &mut rx).await, None, "closed early");
             }
+            let (sent, received) = (io.sent, io.received);
             assert_eq!(sent, 300_004);
             assert_eq!(&received[..4], b"HEAD");
             assert_eq!(&received[4..], &data[..]);
