@@ -126,8 +126,9 @@ impl Shared {
                     // FUA writes go to the IO threads (pwritev2 with RWF_DSYNC): through
                     // io_uring, RWF_DSYNC writes were lost by the power-cut test (nbdkit cache
                     // behind nbdfuse), while pwritev2 keeps them. Everything else, including
-                    // flushes, goes through io_uring, also for page-cache backings (tmpfs):
-                    // a thread hop per write cost a replicating peer ~15% of its bandwidth.
+                    // flushes, goes through io_uring (a thread hop per write cost a
+                    // replicating peer ~15% of its bandwidth), except the writes and flushes
+                    // of a backing in memory, done right here (below).
                     let fua = matches!(op.kind, udrbd_core::DiskOpKind::Write { fua: true, .. });
                     let inline = matches!(
                         op.kind,
