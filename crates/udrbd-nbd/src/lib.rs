@@ -35,6 +35,8 @@
 
 pub mod error;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 pub mod request;
 pub mod server;
