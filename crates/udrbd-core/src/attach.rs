@@ -904,6 +904,9 @@ impl Resource {
                 for (offset, len) in unconfirmed {
                     self.mark_out_of_sync(offset, len);
                 }
+                if failed {
+                    self.last_chance_flush();
+                }
                 // "Always write the bitmap on detach": also after a failure (best effort).
                 self.write_dirty_pages();
                 self.set_detach_step(DetachStep::WriteBitmap);
@@ -1013,11 +1016,18 @@ impl Resource {
                 // a disk fails/detaches"), whatever started one during the detach.
                 self.abort_resync();
                 self.retire_generation();
+                // Every data write that completed here is durable (a successful flush
+                // covered it), or the peer's writes among them must not be acked as such.
+                let covered = self
+                    .disk
+                    .as_ref()
+                    .is_some_and(|d| d.flushed_through >= d.data_writes_done);
                 self.disk = None;
                 self.forget_activity_log_references();
                 self.disk_state = DiskState::Diskless;
                 self.state_changed();
                 self.send_state();
+                self.recv_epochs_after_disk_loss(covered);
                 true
             }
         }

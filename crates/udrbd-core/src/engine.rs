@@ -1032,7 +1032,8 @@ impl Resource {
     /// Whether `writer` may write meta-data now: every data write that completed before it
     /// first asked is durable (DRBD's FLUSH|FUA meta-data writes). If not, a flush is started
     /// (one at a time) and the writer asks again when it completes. A Failed disk writes
-    /// what it can without (its detach writes the bitmap once, best effort).
+    /// what it can without waiting (its detach writes the bitmap once, best effort, next to
+    /// one flush: [`Resource::last_chance_flush`]).
     pub(crate) fn md_preflushed(&mut self, writer: MdWriter) -> bool {
         let failed = self.disk_state == DiskState::Failed;
         let Some(d) = self.disk.as_mut() else {
@@ -1054,6 +1055,24 @@ impl Resource {
             self.submit(OpPurpose::MdPreflush, DiskArea::Data, 0, DiskOpKind::Flush);
         }
         false
+    }
+
+    /// The detach of a Failed disk: one flush of every data write completed so far, which a
+    /// forced detach does not wait for. DRBD's bitmap write-out on detach ends with
+    /// drbd_md_flush, also after a failure ("in case we want to get something to stable
+    /// storage still, this may be the last chance"). Without it a write that completed here
+    /// and was acked (to the Primary, or to the NBD client) stayed in the disk's volatile
+    /// cache after the detach: the peer's barrier for it is then acked without a flush, as
+    /// there is no disk to flush, and a crash lost it with nothing marked (swarm seed 4656).
+    pub(crate) fn last_chance_flush(&mut self) {
+        let Some(d) = self.disk.as_ref() else {
+            return;
+        };
+        let done = d.data_writes_done;
+        let covered = d.flushed_through >= done || d.flushes_in_flight.values().any(|&c| c >= done);
+        if !covered {
+            self.submit(OpPurpose::MdPreflush, DiskArea::Data, 0, DiskOpKind::Flush);
+        }
     }
 
     /// Advances everything an input may have unblocked.

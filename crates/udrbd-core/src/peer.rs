@@ -1730,6 +1730,9 @@ impl Resource {
                     sync_decision::DisconnectReason::PrimaryWouldBeTarget => {
                         "I shall become SyncTarget, but I am primary!".to_string()
                     }
+                    sync_decision::DisconnectReason::TargetOfInconsistentPeer => {
+                        "I shall become SyncTarget, but the peer is inconsistent!".to_string()
+                    }
                     sync_decision::DisconnectReason::NeedsProtocol { min, features } => format!(
                         "To resolve this both sides have to support at least protocol {min} (feature flags {features:#x})"
                     ),

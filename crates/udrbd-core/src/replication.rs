@@ -795,7 +795,16 @@ impl Resource {
                 let seq = self.next_seq();
                 let ack = ack_for(pw.sector, pw.block_id, pw.len as u32, seq);
                 self.send(Socket::Meta, &Packet::NegAck(ack));
-                if pw.kind != PeerWriteKind::Resync {
+                if pw.kind == PeerWriteKind::Resync {
+                    // The request is answered (DRBD's drbd_rs_failed_io: its bits stay set,
+                    // the resync goes on). Left in `rs_requests`, every failed resync write
+                    // kept a request slot for ever, and once all slots were held the resync
+                    // stalled (swarm seed 4584: a SyncTarget whose disk failed its writes,
+                    // under on-io-error pass_on).
+                    let link = self.link_mut();
+                    link.rs_requests.remove(&pw.sector);
+                    link.rs_sect_in += pw.len / 512;
+                } else {
                     self.recv_epoch_write_done(pw.epoch);
                 }
             }
@@ -918,8 +927,17 @@ impl Resource {
         if link_gen != self.link_gen || self.link().is_none() {
             return;
         }
+        let failing = self.disk_state == DiskState::Failed;
         let link = self.link_mut();
         link.recv_flush_in_flight = false;
+        if result.is_err() && failing {
+            // The flush failed, or was abandoned by a forced detach, and the disk is going:
+            // these epochs are not known durable here, so they are not acked as if they
+            // were. The detach decides (`recv_epochs_after_disk_loss`). A failed flush on a
+            // disk that stays (on-io-error pass_on) still counts as done, as in DRBD, which
+            // then falls back to draining.
+            return;
+        }
         let base = link.recv_epoch_base;
         for (i, e) in link.recv_epochs.iter_mut().enumerate() {
             if base + i as u64 <= through {
@@ -927,6 +945,44 @@ impl Resource {
             }
         }
         self.finish_recv_epochs();
+    }
+
+    /// The disk is gone (the last step of a detach). Peer writes that completed on it are
+    /// durable only if a successful flush covered them (`covered`); the barrier ack of their
+    /// epoch tells the Primary they are, and it forgets them.
+    /// - Covered: their epochs count as flushed, and are acked.
+    /// - Not covered (a forced detach of a frozen disk, whose last flush is still stuck; a
+    ///   flush that failed): acking would be a lie. A crash of this node would lose the
+    ///   writes still in the disk's volatile cache, with nothing marked anywhere: the
+    ///   Primary had forgotten them, and this node's bitmap went with its disk. So the
+    ///   connection is dropped instead. The Primary marks every write it has no barrier ack
+    ///   for as out of sync (as after any connection loss), and resyncs them once this node
+    ///   has a disk again.
+    ///
+    /// DRBD 8.4 acks barriers without a flush once the disk is gone and relies on the
+    /// detach's meta-data flush; that flush cannot complete on a frozen disk (swarm seeds
+    /// 4656 and 6410: a frozen Secondary force-detached by disk-timeout, then crashed).
+    pub(crate) fn recv_epochs_after_disk_loss(&mut self, covered: bool) {
+        let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) else {
+            return;
+        };
+        if covered {
+            for epoch in link.recv_epochs.iter_mut() {
+                epoch.flush_done = true;
+            }
+            self.finish_recv_epochs();
+            return;
+        }
+        if link.recv_epochs.iter().any(|e| e.done > 0 && !e.flush_done) {
+            self.drop_connection(
+                ConnState::NetworkFailure,
+                Some(
+                    "the disk went away before the peer's writes on it were flushed: \
+                     reconnecting, so that the peer resyncs them"
+                        .to_string(),
+                ),
+            );
+        }
     }
 
     fn receive_read_request(&mut self, r: WireBlockRequest, resync: bool) -> Result<(), String> {

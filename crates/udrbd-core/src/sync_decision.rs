@@ -830,6 +830,8 @@ pub enum DisconnectReason {
     InconsistentWouldBeSource,
     /// "I shall become SyncTarget, but I am primary!" (rr-conflict).
     PrimaryWouldBeTarget,
+    /// "I shall become SyncTarget, but the peer is inconsistent!" (udrbd's own).
+    TargetOfInconsistentPeer,
 }
 
 /// What the handshake ends in.
@@ -970,6 +972,14 @@ pub fn post_process(input: &HandshakeInput) -> HandshakePlan {
     );
     if hg.is_source() && input.local_disk <= DiskState::Inconsistent {
         return plan.disconnect(DisconnectReason::InconsistentWouldBeSource);
+    }
+    // udrbd's own mirror of the check above (DRBD has none): a SyncTarget needs a source
+    // with data. Two Inconsistent disks whose UUIDs had crossed (each had moved on from the
+    // other's current UUID) both decided "target", and each waited for the other's bitmap
+    // for ever, also after one was forced UpToDate (swarm seed 4213). The connection is
+    // refused instead; once one side has data, the disk states decide.
+    if hg.is_target() && input.peer_disk == DiskState::Inconsistent {
+        return plan.disconnect(DisconnectReason::TargetOfInconsistentPeer);
     }
     // By intention the disk *now*, not the negotiated one: no rr-conflict while attaching.
     if hg.is_target()
@@ -2087,6 +2097,20 @@ mod tests {
             plan.outcome,
             disconnect(DisconnectReason::InconsistentWouldBeSource)
         );
+        // Both Inconsistent with crossed UUIDs: a target refuses too (udrbd's own), for
+        // a bitmap or a full sync alike; nobody has data to sync from (swarm seed 4213).
+        for decision in [
+            SyncDecision::TargetUsingBitmap,
+            SyncDecision::TargetFullSync,
+        ] {
+            let mut i = hs(decision);
+            (i.local_disk, i.peer_disk) = (DiskState::Inconsistent, DiskState::Inconsistent);
+            assert_eq!(
+                post_process(&i).outcome,
+                disconnect(DisconnectReason::TargetOfInconsistentPeer),
+                "{decision:?}"
+            );
+        }
         // The peer Diskless is below Inconsistent: no override either.
         let mut i = hs(SyncDecision::NoSync);
         (i.local_disk, i.peer_disk) = (DiskState::Inconsistent, DiskState::Diskless);

@@ -1179,3 +1179,96 @@ fn a_read_through_the_peer_sees_the_write_before_it() {
         }
     }
 }
+
+fn with_disk_timeout(_: u8, config: &mut ResourceConfig) {
+    config.disk_timeout = Some(Duration::from_millis(1500));
+}
+
+/// Swarm seeds 3570, 4656 and 6410 (bitmap-soundness, convergence): the Secondary wrote and
+/// acked a protocol C write, and its disk froze before the flush of the write's epoch. The
+/// disk-timeout force-detached the disk, which abandoned that flush, and the epoch's
+/// barrier was acked anyway (no disk left to flush). The Primary took the ack as "durable on
+/// the peer" and forgot the write. The Secondary then lost power, and the write with its
+/// frozen disk's volatile cache. It came back UpToDate without the write, and nothing
+/// marked the block: a later failover would have lost an acknowledged write.
+/// Now a failed or abandoned flush acks nothing while the disk is failing, and a detach
+/// that leaves completed peer writes unflushed drops the connection instead of acking them,
+/// so the Primary marks them as after any connection loss. The detach of a failed disk
+/// also flushes once, best effort, as DRBD's does.
+#[test]
+fn a_force_detached_secondary_does_not_ack_writes_it_could_not_flush() {
+    for seed in 0..4 {
+        let options = ClusterOptions {
+            configure: Some(with_disk_timeout),
+            ..ClusterOptions::default()
+        };
+        let mut c = pair(seed, options, true);
+        // The Secondary's disk completes writes at once and its flushes slowly, so the
+        // write is acked long before its epoch could be flushed.
+        c.disk(1).set_latency(1_000, 200_000_000);
+        let block = 500 + seed;
+        let data = pattern(seed + 40, BLOCK as usize);
+        let write = c.submit_write(0, block * BLOCK, data.clone(), false);
+        c.run_until("the Secondary wrote the block", secs(5), |c| {
+            c.disk_ref(1).current(block * BLOCK, BLOCK as usize) == &data[..]
+        });
+        c.disk(1).faults.frozen = true;
+        check(
+            &c,
+            c.disk_ref(1).durable(block * BLOCK, BLOCK as usize) != &data[..],
+            "the write is not durable on the Secondary when its disk freezes",
+        );
+        c.wait(write).expect("the protocol C write completes");
+        c.run_until("the Secondary's disk is force-detached", secs(10), |c| {
+            c.snapshot(1).disk == DiskState::Diskless
+        });
+        c.run_for(secs(2));
+        check(
+            &c,
+            c.block_out_of_sync(0, block) == Some(true),
+            "the Primary marks the write the Secondary could not flush",
+        );
+        // Power loss of the Secondary: its frozen disk's cache is gone.
+        c.crash(1);
+        c.restart(1);
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+    }
+}
+
+/// Swarm seed 4584 (convergence): a SyncTarget whose disk failed its resync writes, under
+/// `on-io-error pass_on`, neg-acked each and kept its bits, but left the request in its set
+/// of resync requests in flight. Once every slot was held by a failed write the resync
+/// stalled for good, also after the disk was healthy again. Now a failed resync write is
+/// answered like a successful one, and the bits it left are resynced on a later pass.
+#[test]
+fn failed_resync_writes_do_not_stall_the_resync() {
+    for seed in 0..3 {
+        let options = ClusterOptions {
+            configure: Some(pass_on),
+            ..ClusterOptions::default()
+        };
+        let mut c = pair(seed, options, true);
+        for i in 0..64u64 {
+            let block = i * 37 % c.data_blocks();
+            c.write(
+                0,
+                block * BLOCK,
+                pattern(seed * 1000 + i, BLOCK as usize),
+                false,
+            )
+            .expect("write");
+        }
+        c.disk(1).faults.fail_writes[0] = true;
+        c.must(1, AdminCommand::Invalidate);
+        c.run_for(secs(2));
+        check(
+            &c,
+            c.status(1).io_errors >= 1,
+            "the SyncTarget's resync writes failed",
+        );
+        c.disk(1).faults.fail_writes[0] = false;
+        c.wait_in_sync(secs(120));
+        c.check_identical();
+    }
+}
