@@ -1050,11 +1050,21 @@ impl Resource {
             *need = None;
             return true;
         }
-        let covering = d.flushes_in_flight.values().any(|&c| c >= wanted);
-        if !covering {
+        self.flush_through(wanted);
+        false
+    }
+
+    /// Starts a flush that makes the first `writes` completed data writes durable, unless
+    /// one that does already completed or is in flight.
+    fn flush_through(&mut self, writes: u64) {
+        let Some(d) = self.disk.as_ref() else {
+            return;
+        };
+        let covered =
+            d.flushed_through >= writes || d.flushes_in_flight.values().any(|&c| c >= writes);
+        if !covered {
             self.submit(OpPurpose::MdPreflush, DiskArea::Data, 0, DiskOpKind::Flush);
         }
-        false
     }
 
     /// The detach of a Failed disk: one flush of every data write completed so far, which a
@@ -1065,13 +1075,8 @@ impl Resource {
     /// cache after the detach: the peer's barrier for it is then acked without a flush, as
     /// there is no disk to flush, and a crash lost it with nothing marked (swarm seed 4656).
     pub(crate) fn last_chance_flush(&mut self) {
-        let Some(d) = self.disk.as_ref() else {
-            return;
-        };
-        let done = d.data_writes_done;
-        let covered = d.flushed_through >= done || d.flushes_in_flight.values().any(|&c| c >= done);
-        if !covered {
-            self.submit(OpPurpose::MdPreflush, DiskArea::Data, 0, DiskOpKind::Flush);
+        if let Some(done) = self.disk.as_ref().map(|d| d.data_writes_done) {
+            self.flush_through(done);
         }
     }
 
