@@ -24,7 +24,7 @@ use udrbd_meta::{ActivityLog, BLOCK_4K, Bitmap, Layout, Magic, MdFlags, Superblo
 use crate::engine::{
     AlWriter, Disk, DiskFailure, LocalIoError, OnIoError, OpPurpose, Pending, Resource,
 };
-use crate::state::{CommandError, DiskState, Role, StateChangeError};
+use crate::state::{CommandError, ConnState, DiskState, Role, StateChangeError};
 use crate::types::*;
 
 /// Bitmap pages read per operation at attach (1 MiB).
@@ -210,7 +210,13 @@ impl Resource {
             size_sect: usable,
             al_ring: None,
             bitmap_pages_to_read: pages,
-            data_writes_done: 0,
+            // The disk may hold writes no flush has covered: those of an earlier attach that
+            // a forced detach abandoned and that landed after it (attach waits for them to
+            // return, not for them to be durable). Counted as one completed data write, they
+            // make the attach's first meta-data write flush first, before the attach ends
+            // and a resync may clear their bits: otherwise a resync from this disk cleared
+            // the bit of such a block, which a crash then took back (swarm seed 9622).
+            data_writes_done: 1,
             flushed_through: 0,
             flushes_in_flight: Default::default(),
             sb_flush_need: None,
@@ -346,6 +352,12 @@ impl Resource {
         for pw in self.peer_writes.values_mut() {
             pw.holds_extents = false;
         }
+        if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
+            link.epoch_held_extents.clear();
+            for epoch in &mut link.unacked_epochs {
+                epoch.held_extents.clear();
+            }
+        }
     }
 
     /// Ends the current attach generation: its outstanding operations are remembered as stuck
@@ -402,17 +414,28 @@ impl Resource {
                 // The kernel records its current number of AL slots here.
                 d.sb.al_nr_extents = u32::from(d.al.al_extents());
                 d.sb_version += 1;
-                self.disk_state = disk_state;
-                self.update_md_flags();
-                let version = self.disk.as_ref().expect("attaching").sb_version;
+                let version = d.sb_version;
+                // The disk stays Attaching until this superblock is durable (its flags are
+                // computed for `disk_state`, see update_md_flags_for): saying UpToDate
+                // before, a disk that is stale next to a connected peer looked current
+                // until the handshake after the attach (swarm seed 6242, once the attach
+                // flushed before its superblock write).
                 self.set_attach_step(AttachStep::Superblock2 {
                     version,
                     disk_state,
                 });
+                self.update_md_flags();
                 false
             }
-            AttachStep::Superblock2 { version, .. } => {
-                self.disk.as_ref().is_some_and(|d| d.sb_durable >= version)
+            AttachStep::Superblock2 {
+                version,
+                disk_state,
+            } => {
+                let durable = self.disk.as_ref().is_some_and(|d| d.sb_durable >= version);
+                if durable {
+                    self.disk_state = disk_state;
+                }
+                durable
             }
             _ => false,
         }
@@ -631,7 +654,22 @@ impl Resource {
                     self.disk_state = DiskState::Inconsistent;
                     self.update_md_flags();
                     self.state_changed();
-                    self.send_state();
+                    let source = self.peer.as_ref().is_some_and(|p| {
+                        matches!(p.conn, ConnState::SyncSource | ConnState::PausedSyncS)
+                    });
+                    if source {
+                        // An Inconsistent disk is no resync source (its reads of the bits
+                        // left would be refused for ever, and the pair never converged:
+                        // swarm seed 6773). The resync ends; the peer, seeing this side
+                        // Connected, ends it too, and its bitmap keeps what is left.
+                        self.log(
+                            LogLevel::Warn,
+                            "the SyncSource's disk is Inconsistent: ending the resync".to_string(),
+                        );
+                        self.abort_resync();
+                    } else {
+                        self.send_state();
+                    }
                 }
             }
             OnIoError::CallLocalIoError => {
@@ -765,7 +803,6 @@ impl Resource {
         self.disk_errors.abandoning = false;
     }
 
-    /// Advances the pending command, if any.
     /// Advances the pending command, if any.
     pub(crate) fn drive_pending_command(&mut self) {
         let Some((id, pending)) = self.pending.clone() else {

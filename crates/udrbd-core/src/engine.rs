@@ -654,6 +654,9 @@ impl Resource {
                 held += u64::from(b - a + 1);
             }
         }
+        for (a, b) in self.link().into_iter().flat_map(|l| l.held_extents()) {
+            held += u64::from(b - a + 1);
+        }
         // The rest of the operations (checking each).
         let left_over = request_ops.count() > 0;
         // In order and nothing left over: the requests with an operation and the request
@@ -829,7 +832,14 @@ impl Resource {
     /// As [`Resource::update_md_flags`], for the role the node is taking (a promotion writes
     /// "Primary" before it is Primary).
     pub(crate) fn update_md_flags_for(&mut self, role: Role) {
-        let disk_state = self.disk_state;
+        // The last step of an attach writes the flags of the state it ends in.
+        let disk_state = match &self.pending {
+            Some((
+                _,
+                Pending::Attach(crate::attach::AttachStep::Superblock2 { disk_state, .. }),
+            )) => *disk_state,
+            _ => self.disk_state,
+        };
         let crashed = self.crashed_primary;
         let Some(d) = self.disk.as_ref() else { return };
         let mut f = MdFlags(d.sb.flags.0 & (MdFlags::FULL_SYNC | MdFlags::AL_DISABLED));

@@ -131,7 +131,9 @@ pub(crate) struct Link {
     /// their ranges.
     pub(crate) epoch_writes: u32,
     pub(crate) epoch_ranges: Vec<(u64, u64)>,
-    /// Closed epochs waiting for their P_BARRIER_ACK: (number, writes, ranges).
+    /// Activity-log extents the current epoch's writes hold until its barrier ack.
+    pub(crate) epoch_held_extents: Vec<(u32, u32)>,
+    /// Closed epochs waiting for their P_BARRIER_ACK.
     pub(crate) unacked_epochs: VecDeque<ClosedEpoch>,
     /// Receiver side: epochs of received writes, oldest first; the last one is open.
     pub(crate) recv_epochs: VecDeque<RecvEpoch>,
@@ -154,8 +156,8 @@ impl Link {
     /// they are out of sync when this node can no longer follow them (DRBD's tl_clear).
     pub(crate) fn unconfirmed_writes(&self) -> Vec<(u64, u64)> {
         let mut ranges = self.epoch_ranges.clone();
-        for (_, _, r) in &self.unacked_epochs {
-            ranges.extend(r.iter().copied());
+        for epoch in &self.unacked_epochs {
+            ranges.extend(epoch.ranges.iter().copied());
         }
         for sent in self.sent.values() {
             if let SentRequest::Write { offset, len, .. } = sent {
@@ -164,10 +166,32 @@ impl Link {
         }
         ranges
     }
+
+    /// Every activity-log extent range the unconfirmed epochs hold (see [`ClosedEpoch`]).
+    pub(crate) fn held_extents(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.epoch_held_extents.iter().copied().chain(
+            self.unacked_epochs
+                .iter()
+                .flat_map(|e| e.held_extents.iter().copied()),
+        )
+    }
 }
 
-/// A closed epoch awaiting its barrier ack: (number, writes, byte ranges of its writes).
-pub(crate) type ClosedEpoch = (u64, u32, Vec<(u64, u64)>);
+/// A closed epoch awaiting its barrier ack.
+///
+/// Its writes' activity-log extents stay referenced until then, also after the writes
+/// completed: only the barrier ack says the peer has them on stable storage, and until it
+/// does, the activity log is what makes a crash of this node resync them (DRBD calls
+/// drbd_al_complete_io only once a mirrored request is RQ_NET_DONE, for that reason).
+#[derive(Clone, Debug)]
+pub(crate) struct ClosedEpoch {
+    pub(crate) number: u64,
+    pub(crate) writes: u32,
+    /// Byte ranges of its writes.
+    pub(crate) ranges: Vec<(u64, u64)>,
+    /// Activity-log extent ranges (first, last) held for its writes, one reference each.
+    pub(crate) held_extents: Vec<(u32, u32)>,
+}
 
 /// A cluster-wide state change in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -736,6 +760,7 @@ impl Resource {
             next_block_id: 1 << 32,
             epoch_writes: 0,
             epoch_ranges: Vec::new(),
+            epoch_held_extents: Vec::new(),
             unacked_epochs: VecDeque::new(),
             recv_epochs: VecDeque::from([RecvEpoch::default()]),
             recv_epoch_base: 0,
@@ -1030,6 +1055,7 @@ impl Resource {
     /// the peer fail, a resync stops (its bitmap keeps what is left).
     fn connection_lost_cleanup(&mut self, link: Link) {
         let ranges = link.unconfirmed_writes();
+        let held: Vec<(u32, u32)> = link.held_extents().collect();
         let mut finished_requests = Vec::new();
         for (_, sent) in link.sent {
             match sent {
@@ -1045,6 +1071,9 @@ impl Resource {
         // (demoted while its protocol A/B writes awaited their barrier ack), whose activity
         // log a crash would not replay: the lazy write-out would leave them in memory only.
         self.write_dirty_pages();
+        // The marks replace the activity log's cover of these writes: an extent evicted
+        // later has its bitmap pages written first (drive_activity_log).
+        self.release_epoch_extents(&held);
         for (request, is_read) in finished_requests {
             if is_read {
                 self.peer_read_failed(request);
@@ -2057,7 +2086,17 @@ impl Resource {
         match self.promote_locally(force) {
             Ok(Some(pending)) => self.pending = Some((id, pending)),
             Ok(None) => self.finish_command(id, Ok(())),
-            Err(e) => self.finish_command(id, Err(e)),
+            Err(e) => {
+                // The peer agreed and counts this node as Primary now; the state changed
+                // meanwhile (its disk became Inconsistent, say) and the promotion is refused
+                // here: the peer learns the role it really has. Otherwise it kept a Primary
+                // peer in mind, refused its own promotion as "two primaries" for ever, and
+                // the pair never converged (swarm seed 8515).
+                if self.link().is_some() {
+                    self.send_state();
+                }
+                self.finish_command(id, Err(e));
+            }
         }
     }
 
@@ -2204,9 +2243,12 @@ impl Resource {
         }
         if let Some(l) = &p.link {
             let mut last = None;
-            for (nr, _, _) in &l.unacked_epochs {
-                assert!(last.is_none_or(|prev| prev < *nr), "epochs out of order");
-                last = Some(*nr);
+            for epoch in &l.unacked_epochs {
+                assert!(
+                    last.is_none_or(|prev| prev < epoch.number),
+                    "epochs out of order"
+                );
+                last = Some(epoch.number);
             }
             if let Some(d) = self.disk.as_ref() {
                 for (&sector, &bytes) in &l.rs_requests {

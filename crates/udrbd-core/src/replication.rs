@@ -28,7 +28,7 @@ use udrbd_wire::{
 
 use crate::engine::{LocalIoError, OpPurpose, Resource};
 use crate::mutation::Mutation;
-use crate::peer::{MAX_RESYNC_REQUEST, SentRequest, Socket, ack_for};
+use crate::peer::{ClosedEpoch, MAX_RESYNC_REQUEST, SentRequest, Socket, ack_for};
 use crate::state::{ConnState, DiskState};
 use crate::timer::Timer;
 use crate::types::*;
@@ -218,6 +218,15 @@ impl Resource {
         }
     }
 
+    /// Gives back the activity-log references an epoch held for its writes.
+    pub(crate) fn release_epoch_extents(&mut self, held: &[(u32, u32)]) {
+        if let Some(d) = self.disk.as_mut() {
+            for &(first, last) in held {
+                d.al.release_all(first, last);
+            }
+        }
+    }
+
     // ---- primary side: sending -----------------------------------------------------------
 
     /// Whether a new write should be sent to the peer now.
@@ -322,9 +331,23 @@ impl Resource {
             _ => unreachable!(),
         };
         let max_epoch = self.peer.as_ref().expect("peer").config.max_epoch_size;
+        // The epoch takes its own reference on the write's activity-log extents, held until
+        // the barrier ack (see ClosedEpoch): the write's reference ends when it completes.
+        let write_holds = self.requests.get(&id).filter(|r| r.holds_extents);
+        let epoch_holds = match (write_holds.and_then(|r| r.extents), self.disk.as_mut()) {
+            (Some((first, last)), Some(d)) => {
+                assert!(
+                    d.al.activate_all(first, last),
+                    "extents a write holds are in the activity log"
+                );
+                Some((first, last))
+            }
+            _ => None,
+        };
         let link = self.link_mut();
         link.epoch_writes += parts;
         link.epoch_ranges.push((offset, len));
+        link.epoch_held_extents.extend(epoch_holds);
         if let Some(r) = self.requests.get_mut(&id) {
             r.epoch = Some(epoch);
         }
@@ -462,9 +485,13 @@ impl Resource {
         }
         let nr = p.next_epoch;
         p.next_epoch += 1;
-        let writes = std::mem::take(&mut link.epoch_writes);
-        let ranges = std::mem::take(&mut link.epoch_ranges);
-        link.unacked_epochs.push_back((nr, writes, ranges));
+        let epoch = ClosedEpoch {
+            number: nr,
+            writes: std::mem::take(&mut link.epoch_writes),
+            ranges: std::mem::take(&mut link.epoch_ranges),
+            held_extents: std::mem::take(&mut link.epoch_held_extents),
+        };
+        link.unacked_epochs.push_back(epoch);
         self.send(
             Socket::Data,
             &Packet::Barrier(Barrier {
@@ -485,13 +512,13 @@ impl Resource {
             // Mutation: the flush does not wait for the peer's P_BARRIER_ACK (its flush).
             return None;
         }
-        self.link()?.unacked_epochs.back().map(|(nr, _, _)| *nr)
+        self.link()?.unacked_epochs.back().map(|e| e.number)
     }
 
     pub(crate) fn flush_satisfied(&self, epoch: u64) -> bool {
         self.link()
             .and_then(|l| l.unacked_epochs.front())
-            .is_none_or(|(front, _, _)| *front > epoch)
+            .is_none_or(|front| front.number > epoch)
     }
 
     /// Protocol A: writes whose bytes the socket took are done.
@@ -665,18 +692,24 @@ impl Resource {
             }
             Packet::BarrierAck(BarrierAck { barrier, set_size }) => {
                 let link = self.link_mut();
-                let Some((nr, writes, _)) = link.unacked_epochs.front() else {
+                let Some(front) = link.unacked_epochs.front() else {
                     return Err(format!("P_BARRIER_ACK {barrier} without an open epoch"));
                 };
-                if *nr as u32 != barrier {
-                    return Err(format!("P_BARRIER_ACK {barrier}, expected {}", *nr as u32));
-                }
-                if *writes != set_size {
+                if front.number as u32 != barrier {
                     return Err(format!(
-                        "BAD! BarrierAck #{barrier} received with n_writes={set_size}, expected n_writes={writes}"
+                        "P_BARRIER_ACK {barrier}, expected {}",
+                        front.number as u32
                     ));
                 }
-                link.unacked_epochs.pop_front();
+                if front.writes != set_size {
+                    return Err(format!(
+                        "BAD! BarrierAck #{barrier} received with n_writes={set_size}, expected n_writes={}",
+                        front.writes
+                    ));
+                }
+                let acked = link.unacked_epochs.pop_front().expect("checked");
+                // The peer has them on stable storage: the activity log may let them go.
+                self.release_epoch_extents(&acked.held_extents);
                 self.flushes_may_complete();
                 Ok(())
             }

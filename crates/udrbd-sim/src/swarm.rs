@@ -502,9 +502,15 @@ struct Req {
     /// disk goes to the peer alone, even if a disk attaches before it completes (swarm seeds
     /// 1543, 2857: a diskless Primary's write, then its old disk attached).
     local_attach: Option<u64>,
+    /// The submitting node's data generation at submission (see `Run::data_generation`).
+    data_generation: u64,
     /// The reading node's view at submission.
     expected: Vec<Option<u64>>,
 }
+
+/// An acknowledged write not yet durable on a node: (sequence, the node's attach epoch, the
+/// writing node, the writer's link epoch it was mirrored on: see `Run::volatile`).
+type VolatileWrite = (u64, u64, usize, Option<u64>);
 
 struct PendingCommand {
     cmd: AdminCommand,
@@ -526,9 +532,16 @@ struct Run {
     /// (The sequence of the write and the node's attach epoch then: a flush makes durable
     /// only what the current attach wrote; a flush while diskless flushes nothing local.)
     /// And the node whose request wrote it: a flush on the peer covers only what it mirrored.
-    volatile: [BTreeMap<u64, (u64, u64, usize)>; 2],
+    /// And, for a write mirrored from the peer, the writer's link epoch it was sent on: the
+    /// writer's flush covers only what its barrier acks covered, its current link's epochs.
+    volatile: [BTreeMap<u64, VolatileWrite>; 2],
     /// Per node: incremented whenever its disk goes away (detach, failure).
     attach_epoch: [u64; 2],
+    /// Per node: incremented whenever its view becomes the peer's (it became a resync
+    /// target, or joined an UpToDate peer without a usable disk). A write submitted in an
+    /// earlier generation belongs to data that was given up: when it completes, whether the
+    /// resync already brought that block, or does so after it, depends on timing.
+    data_generation: [u64; 2],
     /// Per node whose disk is away (detached, failed, crashed): what that disk holds, as far
     /// as the model knows. Its view meanwhile is what the peer serves; attaching the disk
     /// again brings this back (a stale disk attached while disconnected serves stale data,
@@ -565,7 +578,7 @@ struct Run {
         Option<Option<u64>>,
         Option<Option<u64>>,
         Option<(u64, bool, u64)>,
-        [Option<(u64, u64, usize)>; 2],
+        [Option<VolatileWrite>; 2],
         [(Option<u64>, Option<u64>); 2],
     )>,
     /// The liveness phase wiped a node's meta-data (once is enough).
@@ -641,6 +654,7 @@ impl Run {
             ],
             volatile: [BTreeMap::new(), BTreeMap::new()],
             attach_epoch: [0, 0],
+            data_generation: [0, 0],
             on_disk: [None, None],
             pre_target: [None, None],
             acked: vec![None; blocks as usize],
@@ -883,6 +897,7 @@ impl Run {
                     .then_some(self.attach_epoch[usize::from(node) ^ 1]),
                 local_attach: (self.last[usize::from(node)].disk >= DiskState::Inconsistent)
                     .then_some(self.attach_epoch[usize::from(node)]),
+                data_generation: self.data_generation[usize::from(node)],
                 expected,
             },
         );
@@ -946,13 +961,18 @@ impl Run {
             (Kind::Read, Err(_)) => {}
             (Kind::Flush, Ok(_)) => {
                 let epoch = self.attach_epoch[node];
-                self.volatile[node].retain(|_, (s, e, _)| *s >= req.seq || *e != epoch);
-                if ack.connected {
+                self.volatile[node].retain(|_, (s, e, _, _)| *s >= req.seq || *e != epoch);
+                let link = self.link_epoch[node];
+                if ack.connected && req.link == Some(link) {
                     let epoch = self.attach_epoch[peer];
                     // The peer flushed before acking the epochs of this node's writes (the
-                    // flush waited for those barrier acks); not for its own writes.
-                    self.volatile[peer]
-                        .retain(|_, (s, e, w)| *s >= req.seq || *e != epoch || *w != node);
+                    // flush waited for those barrier acks); not for its own writes, and not
+                    // for writes sent on an earlier link, whose epochs were never acked
+                    // (swarm seed 1929: the peer's frozen disk held such a write when it lost
+                    // power, after a flush on the next link had completed without it).
+                    self.volatile[peer].retain(|_, (s, e, w, l)| {
+                        *s >= req.seq || *e != epoch || *w != node || *l != Some(link)
+                    });
                 }
             }
             (Kind::Flush, Err(_)) => {}
@@ -987,14 +1007,20 @@ impl Run {
                     // this node reads now depends on which copy serves it.
                     let attached_since =
                         !attached && self.last[node].disk >= DiskState::Inconsistent;
-                    self.view[node][b as usize] = (!local_failed && !attached_since).then_some(tag);
+                    // Submitted before this node took its peer's data (swarm seed 8427: a
+                    // write stuck on a frozen disk while Primary completed after the node,
+                    // demoted, had become the SyncTarget of a split-brain survivor).
+                    let given_up = req.data_generation != self.data_generation[node];
+                    self.view[node][b as usize] =
+                        (!local_failed && !attached_since && !given_up).then_some(tag);
                     if !attached {
                         // Served by the peer: not on this node's own disk at all.
-                        self.volatile[node].insert(b, (self.seq, NOT_LOCAL, node));
+                        self.volatile[node].insert(b, (self.seq, NOT_LOCAL, node, None));
                     } else if !fua {
                         // A flush covers what completed before it was submitted: the
                         // completion's sequence counts, not the submission's.
-                        self.volatile[node].insert(b, (self.seq, self.attach_epoch[node], node));
+                        self.volatile[node]
+                            .insert(b, (self.seq, self.attach_epoch[node], node, None));
                     }
                     if !maybe_mirrored && is_target(self.last[peer].conn) {
                         // Written here alone while the peer is already a resync target
@@ -1022,7 +1048,7 @@ impl Run {
                         .then_some(tag);
                         if !fua {
                             self.volatile[peer]
-                                .insert(b, (self.seq, self.attach_epoch[peer], node));
+                                .insert(b, (self.seq, self.attach_epoch[peer], node, req.link));
                         }
                     }
                     self.acked[b as usize] = Some((tag, promised && !marked_here(b), req.seq));
@@ -1205,7 +1231,7 @@ impl Run {
             // The node's own disk is back: reads are served from it again. What it wrote
             // through the peer meanwhile is not on it (a resync from the peer, if one
             // follows, brings the peer's view).
-            self.volatile[i].retain(|_, (_, e, _)| *e != NOT_LOCAL);
+            self.volatile[i].retain(|_, (_, e, _, _)| *e != NOT_LOCAL);
             self.view[i] = self.on_disk[i]
                 .take()
                 .unwrap_or_else(|| vec![None; self.blocks as usize]);
@@ -1242,6 +1268,7 @@ impl Run {
         }
         if becomes_target || diskless_joins {
             self.view[i] = self.view[i ^ 1].clone();
+            self.data_generation[i] += 1;
         }
         // A resync target's resync finished when its disk is UpToDate, not when it is back
         // to Connected: DRBD also aborts a resync back to Connected when the source's disk
@@ -1921,6 +1948,7 @@ impl Run {
                         link: None,
                         peer_attach: None,
                         local_attach: None,
+                        data_generation: 0,
                         expected,
                     };
                     self.check_read(&req, &data);

@@ -1272,3 +1272,231 @@ fn failed_resync_writes_do_not_stall_the_resync() {
         c.check_identical();
     }
 }
+
+/// Swarm seeds 6544, 7820, 10279 (bitmap-soundness): a replicated write completed (protocol
+/// B: the peer had received it) and gave back its activity-log extent at once, although
+/// only the epoch's barrier ack would say the peer has it on stable storage. Later writes
+/// evicted the extent. Both nodes then lost power before the peer had the write: the
+/// restarted Primary's activity log no longer covered the block, and the replicas differed
+/// with nothing marked. As DRBD (drbd_al_complete_io only once a mirrored request is
+/// RQ_NET_DONE), a replicated write's epoch now holds its extents until the barrier ack, or
+/// the connection loss that marks the write. Scripted with protocol A and a partition, so
+/// that the peer never has the write.
+#[test]
+fn a_write_keeps_its_activity_log_extent_until_the_barrier_ack() {
+    for seed in 0..4 {
+        let options = ClusterOptions {
+            protocol: udrbd_wire::WireProtocol::A,
+            device_bytes: 16 << 20,
+            al_extents: 2,
+            ..ClusterOptions::default()
+        };
+        let mut c = pair(seed, options, true);
+        // The Primary notices nothing before the ping timeout; its protocol A writes
+        // complete once the socket took them.
+        c.partition(0, 1);
+        let extent_blocks = 1024;
+        let block = 7 + seed;
+        c.write(0, block * BLOCK, pattern(seed + 70, BLOCK as usize), false)
+            .expect("the protocol A write completes");
+        // Writes to two other extents: the second needs a slot, which only the first
+        // write's extent could give.
+        for e in 1..=2u64 {
+            let at = (e * extent_blocks + seed) * BLOCK;
+            let _ = c.submit_write(0, at, pattern(seed + 80 + e, BLOCK as usize), false);
+        }
+        c.run_for(secs(1));
+        check(
+            &c,
+            is_connected_now(c.conn(0)),
+            "the Primary has not noticed the partition yet",
+        );
+        // Power loss of both nodes; the peer never got the write.
+        c.crash(0);
+        c.crash(1);
+        c.heal();
+        c.restart(0);
+        c.restart(1);
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+    }
+}
+
+/// Swarm seed 9622 (convergence): `detach --force` abandoned a write in flight on a
+/// disconnected Primary's disk; the write landed in the disk's volatile cache after the
+/// detach. The disk was attached again, the write's block (marked) was resynced from it to
+/// the peer, which cleared the bit; then a power cut took the block back from the cache.
+/// The replicas differed with nothing marked. Now an attach flushes the disk before its
+/// first meta-data write, so that what an earlier attach left in the cache is durable before
+/// this one can clear a bit for it.
+#[test]
+fn writes_abandoned_by_a_forced_detach_are_durable_before_a_resync_from_that_disk() {
+    for seed in 0..4 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.must(0, AdminCommand::Disconnect);
+        c.wait_disconnected(1, secs(30));
+        let block = 40 + seed;
+        // Its extent in the activity log already, so that the next write goes to the disk.
+        c.write(0, block * BLOCK, pattern(seed + 900, BLOCK as usize), false)
+            .expect("write");
+        // A slow write: still on its way to the disk at the forced detach, and landing after
+        // the detach's (quick) last-chance flush.
+        c.disk(0).set_latency(290_000_000, 300_000_000);
+        let data = pattern(seed + 90, BLOCK as usize);
+        let write = c.submit_write(0, block * BLOCK, data.clone(), false);
+        c.run_for(Duration::from_millis(50));
+        c.disk(0).set_latency(1_000_000, 2_000_000);
+        c.must(0, AdminCommand::Detach { force: true });
+        let failed = c.wait(write).is_err();
+        check(&c, failed, "the abandoned write fails");
+        c.run_until("the abandoned write returned from the disk", secs(5), |c| {
+            c.status(0).stuck_ios == 0
+        });
+        check(
+            &c,
+            c.disk_ref(0).current(block * BLOCK, BLOCK as usize) == &data[..]
+                && c.disk_ref(0).durable(block * BLOCK, BLOCK as usize) != &data[..],
+            "the abandoned write landed in the disk's cache only",
+        );
+        c.attach(0);
+        c.must(
+            0,
+            AdminCommand::Connect {
+                discard_my_data: false,
+            },
+        );
+        c.wait_in_sync(secs(60));
+        // The resync cleared the block's bit: a power cut of the node it came from must not
+        // take it back (a crash lands each unflushed sector or not, so check it directly).
+        check(
+            &c,
+            c.disk_ref(0).durable(block * BLOCK, BLOCK as usize) == &data[..],
+            "the block the resync sent is durable on its source",
+        );
+        c.crash(0);
+        c.restart(0);
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+    }
+}
+
+/// Swarm seed 8515 (convergence): a SyncTarget asked its peer for `primary` (the peer's disk
+/// was UpToDate as far as it knew). The peer agreed, counting it as Primary from then on,
+/// but its disk had just become Inconsistent (a read error under `on-io-error pass_on`);
+/// the P_STATE saying so arrived before the reply, and the requester refused its own
+/// promotion (no UpToDate disk) without telling the peer. The peer kept a Primary peer in
+/// mind and refused every `primary --force` as "two primaries": the pair never converged.
+/// Now the requester sends its state when a promotion the peer agreed to is refused.
+#[test]
+fn a_promotion_refused_after_the_peer_agreed_is_told_to_the_peer() {
+    for seed in 0..4 {
+        let mut options = ClusterOptions {
+            configure: Some(pass_on),
+            ..ClusterOptions::default()
+        };
+        options.resync.resync_rate_kib_per_sec = 256;
+        let mut c = pair(seed, options, false);
+        c.must(1, AdminCommand::Invalidate);
+        c.run_until("node 1 is a SyncTarget", secs(10), |c| {
+            c.conn(1) == Some(ConnState::SyncTarget)
+        });
+        // The SyncSource's resync reads fail: its disk becomes Inconsistent (pass_on).
+        c.disk(0).faults.fail_reads[0] = true;
+        c.run_until("node 0's disk is Inconsistent", secs(10), |c| {
+            c.status(0).disk == DiskState::Inconsistent
+        });
+        // Before node 0's P_STATE arrives: node 1 still sees an UpToDate peer.
+        let promote = c.start_command(1, AdminCommand::Primary { force: false });
+        c.disk(0).faults.fail_reads[0] = false;
+        c.run_until("the promotion is answered", secs(10), |c| {
+            c.command_result(1, promote).is_some()
+        });
+        check(
+            &c,
+            c.command_result(1, promote).is_some_and(|r| r.is_err()),
+            "the promotion is refused: no UpToDate disk any more",
+        );
+        c.run_for(secs(1));
+        check(
+            &c,
+            c.status(0)
+                .peer
+                .is_some_and(|p| p.peer_role == Role::Secondary),
+            "node 0 sees its peer as Secondary",
+        );
+    }
+}
+
+/// Swarm seed 6773 (convergence): a SyncSource's disk became Inconsistent (a read error
+/// under `on-io-error pass_on`) and the resync went on from it: every request for the bits
+/// left was refused, for ever. With both disks Inconsistent, `primary --force` on the
+/// SyncTarget then made it an UpToDate Primary that still waited for the Inconsistent
+/// source. Now the resync ends when its source's disk turns Inconsistent (the peer ends it
+/// too, and its bitmap keeps what is left), and a forced promotion resyncs the peer from
+/// the promoted node.
+#[test]
+fn a_sync_source_that_turns_inconsistent_ends_the_resync() {
+    for seed in 0..4 {
+        let mut options = ClusterOptions {
+            configure: Some(pass_on),
+            ..ClusterOptions::default()
+        };
+        options.resync.resync_rate_kib_per_sec = 256;
+        let mut c = pair(seed, options, false);
+        c.must(1, AdminCommand::Invalidate);
+        c.run_until("node 1 is a SyncTarget", secs(10), |c| {
+            c.conn(1) == Some(ConnState::SyncTarget)
+        });
+        c.disk(0).faults.fail_reads[0] = true;
+        c.run_until("node 0's disk is Inconsistent", secs(10), |c| {
+            c.status(0).disk == DiskState::Inconsistent
+        });
+        c.disk(0).faults.fail_reads[0] = false;
+        c.run_until("both nodes end the resync", secs(10), |c| {
+            c.conn(0) == Some(ConnState::Connected) && c.conn(1) == Some(ConnState::Connected)
+        });
+        // Neither disk is UpToDate: the administrator picks one.
+        c.must(1, AdminCommand::Primary { force: true });
+        c.wait_in_sync(secs(120));
+        c.check_identical();
+    }
+}
+
+/// Swarm seed 6242 (durability): a diskless Primary attached its old disk, stale next to
+/// its connected UpToDate peer. The attach said UpToDate from its last step on, while its
+/// superblock write (now behind a flush) was still under way and the handshake that makes
+/// such a disk a SyncTarget had not run: `status` called stale data UpToDate. As in DRBD
+/// (Attaching, then Negotiating), the disk now says Attaching until its attach is done.
+#[test]
+fn an_attaching_disk_is_not_up_to_date_before_its_attach_is_done() {
+    for seed in 0..4 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.must(0, AdminCommand::Detach { force: false });
+        for i in 0..8u64 {
+            c.write(
+                0,
+                (20 + i) * BLOCK,
+                pattern(seed * 10 + i, BLOCK as usize),
+                false,
+            )
+            .expect("a write through the peer");
+        }
+        // Slow meta-data IO: the attach's last steps take a while.
+        c.disk(0).set_latency(50_000_000, 60_000_000);
+        let attach = c.start_command(0, c.attach_command());
+        let mut claimed_early = false;
+        c.run_until("the attach is done", secs(30), |c| {
+            let done = c.command_result(0, attach).is_some();
+            claimed_early |= !done && c.status(0).disk == DiskState::UpToDate;
+            done
+        });
+        check(
+            &c,
+            !claimed_early,
+            "the disk said UpToDate before its attach was done",
+        );
+        c.disk(0).set_latency(10_000, 100_000);
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+    }
+}

@@ -324,6 +324,69 @@ fn frozen_disk_is_detached_by_detach_force_and_the_peer_serves_the_io() {
     frozen_disk(true);
 }
 
+/// The frozen disk on the Secondary: bob Primary with the writer on bob's export, alice
+/// Secondary on the disk that freezes under the replicated writes. `detach --force` on alice
+/// ends the hang: alice is Diskless, connected to bob again (if her detach left writes she
+/// had acked but not flushed, she reconnects and bob marks them, as after any connection
+/// loss), and bob goes on serving every request. After the disk resumes, alice attaches
+/// again and resyncs; every acknowledged write reads back from bob, and the two data areas
+/// are identical.
+#[test]
+fn a_frozen_secondary_is_force_detached_reconnects_and_resyncs() {
+    let (pair, disk) = faulty_pair("", "");
+    let image = pair.dir.path().join("alice.img");
+    pair.alice.ok(&["secondary", PAIR_RESOURCE]);
+    pair.bob.ok(&["primary", PAIR_RESOURCE]);
+    let uri = pair.bob.daemon.uri(PAIR_RESOURCE);
+    let workload = Workload::start(pair.dir.path(), &uri, 8.0, 3, "mixed");
+    std::thread::sleep(Duration::from_secs(2));
+    disk.pause();
+    // Protocol C: bob's writes now wait for alice's acks.
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    pair.alice.ok(&["detach", "--force", PAIR_RESOURCE]);
+    let took = t0.elapsed();
+    println!("detach --force on the Secondary returned after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "detach --force took {took:?}"
+    );
+    let (diskless, _) = poll_status_until(&pair, "alice Diskless", Duration::from_secs(3), |s| {
+        disk_state(s) == "Diskless"
+    });
+    println!("alice Diskless {diskless:?} after detach --force (limit 3 s)");
+    // alice is (again) bob's diskless peer, while her old IO stays stuck.
+    pair.bob.wait_for(
+        "a Connected, diskless alice",
+        Duration::from_secs(15),
+        |s| json_connection_state(s) == "Connected" && json_peer_disk_state(s) == "Diskless",
+    );
+    let s = pair.alice.status_json();
+    assert_eq!(json_connection_state(&s), "Connected", "{s}");
+    assert!(
+        !s["devices"][0]["udrbd-stuck-ios"].is_null(),
+        "alice's frozen IO is counted as stuck: {s}"
+    );
+    let summary = workload.finish(|| pair.logs());
+    println!(
+        "workload on bob: {} writes, {} reads, longest request {:.3} s",
+        summary["writes"], summary["reads"], summary["max_latency"]
+    );
+    assert!(summary["writes"].as_u64().unwrap() > 0);
+    disk.resume();
+    poll_status_until(&pair, "no stuck IO", Duration::from_secs(30), |s| {
+        s["devices"][0]["udrbd-stuck-ios"].is_null()
+    });
+    pair.alice.ok(&["attach", PAIR_RESOURCE]);
+    pair.wait_up_to_date(Duration::from_secs(60));
+    let verify = Workload::start(pair.dir.path(), &uri, 0.0, 0, "verify").finish(|| pair.logs());
+    assert_eq!(verify["reads"].as_u64(), Some(BLOCKS));
+    let alice = read_prefix(&image, SIZE / 2);
+    let bob = pair.bob.data_area(SIZE / 2);
+    assert!(alice == bob, "alice's and bob's data areas differ");
+    disk.clear_faults();
+}
+
 // ---- read and write errors -------------------------------------------------------------
 
 /// `udrbd dump-md --force` of a detached image (unclean meta-data after a failure).
