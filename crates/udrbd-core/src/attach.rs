@@ -874,7 +874,7 @@ impl Resource {
                 if self.bitmap_is_durable() {
                     // The superblock without MDF_PRIMARY_IND ends the AL's cover: its write
                     // waits for a flush of the completed data writes (drive_superblock).
-                    self.update_md_flags();
+                    self.update_md_flags_for(self.role);
                     let v = self.disk.as_ref().expect("attached").sb_version;
                     self.pending = Some((
                         id,

@@ -816,7 +816,20 @@ impl Resource {
         // the old role made the node Primary over a superblock without PRIMARY_IND (found
         // by the swarm, with a frozen disk holding the promotion's superblock write).
         let promoting = matches!(self.pending, Some((_, Pending::Primary { .. })));
-        self.update_md_flags_for(if promoting { Role::Primary } else { self.role });
+        // A demotion keeps "Primary" until it has made sure that every write accepted as
+        // Primary is marked durably or confirmed (it then writes the flags itself). A flag
+        // update meanwhile (the peer's disk failed, say) wrote the superblock without
+        // MDF_PRIMARY_IND while such a write was still in flight; its bit then stayed in
+        // memory, and a crash lost it (swarm seed 11152).
+        let demoting = matches!(
+            self.pending,
+            Some((_, Pending::Secondary { sb_version: None }))
+        );
+        self.update_md_flags_for(if promoting || demoting {
+            Role::Primary
+        } else {
+            self.role
+        });
     }
 
     /// Whether the connected peer is a Primary without a usable disk, whose data is on this

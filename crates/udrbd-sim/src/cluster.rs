@@ -799,6 +799,16 @@ impl Cluster {
             .unwrap_or_else(|e| self.fail(&format!("node {node}: durable superblock: {e:?}")))
     }
 
+    /// Whether the superblock in node `i`'s durable image says MDF_PRIMARY_IND (None if it
+    /// does not decode).
+    pub fn durable_primary_ind(&self, node: NodeId) -> Option<bool> {
+        let at = self.layout(node).superblock_byte();
+        let block = self.nodes[usize::from(node)].disk.durable(at, 4096);
+        Superblock::decode(block)
+            .ok()
+            .map(|sb| sb.flags.has(udrbd_meta::MdFlags::PRIMARY_IND))
+    }
+
     /// Whether bit `bit` (4 KiB block `bit` of the data) is set in the bitmap area of node
     /// `i`'s durable image (little-endian 64-bit words, drbd-v08-facts.md §1.5).
     pub fn durable_bitmap_bit(&self, node: NodeId, bit: u64) -> bool {

@@ -508,6 +508,16 @@ struct Req {
     expected: Vec<Option<u64>>,
 }
 
+/// What marks a watched block on a node (`--block`): its bit or extent in memory (None
+/// without meta-data), its bit in the durable bitmap, and whether the durable superblock
+/// says MDF_PRIMARY_IND (a crash then replays the activity log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BlockMarks {
+    marked: Option<bool>,
+    durable_bit: bool,
+    durable_primary_ind: Option<bool>,
+}
+
 /// An acknowledged write not yet durable on a node: (sequence, the node's attach epoch, the
 /// writing node, the writer's link epoch it was mirrored on: see `Run::volatile`).
 type VolatileWrite = (u64, u64, usize, Option<u64>);
@@ -580,6 +590,7 @@ struct Run {
         Option<(u64, bool, u64)>,
         [Option<VolatileWrite>; 2],
         [(Option<u64>, Option<u64>); 2],
+        [BlockMarks; 2],
     )>,
     /// The liveness phase wiped a node's meta-data (once is enough).
     wiped: bool,
@@ -1176,10 +1187,15 @@ impl Run {
                     tag_of(disk.durable(at, BLOCK as usize)),
                 )
             }),
+            [0, 1].map(|n: NodeId| BlockMarks {
+                marked: self.c.block_marked(n, b as u64),
+                durable_bit: self.c.durable_bitmap_bit(n, b as u64),
+                durable_primary_ind: self.c.durable_primary_ind(n),
+            }),
         );
         if self.watched != Some(now) {
             eprintln!(
-                "t={:.6} block {b}: view {:x?} {:x?} on_disk {:x?} {:x?} acked {:x?} volatile {:?} disks (current, durable) {:x?}  <- {what}",
+                "t={:.6} block {b}: view {:x?} {:x?} on_disk {:x?} {:x?} acked {:x?} volatile {:?} disks (current, durable) {:x?} marks {:?}  <- {what}",
                 self.c.now().0 as f64 / 1e9,
                 now.0,
                 now.1,
@@ -1188,6 +1204,7 @@ impl Run {
                 now.4,
                 now.5,
                 now.6,
+                now.7,
             );
             self.watched = Some(now);
         }

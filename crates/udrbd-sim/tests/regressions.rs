@@ -1500,3 +1500,52 @@ fn an_attaching_disk_is_not_up_to_date_before_its_attach_is_done() {
         c.check_identical();
     }
 }
+
+/// Swarm seed 11152 (bitmap soundness): a Primary was demoted while one of its writes was
+/// still in flight; the demotion waits for such writes before it writes a superblock
+/// without MDF_PRIMARY_IND. But the peer's disk went away meanwhile, and the flag update for
+/// that wrote the superblock without MDF_PRIMARY_IND at once. The write then completed
+/// without the peer, its bit set in memory only, and a crash lost it: apply-al replays
+/// nothing for a Secondary. A pending demotion now keeps MDF_PRIMARY_IND. (Scripted with a
+/// clean detach of the peer; in the seed it was forced.)
+#[test]
+fn a_pending_demotion_keeps_primary_ind_when_the_peer_disk_goes() {
+    for seed in 0..4 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        let block = 60 + seed;
+        // Its extent in the activity log already, so that the writes go to the disk.
+        c.write(0, block * BLOCK, pattern(seed + 600, BLOCK as usize), false)
+            .expect("write");
+        // Slow IO. The second write waits for the first (same block), so it is still in
+        // flight when the superblock write of the flag update (behind the first) is done.
+        c.disk(0).set_latency(100_000_000, 101_000_000);
+        let first = c.submit_write(0, block * BLOCK, pattern(seed + 61, BLOCK as usize), false);
+        let second = c.submit_write(0, block * BLOCK, pattern(seed + 62, BLOCK as usize), false);
+        c.run_for(Duration::from_millis(10));
+        let demote = c.start_command(0, AdminCommand::Secondary);
+        c.must(1, AdminCommand::Detach { force: false });
+        c.run_until("the peer's state arrived", secs(5), |c| {
+            c.snapshot(0).peer_disk < DiskState::Inconsistent
+        });
+        c.wait(first).expect("the first write completes");
+        c.wait(second)
+            .expect("the second write completes on the local disk");
+        check(
+            &c,
+            c.command_result(0, demote).is_none(),
+            "the demotion waited for the writes",
+        );
+        check(
+            &c,
+            c.durable_primary_ind(0) == Some(true),
+            "the superblock says Primary while the demotion waits for the writes",
+        );
+        // Power loss at once: the second write's bit is in memory only.
+        c.crash(0);
+        c.disk(0).set_latency(10_000, 100_000);
+        c.restart(0);
+        c.attach(1);
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+    }
+}
