@@ -1918,6 +1918,19 @@ impl Resource {
     }
 
     fn start_resync_source(&mut self) {
+        if self.disk_state > DiskState::Inconsistent && self.disk_state < DiskState::UpToDate {
+            // The handshake found this side's data the newer (a crashed Primary's, rule 40):
+            // a SyncSource's disk is UpToDate, as DRBD's sanitize_state makes it. Left
+            // Outdated, it stayed so after the resync while its peer, the target, became
+            // UpToDate, and the pair never converged (swarm seed 15549).
+            self.log(
+                LogLevel::Warn,
+                format!("Implicitly set disk from {:?} to UpToDate", self.disk_state),
+            );
+            self.disk_state = DiskState::UpToDate;
+            self.update_md_flags();
+            self.state_changed();
+        }
         let random = self.new_uuid();
         let d = self.disk.as_mut().expect("attached");
         let (uuids, sync_uuid) = sync_decision::resync_start_source(d.sb.uuids, random);

@@ -1151,9 +1151,18 @@ impl Run {
                     if write {
                         let first = offset / BLOCK;
                         let end = (offset + len).div_ceil(BLOCK).min(self.blocks);
+                        // A peer without a usable disk reads this node's: its view goes too.
+                        // (A diskless Primary's protocol A write completes when sent; when it
+                        // then fails here, its data is gone, as DRBD's "pretend" for
+                        // protocol A has it: swarm seed 15501.)
+                        let other = usize::from(node) ^ 1;
+                        let served = self.last[other].disk < DiskState::Inconsistent;
                         for b in first..end {
                             self.failed_write[usize::from(node)].insert(b, self.seq);
                             self.view[usize::from(node)][b as usize] = None;
+                            if served {
+                                self.view[other][b as usize] = None;
+                            }
                         }
                     }
                 }

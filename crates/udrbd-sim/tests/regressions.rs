@@ -1549,3 +1549,37 @@ fn a_pending_demotion_keeps_primary_ind_when_the_peer_disk_goes() {
         c.check_identical();
     }
 }
+
+/// Swarm seed 15549 (convergence): both disks Outdated, one of them a crashed Primary's.
+/// The handshake made that one the SyncSource (rule 40) but its disk stayed Outdated, also
+/// after the resync, while the target became UpToDate: the pair never converged. As DRBD's
+/// sanitize_state, a SyncSource's disk is now UpToDate.
+#[test]
+fn an_outdated_sync_source_becomes_up_to_date() {
+    for seed in 0..4 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.write(0, 5 * BLOCK, pattern(seed + 150, BLOCK as usize), false)
+            .expect("write");
+        c.crash(0);
+        c.must(1, AdminCommand::Disconnect);
+        c.must(1, AdminCommand::Outdate);
+        c.boot(0);
+        c.attach(0);
+        c.must(0, AdminCommand::Outdate);
+        check(
+            &c,
+            c.status(0).disk == DiskState::Outdated && c.status(1).disk == DiskState::Outdated,
+            "both disks Outdated",
+        );
+        for node in [0, 1] {
+            c.must(
+                node,
+                AdminCommand::Connect {
+                    discard_my_data: false,
+                },
+            );
+        }
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+    }
+}
