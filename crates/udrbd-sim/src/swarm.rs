@@ -613,6 +613,18 @@ fn agreed(a: &[Option<u64>], b: &[Option<u64>]) -> Vec<Option<u64>> {
         .collect()
 }
 
+fn is_source(conn: Option<ConnState>) -> bool {
+    matches!(
+        conn,
+        Some(
+            ConnState::StartingSyncS
+                | ConnState::WfBitMapS
+                | ConnState::SyncSource
+                | ConnState::PausedSyncS
+        )
+    )
+}
+
 fn is_target(conn: Option<ConnState>) -> bool {
     matches!(
         conn,
@@ -1301,6 +1313,14 @@ impl Run {
         // goes (detach, failure), and the target stays Inconsistent with what it had got so
         // far (swarm seeds 45, 479: the aborted target's disk was taken for the source's,
         // then served stale data after an attach whose Inconsistent flag never reached it).
+        // A target whose resync never finished that becomes a resync source (its disk made
+        // UpToDate, as DRBD's sanitize_state does for a SyncSource) serves what its disk
+        // holds: the source's value only where both agreed (swarm seed 6530: a split-brain
+        // victim whose resync aborted before it began, later chosen as source).
+        let becomes_source = is_source(s.conn) && !is_source(before.conn);
+        if becomes_source && let Some(older) = self.pre_target[i].take() {
+            self.view[i] = agreed(&older, &self.view[i]);
+        }
         if self.pre_target[i].is_some() && !is_target(s.conn) && s.disk == DiskState::UpToDate {
             self.counts.resyncs += 1;
             self.pre_target[i] = None;
