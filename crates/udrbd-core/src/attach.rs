@@ -344,7 +344,8 @@ impl Resource {
     /// now, as DRBD's drbd_req_destroy skips drbd_al_complete_io once the disk is gone
     /// ("my Disk seems to have failed"). Otherwise the request released them later into the
     /// fresh activity log of the next attach, whose references it never took (found by the
-    /// swarm, seeds 29, 157, 381: "activity-log references").
+    /// swarm, seeds 29, 157, 381: "activity-log references"). The same for the references
+    /// the unconfirmed epochs hold.
     fn forget_activity_log_references(&mut self) {
         for r in self.requests.values_mut() {
             r.holds_extents = false;

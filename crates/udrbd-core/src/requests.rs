@@ -6,7 +6,10 @@
 //! then the transaction (with FUA). While the peer receives writes, a write is sent to it when
 //! its local write is submitted and completes when both parts are done (replication.rs). A
 //! write no peer received marks its blocks out of sync. A failed write is never completed as
-//! a success unless the peer wrote it.
+//! a success unless the peer wrote it. The write's references end when it completes; a
+//! replicated write's epoch holds its own until the peer's barrier ack, or the connection
+//! loss that marks the write (peer.rs `ClosedEpoch`): an extent leaves the log only once
+//! what it covered is on both disks or recorded in the bitmap.
 
 use bytes::Bytes;
 use udrbd_meta::activity_log::{BITS_PER_AL_EXTENT, extent_of_sector};
