@@ -671,13 +671,7 @@ fn down_with_a_frozen_disk_ends_by_disk_timeout() {
             alone.clone().all(|b| c.durable_bitmap_bit(0, b)),
             "the late bitmap page landed after the thaw",
         );
-        c.attach(0);
-        c.must(
-            0,
-            AdminCommand::Connect {
-                discard_my_data: false,
-            },
-        );
+        c.up(0);
         c.wait_in_sync(secs(60));
         check(
             &c,

@@ -707,13 +707,7 @@ fn a_diskless_primary_takes_no_peer_disk_of_another_data_generation() {
                 !matches!(&read, Ok(d) if *d == old),
                 "the diskless Primary does not read the peer's stale data",
             );
-            c.attach(0);
-            c.must(
-                0,
-                AdminCommand::Connect {
-                    discard_my_data: false,
-                },
-            );
+            c.up(0);
             if c.status(1).disk == DiskState::Diskless {
                 c.attach(1);
             }
@@ -1358,13 +1352,7 @@ fn writes_abandoned_by_a_forced_detach_are_durable_before_a_resync_from_that_dis
                 && c.disk_ref(0).durable(block * BLOCK, BLOCK as usize) != &data[..],
             "the abandoned write landed in the disk's cache only",
         );
-        c.attach(0);
-        c.must(
-            0,
-            AdminCommand::Connect {
-                discard_my_data: false,
-            },
-        );
+        c.up(0);
         c.wait_in_sync(secs(60));
         // The resync cleared the block's bit: a power cut of the node it came from must not
         // take it back (a crash lands each unflushed sector or not, so check it directly).
