@@ -187,19 +187,32 @@ fn poll_status_until(
 }
 
 /// Re-attaches alice (after the disk healed) and waits for the resync; then checks every
-/// acknowledged write through NBD and that both data areas are identical.
-fn reattach_and_verify(pair: &Pair, image: &Path) {
+/// acknowledged write through the NBD export `uri` (the Primary's) and that both data areas
+/// are identical.
+fn reattach_and_verify(pair: &Pair, image: &Path, uri: &str) {
     // The stuck IO of the old attach must have returned first.
     poll_status_until(pair, "no stuck IO", Duration::from_secs(30), |s| {
         s["devices"][0]["udrbd-stuck-ios"].is_null()
     });
     pair.alice.ok(&["attach", PAIR_RESOURCE]);
     pair.wait_up_to_date(Duration::from_secs(60));
-    let summary = run_workload(pair, 0.0, 0, "verify");
+    let summary = Workload::start(pair.dir.path(), uri, 0.0, 0, "verify").finish(|| pair.logs());
     assert_eq!(summary["reads"].as_u64(), Some(BLOCKS));
     let alice = read_prefix(image, SIZE / 2);
     let bob = pair.bob.data_area(SIZE / 2);
     assert!(alice == bob, "alice's and bob's data areas differ");
+}
+
+/// `detach --force` on alice, which returns within 1 s whatever her disk does.
+fn force_detach_alice(pair: &Pair) {
+    let t0 = Instant::now();
+    pair.alice.ok(&["detach", "--force", PAIR_RESOURCE]);
+    let took = t0.elapsed();
+    println!("detach --force returned after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "detach --force took {took:?}"
+    );
 }
 
 fn read_prefix(path: &Path, len: u64) -> Vec<u8> {
@@ -247,14 +260,7 @@ fn frozen_disk(force: bool) {
             "the plain detach ended on a frozen disk: {s}"
         );
         // ... until `detach --force` ends it.
-        let t0 = Instant::now();
-        pair.alice.ok(&["detach", "--force", PAIR_RESOURCE]);
-        let took = t0.elapsed();
-        println!("detach --force returned after {took:?}");
-        assert!(
-            took < Duration::from_secs(1),
-            "detach --force took {took:?}"
-        );
+        force_detach_alice(&pair);
     }
     let limit = if force {
         Duration::from_secs(1 + 2)
@@ -310,7 +316,7 @@ fn frozen_disk(force: bool) {
     );
     // The late completions change nothing.
     disk.resume();
-    reattach_and_verify(&pair, &image);
+    reattach_and_verify(&pair, &image, &pair.alice.daemon.uri(PAIR_RESOURCE));
     disk.clear_faults();
 }
 
@@ -343,14 +349,7 @@ fn a_frozen_secondary_is_force_detached_reconnects_and_resyncs() {
     disk.pause();
     // Protocol C: bob's writes now wait for alice's acks.
     std::thread::sleep(Duration::from_secs(1));
-    let t0 = Instant::now();
-    pair.alice.ok(&["detach", "--force", PAIR_RESOURCE]);
-    let took = t0.elapsed();
-    println!("detach --force on the Secondary returned after {took:?}");
-    assert!(
-        took < Duration::from_secs(1),
-        "detach --force took {took:?}"
-    );
+    force_detach_alice(&pair);
     let (diskless, _) = poll_status_until(&pair, "alice Diskless", Duration::from_secs(3), |s| {
         disk_state(s) == "Diskless"
     });
@@ -374,16 +373,7 @@ fn a_frozen_secondary_is_force_detached_reconnects_and_resyncs() {
     );
     assert!(summary["writes"].as_u64().unwrap() > 0);
     disk.resume();
-    poll_status_until(&pair, "no stuck IO", Duration::from_secs(30), |s| {
-        s["devices"][0]["udrbd-stuck-ios"].is_null()
-    });
-    pair.alice.ok(&["attach", PAIR_RESOURCE]);
-    pair.wait_up_to_date(Duration::from_secs(60));
-    let verify = Workload::start(pair.dir.path(), &uri, 0.0, 0, "verify").finish(|| pair.logs());
-    assert_eq!(verify["reads"].as_u64(), Some(BLOCKS));
-    let alice = read_prefix(&image, SIZE / 2);
-    let bob = pair.bob.data_area(SIZE / 2);
-    assert!(alice == bob, "alice's and bob's data areas differ");
+    reattach_and_verify(&pair, &image, &uri);
     disk.clear_faults();
 }
 
@@ -537,7 +527,7 @@ fn write_errors_lose_no_acknowledged_write_and_reattach_resyncs() {
     );
     disk.clear_faults();
     let image = pair.dir.path().join("alice.img");
-    reattach_and_verify(&pair, &image);
+    reattach_and_verify(&pair, &image, &pair.alice.daemon.uri(PAIR_RESOURCE));
 }
 
 #[test]
