@@ -280,6 +280,8 @@ pub(crate) struct Request {
     pub(crate) read_parts: Vec<(u64, Bytes)>,
     /// The range lock of a write in flight.
     pub(crate) lock: Option<u64>,
+    /// The engine's `data_generation` when the request arrived.
+    pub(crate) data_generation: u64,
 }
 
 /// Counters reported by `status --statistics`.
@@ -350,6 +352,12 @@ pub struct Resource {
     /// Outstanding operations of earlier attach generations.
     pub(crate) stale_ops: BTreeMap<u32, u64>,
     pub(crate) requests: BTreeMap<BlockRequestId, Request>,
+    /// Incremented whenever a handshake makes this node's disk its peer's copy (it enters a
+    /// resync as SyncTarget: a stale disk, `--discard-my-data`, a split-brain victim). A
+    /// write that arrived in an earlier generation and is not yet on its way to the peer
+    /// belongs to data that was given up: it fails rather than start late, or be served by
+    /// the peer (`start_waiting_writes`, `serve_without_local_disk`).
+    pub(crate) data_generation: u64,
     /// Writes waiting for activity-log extents (references held, or none held when busy).
     pub(crate) al_waiting: VecDeque<BlockRequestId>,
     /// Application requests that arrived during an administrative detach, not yet looked at
@@ -428,6 +436,7 @@ impl Resource {
             ops: BTreeMap::new(),
             stale_ops: BTreeMap::new(),
             requests: BTreeMap::new(),
+            data_generation: 0,
             al_waiting: VecDeque::new(),
             held_requests: VecDeque::new(),
             outputs: VecDeque::new(),

@@ -304,6 +304,19 @@ fn mirrored(p: AfterSbPolicy) -> AfterSbPolicy {
     }
 }
 
+/// The connection states in which this node's disk takes the peer's data: the sync target's
+/// side of a resync, from the handshake's decision on.
+fn takes_peer_data(conn: ConnState) -> bool {
+    matches!(
+        conn,
+        ConnState::StartingSyncT
+            | ConnState::WfBitMapT
+            | ConnState::WfSyncUuid
+            | ConnState::SyncTarget
+            | ConnState::PausedSyncT
+    )
+}
+
 /// A bitmap seen through the agreed size (the peer's bitmap has as many bits).
 struct Window<'a> {
     bitmap: &'a mut udrbd_meta::Bitmap,
@@ -711,6 +724,12 @@ impl Resource {
         if let Some(p) = self.peer.as_mut()
             && p.conn != conn
         {
+            if takes_peer_data(conn) && p.conn < ConnState::Connected {
+                // The handshake made this node's disk the peer's copy: what it held (and
+                // writes that arrived for it before this link) is given up. Not so for an
+                // `invalidate` while connected: every write since the handshake went to both.
+                self.data_generation += 1;
+            }
             p.conn = conn;
             if conn < ConnState::WfReportParams {
                 p.peer_role = Role::Unknown;

@@ -9,7 +9,9 @@
 //! a success unless the peer wrote it. The write's references end when it completes; a
 //! replicated write's epoch holds its own until the peer's barrier ack, or the connection
 //! loss that marks the write (peer.rs `ClosedEpoch`): an extent leaves the log only once
-//! what it covered is on both disks or recorded in the bitmap.
+//! what it covered is on both disks or recorded in the bitmap. A write that arrived before a
+//! handshake made this node its peer's SyncTarget, and had not gone to the peer by then,
+//! never does: the data it was written against was given up (`Resource::data_generation`).
 
 use bytes::Bytes;
 use udrbd_meta::activity_log::{BITS_PER_AL_EXTENT, extent_of_sector};
@@ -98,6 +100,7 @@ impl Resource {
                 flush_epoch: None,
                 read_parts: Vec::new(),
                 lock: None,
+                data_generation: self.data_generation,
             },
         );
         if read_remote || (!is_a_read && !self.local_disk_writable()) {
@@ -191,6 +194,14 @@ impl Resource {
                 r.local_error = false;
                 r.flush_epoch = epoch;
                 self.try_complete(id);
+            }
+            _ if self.requests[&id].data_generation != self.data_generation => {
+                // Arrived before this node took its peer's data (a write stuck on a frozen
+                // disk while a split-brain Primary, whose node became the survivor's
+                // SyncTarget; swarm seed 19958): the data it belongs to was given up. Sent
+                // now, it would land on the survivor, which DRBD never does (it sends a write
+                // when it arrives, or not at all).
+                self.fail_request(id)
             }
             _ => {
                 let parts = self.send_write(id, &request);
@@ -303,6 +314,15 @@ impl Resource {
         let waiting: Vec<BlockRequestId> = self.al_waiting.iter().copied().collect();
         let mut blocked: Vec<(u64, u64)> = Vec::new();
         for id in waiting {
+            if self.requests[&id].data_generation != self.data_generation {
+                // It waited (its AL transaction on a frozen disk) while this node, demoted,
+                // took its peer's data as SyncTarget (swarm seed 19958: a split-brain
+                // Primary's write, started at last, went to the survivor with the resync's
+                // data). The data it was written against is gone: it fails.
+                self.al_waiting.retain(|w| *w != id);
+                self.fail_request(id);
+                continue;
+            }
             if self.replicating() && self.send_congested() {
                 return;
             }

@@ -1571,3 +1571,100 @@ fn an_outdated_sync_source_becomes_up_to_date() {
         c.check_identical();
     }
 }
+
+/// Swarm seed 19958 (register): a split-brain Primary's write waited for its activity-log
+/// transaction on a frozen disk. The node was demoted meanwhile (the demotion waits for it)
+/// and connected, and the handshake made it the survivor's SyncTarget. When the disk came
+/// back, the write started at last and, the node now replicating, went to the survivor:
+/// data of the generation the split-brain resolution had given up landed on the survivor's
+/// disk, with no bit anywhere. Now a write that arrived before a handshake made its node a
+/// SyncTarget, and is not on its way to the peer, fails: when it starts (`waits_for_al`), or
+/// when its local write fails and the peer would have served it.
+#[test]
+fn a_write_of_a_given_up_generation_does_not_reach_the_survivor() {
+    for (seed, waits_for_al) in [(0, true), (1, true), (2, false), (3, false)] {
+        let options = ClusterOptions {
+            device_bytes: 16 << 20,
+            ..ClusterOptions::default()
+        };
+        let mut c = pair(seed, options, true);
+        c.must(0, AdminCommand::Disconnect);
+        c.wait_disconnected(1, secs(30));
+        // Split brain: node 1 promoted on its own and written (the survivor, below).
+        c.must(1, AdminCommand::Primary { force: false });
+        c.write(
+            1,
+            (10 + seed) * BLOCK,
+            pattern(seed + 190, BLOCK as usize),
+            false,
+        )
+        .expect("the survivor's write");
+        c.must(1, AdminCommand::Secondary);
+        // Node 0 writes on a frozen disk: to an extent not yet in its activity log (the
+        // write waits for the AL transaction), or to one already there (the write is
+        // submitted, and fails when the disk returns).
+        let block = 2 * 1024 + 7 + seed;
+        if !waits_for_al {
+            c.write(
+                0,
+                block * BLOCK,
+                pattern(seed + 1994, BLOCK as usize),
+                false,
+            )
+            .expect("a write that puts the extent in the log");
+        }
+        let before = c
+            .disk_ref(1)
+            .current(block * BLOCK, BLOCK as usize)
+            .to_vec();
+        let data = pattern(seed + 1995, BLOCK as usize);
+        c.disk(0).faults.frozen = true;
+        let write = c.submit_write(0, block * BLOCK, data.clone(), false);
+        c.run_for(Duration::from_millis(10));
+        let demote = c.start_command(0, AdminCommand::Secondary);
+        c.must(
+            0,
+            AdminCommand::Connect {
+                discard_my_data: true,
+            },
+        );
+        c.must(
+            1,
+            AdminCommand::Connect {
+                discard_my_data: false,
+            },
+        );
+        c.run_until("node 0 is the survivor's sync target", secs(30), |c| {
+            c.snapshot(0).conn == Some(ConnState::SyncTarget)
+        });
+        if !waits_for_al {
+            c.disk(0).faults.fail_writes = [true; 4];
+        }
+        c.disk(0).faults.frozen = false;
+        let result = c.wait(write);
+        check(&c, result.is_err(), "the given-up write fails");
+        c.disk(0).faults.fail_writes = [false; 4];
+        c.run_until("the demotion completes", secs(30), |c| {
+            c.command_result(0, demote).is_some()
+        });
+        check(
+            &c,
+            c.disk_ref(1).current(block * BLOCK, BLOCK as usize) == &before[..],
+            "the survivor's block is as it was",
+        );
+        if !waits_for_al {
+            c.run_until("the failed disk is detached", secs(30), |c| {
+                c.snapshot(0).disk == DiskState::Diskless
+            });
+            // The handshake was cut short by the failure: the reattached disk is still the
+            // split-brain victim's.
+            c.attach(0);
+            for (node, discard_my_data) in [(0, true), (1, false)] {
+                c.must(node, AdminCommand::Disconnect);
+                c.must(node, AdminCommand::Connect { discard_my_data });
+            }
+        }
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+    }
+}
