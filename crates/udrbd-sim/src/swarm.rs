@@ -986,13 +986,17 @@ impl Run {
                 let epoch = self.attach_epoch[node];
                 self.volatile[node].retain(|_, (s, e, _, _)| *s >= req.seq || *e != epoch);
                 let link = self.link_epoch[node];
-                if ack.connected && req.link == Some(link) {
+                if ack.connected && ack.peer_has_disk && req.link == Some(link) {
                     let epoch = self.attach_epoch[peer];
                     // The peer flushed before acking the epochs of this node's writes (the
                     // flush waited for those barrier acks); not for its own writes, and not
                     // for writes sent on an earlier link, whose epochs were never acked
                     // (swarm seed 1929: the peer's frozen disk held such a write when it lost
-                    // power, after a flush on the next link had completed without it).
+                    // power, after a flush on the next link had completed without it). Nor
+                    // when the peer's disk was leaving (Failed: a detach) by then: the flush
+                    // did not wait for it (swarm seed 25021: that disk, frozen, was
+                    // force-detached and lost power; attached again it said UpToDate, as
+                    // DRBD's does, without the write its node had acknowledged).
                     self.volatile[peer].retain(|_, (s, e, w, l)| {
                         *s >= req.seq || *e != epoch || *w != node || *l != Some(link)
                     });
@@ -1273,6 +1277,15 @@ impl Run {
             self.view[i] = self.on_disk[i]
                 .take()
                 .unwrap_or_else(|| vec![None; self.blocks as usize]);
+            // Writes the peer mirrored to this disk while it was attaching (a Negotiating
+            // disk records them too) are on it, or on their way, whatever it held when it
+            // went (swarm seed 26375: a protocol A write landed just after the attach).
+            let epoch = self.attach_epoch[i];
+            for (b, (_, e, _, _)) in &self.volatile[i] {
+                if *e == epoch {
+                    self.view[i][*b as usize] = None;
+                }
+            }
         }
         self.hash.add(
             u64::from(node)
@@ -1305,7 +1318,13 @@ impl Run {
             self.pre_target[i] = Some(before_resync);
         }
         if becomes_target || diskless_joins {
-            self.view[i] = self.view[i ^ 1].clone();
+            // The source's data: where its own resync never finished, what both of its views
+            // agreed on (see `becomes_source` below; its state change may come after this
+            // one: swarm seeds 26716, 38552).
+            self.view[i] = match &self.pre_target[i ^ 1] {
+                Some(older) => agreed(older, &self.view[i ^ 1]),
+                None => self.view[i ^ 1].clone(),
+            };
             self.data_generation[i] += 1;
         }
         // A resync target's resync finished when its disk is UpToDate, not when it is back
