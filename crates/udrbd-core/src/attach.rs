@@ -538,10 +538,26 @@ impl Resource {
     /// connected (no allow-two-primaries). Without this a node became Primary on an
     /// Inconsistent disk while StandAlone, or Primary while connected to a Primary (found
     /// by the swarm, seeds 244, 257, 269, 283, 293, 432, 464).
-    fn check_promotion_takes_effect(&self) -> Result<(), CommandError> {
+    ///
+    /// A connection that came up while the promotion waited (its peer did not agree to it)
+    /// refuses it too: the peer may have been promoted the same way, each seeing the other
+    /// Secondary when its own took effect, and two Primaries were connected (swarm seeds
+    /// 45547, 46042: both promotions decided while disconnected, on frozen disks). A retry
+    /// goes through the peer.
+    fn check_promotion_takes_effect(
+        &self,
+        approved_on: Option<crate::connection::ConnId>,
+    ) -> Result<(), CommandError> {
         // A forced promotion made the disk UpToDate when it started; it is judged as
         // unforced now, so a handshake that made it Inconsistent since refuses it.
         self.check_promotable(false)?;
+        if let Some(link) = self.link()
+            && Some(link.data) != approved_on
+        {
+            return Err(CommandError::StateChange(
+                StateChangeError::InTransientState,
+            ));
+        }
         if self.peer.as_ref().is_some_and(|p| {
             p.conn >= crate::state::ConnState::Connected && p.peer_role == Role::Primary
         }) {
@@ -570,7 +586,17 @@ impl Resource {
         // The role changes when the superblock saying so is durable.
         self.update_md_flags_for(Role::Primary);
         let sb_version = self.disk.as_ref().expect("attached").sb_version;
-        Ok(Some(Pending::Primary { sb_version }))
+        // Connected here means the peer agreed (start_primary asks it first).
+        let approved_on = self
+            .peer
+            .as_ref()
+            .filter(|p| p.conn >= crate::state::ConnState::Connected)
+            .and_then(|p| p.link.as_ref())
+            .map(|l| l.data);
+        Ok(Some(Pending::Primary {
+            sb_version,
+            approved_on,
+        }))
     }
 
     pub(crate) fn start_secondary(&mut self) -> Result<Option<Pending>, CommandError> {
@@ -821,12 +847,15 @@ impl Resource {
                 }
                 false
             }
-            Pending::Primary { sb_version } => {
+            Pending::Primary {
+                sb_version,
+                approved_on,
+            } => {
                 let durable = self
                     .disk
                     .as_ref()
                     .is_some_and(|d| d.sb_durable >= sb_version);
-                if durable && let Err(e) = self.check_promotion_takes_effect() {
+                if durable && let Err(e) = self.check_promotion_takes_effect(approved_on) {
                     self.pending = None;
                     // The superblock said "Primary" for the promotion: say the role again.
                     self.update_md_flags();

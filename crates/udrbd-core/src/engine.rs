@@ -168,8 +168,13 @@ pub(crate) enum OpPurpose {
 pub(crate) enum Pending {
     /// Attach in progress.
     Attach(crate::attach::AttachStep),
-    /// Promotion: done when the superblock carrying this version is durable.
-    Primary { sb_version: u64 },
+    /// Promotion: done when the superblock carrying this version is durable. `approved_on`
+    /// names the link (its data socket) whose peer agreed to it; None when it was decided
+    /// without a connection.
+    Primary {
+        sb_version: u64,
+        approved_on: Option<crate::connection::ConnId>,
+    },
     /// Demotion: bitmap first, then the superblock.
     Secondary { sb_version: Option<u64> },
     /// Detach (also the tail of `down` and of a disk failure).

@@ -168,7 +168,9 @@ fn a_pending_promotion_keeps_primary_ind() {
         c.disk(0).faults.frozen = true;
         let id = c.start_command(0, AdminCommand::Primary { force: false });
         c.run_for(Duration::from_millis(50));
-        // A flag update while the promotion waits: the connection goes away.
+        // A flag update while the promotion waits: the connection goes away (and stays
+        // away: a connection that came up meanwhile would refuse the promotion).
+        c.partition(0, 1);
         let now = c.now();
         for conn in c.net().connections_between(0, 1) {
             c.net().reset(now, conn);
@@ -181,6 +183,7 @@ fn a_pending_promotion_keeps_primary_ind() {
             c.command_result(0, id) == Some(Ok(())),
             "the promotion completes",
         );
+        c.heal();
         let sb = c.durable_superblock(0);
         check(
             &c,
@@ -1666,5 +1669,73 @@ fn a_write_of_a_given_up_generation_does_not_reach_the_survivor() {
         }
         c.wait_in_sync(secs(60));
         c.check_identical();
+    }
+}
+
+/// Swarm seeds 45547, 46042 (primaries: "both Primary and connected"): both nodes were
+/// promoted while disconnected, each on a frozen disk, so each promotion waited for its
+/// superblock. The pair connected meanwhile (a split brain, resolved). Each promotion, when
+/// its superblock became durable, saw a Secondary peer (the other had not taken effect, or
+/// its P_STATE was still on the way) and took effect: two Primaries, connected. A promotion
+/// the peer did not agree to is now refused if a connection came up while it waited.
+#[test]
+fn promotions_decided_apart_do_not_both_take_effect_once_connected() {
+    for seed in 0..4 {
+        // Both promotions start a new data generation: a split brain, resolved (neither
+        // node wrote).
+        let mut options = ClusterOptions {
+            // A P_STATE takes longer than the disks take to return both superblocks.
+            net_latency_ns: (20_000_000, 20_000_001),
+            ..ClusterOptions::default()
+        };
+        options.split_brain.after_sb_0pri =
+            udrbd_core::sync_decision::AfterSb0pri::DiscardZeroChanges;
+        let mut c = pair(seed, options, false);
+        for node in [0, 1] {
+            c.must(node, AdminCommand::Disconnect);
+        }
+        let mut promotions = Vec::new();
+        for node in [0, 1] {
+            c.disk(node).faults.frozen = true;
+            promotions.push(c.start_command(node, AdminCommand::Primary { force: false }));
+        }
+        c.run_for(Duration::from_millis(100));
+        for node in [0, 1] {
+            c.must(
+                node,
+                AdminCommand::Connect {
+                    discard_my_data: false,
+                },
+            );
+        }
+        c.run_until("the pair is connected", secs(30), |c| {
+            is_connected_now(c.conn(0)) && is_connected_now(c.conn(1))
+        });
+        // Both disks return at once: each promotion takes effect before the other's
+        // P_STATE arrives.
+        for node in [0, 1] {
+            c.disk(node).faults.frozen = false;
+        }
+        c.run_until("both promotions are decided", secs(30), |c| {
+            (0..2).all(|n| c.command_result(n, promotions[n as usize]).is_some())
+        });
+        check(
+            &c,
+            !(c.snapshot(0).role == Role::Primary && c.snapshot(1).role == Role::Primary),
+            "never two Primaries",
+        );
+        for node in [0, 1] {
+            check(
+                &c,
+                c.command_result(node, promotions[usize::from(node)])
+                    == Some(Err(CommandError::StateChange(
+                        StateChangeError::InTransientState,
+                    ))),
+                &format!("node {node}'s promotion is refused: it was decided apart"),
+            );
+        }
+        c.must(0, AdminCommand::Primary { force: false });
+        c.wait_in_sync(secs(60));
+        check(&c, c.snapshot(1).role == Role::Secondary, "one Primary");
     }
 }
