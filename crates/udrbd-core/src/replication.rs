@@ -1000,7 +1000,13 @@ impl Resource {
             return;
         };
         if covered {
-            for epoch in link.recv_epochs.iter_mut() {
+            // Closed epochs only: the open one takes more writes, and a disk attached again
+            // on this link gets them; its barrier ack waits for a flush of that disk (swarm
+            // seed 46261: the open epoch was marked flushed at a detach, the node attached
+            // and became SyncTarget, and the writes it then took were acked as durable
+            // without a flush; a crash lost them, with nothing marked anywhere). While the
+            // node stays diskless, finish_recv_epochs acks it without a flush.
+            for epoch in link.recv_epochs.iter_mut().filter(|e| e.barrier.is_some()) {
                 epoch.flush_done = true;
             }
             self.finish_recv_epochs();

@@ -1739,3 +1739,42 @@ fn promotions_decided_apart_do_not_both_take_effect_once_connected() {
         check(&c, c.snapshot(1).role == Role::Secondary, "one Primary");
     }
 }
+
+/// Swarm seed 46261 (convergence: "replicas differ ... the source does not mark it"): a
+/// Secondary detached while connected. Its detach's flush covered every peer write done so
+/// far, so it counted every received epoch as flushed, the open one too. It attached again
+/// on the same connection, and the writes it then took went into that open epoch: its
+/// barrier ack went out without a flush, the Primary let the writes go, and a crash of the
+/// Secondary lost them with nothing marked anywhere. Now only closed epochs count as flushed
+/// at a detach.
+#[test]
+fn a_secondary_attached_again_flushes_before_its_barrier_ack() {
+    for seed in 0..4 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.write(
+            0,
+            (20 + seed) * BLOCK,
+            pattern(seed + 460, BLOCK as usize),
+            false,
+        )
+        .expect("write");
+        c.flush(0).expect("flush");
+        c.must(1, AdminCommand::Detach { force: false });
+        c.attach(1);
+        c.wait_in_sync(secs(60));
+        let block = 30 + seed;
+        let data = pattern(seed + 461, BLOCK as usize);
+        c.write(0, block * BLOCK, data.clone(), false)
+            .expect("a write the Secondary takes");
+        c.flush(0).expect("the flush after it");
+        check(
+            &c,
+            c.disk_ref(1).durable(block * BLOCK, BLOCK as usize) == &data[..],
+            "the Primary's flush made the write durable on the Secondary",
+        );
+        c.crash(1);
+        c.restart(1);
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+    }
+}
