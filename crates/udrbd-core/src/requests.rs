@@ -561,6 +561,17 @@ impl Resource {
             // A completed write closes its epoch: later writes may depend on it.
             self.close_epoch();
         }
+        if r.replicated
+            && r.local_error
+            && let Some((offset, len)) = written_range(&r.request)
+        {
+            // Marked when the local part failed, and again now, as DRBD's drbd_req_destroy
+            // sets out-of-sync unless both parts are OK: a resync's P_RS_WRITE_ACK for the
+            // same blocks can come in between and clear the first mark (the peer wrote the
+            // resync data, then this write); this node's disk lacks the write (swarm seed
+            // 43079: a SyncSource's local write failed under pass_on).
+            self.mark_out_of_sync(offset, len);
+        }
         let ok = if r.replicated {
             // A write the peer has (or whose loss is recorded in the bitmap) succeeded.
             !r.local_error || !r.net_failed

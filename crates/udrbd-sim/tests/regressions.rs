@@ -1778,3 +1778,56 @@ fn a_secondary_attached_again_flushes_before_its_barrier_ack() {
         c.check_identical();
     }
 }
+
+/// Swarm seed 43079 (bitmap soundness): a SyncSource (the Primary, on-io-error pass_on) had
+/// sent a block's resync data when an application write to that block failed on its disk.
+/// The failure marked the block out of sync (the peer took the write), then the target's
+/// P_RS_WRITE_ACK for the resync data came and cleared the mark: the replicas differed with
+/// nothing marked. As DRBD's drbd_req_destroy, a write whose local part failed is marked
+/// again when it completes (after the peer's ack, which follows the resync's).
+#[test]
+fn a_resync_ack_does_not_clear_the_mark_of_a_failed_local_write() {
+    for seed in 0..4 {
+        let options = ClusterOptions {
+            configure: Some(pass_on),
+            // The resync's ack is on the wire when the write fails.
+            net_latency_ns: (10_000_000, 10_000_001),
+            ..ClusterOptions::default()
+        };
+        let mut c = pair(seed, options, true);
+        // One block to resync.
+        c.must(0, AdminCommand::Disconnect);
+        c.wait_disconnected(1, secs(30));
+        let block = 100 + seed;
+        let resynced = pattern(seed + 431, BLOCK as usize);
+        c.write(0, block * BLOCK, resynced.clone(), false)
+            .expect("a write while disconnected");
+        c.must(
+            0,
+            AdminCommand::Connect {
+                discard_my_data: false,
+            },
+        );
+        c.run_until("the target wrote the resync data", secs(30), |c| {
+            c.disk_ref(1).current(block * BLOCK, BLOCK as usize) == &resynced[..]
+        });
+        // Its P_RS_WRITE_ACK is on the way: a write to the block fails on the source.
+        let data = pattern(seed + 430, BLOCK as usize);
+        c.disk(0).faults.fail_writes[0] = true;
+        let write = c.submit_write(0, block * BLOCK, data.clone(), false);
+        c.wait(write).expect("the peer took the write");
+        c.disk(0).faults.fail_writes[0] = false;
+        c.run_for(Duration::from_millis(100));
+        check(
+            &c,
+            c.disk_ref(1).current(block * BLOCK, BLOCK as usize) == &data[..]
+                && c.disk_ref(0).current(block * BLOCK, BLOCK as usize) == &resynced[..],
+            "the peer has the write, the source's disk does not",
+        );
+        check(
+            &c,
+            c.block_out_of_sync(0, block) == Some(true),
+            "the block is out of sync on the node whose disk lacks the write",
+        );
+    }
+}
