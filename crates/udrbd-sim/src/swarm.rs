@@ -545,6 +545,10 @@ struct Run {
     /// And, for a write mirrored from the peer, the writer's link epoch it was sent on: the
     /// writer's flush covers only what its barrier acks covered, its current link's epochs.
     volatile: [BTreeMap<u64, VolatileWrite>; 2],
+    /// Per node: blocks its peer mirrored to it while its disk was not usable yet (an
+    /// attaching disk, Negotiating, records them too): when the attach is done they are on
+    /// that disk, or on their way, whatever it held when it went.
+    mirrored_while_attaching: [BTreeSet<u64>; 2],
     /// Per node: incremented whenever its disk goes away (detach, failure).
     attach_epoch: [u64; 2],
     /// Per node: incremented whenever its view becomes the peer's (it became a resync
@@ -676,6 +680,7 @@ impl Run {
                 vec![Some(0); blocks as usize],
             ],
             volatile: [BTreeMap::new(), BTreeMap::new()],
+            mirrored_while_attaching: [BTreeSet::new(), BTreeSet::new()],
             attach_epoch: [0, 0],
             data_generation: [0, 0],
             on_disk: [None, None],
@@ -1077,6 +1082,9 @@ impl Run {
                             self.volatile[peer]
                                 .insert(b, (self.seq, self.attach_epoch[peer], node, req.link));
                         }
+                        if self.last[peer].disk < DiskState::Inconsistent {
+                            self.mirrored_while_attaching[peer].insert(b);
+                        }
                     }
                     self.acked[b as usize] = Some((tag, promised && !marked_here(b), req.seq));
                 }
@@ -1268,6 +1276,7 @@ impl Run {
         if before.disk >= DiskState::Inconsistent && s.disk < DiskState::Inconsistent {
             self.on_disk[i] = Some(self.disk_content(i));
             self.attach_epoch[i] += 1;
+            self.mirrored_while_attaching[i].clear();
         }
         if before.disk < DiskState::Inconsistent && s.disk >= DiskState::Inconsistent {
             // The node's own disk is back: reads are served from it again. What it wrote
@@ -1277,14 +1286,11 @@ impl Run {
             self.view[i] = self.on_disk[i]
                 .take()
                 .unwrap_or_else(|| vec![None; self.blocks as usize]);
-            // Writes the peer mirrored to this disk while it was attaching (a Negotiating
-            // disk records them too) are on it, or on their way, whatever it held when it
-            // went (swarm seed 26375: a protocol A write landed just after the attach).
-            let epoch = self.attach_epoch[i];
-            for (b, (_, e, _, _)) in &self.volatile[i] {
-                if *e == epoch {
-                    self.view[i][*b as usize] = None;
-                }
+            // Writes the peer mirrored to this disk while it was attaching are on it, or on
+            // their way, whatever it held when it went (swarm seeds 26375, 58490: protocol A
+            // writes, one with FUA, landed just after the attach).
+            for b in std::mem::take(&mut self.mirrored_while_attaching[i]) {
+                self.view[i][b as usize] = None;
             }
         }
         self.hash.add(
