@@ -372,6 +372,8 @@ struct Node {
     history: Vec<(Instant, Snapshot)>,
     /// How far this node's clock is ahead of the cluster's (ns; only grows).
     clock_offset: u64,
+    /// Blocks a data write to this node's disk ever failed on.
+    failed_write_blocks: BTreeSet<u64>,
 }
 
 impl Node {
@@ -513,6 +515,7 @@ impl Cluster {
                 events: Vec::new(),
                 history: Vec::new(),
                 clock_offset: 0,
+                failed_write_blocks: BTreeSet::new(),
             });
             c.boot(i as NodeId);
         }
@@ -1355,6 +1358,10 @@ impl Cluster {
         for i in 0..self.nodes.len() {
             let node = i as NodeId;
             for (c, area, offset, len, write) in self.nodes[i].disk.complete_due(now) {
+                if c.result.is_err() && area == DiskArea::Data && write && len > 0 {
+                    let blocks = offset / BLOCK..(offset + len).div_ceil(BLOCK);
+                    self.nodes[i].failed_write_blocks.extend(blocks);
+                }
                 if self.options.journal && c.result.is_err() && area == DiskArea::Data {
                     self.journal.push(JournalEntry::DataIoError {
                         node,
@@ -1587,7 +1594,10 @@ impl Cluster {
     /// source clears a bit at P_RS_WRITE_ACK, which the target sends once it wrote the block;
     /// so the replicas are identical then, except in blocks an application write is changing
     /// (protocol C only: under A and B a completed write may still be on its way to the
-    /// peer) and blocks the source still marks (a resync request that failed).
+    /// peer), blocks the source still marks (a resync request that failed), and blocks the
+    /// target marks itself where a write to its disk failed (its own write of the block
+    /// failed after the peer had taken it: swarm seed 16734; the target's resync goes on, and
+    /// the liveness phase's convergence check judges the end).
     fn check_resync_done(&self, node: NodeId, before: Snapshot) {
         let after = self.snapshot(node);
         let was_source = matches!(
@@ -1608,7 +1618,14 @@ impl Cluster {
         let block = BLOCK as usize;
         for (b, (x, y)) in mine.chunks(block).zip(theirs.chunks(block)).enumerate() {
             let b = b as u64;
-            if x != y && !self.block_busy(b) && self.block_out_of_sync(node, b) == Some(false) {
+            if x != y
+                && !self.block_busy(b)
+                && self.block_out_of_sync(node, b) == Some(false)
+                && !(self.block_out_of_sync(peer, b) == Some(true)
+                    && self.nodes[usize::from(peer)]
+                        .failed_write_blocks
+                        .contains(&b))
+            {
                 self.fail_by(
                     Checker::Convergence,
                     &format!(
