@@ -1248,10 +1248,7 @@ impl Run {
     /// them), blocks a write in flight may still change (an abandoned write can land late),
     /// and blocks an unfinished resync has not brought.
     fn disk_content(&self, i: usize) -> Vec<Option<u64>> {
-        let mut content = match &self.pre_target[i] {
-            Some(before) => agreed(before, &self.view[i]),
-            None => self.view[i].clone(),
-        };
+        let mut content = self.settled_view(i);
         for b in self.volatile[i].keys() {
             content[*b as usize] = None;
         }
@@ -1263,6 +1260,15 @@ impl Run {
             }
         }
         content
+    }
+
+    /// Node `i`'s view, except where a resync to it never finished: there, only what both
+    /// its views (before and since the resync began) agreed on.
+    fn settled_view(&self, i: usize) -> Vec<Option<u64>> {
+        match &self.pre_target[i] {
+            Some(before) => agreed(before, &self.view[i]),
+            None => self.view[i].clone(),
+        }
     }
 
     fn on_state(&mut self, node: NodeId, s: Snapshot) {
@@ -1327,10 +1333,7 @@ impl Run {
             // The source's data: where its own resync never finished, what both of its views
             // agreed on (see `becomes_source` below; its state change may come after this
             // one: swarm seeds 26716, 38552).
-            self.view[i] = match &self.pre_target[i ^ 1] {
-                Some(older) => agreed(older, &self.view[i ^ 1]),
-                None => self.view[i ^ 1].clone(),
-            };
+            self.view[i] = self.settled_view(i ^ 1);
             self.data_generation[i] += 1;
         }
         // A resync target's resync finished when its disk is UpToDate, not when it is back
