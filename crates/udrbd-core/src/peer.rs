@@ -144,6 +144,11 @@ pub(crate) struct Link {
     pub(crate) recv_flush_in_flight: bool,
     /// Resync target: requests in flight, by sector: (bytes, sent at).
     pub(crate) rs_requests: BTreeMap<u64, u64>,
+    /// Resync source: replies sent and not yet acknowledged by a P_RS_WRITE_ACK, as (offset,
+    /// bytes). The ack says the target wrote what this node read; it clears the bits only of
+    /// a reply still listed here. A block marked out of sync after the read (a failed local
+    /// write, a peer's NegAck) is no longer vouched for by that read, and leaves the list.
+    pub(crate) rs_replies: Vec<(u64, u64)>,
     /// Resync: sectors of replies received since the controller's last step.
     pub(crate) rs_sect_in: u64,
     pub(crate) resync: Option<Resync>,
@@ -785,6 +790,7 @@ impl Resource {
             recv_epoch_base: 0,
             recv_flush_in_flight: false,
             rs_requests: BTreeMap::new(),
+            rs_replies: Vec::new(),
             rs_sect_in: 0,
             resync: None,
         });
@@ -1124,6 +1130,11 @@ impl Resource {
             }
         }
         self.forget_unflushed(offset, len);
+        if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
+            let end = offset + len;
+            link.rs_replies
+                .retain(|&(o, l)| !(o < end && offset < o + l));
+        }
     }
 
     // ---- input -------------------------------------------------------------------------

@@ -652,9 +652,17 @@ impl Resource {
                 }
             }
             Packet::RsWriteAck(a) => {
-                // Source: the target wrote resync data: in sync.
-                let start = a.sector * 512;
-                self.clear_in_sync(start, u64::from(a.blksize));
+                // Source: the target wrote the resync data this node read: in sync, unless
+                // the block was marked out of sync since the read. Under protocol A an
+                // application write that failed locally after the read completed before
+                // this ack came, and its mark was cleared: the target held the newer data,
+                // this disk the old, and no bit said so (swarm seed 61222).
+                let (start, len) = (a.sector * 512, u64::from(a.blksize));
+                let link = self.link_mut();
+                if let Some(i) = link.rs_replies.iter().position(|&r| r == (start, len)) {
+                    link.rs_replies.swap_remove(i);
+                    self.clear_in_sync(start, len);
+                }
                 self.source_maybe_finished();
                 Ok(())
             }
@@ -1104,6 +1112,9 @@ impl Resource {
                         data,
                     };
                     let packet = if pr.resync {
+                        self.link_mut()
+                            .rs_replies
+                            .push((pr.sector * 512, u64::from(pr.len)));
                         Packet::RsDataReply(packet)
                     } else {
                         Packet::DataReply(packet)
