@@ -512,9 +512,23 @@ impl Resource {
             .peer
             .as_ref()
             .is_some_and(|p| p.conn == ConnState::Connected);
+        let standalone = self
+            .peer
+            .as_ref()
+            .is_none_or(|p| p.conn == ConnState::StandAlone);
         let d = self.disk.as_mut().expect("attached");
         let just_created = d.sb.uuids.current & !1 == sync_decision::UUID_JUST_CREATED;
-        if clear_bitmap && connected && just_created {
+        let skip_initial_sync = clear_bitmap && connected && just_created;
+        if !skip_initial_sync && !standalone {
+            // As DRBD's drbd_adm_new_c_uuid (ERR_CONNECTED): a new generation on one side of
+            // a connection (or one that may come up at any moment) would leave the two data
+            // generations unrelated. A connected Secondary that took one, then its peer's
+            // writes as a diskless Primary's only disk, met the Primary's own disk attached
+            // again as a split brain, and the after-sb policy discarded those writes (swarm
+            // seed 69585).
+            return Err(CommandError::NeedStandAlone);
+        }
+        if skip_initial_sync {
             // Skip the initial sync: both sides adopt the new UUID with empty bitmaps.
             d.sb.uuids = udrbd_meta::GenerationUuids {
                 current: if primary { random | 1 } else { random },
@@ -539,9 +553,6 @@ impl Resource {
         }
         d.sb_version += 1;
         self.write_dirty_pages();
-        if connected {
-            self.send_uuids(0);
-        }
         self.state_changed();
         Ok(None)
     }

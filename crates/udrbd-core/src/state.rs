@@ -167,6 +167,9 @@ pub enum CommandError {
         /// The UUID of the data the Primary serves.
         exposed: u64,
     },
+    /// ERR_* 151: the command needs the resource StandAlone (`new-current-uuid` while a
+    /// connection is configured, other than to skip the initial sync).
+    NeedStandAlone,
 }
 
 impl CommandError {
@@ -179,6 +182,7 @@ impl CommandError {
             CommandError::DeviceTooSmall => Some(111),
             CommandError::NoDiskConfig => Some(138),
             CommandError::DataNotCurrent { .. } => Some(150),
+            CommandError::NeedStandAlone => Some(151),
             _ => None,
         }
     }
@@ -223,6 +227,7 @@ impl std::fmt::Display for CommandError {
                 "Failure: (150) Can only attach to the data we lost last (see kernel log). \
                  (Can only attach to data with current UUID={exposed:016X})"
             ),
+            CommandError::NeedStandAlone => write!(f, "Failure: (151) Need to be StandAlone"),
         }
     }
 }

@@ -1837,3 +1837,61 @@ fn a_resync_ack_does_not_clear_the_mark_of_a_failed_local_write() {
         );
     }
 }
+
+/// Swarm seed 69585 (register): `new-current-uuid` on a connected Secondary was accepted,
+/// and the two data generations became unrelated. That node was then promoted, its disk
+/// failed, and its peer took its writes alone (as a diskless Primary's only disk, with a
+/// new current UUID of its own). When the Primary's old disk attached again, the handshake
+/// saw two unrelated generations (a split brain, rule 90), and after-sb-1pri
+/// discard-secondary discarded the peer: every write since the failure was lost. As DRBD's
+/// drbd_adm_new_c_uuid, the command needs the resource StandAlone (ERR_CONNECTED, 151),
+/// except to skip the initial sync.
+#[test]
+fn new_current_uuid_is_refused_unless_standalone() {
+    for seed in 0..3 {
+        let mut options = ClusterOptions::default();
+        options.split_brain.after_sb_1pri =
+            udrbd_core::sync_decision::AfterSb1pri::DiscardSecondary;
+        let mut c = pair(seed, options, false);
+        let refused = c.command(
+            1,
+            AdminCommand::NewCurrentUuid {
+                clear_bitmap: false,
+            },
+        );
+        check(
+            &c,
+            refused == Err(CommandError::NeedStandAlone),
+            &format!("new-current-uuid on a connected node is refused: {refused:?}"),
+        );
+        // Whatever the command did: the Primary's disk fails, its writes go to the peer alone.
+        c.must(1, AdminCommand::Primary { force: false });
+        c.disk(1).faults.fail_writes[0] = true;
+        let _ = c.write(1, 10 * BLOCK, pattern(seed + 1, BLOCK as usize), false);
+        c.run_until("the Primary's disk is gone", secs(30), |c| {
+            c.snapshot(1).disk == DiskState::Diskless
+        });
+        c.disk(1).faults.fail_writes[0] = false;
+        let block = 20 + seed;
+        let data = pattern(seed + 690, BLOCK as usize);
+        c.write(1, block * BLOCK, data.clone(), false)
+            .expect("the diskless Primary writes to its peer");
+        c.attach(1);
+        c.wait_in_sync(secs(60));
+        let read = c.read(1, block * BLOCK, BLOCK as u32).expect("a read");
+        check(
+            &c,
+            read == data,
+            "the write made while diskless is on the Primary's disk attached again",
+        );
+        c.check_identical();
+        // StandAlone, it is a new generation (DRBD's way to mark a disk's data as new).
+        c.must(1, AdminCommand::Disconnect);
+        c.must(
+            1,
+            AdminCommand::NewCurrentUuid {
+                clear_bitmap: false,
+            },
+        );
+    }
+}
