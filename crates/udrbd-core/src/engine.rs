@@ -725,6 +725,10 @@ impl Resource {
                 d.al.invariants();
                 d.bitmap.invariants();
                 assert_eq!(d.al.references(), held, "activity-log references");
+                assert!(
+                    page_ops == 0 || self.bitmap_loaded(),
+                    "a bitmap page written before the attach read the bitmap"
+                );
                 if page_ops == 0 {
                     assert!(d.pages_in_flight.is_empty());
                 } else {
@@ -1250,6 +1254,9 @@ impl Resource {
     /// Writes every dirty bitmap page that is not already being written.
     pub(crate) fn write_dirty_pages(&mut self) {
         let Some(d) = self.disk.as_ref() else { return };
+        if !self.bitmap_loaded() {
+            return;
+        }
         // While Failed only the detach writes the bitmap (once: a failed page is not retried).
         if self.disk_state == DiskState::Failed
             && !matches!(
@@ -1271,6 +1278,25 @@ impl Resource {
         for page in pages {
             self.write_page(page);
         }
+    }
+
+    /// Whether the in-memory bitmap holds what the disk holds: not while an attach is still
+    /// reading the superblock, the activity log or the bitmap. A page written before its
+    /// read came in carried zeros over the bits on disk: an attach stuck on a frozen disk
+    /// wrote a page (a meta-data preflush completing, with a page marked meanwhile) and
+    /// erased the mark of a write the peer lacked (swarm seed 75103).
+    pub(crate) fn bitmap_loaded(&self) -> bool {
+        !matches!(
+            &self.pending,
+            Some((
+                _,
+                Pending::Attach(
+                    crate::attach::AttachStep::Superblock(_)
+                        | crate::attach::AttachStep::ActivityLog
+                        | crate::attach::AttachStep::Bitmap
+                )
+            ))
+        )
     }
 
     /// Writes one bitmap page (a snapshot of it; it is clean from now on).

@@ -1895,3 +1895,65 @@ fn new_current_uuid_is_refused_unless_standalone() {
         );
     }
 }
+
+/// Swarm seed 75103 (bitmap soundness): a diskless Primary attached its disk again while
+/// connected, and the attach stuck on the frozen disk before its bitmap was read. The
+/// Primary's writes meanwhile marked the in-memory bitmap (the peer alone had them), and a
+/// bitmap write-out wrote that page: zeros over the bits on disk, among them the bit of a
+/// block the peer lacked. Now no bitmap page is written before the attach has read the
+/// bitmap (and `invariants()` says so).
+#[test]
+fn an_attach_does_not_write_the_bitmap_before_reading_it() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        // A bit on node 0's disk: a write its peer had not confirmed when node 0 detached.
+        let marked = 40 + seed;
+        c.disk(1).faults.frozen = true;
+        let write = c.submit_write(
+            0,
+            marked * BLOCK,
+            pattern(seed + 750, BLOCK as usize),
+            false,
+        );
+        c.run_for(Duration::from_millis(50));
+        c.must(0, AdminCommand::Detach { force: false });
+        check(
+            &c,
+            c.durable_bitmap_bit(0, marked),
+            "the unconfirmed write is marked on the detached disk",
+        );
+        c.disk(1).faults.frozen = false;
+        c.wait(write).expect("the peer took the write");
+        // Attach again; the disk freezes once the superblock is read.
+        let attach = c.attach_command();
+        let id = c.start_command(0, attach);
+        c.run_until("node 0 has its meta-data in memory", secs(10), |c| {
+            c.block_marked(0, 0).is_some()
+        });
+        c.disk(0).faults.frozen = true;
+        // The diskless Primary's writes go to the peer alone, marked here, and the bitmap
+        // write-out runs.
+        for i in 0..4 {
+            c.write(
+                0,
+                (100 + i) * BLOCK,
+                pattern(seed + i, BLOCK as usize),
+                false,
+            )
+            .expect("the peer takes the write");
+        }
+        c.run_for(secs(5));
+        check(&c, c.command_result(0, id).is_none(), "the attach waits");
+        c.disk(0).faults.frozen = false;
+        c.run_until("the attach is done", secs(30), |c| {
+            c.command_result(0, id).is_some()
+        });
+        check(
+            &c,
+            c.durable_bitmap_bit(0, marked),
+            "the bit on disk survived the attach",
+        );
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+    }
+}
