@@ -872,8 +872,16 @@ impl Resource {
             }
             PeerWriteKind::Resync => {
                 self.statistics.written_kib += pw.len / 1024;
-                // In sync once durable: the flush that follows clears the bits.
-                self.rs_unflushed.push((pw.sector * 512, pw.len));
+                if current {
+                    // In sync once durable: the flush that follows clears the bits. Not the
+                    // data of an earlier link: it was read before that link's end, and the
+                    // bits now are the next handshake's, which may say the source has
+                    // written the block since (swarm seed 78860: a write slow on this disk
+                    // completed in the next resync and cleared the bit of a block the
+                    // source had written after that read; DRBD's disconnect waits for its
+                    // resync writes before a new handshake).
+                    self.rs_unflushed.push((pw.sector * 512, pw.len));
+                }
                 if current {
                     let seq = self.next_seq();
                     self.send(
