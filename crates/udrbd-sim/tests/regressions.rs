@@ -1957,3 +1957,67 @@ fn an_attach_does_not_write_the_bitmap_before_reading_it() {
         c.check_identical();
     }
 }
+
+/// Swarm seed 78860 (register): a SyncTarget's resync write, slow on its disk, completed
+/// after the link it came on had gone and the next handshake had started another resync.
+/// Its flush cleared the range in the new bitmap, among them the bit of a block the source
+/// had written after the old read: the target kept the old data, unmarked, became UpToDate
+/// and later served it. Now only the resync writes of the current link clear bits (DRBD's
+/// disconnect waits for its resync writes before a new handshake).
+#[test]
+fn a_resync_write_of_an_earlier_link_does_not_clear_bits() {
+    for seed in 0..8 {
+        let mut options = ClusterOptions::default();
+        // A slow fixed rate: the next resync reaches the block seconds after it begins.
+        options.resync.c_plan_ahead_tenths = 0;
+        options.resync.resync_rate_kib_per_sec = 400;
+        let mut c = pair(seed, options, true);
+        let normal = c.disk_ref(1).latency();
+        let block = 300 + seed;
+        c.must(0, AdminCommand::Disconnect);
+        c.wait_disconnected(1, secs(30));
+        c.write(0, block * BLOCK, pattern(seed + 780, BLOCK as usize), false)
+            .expect("a write while disconnected");
+        c.must(
+            0,
+            AdminCommand::Connect {
+                discard_my_data: false,
+            },
+        );
+        c.run_until("the target's resync begins", secs(30), |c| {
+            c.conn(1) == Some(ConnState::SyncTarget)
+        });
+        // The block's resync write takes a second on the target's disk; the link goes
+        // meanwhile, the source writes the block again, and the next resync begins.
+        c.disk(1).set_latency(1_000_000_000, 1_000_000_001);
+        c.run_for(Duration::from_millis(150));
+        c.disk(1).set_latency(normal.0, normal.1);
+        c.must(0, AdminCommand::Disconnect);
+        c.wait_disconnected(1, secs(60));
+        let newer = pattern(seed + 781, BLOCK as usize);
+        c.write(0, block * BLOCK, newer.clone(), false)
+            .expect("a write while disconnected");
+        for i in 0..6 {
+            c.write(
+                0,
+                i * 32 * BLOCK,
+                pattern(seed + i, 32 * BLOCK as usize),
+                false,
+            )
+            .expect("writes before the block, for the next resync");
+        }
+        c.must(
+            0,
+            AdminCommand::Connect {
+                discard_my_data: false,
+            },
+        );
+        c.wait_in_sync(secs(120));
+        check(
+            &c,
+            c.disk_ref(1).current(block * BLOCK, BLOCK as usize) == &newer[..],
+            "the target has the source's newer write",
+        );
+        c.check_identical();
+    }
+}
