@@ -118,8 +118,18 @@ fn disconnect_connect_and_outdate() {
     // connect while connecting: nothing to do.
     a.ok(&["connect", "r0", "--discard-my-data"]);
     assert_eq!(a.cstate(), "WFConnection");
+    // A new data generation only StandAlone (drbdsetup's ERR_CONNECTED), unless it skips
+    // the initial sync of a connected pair.
+    let o = a.cli(&["new-current-uuid", "r0"]);
+    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Failure: (151) Need to be StandAlone"),
+        "{}",
+        stderr(&o)
+    );
     a.ok(&["disconnect", "r0"]);
     assert_eq!(a.cstate(), "StandAlone");
+    a.ok(&["new-current-uuid", "r0"]);
     // Outdate a disconnected Inconsistent disk: it stays Inconsistent (lower than Outdated).
     let o = a.cli(&["outdate", "r0"]);
     assert!(
