@@ -1886,6 +1886,25 @@ impl Resource {
     }
 
     fn send_bitmap(&mut self) {
+        // DRBD sends its bitmap only once no application request is in flight
+        // (drbd_queue_bitmap_io suspends IO and waits for ap_bio_cnt to drain), so what those
+        // requests mark is in it. Here the blocks of every write still in flight, and of every
+        // write the peer has not confirmed, are marked before the send: a P_NEG_ACK that came
+        // after it (the peer refused writes while its disk attached; it went on the meta
+        // socket, the handshake on the data socket) marked only this side, the target never
+        // asked for those blocks, and became UpToDate without them (swarm seed 72750).
+        let mut pending: Vec<(u64, u64)> = self
+            .link()
+            .map(|l| l.unconfirmed_writes())
+            .unwrap_or_default();
+        pending.extend(
+            self.requests
+                .values()
+                .filter_map(|r| crate::requests::written_range(&r.request)),
+        );
+        for (offset, len) in pending {
+            self.mark_out_of_sync(offset, len);
+        }
         let bits = self.exchange_bits();
         let use_rle = self.peer.as_ref().expect("peer").config.use_rle;
         let mut sender = BitmapSender::new(bits, HeaderFormat::Long, use_rle);
