@@ -537,10 +537,21 @@ impl Resource {
             };
             d.bitmap.clear_range(0..d.bitmap.bits());
             d.sb_version += 1;
+            let adopted = d.sb.uuids.current;
             self.disk_state = DiskState::UpToDate;
             self.update_md_flags();
             self.write_dirty_pages();
             self.send_uuids(UUID_FLAG_SKIP_INITIAL_SYNC);
+            // The peer adopts this current UUID with an empty bitmap and sends no P_UUIDS
+            // back: what is known of its UUIDs is that. Left at the "just created" UUID, a
+            // later handshake on this link (this node's disk attached again) took the peer
+            // for a fresh disk (rule 30) and full-synced this disk's stale data over the
+            // writes the peer had taken meanwhile (swarm seed 89351).
+            if let Some(known) = self.link_mut().peer_uuids.as_mut() {
+                known.uuids.current = adopted;
+                known.uuids.bitmap = 0;
+                known.bits_set = 0;
+            }
             self.send_state();
             self.state_changed();
             return Ok(None);

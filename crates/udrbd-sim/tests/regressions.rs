@@ -2021,3 +2021,32 @@ fn a_resync_write_of_an_earlier_link_does_not_clear_bits() {
         c.check_identical();
     }
 }
+
+/// Found while reading swarm seed 89351: after `new-current-uuid --clear-bitmap` the node
+/// that ran it kept the peer's UUIDs as last received, "just created", although the peer
+/// adopted the new current UUID (and sends no P_UUIDS for it). A handshake on that link
+/// using them, after this node's disk attached again, took the peer for a fresh disk
+/// (rule 30) and synced this whole disk over it, writes the peer took meanwhile included.
+/// Now the skip records the UUIDs the peer adopted.
+#[test]
+fn a_disk_attached_again_after_skipping_the_initial_sync_is_no_full_sync_source() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), false);
+        c.must(0, AdminCommand::Detach { force: false });
+        c.attach(0);
+        c.wait_in_sync(secs(30));
+        check(
+            &c,
+            !c.logs(0).iter().any(|l| {
+                l.contains("by rule 30")
+                    || l.split("will sync ")
+                        .nth(1)
+                        .and_then(|r| r.split(' ').next())
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .is_some_and(|kb| kb >= 1024)
+            }),
+            &format!("no full sync after the attach: {:?}", c.logs(0)),
+        );
+        c.check_identical();
+    }
+}
