@@ -1151,12 +1151,7 @@ impl Resource {
                 d.bitmap.set_range(bits);
             }
         }
-        self.forget_unflushed(offset, len);
-        if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
-            let end = offset + len;
-            link.rs_replies
-                .retain(|&(o, l)| !(o < end && offset < o + l));
-        }
+        self.forget_in_sync_claims(offset, len);
     }
 
     // ---- input -------------------------------------------------------------------------

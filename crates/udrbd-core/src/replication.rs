@@ -881,8 +881,6 @@ impl Resource {
                     // source had written after that read; DRBD's disconnect waits for its
                     // resync writes before a new handshake).
                     self.rs_unflushed.push((pw.sector * 512, pw.len));
-                }
-                if current {
                     let seq = self.next_seq();
                     self.send(
                         Socket::Meta,
@@ -1248,13 +1246,16 @@ impl Resource {
         self.target_maybe_finished();
     }
 
-    /// A block written while its resync write awaits the flush must stay out of sync.
-    pub(crate) fn forget_unflushed(&mut self, offset: u64, len: u64) {
-        let end = offset + len;
-        self.rs_unflushed
-            .retain(|&(o, l)| !(o < end && offset < o + l));
+    /// A block marked out of sync is no longer vouched for by what was read or written
+    /// before: a target's resync write awaiting its flush, a source's resync reply awaiting
+    /// its P_RS_WRITE_ACK. Those claims are dropped, so they clear no bits.
+    pub(crate) fn forget_in_sync_claims(&mut self, offset: u64, len: u64) {
+        drop_overlapping(&mut self.rs_unflushed, offset, len);
         if let Some(f) = self.rs_flush_in_flight.as_mut() {
-            f.retain(|&(o, l)| !(o < end && offset < o + l));
+            drop_overlapping(f, offset, len);
+        }
+        if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
+            drop_overlapping(&mut link.rs_replies, offset, len);
         }
     }
 
@@ -1427,4 +1428,10 @@ impl Resource {
             .filter(|w| w.link_gen == self.link_gen)
             .count() as u32
     }
+}
+
+/// Removes from `ranges` every (offset, bytes) range that overlaps [offset, offset + len).
+fn drop_overlapping(ranges: &mut Vec<(u64, u64)>, offset: u64, len: u64) {
+    let end = offset + len;
+    ranges.retain(|&(o, l)| !(o < end && offset < o + l));
 }
