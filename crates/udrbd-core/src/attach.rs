@@ -677,7 +677,13 @@ impl Resource {
         );
         match policy {
             OnIoError::PassOn => {
-                if self.disk_state > DiskState::Inconsistent {
+                if let Some(negotiation) = self.attach_negotiation.as_mut() {
+                    // Negotiating: the state the disk will take is Inconsistent at best.
+                    if negotiation.disk_state > DiskState::Inconsistent {
+                        negotiation.disk_state = DiskState::Inconsistent;
+                        self.update_md_flags();
+                    }
+                } else if self.disk_state > DiskState::Inconsistent {
                     self.disk_state = DiskState::Inconsistent;
                     self.update_md_flags();
                     self.state_changed();
@@ -725,6 +731,8 @@ impl Resource {
             self.disk_errors.failure = Some(failure);
         }
         if self.disk_state != DiskState::Failed {
+            // A negotiating attach ends here: the disk goes.
+            self.attach_negotiation = None;
             self.disk_state = DiskState::Failed;
             self.log(
                 LogLevel::Warn,

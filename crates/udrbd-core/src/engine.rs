@@ -13,7 +13,9 @@
 //!   means no meta-data in memory and no operation outstanding;
 //! - a bitmap page is never written twice at once (a late completion could otherwise leave
 //!   an older copy on disk);
-//! - while Primary with a disk, the durable superblock carries MDF_PRIMARY_IND.
+//! - while Primary with a disk, the durable superblock carries MDF_PRIMARY_IND;
+//! - the disk is Negotiating exactly while an attach that completed on an established link
+//!   waits for the peer's answer (`attach_negotiation`), with no command pending.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -89,6 +91,9 @@ pub enum DiskFailure {
     Timeout,
     /// `detach --force`.
     Forced,
+    /// A diskless Primary's attach whose negotiation ended without a handshake, on a disk of
+    /// another data generation than the one the Primary served.
+    DataNotCurrent,
 }
 
 impl DiskFailure {
@@ -100,6 +105,7 @@ impl DiskFailure {
             DiskFailure::MetaDataError => "meta-data error",
             DiskFailure::Timeout => "disk-timeout",
             DiskFailure::Forced => "forced detach",
+            DiskFailure::DataNotCurrent => "data not current",
         }
     }
 
@@ -344,11 +350,26 @@ pub struct Status {
     pub peer: Option<crate::peer_config::PeerStatus>,
 }
 
+/// An attach negotiating with the connected peer (DRBD's D_NEGOTIATING).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttachNegotiation {
+    /// The state the attach computed, which the disk takes when the handshake runs (DRBD's
+    /// `new_state_tmp`).
+    pub(crate) disk_state: DiskState,
+    /// The peer's current UUID as last received (None: the peer has no disk): a disk of
+    /// another generation missed the peer's writes, if the negotiation ends without a
+    /// handshake.
+    pub(crate) peer_current: Option<u64>,
+}
+
 /// One DRBD resource on one node. See the module doc for the call order and invariants.
 pub struct Resource {
     pub(crate) config: ResourceConfig,
     pub(crate) role: Role,
     pub(crate) disk_state: DiskState,
+    /// Some exactly while the disk is Negotiating: an attach that completed while connected,
+    /// waiting for the peer's P_UUIDS and P_STATE.
+    pub(crate) attach_negotiation: Option<AttachNegotiation>,
     pub(crate) disk: Option<Disk>,
     pub(crate) rng: ChaCha20Rng,
     pub(crate) generation: u32,
@@ -434,6 +455,7 @@ impl Resource {
             config,
             role: Role::Secondary,
             disk_state: DiskState::Diskless,
+            attach_negotiation: None,
             disk: None,
             rng: ChaCha20Rng::from_seed(seed),
             generation: 1,
@@ -503,7 +525,9 @@ impl Resource {
                 | AdminCommand::Disconnect
                 | AdminCommand::Detach { force: true }
         );
-        if self.pending.is_some() && !independent {
+        // An attach negotiating with the peer is a transient state too (DRBD's
+        // D_NEGOTIATING): a command that changes the disk's state waits for its end.
+        if (self.pending.is_some() || self.attach_negotiation.is_some()) && !independent {
             self.finish_command(
                 id,
                 Err(CommandError::StateChange(
@@ -627,6 +651,19 @@ impl Resource {
     /// Checks every invariant of the module doc; panics on a violation (a bug).
     pub fn invariants(&self) {
         self.peer_invariants();
+        assert_eq!(
+            self.attach_negotiation.is_some(),
+            self.disk_state == DiskState::Negotiating,
+            "Negotiating exactly while an attach negotiates"
+        );
+        if self.attach_negotiation.is_some() {
+            assert!(self.disk.is_some(), "a negotiating disk is attached");
+            assert!(
+                self.link()
+                    .is_some_and(|l| l.handshake_done && self.pending.is_none()),
+                "an attach negotiates on an established link, with no command pending"
+            );
+        }
         // One pass over the requests and one over the operations, without allocating: this
         // runs after every step of every simulation. Requests and their operations are
         // matched by walking both maps side by side: usually requests (by id) got their
@@ -864,12 +901,15 @@ impl Resource {
     /// "Primary" before it is Primary).
     pub(crate) fn update_md_flags_for(&mut self, role: Role) {
         // The last step of an attach writes the flags of the state it ends in.
+        // So does a negotiating one: the flags of the state its attach computed.
         let disk_state = match &self.pending {
             Some((
                 _,
                 Pending::Attach(crate::attach::AttachStep::Superblock2 { disk_state, .. }),
             )) => *disk_state,
-            _ => self.disk_state,
+            _ => self
+                .attach_negotiation
+                .map_or(self.disk_state, |n| n.disk_state),
         };
         let crashed = self.crashed_primary;
         let Some(d) = self.disk.as_ref() else { return };

@@ -914,7 +914,12 @@ impl Resource {
         if d.sb.flags.has(MdFlags::CRASHED_PRIMARY) {
             flags |= UUID_FLAG_CRASHED_PRIMARY;
         }
-        if self.disk_state <= DiskState::Inconsistent {
+        // A negotiating disk says what its attach found (DRBD uses new_state_tmp here).
+        if self
+            .attach_negotiation
+            .map_or(self.disk_state, |n| n.disk_state)
+            <= DiskState::Inconsistent
+        {
             flags |= UUID_FLAG_INCONSISTENT;
         }
         let uuids = Uuids {
@@ -1038,6 +1043,7 @@ impl Resource {
         self.timers.stop(Timer::ResyncStep);
         self.link_gen += 1;
         self.set_conn(reason);
+        self.end_attach_negotiation_alone();
         if was_connected_primary_peer {
             self.lost_peer_copy(Role::Unknown);
         }
@@ -1434,6 +1440,9 @@ impl Resource {
             // now ("the peer just created a new current UUID for me").
             self.exposed_uuid = Some(u.current & !1);
         }
+        if let Some(negotiation) = self.attach_negotiation.as_mut() {
+            negotiation.peer_current = Some(u.current);
+        }
         let handshake_done = {
             let link = self.link_mut();
             link.peer_uuids = Some(peer_uuids);
@@ -1505,6 +1514,17 @@ impl Resource {
             return self.sync_handshake(peer_role, peer_disk, self.disk_state);
         }
         let conn = self.peer.as_ref().expect("peer").conn;
+        // A peer disk Negotiating (attaching while connected) counts as what its UUID flags
+        // say, DRBD's real_peer_disk: writes are mirrored to it while it negotiates.
+        let peer_disk = if peer_disk == DiskState::Negotiating {
+            let flags = self
+                .link()
+                .and_then(|l| l.peer_uuids)
+                .map_or(0, |u| u.flags);
+            sync_decision::peer_disk_for_handshake(DiskState::Negotiating, flags)
+        } else {
+            peer_disk
+        };
         let old_peer_disk;
         {
             let p = self.peer.as_mut().expect("peer");
@@ -1531,6 +1551,18 @@ impl Resource {
         if had_data && peer_disk < DiskState::Inconsistent {
             // The peer lost its disk: from now on this node alone has the data.
             self.lost_peer_copy(peer_role);
+        }
+        if conn == ConnState::Connected
+            && state.disk == DiskState::Negotiating
+            && old_peer_disk < DiskState::Negotiating
+        {
+            self.peer_attached(peer_role)?;
+            if self.attach_negotiation.is_none() {
+                return Ok(());
+            }
+        }
+        if self.attach_negotiation.is_some() {
+            return self.finish_attach_negotiation(&state, peer_role, peer_disk);
         }
         if peer_disk <= DiskState::Failed {
             self.abort_resync();
@@ -1645,22 +1677,116 @@ impl Resource {
         self.disk.is_some() && !matches!(self.pending, Some((_, Pending::Detach(_))))
     }
 
-    /// An attach finished while connected: the peer learns the disk (P_SIZES, P_UUIDS) and
-    /// the sync handshake runs again, as DRBD's does for a disk going from Attaching to
-    /// Negotiating: usually this node becomes SyncTarget of the blocks the peer wrote
-    /// alone and of those this node's bitmap (and activity log) recorded.
+    /// An attach finished while connected: the disk is Negotiating, as DRBD's attach "postpones
+    /// any decision on the new disk state after the negotiation phase". The peer learns the
+    /// disk (P_SIZES, P_UUIDS, P_STATE); the stored UUIDs of the peer are forgotten ("we
+    /// expect to receive up-to-date UUIDs soon"); the peer answers with its P_UUIDS and
+    /// P_STATE, and the handshake runs then (`finish_attach_negotiation`). Running it at once
+    /// compared against the peer's UUIDs as last stored: a new data generation the peer had
+    /// made (this Primary's disk had failed) was still on its way, and the stale disk became
+    /// SyncSource over acknowledged writes (swarm seed 89351).
     pub(crate) fn handshake_after_attach(&mut self) {
         let Some(p) = self.peer.as_ref() else { return };
         let Some(link) = p.link.as_ref() else { return };
-        if !link.handshake_done || p.conn != ConnState::Connected {
+        if !link.handshake_done || p.conn != ConnState::Connected || self.disk.is_none() {
             return;
         }
-        let (peer_role, peer_disk) = (p.peer_role, p.peer_disk);
+        self.attach_negotiation = Some(crate::engine::AttachNegotiation {
+            disk_state: self.disk_state,
+            peer_current: link.peer_uuids.map(|u| u.uuids.current),
+        });
+        self.disk_state = DiskState::Negotiating;
+        self.link_mut().peer_uuids = None;
         self.send_sizes();
         self.send_uuids(0);
-        if let Err(e) = self.sync_handshake(peer_role, peer_disk, DiskState::Negotiating) {
-            self.protocol_error(e);
+        self.send_state();
+        self.state_changed();
+    }
+
+    /// The peer attached a disk while connected (its P_STATE says Negotiating): DRBD's
+    /// after_state_ch sends this node's P_UUIDS and P_STATE ("attach on the peer"), and its
+    /// receive_state runs the handshake against the peer's UUIDs, which came just before.
+    /// The peer's disk counts as what its UUID flags say (DRBD's real_peer_disk): writes
+    /// are mirrored to it from now on.
+    fn peer_attached(&mut self, peer_role: Role) -> Result<(), String> {
+        let real = self.peer.as_ref().expect("peer").peer_disk;
+        // This side's UUIDs as they are before its handshake: the peer compares them with
+        // its own as they were when it sent them, as both sides do when they connect.
+        self.send_uuids(0);
+        if self.attach_negotiation.is_some() {
+            // Both attached: the peer's answer to this side's own P_STATE decides.
+            self.send_state();
+            return Ok(());
         }
+        if !self.disk_takes_part_in_resync() {
+            self.send_state();
+            return Ok(());
+        }
+        self.sync_handshake(peer_role, real, self.disk_state)
+    }
+
+    /// A negotiating disk's answer came: a P_STATE that shows this node's disk (the peer
+    /// saw its attach) with the peer's UUIDs received since (unless the peer has no disk).
+    /// The disk takes the state its attach computed and the handshake runs.
+    fn finish_attach_negotiation(
+        &mut self,
+        state: &State,
+        peer_role: Role,
+        peer_disk: DiskState,
+    ) -> Result<(), String> {
+        let seen = state.pdsk >= DiskState::Negotiating && state.pdsk != DiskState::DUnknown;
+        let peer_has_disk = peer_disk >= DiskState::Negotiating && peer_disk != DiskState::DUnknown;
+        let have_uuids = self.link().is_some_and(|l| l.peer_uuids.is_some());
+        if !seen || (peer_has_disk && !have_uuids) {
+            return Ok(());
+        }
+        if !peer_has_disk {
+            // Nothing to compare with: as a connection lost while negotiating.
+            self.end_attach_negotiation_alone();
+            if self.disk_state < DiskState::Negotiating {
+                // The attach failed: the disk is on its way out.
+                return Ok(());
+            }
+        } else {
+            self.disk_state = self
+                .attach_negotiation
+                .take()
+                .expect("negotiating")
+                .disk_state;
+        }
+        self.state_changed();
+        self.sync_handshake(peer_role, peer_disk, DiskState::Negotiating)
+    }
+
+    /// A negotiation that ends without a handshake (the connection went, or the peer has no
+    /// disk): DRBD's sanitize_state ("Connection breaks down before we finished
+    /// Negotiating"). A disk that holds the data generation last known here takes the state
+    /// its attach computed. One of another generation missed writes: a Primary's fails
+    /// ("Connection lost while negotiating, no data!"), it would serve stale data; any other
+    /// is Outdated at best, so that it is not promoted over the peer's newer data before a
+    /// handshake compared them (DRBD compares with its ed_uuid; swarm seed 735).
+    pub(crate) fn end_attach_negotiation_alone(&mut self) {
+        let Some(negotiation) = self.attach_negotiation.take() else {
+            return;
+        };
+        self.disk_state = negotiation.disk_state;
+        let current = self.disk.as_ref().map_or(0, |d| d.sb.uuids.current & !1);
+        let exposed_elsewhere = self.role == Role::Primary
+            && self.exposed_uuid.is_some_and(|exposed| exposed != current);
+        let peer_moved_on = negotiation
+            .peer_current
+            .is_some_and(|peer| peer & !1 != current);
+        if exposed_elsewhere {
+            self.log(
+                LogLevel::Error,
+                "Connection lost while negotiating, no data!".to_string(),
+            );
+            self.disk_failed(crate::engine::DiskFailure::DataNotCurrent);
+        } else if peer_moved_on && self.disk_state > DiskState::Outdated {
+            self.disk_state = DiskState::Outdated;
+            self.update_md_flags();
+        }
+        self.state_changed();
     }
 
     /// Two Primaries never connect without allow-two-primaries: DRBD's is_valid_state refuses

@@ -1048,6 +1048,10 @@ impl Run {
                     if !attached {
                         // Served by the peer: not on this node's own disk at all.
                         self.volatile[node].insert(b, (self.seq, NOT_LOCAL, node, None));
+                        // A Negotiating disk (attached while connected) takes writes too.
+                        if self.last[node].disk == DiskState::Negotiating {
+                            self.mirrored_while_attaching[node].insert(b);
+                        }
                     } else if !fua {
                         // A flush covers what completed before it was submitted: the
                         // completion's sequence counts, not the submission's.
@@ -1094,6 +1098,12 @@ impl Run {
                     self.view[node][b as usize] = None;
                     if ack.connected || req.link.is_some() {
                         self.view[peer][b as usize] = None;
+                        // Its P_DATA may still be on the wire, and land on the peer's disk
+                        // once that is attached again (a Negotiating disk takes writes; swarm
+                        // seed 88449: the write failed when the peer's disk went).
+                        if let Some(on_disk) = self.on_disk[peer].as_mut() {
+                            on_disk[b as usize] = None;
+                        }
                     }
                     self.acked[b as usize] = None;
                 }
@@ -1271,6 +1281,34 @@ impl Run {
         }
     }
 
+    /// A Negotiating disk goes (failure, crash) before its handshake: what it holds is what it
+    /// held when it went before, without the blocks written to it since or still in flight
+    /// (swarm seed 6841: a crash while Negotiating).
+    fn negotiating_disk_goes(&mut self, i: usize) {
+        let mut content = self.negotiating_disk(i);
+        for req in self.inflight.values() {
+            if !matches!(req.kind, Kind::Read | Kind::Flush) {
+                for b in req.first..req.first + req.blocks {
+                    content[b as usize] = None;
+                }
+            }
+        }
+        self.on_disk[i] = Some(content);
+        self.mirrored_while_attaching[i].clear();
+    }
+
+    /// What the disk of node `i`, Negotiating, holds as far as the model knows: what it held
+    /// when it went, except the blocks written to it since.
+    fn negotiating_disk(&self, i: usize) -> Vec<Option<u64>> {
+        let mut view = self.on_disk[i]
+            .clone()
+            .unwrap_or_else(|| vec![None; self.blocks as usize]);
+        for &b in &self.mirrored_while_attaching[i] {
+            view[b as usize] = None;
+        }
+        view
+    }
+
     fn on_state(&mut self, node: NodeId, s: Snapshot) {
         let i = usize::from(node);
         let before = self.last[i];
@@ -1278,6 +1316,10 @@ impl Run {
         self.last[i] = s;
         if is_connected(before.conn) && !is_connected(s.conn) {
             self.link_epoch[i] += 1;
+        }
+        if before.disk == DiskState::Negotiating && s.disk < DiskState::Negotiating {
+            self.negotiating_disk_goes(i);
+            self.attach_epoch[i] += 1;
         }
         if before.disk >= DiskState::Inconsistent && s.disk < DiskState::Inconsistent {
             self.on_disk[i] = Some(self.disk_content(i));
@@ -1332,8 +1374,15 @@ impl Run {
         if becomes_target || diskless_joins {
             // The source's data: where its own resync never finished, what both of its views
             // agreed on (see `becomes_source` below; its state change may come after this
-            // one: swarm seeds 26716, 38552).
-            self.view[i] = self.settled_view(i ^ 1);
+            // one: swarm seeds 26716, 38552). A source still Negotiating (its attach waits
+            // for the handshake this node just ran) reads from this node, but its disk is
+            // the source: what that disk held when it went, without the blocks written to it
+            // since.
+            self.view[i] = if becomes_target && self.last[i ^ 1].disk == DiskState::Negotiating {
+                self.negotiating_disk(i ^ 1)
+            } else {
+                self.settled_view(i ^ 1)
+            };
             self.data_generation[i] += 1;
         }
         // A resync target's resync finished when its disk is UpToDate, not when it is back
@@ -1487,6 +1536,8 @@ impl Run {
         // Acknowledged writes that were not durable may be gone, torn, or there.
         if self.last[i].disk >= DiskState::Inconsistent {
             self.on_disk[i] = Some(self.disk_content(i));
+        } else if self.last[i].disk == DiskState::Negotiating {
+            self.negotiating_disk_goes(i);
         }
         self.pre_target[i] = None;
         for (b, _) in std::mem::take(&mut self.volatile[i]) {

@@ -2050,3 +2050,52 @@ fn a_disk_attached_again_after_skipping_the_initial_sync_is_no_full_sync_source(
         c.check_identical();
     }
 }
+
+/// Swarm seed 89351 (register): a diskless node attached its old disk again while the peer's
+/// answer to the disk's loss (a new data generation, P_UUIDS) was still on its way. The
+/// attach ran the sync handshake at once, against the peer's UUIDs as last stored: the stale
+/// disk, which had been Primary, won the crash arbitration (rule 40) and was SyncSource over
+/// a block the peer alone had. Now the disk is Negotiating until the peer answered its
+/// attach with its P_UUIDS and P_STATE, as DRBD's attach "postpones any decision on the new
+/// disk state after the negotiation phase".
+#[test]
+fn an_attach_while_connected_waits_for_the_peers_uuids() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        let block = 9 * BLOCK;
+        c.write(0, block, pattern(1, BLOCK as usize), false)
+            .unwrap();
+        c.flush(0).unwrap();
+        // What node 1 sends on its data socket stays on the wire for a while (its acks, on
+        // the meta socket, go on).
+        let data_socket = c.net().connections_between(0, 1)[0];
+        c.net().stall(data_socket, 1);
+        c.must(0, AdminCommand::Detach { force: false });
+        // Mirrored to node 1 alone, which marks it for node 0's disk.
+        c.write(0, block, pattern(2, BLOCK as usize), false)
+            .unwrap();
+        c.must(0, AdminCommand::Secondary);
+        c.attach(0);
+        check(
+            &c,
+            c.status(0).disk != DiskState::UpToDate,
+            &format!(
+                "the attached disk waits for the peer's answer: {:?}",
+                c.status(0).disk
+            ),
+        );
+        c.heal();
+        c.wait_in_sync(secs(30));
+        let at = block as usize..(block + BLOCK) as usize;
+        check(
+            &c,
+            c.data_area(1)[at.clone()] == pattern(2, BLOCK as usize)[..],
+            "the block written while node 0 was diskless is still on node 1",
+        );
+        check(
+            &c,
+            c.data_area(0) == c.data_area(1),
+            "both data areas are the same once in sync",
+        );
+    }
+}
