@@ -917,6 +917,11 @@ impl Resource {
                 _,
                 Pending::Attach(crate::attach::AttachStep::Superblock2 { disk_state, .. }),
             )) => *disk_state,
+            // Before that step the flags are those read from the disk, which the attach
+            // still needs: recomputed for a disk Attaching (a state change meanwhile), they
+            // lost MDF_PRIMARY_IND before the activity log's replay, which then did not
+            // mark the writes of a crashed Primary (swarm seed 85398), and MDF_CONSISTENT.
+            Some((_, Pending::Attach(_))) => return,
             _ => self
                 .attach_negotiation
                 .map_or(self.disk_state, |n| n.disk_state),

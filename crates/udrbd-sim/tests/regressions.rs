@@ -2099,3 +2099,49 @@ fn an_attach_while_connected_waits_for_the_peers_uuids() {
         );
     }
 }
+
+/// Swarm seed 85398 (convergence): a state change while an attach was still reading the
+/// meta-data (here: the peer connecting to the node, diskless until the attach is done)
+/// recomputed the superblock flags in memory for a disk Attaching. The flags the attach had
+/// read lost MDF_PRIMARY_IND before the activity log's replay, which then did not mark the
+/// writes of the crashed Primary (and MDF_CONSISTENT, so the disk came up Inconsistent): a
+/// block written before the crash differed between the replicas, unmarked, for good. Now
+/// the flags are left alone until the attach's last step computes them.
+#[test]
+fn a_state_change_during_an_attach_keeps_the_flags_it_read() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.must(0, AdminCommand::Disconnect);
+        let block = 5 * BLOCK;
+        // Written while disconnected: marked in memory, covered on disk by the activity log.
+        c.write(0, block, pattern(7, BLOCK as usize), true).unwrap();
+        c.crash(0);
+        c.boot(0);
+        c.disk(0).faults.frozen = true;
+        let attach = c.attach_command();
+        let id = c.start_command(0, attach);
+        c.must(
+            0,
+            AdminCommand::Connect {
+                discard_my_data: false,
+            },
+        );
+        c.wait_connected(secs(30));
+        c.disk(0).faults.frozen = false;
+        c.run_until("the attach is done", secs(30), |c| {
+            c.command_result(0, id).is_some()
+        });
+        let result = c.command_result(0, id);
+        check(
+            &c,
+            matches!(result, Some(Ok(()))),
+            &format!("attach: {result:?}"),
+        );
+        c.wait_in_sync(secs(60));
+        check(
+            &c,
+            c.data_area(0) == c.data_area(1),
+            "the block the crashed Primary wrote reached its peer",
+        );
+    }
+}
