@@ -18,7 +18,6 @@
 
 use bytes::Bytes;
 use udrbd_meta::activity_log::{self, AlTransaction, BITS_PER_AL_EXTENT, ReplayOutcome};
-use udrbd_meta::bitmap::BITS_PER_PAGE;
 use udrbd_meta::superblock::SuperblockError;
 use udrbd_meta::{ActivityLog, BLOCK_4K, Bitmap, Layout, Magic, MdFlags, Superblock};
 
@@ -208,7 +207,6 @@ impl Resource {
             al: ActivityLog::new(layout.al, al_extents, 0),
             al_writer: AlWriter::Idle,
             pages_in_flight: Default::default(),
-            pages_abandoned: Default::default(),
             size_sect: usable,
             al_ring: None,
             bitmap_pages_to_read: pages,
@@ -315,27 +313,6 @@ impl Resource {
         }
         if d.sb.flags.has(MdFlags::FULL_SYNC) {
             d.bitmap.set_all();
-        }
-        // What the last detach could not make durable (see `carried_bitmap`): a disk whose
-        // old writes have all returned (an attach with stuck IO is refused) holds whatever
-        // they left, and these bits cover it. Another disk only resyncs more.
-        let carried = std::mem::take(&mut self.carried_bitmap);
-        if !carried.is_empty() {
-            let words = d.bitmap.words().len();
-            let mut pages = 0u64;
-            for (first, bits) in carried {
-                if first >= words {
-                    continue;
-                }
-                let end = (first + bits.len()).min(words);
-                d.bitmap.or_words(first, &bits[..end - first]);
-                d.bitmap.mark_dirty(first as u64 * 64 / BITS_PER_PAGE);
-                pages += 1;
-            }
-            self.log(
-                LogLevel::Warn,
-                format!("{pages} bitmap pages of the last detach applied again"),
-            );
         }
         self.set_attach_step(AttachStep::WriteReplayed);
         self.write_dirty_pages();
@@ -831,7 +808,6 @@ impl Resource {
                 OpPurpose::BitmapPage(page) => {
                     if let Some(d) = self.disk.as_mut() {
                         d.pages_in_flight.remove(&page);
-                        d.pages_abandoned.insert(page);
                         // Its contents are unknown on disk now: dirty again in memory.
                         d.bitmap.mark_dirty(page);
                     }
@@ -1121,7 +1097,6 @@ impl Resource {
                     .disk
                     .as_ref()
                     .is_some_and(|d| d.flushed_through >= d.data_writes_done);
-                self.carry_unwritten_bitmap_pages();
                 self.disk = None;
                 self.forget_activity_log_references();
                 self.disk_state = DiskState::Diskless;
@@ -1135,27 +1110,6 @@ impl Resource {
 }
 
 impl Resource {
-    /// A detach releases its disk: the bitmap pages not known durable on it (dirty, being
-    /// written, or written by an abandoned operation that may still land with older contents)
-    /// are kept for the next attach (`carried_bitmap`).
-    fn carry_unwritten_bitmap_pages(&mut self) {
-        let Some(d) = self.disk.as_ref() else { return };
-        let mut pages: std::collections::BTreeSet<u64> =
-            d.bitmap.dirty_pages().into_iter().collect();
-        pages.extend(d.pages_in_flight.iter().copied());
-        pages.extend(d.pages_abandoned.iter().copied());
-        let words = d.bitmap.words();
-        let per_page = (BITS_PER_PAGE / 64) as usize;
-        for page in pages {
-            let first = page as usize * per_page;
-            let end = (first + per_page).min(words.len());
-            if first < end && words[first..end].iter().any(|w| *w != 0) {
-                self.carried_bitmap
-                    .push((first, words[first..end].to_vec()));
-            }
-        }
-    }
-
     /// Writes the whole ring as create-md does (every block INITIALIZED), with FUA.
     fn initialize_activity_log(&mut self) {
         let d = self.disk.as_ref().expect("attached");

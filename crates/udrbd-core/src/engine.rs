@@ -206,9 +206,6 @@ pub(crate) struct Disk {
     pub(crate) al_writer: AlWriter,
     /// Bitmap pages being written.
     pub(crate) pages_in_flight: BTreeSet<u64>,
-    /// Bitmap pages whose write a forced detach abandoned: that write, with older contents,
-    /// may still land after any later write of the page.
-    pub(crate) pages_abandoned: BTreeSet<u64>,
     /// Exported size in sectors.
     pub(crate) size_sect: u64,
     /// The AL ring as read at attach (for the replay).
@@ -373,12 +370,6 @@ pub struct Resource {
     /// Some exactly while the disk is Negotiating: an attach that completed while connected,
     /// waiting for the peer's P_UUIDS and P_STATE.
     pub(crate) attach_negotiation: Option<AttachNegotiation>,
-    /// Bitmap pages of a disk detached without making them durable (a failure's detach
-    /// writes them best effort; a forced one does not wait, and an abandoned older write of a
-    /// page may land after the newer one): as (first word, words), OR-ed into the bitmap
-    /// of the next attach, so that the blocks they mark are resynced (swarm seed 92813: the
-    /// mark of a write the forced detach abandoned was lost so, and the write landed).
-    pub(crate) carried_bitmap: Vec<(usize, Vec<u64>)>,
     pub(crate) disk: Option<Disk>,
     pub(crate) rng: ChaCha20Rng,
     pub(crate) generation: u32,
@@ -465,7 +456,6 @@ impl Resource {
             role: Role::Secondary,
             disk_state: DiskState::Diskless,
             attach_negotiation: None,
-            carried_bitmap: Vec::new(),
             disk: None,
             rng: ChaCha20Rng::from_seed(seed),
             generation: 1,
