@@ -487,6 +487,13 @@ impl Resource {
         if p.peer_role == Role::Primary {
             return refuse(StateChangeError::NoUpToDateDisk);
         }
+        if p.peer_disk < DiskState::Inconsistent {
+            // DRBD's is_valid_state: no resync state without a disk on the peer
+            // (SS_NO_REMOTE_DISK). Entered, the source waited in WFBitMapS for a peer that,
+            // attaching meanwhile, followed into WFBitMapT and lost its disk (swarm seed
+            // 10895: the peer's bitmap then arrived at a node without one).
+            return refuse(StateChangeError::NoRemoteDisk);
+        }
         self.set_all_out_of_sync();
         self.enter_bitmap_exchange(true);
         Ok(None)
@@ -1667,14 +1674,16 @@ impl Resource {
         Ok(())
     }
 
-    /// Whether the local disk can enter a resync the peer starts: attached and not detaching.
-    /// A detach in 8.4 is D_FAILED at once, and is_valid_state refuses a resync state
+    /// Whether the local disk can enter a resync the peer starts: attached (not still
+    /// Attaching or Negotiating) and not detaching. A detach in 8.4 is D_FAILED at once, and is_valid_state refuses a resync state
     /// (conn > Connected) on a disk below Inconsistent (SS_NO_LOCAL_DISK); the detach's own
     /// abort_resync ended any resync, and entering one again behind it (the peer's state
     /// after an invalidate) left the node in WFSyncUUID once its disk was gone (found by
     /// the swarm, seed 376).
     fn disk_takes_part_in_resync(&self) -> bool {
-        self.disk.is_some() && !matches!(self.pending, Some((_, Pending::Detach(_))))
+        self.disk.is_some()
+            && self.disk_state >= DiskState::Inconsistent
+            && !matches!(self.pending, Some((_, Pending::Detach(_))))
     }
 
     /// An attach finished while connected: the disk is Negotiating, as DRBD's attach "postpones

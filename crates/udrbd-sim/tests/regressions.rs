@@ -2145,3 +2145,30 @@ fn a_state_change_during_an_attach_keeps_the_flags_it_read() {
         );
     }
 }
+
+/// Swarm seed 10895 (invariants: an engine panic): `invalidate-remote` on a Primary whose
+/// peer had no disk entered WFBitMapS and sent its bitmap. The peer, attaching its disk
+/// meanwhile, followed into WFBitMapT, its attach then failed, and the bitmap arrived at a
+/// node without a disk. As DRBD's is_valid_state (SS_NO_REMOTE_DISK), a resync needs a disk
+/// on the peer; a disk still attaching does not enter one either.
+#[test]
+fn invalidate_remote_needs_a_disk_on_the_peer() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.must(1, AdminCommand::Detach { force: false });
+        c.run_for(secs(1));
+        let result = c.command(0, AdminCommand::InvalidateRemote);
+        check(
+            &c,
+            result == Err(CommandError::StateChange(StateChangeError::NoRemoteDisk)),
+            &format!("invalidate-remote with a diskless peer is refused: {result:?}"),
+        );
+        check(
+            &c,
+            c.conn(0) == Some(ConnState::Connected),
+            &format!("no resync begins: {:?}", c.conn(0)),
+        );
+        c.attach(1);
+        c.wait_in_sync(secs(30));
+    }
+}
