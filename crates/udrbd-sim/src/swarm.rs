@@ -1017,11 +1017,18 @@ impl Run {
                 // have it.
                 let same_link = ack.connected && req.link == Some(self.link_epoch[node]);
                 let maybe_mirrored = req.link.is_some() || ack.connected;
+                // A request whose local part was submitted to a disk that went before it
+                // completed may have completed on that part alone, the peer having refused
+                // it (P_NEG_ACK): the mark that says so went with the disk (swarm seed
+                // 27050: a diskless Primary, whose disk had failed after its discard landed
+                // there, while the peer was detaching).
+                let lost_its_disk = req.local_attach.is_some() && !attached;
                 let promised = same_link
                     && ack.protocol_c
                     && ack.primary
                     && ack.peer_up_to_date
-                    && ack.conn == Some(ConnState::Connected);
+                    && ack.conn == Some(ConnState::Connected)
+                    && !lost_its_disk;
                 // The completing node marks a block out of sync when the peer refused the
                 // write (P_NEG_ACK): its P_STATE saying why (a detach, a failed disk) may come
                 // after the neg-ack, on the other socket (swarm seed 2086). Such a write is not
