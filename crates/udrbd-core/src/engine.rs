@@ -887,6 +887,13 @@ impl Resource {
         });
     }
 
+    /// The disk state the meta-data and P_UUIDS record: while an attach negotiates, the
+    /// state it computed (DRBD's new_state_tmp), else the disk's.
+    pub(crate) fn disk_state_to_record(&self) -> DiskState {
+        self.attach_negotiation
+            .map_or(self.disk_state, |n| n.disk_state)
+    }
+
     /// Whether the connected peer is a Primary without a usable disk, whose data is on this
     /// node's disk alone.
     pub(crate) fn serving_diskless_primary(&self) -> bool {
@@ -912,9 +919,7 @@ impl Resource {
             // lost MDF_PRIMARY_IND before the activity log's replay, which then did not
             // mark the writes of a crashed Primary (swarm seed 85398), and MDF_CONSISTENT.
             Some((_, Pending::Attach(_))) => return,
-            _ => self
-                .attach_negotiation
-                .map_or(self.disk_state, |n| n.disk_state),
+            _ => self.disk_state_to_record(),
         };
         let crashed = self.crashed_primary;
         let Some(d) = self.disk.as_ref() else { return };

@@ -922,11 +922,7 @@ impl Resource {
             flags |= UUID_FLAG_CRASHED_PRIMARY;
         }
         // A negotiating disk says what its attach found (DRBD uses new_state_tmp here).
-        if self
-            .attach_negotiation
-            .map_or(self.disk_state, |n| n.disk_state)
-            <= DiskState::Inconsistent
-        {
+        if self.disk_state_to_record() <= DiskState::Inconsistent {
             flags |= UUID_FLAG_INCONSISTENT;
         }
         let uuids = Uuids {
@@ -1722,11 +1718,8 @@ impl Resource {
         // This side's UUIDs as they are before its handshake: the peer compares them with
         // its own as they were when it sent them, as both sides do when they connect.
         self.send_uuids(0);
-        if self.attach_negotiation.is_some() {
-            // Both attached: the peer's answer to this side's own P_STATE decides.
-            self.send_state();
-            return Ok(());
-        }
+        // No handshake here without a disk, or while this side's own attach negotiates (both
+        // attached: the peer's answer to this side's P_STATE decides).
         if !self.disk_takes_part_in_resync() {
             self.send_state();
             return Ok(());
