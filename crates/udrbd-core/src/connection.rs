@@ -34,6 +34,14 @@
 //! both nodes then always end with the same two sockets (tests/connection.rs checks this over
 //! thousands of random schedules).
 //!
+//! The check ends early when it has nothing left to learn: a socket of the pair died, or the
+//! peer's handshake has begun (its P_CONNECTION_FEATURES on our data socket or on one we have
+//! not read yet). A peer that checks faster than we do (a kernel with the default
+//! ping-timeout of 0.5 s against our longer one) waits only 4 x its own ping-timeout for our
+//! features; a full check on our side would eat most of that and, with a slow network or a
+//! slow guest, all of it. tests/connection.rs runs udrbd against a model of 8.4.11's
+//! `conn_connect()` behind qemu's user network, with stalls of up to 0.6 s.
+//!
 //! During the handshake nobody reads the meta socket (as in DRBD): when it closes, what the
 //! data socket says still counts (an authentication failure is reported as such, even if the
 //! peer's FIN on the meta socket overtook its last bytes on the data socket), but the attempt
@@ -457,6 +465,15 @@ enum Origin {
     Accepted,
 }
 
+/// The peer's handshake has begun on our data socket (see [`ConnectionSetup::peer_handshake`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerHandshake {
+    /// With a meta socket the peer connected: our pair is the peer's.
+    OnOurPair,
+    /// With a meta socket we connected, before the peer's bytes came at this time.
+    Since(Instant),
+}
+
 /// A data or meta socket.
 #[derive(Debug)]
 struct Socket {
@@ -466,6 +483,11 @@ struct Socket {
     received: BytesMut,
     /// The meta socket closed during the handshake (never set on the data socket).
     closed: bool,
+    /// When it became our data or meta socket.
+    since: Instant,
+    /// When its first bytes after the initial packet came (on the data socket: the peer's
+    /// handshake has begun).
+    first_bytes_at: Option<Instant>,
 }
 
 /// An accepted socket whose first packet is not yet read.
@@ -475,6 +497,18 @@ struct Incoming {
     received: BytesMut,
     /// The driver reported EOF: what is buffered is all there is.
     closed: bool,
+    /// When bytes beyond the initial packet came (the peer's handshake, if it becomes our
+    /// data socket).
+    first_bytes_at: Option<Instant>,
+}
+
+impl Incoming {
+    fn receive(&mut self, now: Instant, bytes: &[u8]) {
+        self.received.extend_from_slice(bytes);
+        if self.first_bytes_at.is_none() && self.received.len() > INITIAL_PACKET_LEN {
+            self.first_bytes_at = Some(now);
+        }
+    }
 }
 
 /// Where in `conn_connect()` the machine is.
@@ -583,6 +617,10 @@ impl TimerTable {
 
     fn stop(&mut self, timer: SetupTimer) {
         self.deadlines[timer as usize] = None;
+    }
+
+    fn get(&self, timer: SetupTimer) -> Option<Instant> {
+        self.deadlines[timer as usize]
     }
 
     fn clear(&mut self) {
@@ -799,7 +837,7 @@ impl ConnectionSetup {
             return; // a connect we gave up (and closed) already
         }
         let packet = if self.data.is_none() {
-            self.data = Some(Socket::new(conn, Origin::Connected));
+            self.data = Some(Socket::new(conn, Origin::Connected, now));
             Packet::InitialData
         } else {
             assert!(
@@ -807,7 +845,7 @@ impl ConnectionSetup {
                 "connecting only while a socket is missing"
             );
             self.resolve_conflicts = false;
-            self.meta = Some(Socket::new(conn, Origin::Connected));
+            self.meta = Some(Socket::new(conn, Origin::Connected, now));
             Packet::InitialMeta
         };
         self.send(conn, &packet, HeaderFormat::Short);
@@ -819,14 +857,66 @@ impl ConnectionSetup {
     }
 
     /// Both sockets exist: sleep socket-check-timeout (ping-timeout if 0), then check them.
+    ///
+    /// Shorter once the peer's handshake has begun on our data socket (its
+    /// P_CONNECTION_FEATURES, or the first bytes of it): the peer has checked its pair and
+    /// waits for our features, 4 x its own ping-timeout from the end of its own check.
+    /// Sleeping our full check on top (a longer ping-timeout than the peer's, a late start of
+    /// ours) can miss that deadline, and the peer gives up on a pair we then take as
+    /// established (see [`Self::peer_handshake`]).
     fn socket_check(&mut self, now: Instant) {
         debug_assert!(self.has_both());
-        let check = if self.config.socket_check_timeout.is_zero() {
+        let end = now.plus(self.socket_check_timeout());
+        self.enter(Step::SocketCheck, end);
+        self.shorten_socket_check(now);
+    }
+
+    fn socket_check_timeout(&self) -> Duration {
+        if self.config.socket_check_timeout.is_zero() {
             self.config.ping_timeout
         } else {
             self.config.socket_check_timeout
+        }
+    }
+
+    /// Ends the socket check early, or sooner, once the peer's handshake has begun.
+    fn shorten_socket_check(&mut self, now: Instant) {
+        debug_assert_eq!(self.step, Step::SocketCheck);
+        let end = match self.peer_handshake() {
+            None => return,
+            Some(PeerHandshake::OnOurPair) => now,
+            Some(PeerHandshake::Since(at)) => {
+                let grace = self.socket_check_timeout() / 4;
+                let current = self.timers.get(SetupTimer::SocketCheck).expect("armed");
+                current.min(at.plus(grace)).max(now)
+            }
         };
-        self.enter(Step::SocketCheck, now.plus(check));
+        if end <= now {
+            self.timers.stop(SetupTimer::SocketCheck);
+            self.socket_check_done(now);
+        } else {
+            self.timers.set(SetupTimer::SocketCheck, end);
+        }
+    }
+
+    /// Whether the peer's handshake has begun on a pair that can be ours: bytes on our data
+    /// socket after its initial packet, and a meta socket that is not known dead and that the
+    /// peer may hold. A meta socket the peer connected is one it holds (it connects only the
+    /// sockets of its pair, before its handshake begins). One we connected before the peer's
+    /// bytes came may be in the peer's backlog, which the peer resets as its handshake begins:
+    /// a short grace after the bytes lets that reset arrive. One we connected after them cannot
+    /// be the peer's (its listener is gone).
+    fn peer_handshake(&self) -> Option<PeerHandshake> {
+        let (Some(data), Some(meta)) = (&self.data, &self.meta) else {
+            return None;
+        };
+        let began = data.first_bytes_at?;
+        match meta.origin {
+            _ if meta.closed => None,
+            Origin::Accepted => Some(PeerHandshake::OnOurPair),
+            Origin::Connected if meta.since <= began => Some(PeerHandshake::Since(began)),
+            Origin::Connected => None,
+        }
     }
 
     /// The end of the socket check: on to the handshake only with both sockets alive and no
@@ -888,6 +978,7 @@ impl ConnectionSetup {
             conn,
             received: BytesMut::new(),
             closed: false,
+            first_bytes_at: None,
         });
         if self.step == Step::WaitAccept {
             self.take_incoming(now);
@@ -941,8 +1032,10 @@ impl ConnectionSetup {
         let socket = Socket {
             conn: incoming.conn,
             origin: Origin::Accepted,
+            first_bytes_at: incoming.first_bytes_at,
             received: incoming.received,
             closed: false,
+            since: now,
         };
         let slot = match role {
             Role::Data => &mut self.data,
@@ -966,9 +1059,11 @@ impl ConnectionSetup {
     }
 
     /// After an accepted socket: on "crossed" or a bad first packet DRBD flips a coin between
-    /// waiting for another accept (`goto retry`) and the bottom of the loop.
+    /// waiting for another accept (`goto retry`) and the bottom of the loop. The coin breaks
+    /// the symmetry of two nodes that cross each other's sockets; a peer whose handshake has
+    /// begun on our pair has left its loop, and waits for our features (see `socket_check`).
     fn after_accept(&mut self, now: Instant, randomize: bool) {
-        if randomize && self.coin() {
+        if randomize && self.peer_handshake().is_none() && self.coin() {
             self.wait_accept(now);
         } else {
             self.loop_bottom(now);
@@ -990,7 +1085,7 @@ impl ConnectionSetup {
             if incoming.received.len() + bytes.len() > MAX_SETUP_BUFFER {
                 return self.first_packet_failed(now, SetupError::Garbage);
             }
-            incoming.received.extend_from_slice(bytes);
+            incoming.receive(now, bytes);
             return self.read_first_packet(now);
         }
         if let Some(at) = self.incoming.iter().position(|i| i.conn == conn) {
@@ -1006,7 +1101,12 @@ impl ConnectionSetup {
                     reason: SetupError::Garbage,
                 });
             } else {
-                incoming.received.extend_from_slice(bytes);
+                incoming.receive(now, bytes);
+                if incoming.first_bytes_at.is_some() && self.step == Step::SocketCheck {
+                    // The peer's handshake has begun on a socket we have not read: our
+                    // pair is not the peer's, and the check cannot make it so.
+                    self.socket_check_done(now);
+                }
             }
             return;
         }
@@ -1017,9 +1117,14 @@ impl ConnectionSetup {
         if socket.received.len() + bytes.len() > MAX_SETUP_BUFFER {
             return self.socket_failed(now, role, SetupError::Garbage);
         }
+        if socket.first_bytes_at.is_none() && !bytes.is_empty() {
+            socket.first_bytes_at = Some(now);
+        }
         socket.received.extend_from_slice(bytes);
         if role == Role::Data && self.step.is_handshake() {
             self.progress_handshake(now);
+        } else if self.step == Step::SocketCheck {
+            self.shorten_socket_check(now);
         }
     }
 
@@ -1051,6 +1156,9 @@ impl ConnectionSetup {
                 }
                 if self.step.is_handshake() {
                     self.retry(now, SetupError::ConnectionLost);
+                } else if self.step == Step::SocketCheck {
+                    // The check found what it waits for: a socket of the pair is dead.
+                    self.socket_check_done(now);
                 }
             }
             None => {}
@@ -1369,12 +1477,14 @@ impl ConnectionSetup {
 }
 
 impl Socket {
-    fn new(conn: ConnId, origin: Origin) -> Socket {
+    fn new(conn: ConnId, origin: Origin, now: Instant) -> Socket {
         Socket {
             conn,
             origin,
             received: BytesMut::new(),
             closed: false,
+            since: now,
+            first_bytes_at: None,
         }
     }
 }

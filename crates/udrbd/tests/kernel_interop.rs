@@ -475,7 +475,7 @@ for i in range(100000):
         acked.len(),
         latest.len()
     );
-    vm.assert_clean_dmesg();
+    vm.assert_clean_dmesg(&|| d.log_text());
     eprintln!("total {:.1?}", t_all.elapsed());
 }
 
@@ -664,7 +664,7 @@ fn bitmaps_of_a_192_mib_device() {
         md5_hex(&u.data_area(len)),
         "the data areas differ after the three incremental resyncs"
     );
-    vm.assert_clean_dmesg();
+    vm.assert_clean_dmesg(&|| d.log_text());
     eprintln!("total {:.1?}", t_all.elapsed());
 }
 
@@ -1018,6 +1018,6 @@ fn cram_hmac_against_the_kernel() {
     assert!(!vm.proc_drbd().contains("cs:Connected"));
     let cstate = d.ok(&["cstate", "r0"]).trim().to_string();
     assert_ne!(cstate, "Connected");
-    vm.assert_clean_dmesg();
+    vm.assert_clean_dmesg(&|| d.log_text());
     eprintln!("total {:.1?}", t_all.elapsed());
 }

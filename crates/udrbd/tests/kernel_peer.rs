@@ -200,7 +200,7 @@ fn kernel_connects_to_a_listening_udrbd() {
         "expected the guest's two outgoing sockets only:\n{table}"
     );
     full_sync_then_writes(&u, &d, &vm);
-    vm.assert_clean_dmesg();
+    vm.assert_clean_dmesg(&|| d.log_text());
     eprintln!("total {:.1?}", t0.elapsed());
 }
 
@@ -235,7 +235,7 @@ fn udrbd_connects_to_a_waiting_kernel() {
         "expected two sockets accepted by the guest only:\n{table}"
     );
     full_sync_then_writes(&u, &d, &vm);
-    vm.assert_clean_dmesg();
+    vm.assert_clean_dmesg(&|| d.log_text());
     eprintln!("total {:.1?}", t0.elapsed());
 }
 
@@ -270,7 +270,7 @@ fn both_sides_connect_and_the_race_resolves() {
         "expected two established DRBD sockets in the guest:\n{table}"
     );
     full_sync_then_writes(&u, &d, &vm);
-    vm.assert_clean_dmesg();
+    vm.assert_clean_dmesg(&|| d.log_text());
     eprintln!("total {:.1?}", t0.elapsed());
 }
 
@@ -523,6 +523,6 @@ fn kernel_primary_syncs_to_udrbd() {
         d.log_text()
     );
     assert_eq!(d.ok(&["dstate", "r0"]).trim(), "UpToDate/UpToDate");
-    vm.assert_clean_dmesg();
+    vm.assert_clean_dmesg(&|| d.log_text());
     eprintln!("total {:.1?}", t0.elapsed());
 }

@@ -408,7 +408,8 @@ impl KernelVm {
         );
     }
 
-    /// Checks the guest's kernel log: the handshake's line is there, no protocol error.
+    /// Checks the guest's kernel log: the handshake's line is there, no protocol error. On a
+    /// failure the message carries `peer_log` too (udrbd's side of what went wrong).
     ///
     /// One exception, before the first successful handshake only: every test starts udrbd
     /// while the guest boots, so both sides connect at once, and a socket the race left
@@ -416,42 +417,51 @@ impl KernelVm {
     /// `short read (expected size 8)` while it is still in WFConnection. The kernel retries,
     /// as it does against another kernel in the same race; that line is printed, not
     /// counted. Every line from the first handshake on is checked.
-    pub fn assert_clean_dmesg(&self) {
+    pub fn assert_clean_dmesg(&self, peer_log: &dyn Fn() -> String) {
         let dmesg = self.exec("dmesg");
         let marker = "Handshake successful: Agreed network protocol version 101";
-        let from = dmesg.find(marker).unwrap_or_else(|| {
-            panic!("no successful handshake in the guest's kernel log:\n{dmesg}")
-        });
+        let Some(from) = dmesg.find(marker) else {
+            panic!(
+                "no successful handshake in the guest's kernel log:\n{dmesg}\nudrbd's log:\n{}",
+                peer_log()
+            )
+        };
         let before = &dmesg[..from];
+        let mut problem = None;
         for line in before.lines() {
             if line.contains("short read (expected size 8)") {
                 println!("tolerated during the connect race: {line}");
                 continue;
             }
-            for bad in BAD_KERNEL_LOG {
-                assert!(
-                    !line.contains(bad),
-                    "the guest's kernel log shows `{bad}`:\n{dmesg}"
-                );
+            if let Some(bad) = BAD_KERNEL_LOG.iter().find(|bad| line.contains(*bad)) {
+                problem = Some(format!("the guest's kernel log shows `{bad}`:\n{dmesg}"));
+                break;
             }
         }
-        assert_clean_kernel_log(&dmesg[from..]);
+        if let Some(problem) = problem.or_else(|| kernel_log_problem(&dmesg[from..])) {
+            panic!("{problem}\nudrbd's log:\n{}", peer_log());
+        }
     }
 }
 
 /// A kernel log (dmesg, or a guest's serial log) shows a successful handshake and no protocol
 /// error.
 pub fn assert_clean_kernel_log(log: &str) {
-    assert!(
-        log.contains("Handshake successful: Agreed network protocol version 101"),
-        "no successful handshake in the guest's kernel log:\n{log}"
-    );
-    for bad in BAD_KERNEL_LOG {
-        assert!(
-            !log.contains(bad),
-            "the guest's kernel log shows `{bad}`:\n{log}"
-        );
+    if let Some(problem) = kernel_log_problem(log) {
+        panic!("{problem}");
     }
+}
+
+fn kernel_log_problem(log: &str) -> Option<String> {
+    if !log.contains("Handshake successful: Agreed network protocol version 101") {
+        return Some(format!(
+            "no successful handshake in the guest's kernel log:\n{log}"
+        ));
+    }
+    BAD_KERNEL_LOG
+        .iter()
+        .find(|bad| log.contains(*bad))
+        .map(|bad| format!("the guest's kernel log shows `{bad}`:\n{log}"))
 }
 
 impl Drop for KernelVm {
