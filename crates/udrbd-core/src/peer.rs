@@ -23,7 +23,7 @@
 //! are Unknown/DUnknown without a link; every resync request in flight lies inside the
 //! bitmap; the epochs awaiting a barrier ack are in order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -149,6 +149,13 @@ pub(crate) struct Link {
     /// a reply still listed here. A block marked out of sync after the read (a failed local
     /// write, a peer's NegAck) is no longer vouched for by that read, and leaves the list.
     pub(crate) rs_replies: Vec<(u64, u64)>,
+    /// Writes still waiting for the peer's answer when this node sent its bitmap (by block
+    /// id): their blocks went out marked (see `send_bitmap`). A P_NEG_ACK for one of them
+    /// marks nothing more: the bitmap exchange already put the block in the resync, whose
+    /// read of it waits for the write's local part (range locks), and a mark after that
+    /// resync cleared the bit would be stale: oos left over between two in-sync disks, which
+    /// DRBD (it sends its bitmap only once those writes were answered) does not have.
+    pub(crate) sent_with_bitmap: BTreeSet<u64>,
     /// Resync: sectors of replies received since the controller's last step.
     pub(crate) rs_sect_in: u64,
     pub(crate) resync: Option<Resync>,
@@ -820,6 +827,7 @@ impl Resource {
             recv_flush_in_flight: false,
             rs_requests: BTreeMap::new(),
             rs_replies: Vec::new(),
+            sent_with_bitmap: BTreeSet::new(),
             rs_sect_in: 0,
             resync: None,
         });
@@ -2031,6 +2039,14 @@ impl Resource {
             .link()
             .map(|l| l.unconfirmed_writes())
             .unwrap_or_default();
+        if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
+            let waiting = link
+                .sent
+                .iter()
+                .filter(|(_, s)| matches!(s, SentRequest::Write { .. }))
+                .map(|(id, _)| *id);
+            link.sent_with_bitmap = waiting.collect();
+        }
         pending.extend(
             self.requests
                 .values()

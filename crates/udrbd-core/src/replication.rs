@@ -641,7 +641,9 @@ impl Resource {
             Packet::RecvAck(a) | Packet::WriteAck(a) | Packet::RsWriteAck(a)
                 if a.block_id != BlockId::SYNCER =>
             {
-                match self.link_mut().sent.remove(&a.block_id.0) {
+                let link = self.link_mut();
+                link.sent_with_bitmap.remove(&a.block_id.0);
+                match link.sent.remove(&a.block_id.0) {
                     Some(SentRequest::Write { request, .. }) => {
                         self.net_part_done(request);
                         Ok(())
@@ -667,14 +669,19 @@ impl Resource {
                 Ok(())
             }
             Packet::NegAck(a) => {
-                match self.link_mut().sent.remove(&a.block_id.0) {
+                let link = self.link_mut();
+                let in_bitmap = link.sent_with_bitmap.remove(&a.block_id.0);
+                match link.sent.remove(&a.block_id.0) {
                     Some(SentRequest::Write {
                         request,
                         offset,
                         len,
                         ..
                     }) => {
-                        self.mark_out_of_sync(offset, len);
+                        // See `Link::sent_with_bitmap`.
+                        if !in_bitmap {
+                            self.mark_out_of_sync(offset, len);
+                        }
                         self.net_write_failed(request);
                     }
                     _ => self.mark_out_of_sync(a.sector * 512, u64::from(a.blksize)),

@@ -709,6 +709,11 @@ impl Cluster {
         self.net.heal(self.now);
     }
 
+    /// Lets what `from` sends on `conn` flow again (after `net().stall(conn, from)`).
+    pub fn unstall(&mut self, conn: NetConnId, from: NodeId) {
+        self.net.unstall(self.now, conn, from);
+    }
+
     /// The network (for counters and finer faults).
     pub fn net(&mut self) -> &mut SimNet {
         &mut self.net

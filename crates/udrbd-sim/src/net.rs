@@ -411,6 +411,17 @@ impl SimNet {
         }
     }
 
+    /// Lets the stream of `conn` that `from` sends on flow again (see [`SimNet::stall`]).
+    pub fn unstall(&mut self, now: Instant, conn: NetConnId, from: NodeId) {
+        let Some(s) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let dir = if s[0].from == from { 0 } else { 1 };
+        s[dir].stalled = false;
+        s[dir].last_arrival = s[dir].last_arrival.max(now);
+        self.pump(now, conn, dir);
+    }
+
     /// The next event time.
     pub fn next_due(&self) -> Option<Instant> {
         self.schedule.keys().next().map(|(at, _)| *at)

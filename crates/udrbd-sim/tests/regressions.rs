@@ -2172,3 +2172,67 @@ fn invalidate_remote_needs_a_disk_on_the_peer() {
         c.wait_in_sync(secs(30));
     }
 }
+
+/// Swarm seed 72750 (convergence): a Secondary detached with a write of its Primary on the
+/// way, refused it (P_NEG_ACK, on the meta socket) and attached again. Its P_STATE and the
+/// attach's handshake went on the data socket, ahead of the refusal: the Primary, SyncSource,
+/// sent its bitmap without the refused block and marked it only when the refusal came. The
+/// target never asked for the block and became UpToDate without it; after a failover the
+/// acknowledged write was gone. Now the blocks of every write the peer has not confirmed are
+/// marked before the bitmap goes out, as DRBD sends its bitmap only once no application
+/// request is in flight; the refusal that comes after that marks nothing more (else both
+/// disks end in sync with the block still counted out of sync).
+#[test]
+fn a_write_refused_by_a_reattaching_secondary_is_in_the_bitmap_it_is_sent() {
+    for seed in 0..3 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        let block = (40 + seed) * BLOCK;
+        let data = pattern(seed + 3, BLOCK as usize);
+        let sockets = c.net().connections_between(0, 1);
+        let (data_socket, meta_socket) = (sockets[0], sockets[1]);
+        // What node 1 sends waits on the wire: its state changes, its answers.
+        c.net().stall(data_socket, 1);
+        c.net().stall(meta_socket, 1);
+        c.must(1, AdminCommand::Detach { force: false });
+        // Node 0 still sees node 1's disk UpToDate: the write goes to node 1, which has no
+        // disk now and refuses it.
+        let write = c.submit_write(0, block, data.clone(), false);
+        c.run_for(Duration::from_millis(50));
+        c.attach(1);
+        c.run_for(Duration::from_millis(50));
+        // Node 1's detach, attach and handshake reach node 0; the refusal does not yet.
+        c.unstall(data_socket, 1);
+        c.run_for(Duration::from_millis(300));
+        c.heal();
+        c.run_until("the write completes", secs(30), |c| {
+            c.completion(write).is_some()
+        });
+        check(
+            &c,
+            matches!(c.completion(write), Some(Ok(_))),
+            &format!("the write: {:?}", c.completion(write)),
+        );
+        c.run_for(secs(1));
+        check(
+            &c,
+            c.conn(0) == Some(ConnState::Connected) && c.status(1).disk == DiskState::UpToDate,
+            "connected, the resync over",
+        );
+        let out_of_sync = c.status(0).out_of_sync_bytes;
+        // Failover: the acknowledged write is on node 1.
+        c.crash(0);
+        c.run_for(Duration::from_secs(2));
+        c.must(1, AdminCommand::Primary { force: false });
+        let read = c.read(1, block, BLOCK as u32);
+        check(
+            &c,
+            read.as_deref() == Ok(&data[..]),
+            "the write node 1 refused reached it through the resync",
+        );
+        check(
+            &c,
+            out_of_sync == 0,
+            &format!("before the failover, in sync: {out_of_sync} bytes out of sync"),
+        );
+    }
+}
