@@ -1391,6 +1391,21 @@ impl Run {
                 self.settled_view(i ^ 1)
             };
             self.data_generation[i] += 1;
+            // A write still in flight on the source may reach this node through the resync:
+            // the source's resync read of the block waits for the write's local part, and
+            // then carries the new data, mirrored or not (swarm seed 47718: submitted while
+            // the link was in WFReportParams, not mirrored, its local part landed just before
+            // the resync read; the write completed after the link broke again). Unknown here.
+            if becomes_target {
+                let source = node ^ 1;
+                for req in self.inflight.values() {
+                    if req.node == source && !matches!(req.kind, Kind::Read | Kind::Flush) {
+                        for b in req.first..req.first + req.blocks {
+                            self.view[i][b as usize] = None;
+                        }
+                    }
+                }
+            }
         }
         // A resync target's resync finished when its disk is UpToDate, not when it is back
         // to Connected: DRBD also aborts a resync back to Connected when the source's disk
