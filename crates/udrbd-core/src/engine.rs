@@ -542,7 +542,7 @@ impl Resource {
             AdminCommand::Primary { force } => self.start_primary(id, force),
             AdminCommand::Secondary => self.start_secondary(),
             AdminCommand::Down => self.start_down(),
-            other => self.start_peer_command(other),
+            other => self.start_peer_command(id, other),
         };
         match started {
             Ok(Some(pending)) => {
@@ -1010,7 +1010,20 @@ impl Resource {
             .ops
             .remove(&c.id)
             .expect("completion of an unknown operation");
-        self.count_for_md_preflush(c.id, purpose, c.result.is_ok());
+        let flushed = self.count_for_md_preflush(c.id, purpose, c.result.is_ok());
+        if flushed
+            && purpose != OpPurpose::MdPreflush
+            && self
+                .disk
+                .as_ref()
+                .is_some_and(|d| d.bm_flush_need.is_some())
+        {
+            // Bitmap pages waiting for their preflush: `flush_through` had no flush of its
+            // own to start when one in flight (an epoch's, a resync's) covered the writes
+            // they wait for, and that one's completion is theirs. Left to the lazy
+            // write-out, a resync waited seconds for its bitmap to be durable.
+            self.write_dirty_pages();
+        }
         match purpose {
             OpPurpose::Request(id) => self.on_request_done(id, c.result),
             OpPurpose::BitmapPage(page) => {
@@ -1096,7 +1109,8 @@ impl Resource {
 
     /// Keeps the counts behind [`Resource::md_preflushed`]: completed data writes, and what
     /// every completed flush covers.
-    fn count_for_md_preflush(&mut self, id: DiskOpId, purpose: OpPurpose, ok: bool) {
+    /// Returns whether a flush completed and advanced what is durable.
+    fn count_for_md_preflush(&mut self, id: DiskOpId, purpose: OpPurpose, ok: bool) -> bool {
         let data_write = match purpose {
             OpPurpose::Request(r) => self.requests.get(&r).is_some_and(|r| {
                 matches!(
@@ -1109,15 +1123,20 @@ impl Resource {
             OpPurpose::PeerWrite(_) => true,
             _ => false,
         };
-        let Some(d) = self.disk.as_mut() else { return };
+        let Some(d) = self.disk.as_mut() else {
+            return false;
+        };
         if data_write {
             d.data_writes_done += 1;
         }
         if let Some(covers) = d.flushes_in_flight.remove(&id)
             && ok
+            && covers > d.flushed_through
         {
-            d.flushed_through = d.flushed_through.max(covers);
+            d.flushed_through = covers;
+            return true;
         }
+        false
     }
 
     /// Whether `writer` may write meta-data now: every data write that completed before it

@@ -121,6 +121,10 @@ pub(crate) struct Link {
     pub(crate) bm_sent: bool,
     /// A cluster-wide state change we asked the peer for.
     pub(crate) state_request: Option<(CommandId, StateRequest)>,
+    /// This node agreed to the peer's `invalidate` / `invalidate-remote` and waits for the
+    /// peer's P_STATE that applies it. Meanwhile it starts no resync of its own (DRBD's
+    /// peer has already changed its state when it answers).
+    pub(crate) peer_resync_agreed: bool,
     /// Primary side: block id → write/read sent to the peer.
     pub(crate) sent: BTreeMap<u64, SentRequest>,
     /// When each request was sent, oldest first (entries of answered requests are dropped
@@ -208,7 +212,13 @@ pub(crate) struct ClosedEpoch {
 /// A cluster-wide state change in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StateRequest {
-    Primary { force: bool },
+    Primary {
+        force: bool,
+    },
+    /// `invalidate`: conn StartingSyncT (the peer goes StartingSyncS).
+    Invalidate,
+    /// `invalidate-remote`: conn StartingSyncS.
+    InvalidateRemote,
 }
 
 /// What a block id of ours stands for.
@@ -368,6 +378,7 @@ impl Resource {
 
     pub(crate) fn start_peer_command(
         &mut self,
+        id: CommandId,
         cmd: AdminCommand,
     ) -> Result<Option<Pending>, CommandError> {
         let refuse = |e| Err(CommandError::StateChange(e));
@@ -399,8 +410,8 @@ impl Resource {
                 self.disconnect_now();
                 Ok(None)
             }
-            AdminCommand::Invalidate => self.invalidate(),
-            AdminCommand::InvalidateRemote => self.invalidate_remote(),
+            AdminCommand::Invalidate => self.invalidate(id),
+            AdminCommand::InvalidateRemote => self.invalidate_remote(id),
             AdminCommand::NewCurrentUuid { clear_bitmap } => {
                 self.new_current_uuid_command(clear_bitmap)
             }
@@ -450,10 +461,30 @@ impl Resource {
         self.go_standalone();
     }
 
-    fn invalidate(&mut self) -> Result<Option<Pending>, CommandError> {
+    /// `invalidate`. Connected, it is a cluster-wide state change, as in DRBD (conn
+    /// StartingSyncT, P_STATE_CHG_REQ): nothing changes here before the peer agreed. Applied
+    /// at once on both nodes of a pair, each became Inconsistent and waited in WFBitMapT for
+    /// the other's bitmap, for ever (swarm seed 45268); now the tie-breaker refuses the peer's
+    /// request while its own is out, and one of the two is refused with "Concurrent state
+    /// changes detected".
+    fn invalidate(&mut self, id: CommandId) -> Result<Option<Pending>, CommandError> {
+        let connected = self.invalidate_allowed()?;
+        if connected {
+            self.request_from_peer(id, StateRequest::Invalidate);
+            return Ok(Some(Pending::PeerApproval));
+        }
+        self.apply_invalidate(false);
+        Ok(None)
+    }
+
+    /// The checks of `invalidate`; whether the node is connected.
+    fn invalidate_allowed(&self) -> Result<bool, CommandError> {
         let refuse = |e| Err(CommandError::StateChange(e));
         if self.disk.is_none() {
             return refuse(StateChangeError::IsDiskless);
+        }
+        if self.link().is_some_and(|l| l.peer_resync_agreed) {
+            return refuse(StateChangeError::InTransientState);
         }
         let p = self.peer.as_ref().expect("checked");
         if p.conn > ConnState::Connected {
@@ -466,6 +497,10 @@ impl Resource {
         if self.role == Role::Primary && !connected {
             return refuse(StateChangeError::NoUpToDateDisk);
         }
+        Ok(connected)
+    }
+
+    fn apply_invalidate(&mut self, connected: bool) {
         self.set_all_out_of_sync();
         self.disk_state = DiskState::Inconsistent;
         self.update_md_flags();
@@ -473,13 +508,22 @@ impl Resource {
         if connected {
             self.enter_bitmap_exchange(false);
         }
-        Ok(None)
     }
 
-    fn invalidate_remote(&mut self) -> Result<Option<Pending>, CommandError> {
+    /// `invalidate-remote`: cluster-wide (conn StartingSyncS), see [`Self::invalidate`].
+    fn invalidate_remote(&mut self, id: CommandId) -> Result<Option<Pending>, CommandError> {
+        self.invalidate_remote_allowed()?;
+        self.request_from_peer(id, StateRequest::InvalidateRemote);
+        Ok(Some(Pending::PeerApproval))
+    }
+
+    fn invalidate_remote_allowed(&self) -> Result<(), CommandError> {
         let refuse = |e| Err(CommandError::StateChange(e));
         if self.disk.is_none() {
             return refuse(StateChangeError::IsDiskless);
+        }
+        if self.link().is_some_and(|l| l.peer_resync_agreed) {
+            return refuse(StateChangeError::InTransientState);
         }
         let p = self.peer.as_ref().expect("checked");
         if p.conn > ConnState::Connected {
@@ -501,9 +545,51 @@ impl Resource {
             // 10895: the peer's bitmap then arrived at a node without one).
             return refuse(StateChangeError::NoRemoteDisk);
         }
+        Ok(())
+    }
+
+    fn apply_invalidate_remote(&mut self) {
         self.set_all_out_of_sync();
         self.enter_bitmap_exchange(true);
-        Ok(None)
+    }
+
+    /// Sends a cluster-wide state change of the connection state (P_STATE_CHG_REQ) and
+    /// remembers it; the command waits in [`Pending::PeerApproval`].
+    fn request_from_peer(&mut self, id: CommandId, request: StateRequest) {
+        let conn = match request {
+            StateRequest::Invalidate => ConnState::StartingSyncT,
+            StateRequest::InvalidateRemote => ConnState::StartingSyncS,
+            StateRequest::Primary { .. } => unreachable!("see request_primary_from_peer"),
+        };
+        self.link_mut().state_request = Some((id, request));
+        let mask = StateWord::mask_of(&[StateField::Conn]);
+        let val = StateWord(0).with_field(StateField::Conn, conn as u32);
+        self.send(
+            Socket::Data,
+            &Packet::StateChgReq(StateChange { mask, val }),
+        );
+    }
+
+    /// The peer agreed to `invalidate` / `invalidate-remote`: applied here if still allowed.
+    fn continue_resync_request(&mut self, id: CommandId, request: StateRequest) {
+        if !matches!(&self.pending, Some((p, Pending::PeerApproval)) if *p == id) {
+            return;
+        }
+        self.pending = None;
+        let result = match request {
+            StateRequest::Invalidate => self
+                .invalidate_allowed()
+                .map(|connected| self.apply_invalidate(connected)),
+            StateRequest::InvalidateRemote => self
+                .invalidate_remote_allowed()
+                .map(|()| self.apply_invalidate_remote()),
+            StateRequest::Primary { .. } => unreachable!("see continue_primary"),
+        };
+        if result.is_err() && self.link().is_some() {
+            // The peer prepared for a resync that does not come: it learns this node's state.
+            self.send_state();
+        }
+        self.finish_command(id, result);
     }
 
     fn set_all_out_of_sync(&mut self) {
@@ -815,6 +901,7 @@ impl Resource {
             bm_receiver: None,
             bm_sent: false,
             state_request: None,
+            peer_resync_agreed: false,
             sent: BTreeMap::new(),
             sent_log: VecDeque::new(),
             next_block_id: 1 << 32,
@@ -1058,8 +1145,13 @@ impl Resource {
         if was_connected_primary_peer {
             self.lost_peer_copy(Role::Unknown);
         }
-        if let Some((id, StateRequest::Primary { force })) = state_request {
-            self.primary_without_the_peer(id, force);
+        match state_request {
+            Some((id, StateRequest::Primary { force })) => self.primary_without_the_peer(id, force),
+            // As DRBD (SS_CW_NO_NEED once not connected): decided by the rules for a node
+            // without a peer (`invalidate` of a Secondary goes on; `invalidate-remote` needs
+            // the connection).
+            Some((id, request)) => self.continue_resync_request(id, request),
+            None => {}
         }
         if reason != ConnState::Disconnecting && reason != ConnState::StandAlone {
             self.set_conn(ConnState::Unconnected);
@@ -1499,6 +1591,9 @@ impl Resource {
     fn receive_state(&mut self, state: State) -> Result<(), String> {
         let (handshake_done, has_uuids, has_sizes, got_protocol) = {
             let l = self.link_mut();
+            // What the peer did with the resync change this node agreed to is in this state
+            // (or it did nothing: its own checks refused it after all).
+            l.peer_resync_agreed = false;
             (
                 l.handshake_done,
                 l.peer_uuids.is_some(),
@@ -2247,9 +2342,37 @@ impl Resource {
         let val = req.val.convert_for_peer();
         let peer_field = mask.field(StateField::Peer);
         let mut retcode = 1;
-        if peer_field != 0 && val.field(StateField::Peer) == Role::Primary as u32 {
-            let own_request = self.link().is_some_and(|l| l.state_request.is_some());
-            let resolve = self.link().is_some_and(|l| l.resolve_conflicts);
+        let own_request = self.link().is_some_and(|l| l.state_request.is_some());
+        let resolve = self.link().is_some_and(|l| l.resolve_conflicts);
+        let wanted_conn = (mask.field(StateField::Conn) != 0).then(|| val.field(StateField::Conn));
+        if let Some(wanted) = wanted_conn
+            && (wanted == ConnState::StartingSyncS as u32
+                || wanted == ConnState::StartingSyncT as u32)
+        {
+            // The peer's `invalidate` (we would be StartingSyncS, the source) or
+            // `invalidate-remote` (StartingSyncT). What follows is driven by the peer's
+            // P_STATE once it applied the change.
+            let source = wanted == ConnState::StartingSyncS as u32;
+            let conn = self.peer.as_ref().map_or(ConnState::StandAlone, |p| p.conn);
+            let agreed = self.link().is_some_and(|l| l.peer_resync_agreed);
+            let error = if own_request && resolve {
+                Some(StateChangeError::ConcurrentStateChange)
+            } else if agreed {
+                Some(StateChangeError::InTransientState)
+            } else if conn > ConnState::Connected {
+                Some(StateChangeError::ResyncRunning)
+            } else if source && self.disk_state != DiskState::UpToDate {
+                Some(StateChangeError::NoUpToDateDisk)
+            } else if !source && !self.disk_takes_part_in_resync() {
+                Some(StateChangeError::NoLocalDisk)
+            } else {
+                None
+            };
+            match error {
+                Some(e) => retcode = e.code(),
+                None => self.link_mut().peer_resync_agreed = true,
+            }
+        } else if peer_field != 0 && val.field(StateField::Peer) == Role::Primary as u32 {
             if self.role == Role::Primary {
                 retcode = StateChangeError::TwoPrimaries.code();
             } else if own_request && resolve {
@@ -2275,6 +2398,9 @@ impl Resource {
         match StateChangeError::from_code(reply.retcode) {
             None => match request {
                 StateRequest::Primary { force } => self.continue_primary(id, force),
+                StateRequest::Invalidate | StateRequest::InvalidateRemote => {
+                    self.continue_resync_request(id, request)
+                }
             },
             Some(e) => {
                 if matches!(&self.pending, Some((p, Pending::PeerApproval)) if *p == id) {

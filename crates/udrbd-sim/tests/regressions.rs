@@ -368,11 +368,16 @@ fn detach_during_the_bitmap_exchange() {
         let invalidate = c.start_command(0, AdminCommand::InvalidateRemote);
         let detach = c.start_command(1, AdminCommand::Detach { force: false });
         c.run_for(secs(5));
+        // invalidate-remote is cluster-wide: the peer, detaching, may refuse it.
+        let refused = Some(Err(CommandError::StateChange(
+            StateChangeError::NoLocalDisk,
+        )));
+        let invalidated = c.command_result(0, invalidate);
         check(
             &c,
-            c.command_result(0, invalidate) == Some(Ok(()))
+            (invalidated == Some(Ok(())) || invalidated == refused)
                 && c.command_result(1, detach) == Some(Ok(())),
-            "invalidate-remote and detach done",
+            &format!("invalidate-remote ({invalidated:?}) and detach done"),
         );
         // Never a resync state without a disk (it ended in a panic when the peer's
         // P_SYNC_UUID came to a disk released in WFSyncUUID).
@@ -2233,6 +2238,53 @@ fn a_write_refused_by_a_reattaching_secondary_is_in_the_bitmap_it_is_sent() {
             &c,
             out_of_sync == 0,
             &format!("before the failover, in sync: {out_of_sync} bytes out of sync"),
+        );
+    }
+}
+
+/// Swarm seed 45268 (convergence): `invalidate` on both nodes of a connected pair at the
+/// same moment. Each became Inconsistent at once and waited in WFBitMapT for the other's
+/// bitmap, for ever. As in DRBD, `invalidate` (and `invalidate-remote`) is now a
+/// cluster-wide state change: nothing changes before the peer agreed, and the tie-breaker
+/// refuses the peer's request while its own is out ("Concurrent state changes detected").
+#[test]
+fn invalidate_on_both_nodes_at_once_runs_one_resync() {
+    for seed in 0..4 {
+        let mut c = pair(seed, ClusterOptions::default(), false);
+        let block = (30 + seed) * BLOCK;
+        c.must(0, AdminCommand::Primary { force: false });
+        c.write(0, block, pattern(seed + 20, BLOCK as usize), false)
+            .unwrap();
+        c.must(0, AdminCommand::Secondary);
+        let (command, other) = if seed % 2 == 0 {
+            (AdminCommand::Invalidate, AdminCommand::Invalidate)
+        } else {
+            (
+                AdminCommand::InvalidateRemote,
+                AdminCommand::InvalidateRemote,
+            )
+        };
+        let a = c.start_command(0, command);
+        let b = c.start_command(1, other);
+        c.run_until("both commands answered", secs(30), |c| {
+            c.command_result(0, a).is_some() && c.command_result(1, b).is_some()
+        });
+        let results = [c.command_result(0, a), c.command_result(1, b)];
+        let concurrent = Some(Err(CommandError::StateChange(
+            StateChangeError::ConcurrentStateChange,
+        )));
+        check(
+            &c,
+            results.contains(&Some(Ok(()))) && results.contains(&concurrent),
+            &format!("one goes on, the other is refused as concurrent: {results:?}"),
+        );
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+        let at = block as usize..(block + BLOCK) as usize;
+        check(
+            &c,
+            c.data_area(1)[at] == pattern(seed + 20, BLOCK as usize)[..],
+            "the block written before is on both",
         );
     }
 }
