@@ -494,11 +494,10 @@ struct Outcome {
     duration: u64,
 }
 
-fn run_established(seed: u64, auth: [Option<(&str, &[u8])>; 2], offset: [u64; 2]) -> Outcome {
-    let mut sim = Sim::new(seed, auth);
-    sim.run(offset);
-    let a = established(&sim, 0);
-    let b = established(&sim, 1);
+/// Both nodes established on the same two TCP connections, each as the same role.
+fn one_pair(sim: &Sim, seed: u64) -> (Established, Established) {
+    let a = established(sim, 0);
+    let b = established(sim, 1);
     let (data_tcp, data_side) = sim.tcp_of(0, a.data);
     assert_eq!(
         sim.tcp_of(1, b.data),
@@ -512,6 +511,14 @@ fn run_established(seed: u64, auth: [Option<(&str, &[u8])>; 2], offset: [u64; 2]
         "seed {seed}: meta sockets differ"
     );
     assert_ne!(data_tcp, meta_tcp);
+    (a, b)
+}
+
+fn run_established(seed: u64, auth: [Option<(&str, &[u8])>; 2], offset: [u64; 2]) -> Outcome {
+    let mut sim = Sim::new(seed, auth);
+    sim.run(offset);
+    let (a, b) = one_pair(&sim, seed);
+    let meta_side = sim.tcp_of(0, a.meta).1;
     assert_eq!((a.version, b.version), (101, 101), "seed {seed}");
     assert_eq!((a.features, b.features), (0x7, 0x7), "seed {seed}");
     assert_ne!(
@@ -1382,19 +1389,7 @@ fn a_kernel_peer_behind_slirp_never_loses_a_connection_after_its_handshake() {
              kernel: {:?})",
             sim.nodes[1].m.broken_after_handshake()
         );
-        let (a, b) = (established(&sim, 0), established(&sim, 1));
-        let (data_tcp, data_side) = sim.tcp_of(0, a.data);
-        assert_eq!(
-            sim.tcp_of(1, b.data),
-            (data_tcp, 1 - data_side),
-            "seed {seed}"
-        );
-        let (meta_tcp, meta_side) = sim.tcp_of(0, a.meta);
-        assert_eq!(
-            sim.tcp_of(1, b.meta),
-            (meta_tcp, 1 - meta_side),
-            "seed {seed}"
-        );
+        let (a, b) = one_pair(&sim, seed);
         assert_ne!(a.resolve_conflicts, b.resolve_conflicts, "seed {seed}");
         assert_eq!(a.data_bytes, hex(DATA_MARKER), "seed {seed}");
         assert_eq!(b.meta_bytes, hex(META_MARKER), "seed {seed}");
