@@ -553,17 +553,31 @@ impl Resource {
         self.enter_bitmap_exchange(true);
     }
 
-    /// Sends a cluster-wide state change of the connection state (P_STATE_CHG_REQ) and
-    /// remembers it; the command waits in [`Pending::PeerApproval`].
+    /// Sends a cluster-wide state change (P_STATE_CHG_REQ) and remembers it; the command
+    /// waits in [`Pending::PeerApproval`].
     fn request_from_peer(&mut self, id: CommandId, request: StateRequest) {
-        let conn = match request {
-            StateRequest::Invalidate => ConnState::StartingSyncT,
-            StateRequest::InvalidateRemote => ConnState::StartingSyncS,
-            StateRequest::Primary { .. } => unreachable!("see request_primary_from_peer"),
+        let (fields, val) = match request {
+            StateRequest::Primary { force: false } => (
+                &[StateField::Role][..],
+                StateWord(0).with_field(StateField::Role, Role::Primary as u32),
+            ),
+            StateRequest::Primary { force: true } => (
+                &[StateField::Role, StateField::Disk][..],
+                StateWord(0)
+                    .with_field(StateField::Role, Role::Primary as u32)
+                    .with_field(StateField::Disk, DiskState::UpToDate as u32),
+            ),
+            StateRequest::Invalidate => (
+                &[StateField::Conn][..],
+                StateWord(0).with_field(StateField::Conn, ConnState::StartingSyncT as u32),
+            ),
+            StateRequest::InvalidateRemote => (
+                &[StateField::Conn][..],
+                StateWord(0).with_field(StateField::Conn, ConnState::StartingSyncS as u32),
+            ),
         };
         self.link_mut().state_request = Some((id, request));
-        let mask = StateWord::mask_of(&[StateField::Conn]);
-        let val = StateWord(0).with_field(StateField::Conn, conn as u32);
+        let mask = StateWord::mask_of(fields);
         self.send(
             Socket::Data,
             &Packet::StateChgReq(StateChange { mask, val }),
@@ -676,25 +690,7 @@ impl Resource {
         if p.conn < ConnState::Connected {
             return false;
         }
-        let link = p.link.as_mut().expect("connected");
-        link.state_request = Some((id, StateRequest::Primary { force }));
-        let (mask, val) = if force {
-            (
-                StateWord::mask_of(&[StateField::Role, StateField::Disk]),
-                StateWord(0)
-                    .with_field(StateField::Role, Role::Primary as u32)
-                    .with_field(StateField::Disk, DiskState::UpToDate as u32),
-            )
-        } else {
-            (
-                StateWord::mask_of(&[StateField::Role]),
-                StateWord(0).with_field(StateField::Role, Role::Primary as u32),
-            )
-        };
-        self.send(
-            Socket::Data,
-            &Packet::StateChgReq(StateChange { mask, val }),
-        );
+        self.request_from_peer(id, StateRequest::Primary { force });
         true
     }
 
