@@ -31,7 +31,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use udrbd_meta::MdFlags;
 use udrbd_wire::{
-    AfterSbPolicy, BitmapProgress, BitmapReceiver, BitmapSender, BlockAck, ConnFlags,
+    AfterSbPolicy, BitmapProgress, BitmapReceiver, BitmapSender, BlockAck, BlockId, ConnFlags,
     DecodeContext, Deframer, FeatureFlags, HeaderFormat, Packet, ProtocolParams, Sizes, State,
     StateChange, StateChangeReply, StateField, StateWord, SyncParams, Uuids, WireProtocol,
 };
@@ -146,8 +146,11 @@ pub(crate) struct Link {
     /// A flush for received epochs is in flight (one at a time; it covers every epoch that
     /// was complete when it was issued).
     pub(crate) recv_flush_in_flight: bool,
-    /// Resync target: requests in flight, by sector: (bytes, sent at).
+    /// Resync target: requests in flight, by sector: bytes.
     pub(crate) rs_requests: BTreeMap<u64, u64>,
+    /// Resyncs begun on this link: the last one's number tags its requests (see
+    /// [`Resync::request_tag`]).
+    pub(crate) resyncs_begun: u64,
     /// Resync source: replies sent and not yet acknowledged by a P_RS_WRITE_ACK, as (offset,
     /// bytes). The ack says the target wrote what this node read; it clears the bits only of
     /// a reply still listed here. A block marked out of sync after the read (a failed local
@@ -258,7 +261,19 @@ pub(crate) struct Resync {
     pub(crate) started: Instant,
     /// The bitmap was durable once since the exchange.
     pub(crate) bitmap_written: bool,
+    /// Target: the block id of this resync's P_RS_DATA_REQUESTs, which the source echoes in
+    /// its answer (P_RS_DATA_REPLY, P_NEG_RS_DREPLY, P_RS_CANCEL). A resync aborted while
+    /// the link stays (this node's disk detached, then attached again) leaves requests the
+    /// source still answers; the next resync may ask for the same sectors. An answer is
+    /// this resync's only if it carries this tag: a stale reply read before a later write
+    /// landed on the source would otherwise be taken for the new request's answer and
+    /// overwrite the block with old data, its bit then cleared (swarm seed 57929).
+    pub(crate) request_tag: BlockId,
 }
+
+/// The high half of [`Resync::request_tag`] ("RSYN"); the low half counts resyncs on the
+/// link. Never ID_SYNCER (all ones), which the peer's own resync requests carry.
+const RESYNC_REQUEST_TAG: u64 = 0x5253_594e_0000_0000;
 
 impl Peer {
     pub(crate) fn new(config: NetConfig) -> Peer {
@@ -909,6 +924,7 @@ impl Resource {
             recv_epoch_base: 0,
             recv_flush_in_flight: false,
             rs_requests: BTreeMap::new(),
+            resyncs_begun: 0,
             rs_replies: Vec::new(),
             sent_with_bitmap: BTreeSet::new(),
             rs_sect_in: 0,
@@ -2288,6 +2304,8 @@ impl Resource {
         let link = self.link_mut();
         link.rs_requests.clear();
         link.rs_sect_in = 0;
+        link.resyncs_begun += 1;
+        let request_tag = BlockId(RESYNC_REQUEST_TAG | (link.resyncs_begun & 0xffff_ffff));
         link.resync = Some(Resync {
             source,
             controller: ResyncController::new(config, now, total_bits),
@@ -2296,6 +2314,7 @@ impl Resource {
             sb_version,
             started: now,
             bitmap_written: false,
+            request_tag,
         });
         self.timers.set(Timer::ResyncStep, now);
     }

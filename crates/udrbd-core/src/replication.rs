@@ -689,6 +689,10 @@ impl Resource {
                 Ok(())
             }
             Packet::NegRsDReply(a) | Packet::RsCancel(a) => {
+                if !self.answers_current_resync(a.block_id) {
+                    // A request of an aborted resync (see `Resync::request_tag`).
+                    return Ok(());
+                }
                 // The request is answered: it leaves the controller's in-flight count as a
                 // data reply does. Without this every failed request stayed "in flight"
                 // for ever and, once max-buffers/2 of them had failed, the resync never
@@ -1161,8 +1165,9 @@ impl Resource {
 
     fn receive_resync_reply(&mut self, p: DataPacket) -> Result<(), String> {
         let sector = p.header.sector;
-        if self.link().is_some_and(|l| l.resync.is_none()) && self.rs_request_locks.is_empty() {
-            // A reply to a request of a resync that was aborted (a disk failed): dropped.
+        if !self.answers_current_resync(p.header.block_id) {
+            // A reply to a request of a resync that was aborted (a disk failed or
+            // detached): dropped. See `Resync::request_tag`.
             return Ok(());
         }
         let Some(&bytes) = self.link().and_then(|l| l.rs_requests.get(&sector)) else {
@@ -1206,6 +1211,13 @@ impl Resource {
         // The request's lock is held since the request went out: write at once.
         self.submit_peer_write(id);
         Ok(())
+    }
+
+    /// Target: an answer from the source belongs to the resync running now.
+    fn answers_current_resync(&self, block_id: BlockId) -> bool {
+        self.link()
+            .and_then(|l| l.resync.as_ref())
+            .is_some_and(|r| !r.source && r.request_tag == block_id)
     }
 
     /// The source: the target wrote these blocks.
@@ -1410,12 +1422,14 @@ impl Resource {
             }
             let lock = self.lock_range(offset, offset + len);
             self.rs_request_locks.insert(offset / 512, lock);
-            self.link_mut().rs_requests.insert(offset / 512, len);
+            let link = self.link_mut();
+            link.rs_requests.insert(offset / 512, len);
+            let block_id = link.resync.as_ref().expect("resyncing").request_tag;
             self.send(
                 Socket::Data,
                 &Packet::RsDataRequest(WireBlockRequest {
                     sector: offset / 512,
-                    block_id: BlockId::SYNCER,
+                    block_id,
                     blksize: len as u32,
                     pad: 0,
                 }),

@@ -2288,3 +2288,74 @@ fn invalidate_on_both_nodes_at_once_runs_one_resync() {
         );
     }
 }
+
+/// Swarm seed 57929 (convergence): a SyncTarget detached and attached again while the link
+/// stayed, and the new resync asked for a block the aborted one had asked for too. The
+/// source's disk was slow: the old request's read returned the block as it was before an
+/// application write, the write landed, the new request's read returned it. The target took
+/// the first (stale) reply for the new request's answer, wrote the old data and cleared the
+/// bit; the source cleared its bit at the P_RS_WRITE_ACK. The acknowledged write was on the
+/// source only, and no bit said so. Each resync now tags its requests; the source echoes the
+/// tag and an answer to an aborted resync's request is dropped.
+#[test]
+fn a_reply_to_an_aborted_resync_is_not_taken_for_the_next_ones() {
+    for seed in 0..4 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        let block = 0;
+        let old = pattern(seed + 40, BLOCK as usize);
+        let new = pattern(seed + 50, BLOCK as usize);
+        c.write(0, block, old.clone(), false).unwrap();
+        c.must(0, AdminCommand::Secondary);
+        c.run_for(secs(1));
+        // Node 1 becomes SyncTarget of a full resync, and Primary; its first request (block
+        // 0) meets a frozen disk on node 0.
+        c.disk(0).faults.frozen = true;
+        c.must(1, AdminCommand::Invalidate);
+        c.run_until("node 1 asked for block 0", secs(30), |c| {
+            c.conn(1) == Some(ConnState::SyncTarget) && c.status(1).out_of_sync_bytes > 0
+        });
+        c.must(1, AdminCommand::Primary { force: false });
+        c.run_for(Duration::from_millis(500));
+        // The application's write to block 0 waits on node 1 for the resync request's
+        // answer, on node 0 behind the resync read.
+        let write = c.submit_write(1, block, new.clone(), false);
+        c.run_for(Duration::from_millis(100));
+        // Node 1 detaches (its part of the write is abandoned) and attaches again: a second
+        // resync on the same link asks for block 0 again.
+        c.must(1, AdminCommand::Detach { force: true });
+        c.run_for(Duration::from_millis(100));
+        c.attach(1);
+        c.run_until("the second resync", secs(30), |c| {
+            c.conn(1) == Some(ConnState::SyncTarget)
+        });
+        c.run_for(Duration::from_millis(500));
+        c.disk(0).faults.frozen = false;
+        c.run_until("the write completes", secs(30), |c| {
+            c.completion(write).is_some()
+        });
+        check(
+            &c,
+            matches!(c.completion(write), Some(Ok(_))),
+            &format!("the write: {:?}", c.completion(write)),
+        );
+        c.wait_in_sync(secs(60));
+        c.check_identical();
+        let read = c.read(1, block, BLOCK as u32);
+        check(
+            &c,
+            read.as_deref() == Ok(&new[..]),
+            "node 1 reads the write it acknowledged",
+        );
+        // Failover: the acknowledged write is on node 0 too.
+        c.must(1, AdminCommand::Secondary);
+        c.crash(1);
+        c.run_for(secs(2));
+        c.must(0, AdminCommand::Primary { force: false });
+        let read = c.read(0, block, BLOCK as u32);
+        check(
+            &c,
+            read.as_deref() == Ok(&new[..]),
+            "the acknowledged write is on node 0 after the failover",
+        );
+    }
+}
