@@ -13,6 +13,11 @@
 //!            incompatible       +--> WFBitMapT --bitmaps--> WFSyncUUID --P_SYNC_UUID-->
 //!            options                 SyncTarget --done--> Connected
 //!
+//!  invalidate / invalidate-remote (P_STATE_CHG_REQ, conn StartingSyncT/S; the side that
+//!  agrees applies the change first): every bit set on both sides, no bitmap exchange.
+//!    Connected --> WFSyncUUID --P_SYNC_UUID--> SyncTarget     (the side to be overwritten)
+//!    Connected --> SyncSource (sends P_SYNC_UUID)             (the other side)
+//!
 //!  A socket error, a protocol error or a ping timeout in any connected state: NetworkFailure
 //!  / ProtocolError / Timeout, the connection's loose ends are tied (unacknowledged writes
 //!  marked out of sync), then WFConnection again.
@@ -121,10 +126,10 @@ pub(crate) struct Link {
     pub(crate) bm_sent: bool,
     /// A cluster-wide state change we asked the peer for.
     pub(crate) state_request: Option<(CommandId, StateRequest)>,
-    /// This node agreed to the peer's `invalidate` / `invalidate-remote` and waits for the
-    /// peer's P_STATE that applies it. Meanwhile it starts no resync of its own (DRBD's
-    /// peer has already changed its state when it answers).
-    pub(crate) peer_resync_agreed: bool,
+    /// Our `invalidate` waits for the peer's answer, and the peer, which applied it when it
+    /// agreed (as DRBD does), already sent its P_SYNC_UUID: the answer comes on the meta
+    /// socket, the sync UUID on the data socket. Applied once this node is WFSyncUUID.
+    pub(crate) early_sync_uuid: Option<u64>,
     /// Primary side: block id → write/read sent to the peer.
     pub(crate) sent: BTreeMap<u64, SentRequest>,
     /// When each request was sent, oldest first (entries of answered requests are dropped
@@ -498,9 +503,6 @@ impl Resource {
         if self.disk.is_none() {
             return refuse(StateChangeError::IsDiskless);
         }
-        if self.link().is_some_and(|l| l.peer_resync_agreed) {
-            return refuse(StateChangeError::InTransientState);
-        }
         let p = self.peer.as_ref().expect("checked");
         if p.conn > ConnState::Connected {
             return refuse(StateChangeError::ResyncRunning);
@@ -516,13 +518,37 @@ impl Resource {
     }
 
     fn apply_invalidate(&mut self, connected: bool) {
+        self.become_full_sync_target(connected);
+        let early = self
+            .peer
+            .as_mut()
+            .and_then(|p| p.link.as_mut())
+            .and_then(|l| l.early_sync_uuid.take());
+        if let Some(uuid) = early {
+            self.start_resync_target(uuid);
+        }
+    }
+
+    /// DRBD's StartingSyncT: every bit set and written out (drbd_bmio_set_n_write), the disk
+    /// Inconsistent; connected, WFSyncUUID until the source's P_SYNC_UUID. A full sync needs
+    /// no bitmap exchange: the source set every bit too (8.4 exchanges none here, and a
+    /// kernel peer sends none).
+    fn become_full_sync_target(&mut self, connected: bool) {
         self.set_all_out_of_sync();
         self.disk_state = DiskState::Inconsistent;
         self.update_md_flags();
         self.state_changed();
         if connected {
-            self.enter_bitmap_exchange(false);
+            self.set_conn(ConnState::WfSyncUuid);
+            self.send_state();
         }
+    }
+
+    /// DRBD's StartingSyncS: every bit set and written out, then SyncSource at once (it
+    /// sends P_SYNC_UUID).
+    fn become_full_sync_source(&mut self) {
+        self.set_all_out_of_sync();
+        self.start_resync_source();
     }
 
     /// `invalidate-remote`: cluster-wide (conn StartingSyncS), see [`Self::invalidate`].
@@ -536,9 +562,6 @@ impl Resource {
         let refuse = |e| Err(CommandError::StateChange(e));
         if self.disk.is_none() {
             return refuse(StateChangeError::IsDiskless);
-        }
-        if self.link().is_some_and(|l| l.peer_resync_agreed) {
-            return refuse(StateChangeError::InTransientState);
         }
         let p = self.peer.as_ref().expect("checked");
         if p.conn > ConnState::Connected {
@@ -564,8 +587,7 @@ impl Resource {
     }
 
     fn apply_invalidate_remote(&mut self) {
-        self.set_all_out_of_sync();
-        self.enter_bitmap_exchange(true);
+        self.become_full_sync_source();
     }
 
     /// Sends a cluster-wide state change (P_STATE_CHG_REQ) and remembers it; the command
@@ -616,6 +638,7 @@ impl Resource {
         };
         if result.is_err() && self.link().is_some() {
             // The peer prepared for a resync that does not come: it learns this node's state.
+            self.link_mut().early_sync_uuid = None;
             self.send_state();
         }
         self.finish_command(id, result);
@@ -912,7 +935,7 @@ impl Resource {
             bm_receiver: None,
             bm_sent: false,
             state_request: None,
-            peer_resync_agreed: false,
+            early_sync_uuid: None,
             sent: BTreeMap::new(),
             sent_log: VecDeque::new(),
             next_block_id: 1 << 32,
@@ -1603,9 +1626,6 @@ impl Resource {
     fn receive_state(&mut self, state: State) -> Result<(), String> {
         let (handshake_done, has_uuids, has_sizes, got_protocol) = {
             let l = self.link_mut();
-            // What the peer did with the resync change this node agreed to is in this state
-            // (or it did nothing: its own checks refused it after all).
-            l.peer_resync_agreed = false;
             (
                 l.handshake_done,
                 l.peer_uuids.is_some(),
@@ -1703,9 +1723,7 @@ impl Resource {
         match (conn, peer_conn) {
             // The peer wants our bitmap as its SyncTarget (invalidate, or its handshake
             // re-run): we are the source.
-            (ConnState::Connected, ConnState::WfBitMapT | ConnState::StartingSyncT)
-                if !self.disk_takes_part_in_resync() =>
-            {
+            (ConnState::Connected, ConnState::WfBitMapT) if !self.disk_takes_part_in_resync() => {
                 // A resync needs a disk on both sides: the peer's handshake saw this node's
                 // disk before it went (its state is on the way); nothing to exchange.
                 self.log(
@@ -1727,12 +1745,10 @@ impl Resource {
                 self.drop_connection(ConnState::Disconnecting, None);
                 self.go_standalone();
             }
-            (ConnState::Connected, ConnState::WfBitMapT | ConnState::StartingSyncT) => {
+            (ConnState::Connected, ConnState::WfBitMapT) => {
                 self.enter_bitmap_exchange(true);
             }
-            (ConnState::Connected, ConnState::WfBitMapS | ConnState::StartingSyncS)
-                if !self.disk_takes_part_in_resync() =>
-            {
+            (ConnState::Connected, ConnState::WfBitMapS) if !self.disk_takes_part_in_resync() => {
                 self.log(
                     LogLevel::Warn,
                     "the peer wants a resync but this node has no disk".to_string(),
@@ -1749,7 +1765,7 @@ impl Resource {
                 // seed 902).
                 return self.sync_handshake(peer_role, peer_disk, self.disk_state);
             }
-            (ConnState::Connected, ConnState::WfBitMapS | ConnState::StartingSyncS) => {
+            (ConnState::Connected, ConnState::WfBitMapS) => {
                 if self.disk_state == DiskState::UpToDate && self.role != Role::Primary {
                     self.disk_state = DiskState::Inconsistent;
                     self.update_md_flags();
@@ -1778,6 +1794,11 @@ impl Resource {
                 ConnState::Connected,
             ) => {
                 // The peer ended the resync without finishing it (it is detaching).
+                self.abort_resync();
+            }
+            (ConnState::WfSyncUuid, _) if peer_disk == DiskState::Inconsistent => {
+                // The source this node waits for cannot be one (an `invalidate-remote` it
+                // asked for and could not apply after all once this node had agreed).
                 self.abort_resync();
             }
             _ => {}
@@ -2277,9 +2298,25 @@ impl Resource {
             return Ok(());
         }
         let conn = self.peer.as_ref().expect("peer").conn;
+        let invalidating = matches!(
+            self.link().and_then(|l| l.state_request),
+            Some((_, StateRequest::Invalidate))
+        );
+        if conn == ConnState::Connected && invalidating {
+            // The peer agreed to our `invalidate` and is SyncSource; its answer is still on
+            // its way (DRBD's receive_sync_uuid waits for WFSyncUUID).
+            self.link_mut().early_sync_uuid = Some(uuid);
+            return Ok(());
+        }
         if conn != ConnState::WfSyncUuid {
             return Err(format!("P_SYNC_UUID in {conn:?}"));
         }
+        self.start_resync_target(uuid);
+        Ok(())
+    }
+
+    /// WFSyncUUID and the source's sync UUID came: SyncTarget.
+    fn start_resync_target(&mut self, uuid: u64) {
         let primary = self.role == Role::Primary;
         let d = self.disk.as_mut().expect("attached");
         d.sb.uuids = sync_decision::sync_target_received(d.sb.uuids, uuid, primary);
@@ -2294,7 +2331,6 @@ impl Resource {
             LogLevel::Info,
             format!("Began resync as SyncTarget (will sync {} KB)", total * 4),
         );
-        Ok(())
     }
 
     fn begin_resync(&mut self, source: bool, total_bits: u64) {
@@ -2365,15 +2401,12 @@ impl Resource {
                 || wanted == ConnState::StartingSyncT as u32)
         {
             // The peer's `invalidate` (we would be StartingSyncS, the source) or
-            // `invalidate-remote` (StartingSyncT). What follows is driven by the peer's
-            // P_STATE once it applied the change.
+            // `invalidate-remote` (StartingSyncT). As DRBD's receive_req_state, this side
+            // applies the change when it agrees: the peer applies it on the answer.
             let source = wanted == ConnState::StartingSyncS as u32;
             let conn = self.peer.as_ref().map_or(ConnState::StandAlone, |p| p.conn);
-            let agreed = self.link().is_some_and(|l| l.peer_resync_agreed);
             let error = if own_request && resolve {
                 Some(StateChangeError::ConcurrentStateChange)
-            } else if agreed {
-                Some(StateChangeError::InTransientState)
             } else if conn > ConnState::Connected {
                 Some(StateChangeError::ResyncRunning)
             } else if source && self.disk_state != DiskState::UpToDate {
@@ -2385,7 +2418,8 @@ impl Resource {
             };
             match error {
                 Some(e) => retcode = e.code(),
-                None => self.link_mut().peer_resync_agreed = true,
+                None if source => self.become_full_sync_source(),
+                None => self.become_full_sync_target(true),
             }
         } else if peer_field != 0 && val.field(StateField::Peer) == Role::Primary as u32 {
             if self.role == Role::Primary {

@@ -526,3 +526,162 @@ fn kernel_primary_syncs_to_udrbd() {
     vm.assert_clean_dmesg(&|| d.log_text());
     eprintln!("total {:.1?}", t0.elapsed());
 }
+
+/// Overwrites 256 KiB at `offset` of udrbd's backing file with 0xEE (under the running
+/// daemon, as a disk that went bad would).
+fn corrupt_udrbd(u: &Udrbd, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&u.disk)
+        .unwrap();
+    f.write_all_at(&[0xee; 256 << 10], offset).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Overwrites 256 KiB at `offset` of the guest's backing RAM disk with 0xEE, under DRBD.
+fn corrupt_guest(vm: &KernelVm, offset: u64) {
+    vm.exec(&format!(
+        "dd if=/dev/zero bs=4096 count=64 2>/dev/null | tr '\\000' '\\356' | \
+         dd of=/dev/ram0 bs=4096 seek={} oflag=direct 2>&1",
+        offset / 4096
+    ));
+}
+
+/// One full sync that `start` begins (the caller corrupted the future target's disk): the data areas differ before it and are equal after,
+/// both sides `UpToDate/UpToDate`, and each side logged one more full resync in its `role`
+/// ("SyncSource" / "SyncTarget" for udrbd; the kernel the other).
+fn full_resync(
+    what: &str,
+    u: &Udrbd,
+    d: &TestDaemon,
+    vm: &KernelVm,
+    udrbd_side: &str,
+    start: &dyn Fn(),
+) {
+    let len = DATA_KIB * 1024;
+    let kernel_side = if udrbd_side == "SyncSource" {
+        "SyncTarget"
+    } else {
+        "SyncSource"
+    };
+    let began = |text: &str, side: &str| {
+        text.matches(&format!("Began resync as {side} (will sync {DATA_KIB} KB"))
+            .count()
+    };
+    let (udrbd_before, kernel_before) = (
+        began(&d.log_text(), udrbd_side),
+        began(&vm.exec("dmesg"), kernel_side),
+    );
+    assert_ne!(
+        md5_hex(&u.data_area(len)),
+        vm.backing_md5(len),
+        "{what}: the data areas are equal before the resync"
+    );
+    let t0 = Instant::now();
+    start();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let udrbd_done = d.ok(&["cstate", "r0"]).trim() == "Connected"
+            && d.ok(&["dstate", "r0"]).trim() == "UpToDate/UpToDate"
+            && began(&d.log_text(), udrbd_side) > udrbd_before;
+        let proc_drbd = vm.proc_drbd();
+        if udrbd_done
+            && proc_drbd.contains("cs:Connected")
+            && proc_drbd.contains("ds:UpToDate/UpToDate")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no full resync to UpToDate/UpToDate after {WAIT:?}\nguest: {proc_drbd}\n{}\n{}",
+            d.log_text(),
+            vm.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("{what}: full resync in {:.1?}", t0.elapsed());
+    assert_eq!(
+        began(&vm.exec("dmesg"), kernel_side),
+        kernel_before + 1,
+        "{what}: the guest did not run one full resync as {kernel_side}\n{}",
+        vm.exec("dmesg")
+    );
+    assert_eq!(
+        md5_hex(&u.data_area(len)),
+        vm.backing_md5(len),
+        "{what}: the data areas differ after the resync\n{}",
+        d.log_text()
+    );
+}
+
+/// `invalidate` and `invalidate-remote`, issued on either side, against a kernel peer. In 8.4
+/// they are cluster-wide state changes (P_STATE_CHG_REQ with conn StartingSyncT/S); the side
+/// that agrees applies the change at once, both sides set every bit, and the source's
+/// P_SYNC_UUID starts the resync: no bitmap exchange (a kernel sends none). Each direction
+/// first corrupts 256 KiB of the future target's disk under the running node; the full
+/// resync must repair it.
+#[test]
+fn invalidate_and_invalidate_remote_with_a_kernel_peer() {
+    require_libnbd();
+    ensure_vm_built();
+    let ports = Ports {
+        hp: 17351,
+        pp: 17352,
+        ap: 17353,
+        // The kernel's peer port: nothing listens there.
+        dead: 17352,
+        udrbd_listen: 17354,
+        udrbd_peer: 17351,
+    };
+    ports.check_free();
+    let t0 = Instant::now();
+    let u = Udrbd::prepare(ports);
+    let vm = KernelVm::start(&u.vm_dir(), "kinv", ports);
+    let d = u.start();
+    wait_connected(&d, &vm);
+    full_sync_then_writes(&u, &d, &vm);
+
+    // udrbd Primary, the kernel Secondary.
+    corrupt_guest(&vm, 1 << 20);
+    full_resync(
+        "the kernel's invalidate",
+        &u,
+        &d,
+        &vm,
+        "SyncSource",
+        &|| {
+            vm.exec("drbdsetup-84 invalidate 0 2>&1");
+        },
+    );
+    corrupt_guest(&vm, 6 << 20);
+    full_resync(
+        "udrbd's invalidate-remote",
+        &u,
+        &d,
+        &vm,
+        "SyncSource",
+        &|| {
+            d.ok(&["invalidate-remote", "r0"]);
+        },
+    );
+    // Both Secondary: the kernel is the source now.
+    d.ok(&["secondary", "r0"]);
+    corrupt_udrbd(&u, 3 << 20);
+    full_resync("udrbd's invalidate", &u, &d, &vm, "SyncTarget", &|| {
+        d.ok(&["invalidate", "r0"]);
+    });
+    corrupt_udrbd(&u, 9 << 20);
+    full_resync(
+        "the kernel's invalidate-remote",
+        &u,
+        &d,
+        &vm,
+        "SyncTarget",
+        &|| {
+            vm.exec("drbdsetup-84 invalidate-remote 0 2>&1");
+        },
+    );
+    vm.assert_clean_dmesg(&|| d.log_text());
+    eprintln!("total {:.1?}", t0.elapsed());
+}
