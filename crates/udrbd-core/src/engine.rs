@@ -321,7 +321,8 @@ pub struct Status {
     pub disk: DiskState,
     /// Number of openers (NBD clients).
     pub openers: u32,
-    /// Exported size in bytes (0 without a disk).
+    /// The device size in bytes: the local disk's, or without one the size agreed with the
+    /// peer (0 when neither).
     pub size_bytes: u64,
     /// Bytes marked out of sync in the bitmap.
     pub out_of_sync_bytes: u64,
@@ -582,7 +583,10 @@ impl Resource {
             role: self.role,
             disk: self.disk_state,
             openers: self.openers,
-            size_bytes: self.disk.as_ref().map_or(0, |d| d.size_sect * 512),
+            // A diskless node's device has the size agreed with the peer (DRBD sets its
+            // capacity from P_SIZES): a diskless Primary's export advertised 0 bytes to every
+            // NBD client that connected after the detach.
+            size_bytes: self.exported_size(),
             out_of_sync_bytes: self
                 .disk
                 .as_ref()

@@ -17,6 +17,9 @@
 //!   kernel's activity log) and the resync covers exactly the AL extents.
 //! - [`cram_hmac_against_the_kernel`]: sha1 and sha256 with a shared secret connect; a wrong
 //!   secret is refused by both sides.
+//! - [`detach_and_attach_while_connected_on_either_side`]: udrbd Primary detaches and serves
+//!   writes and reads through the kernel, then attaches and resyncs exactly what was written;
+//!   the kernel detaches and attaches, and gets exactly what udrbd wrote meanwhile.
 //!
 //! Every test ends with the guest's kernel log free of protocol errors. The tests need root
 //! (they fail without it) and about 300 MB of host memory per guest.
@@ -1018,6 +1021,169 @@ fn cram_hmac_against_the_kernel() {
     assert!(!vm.proc_drbd().contains("cs:Connected"));
     let cstate = d.ok(&["cstate", "r0"]).trim().to_string();
     assert_ne!(cstate, "Connected");
+    vm.assert_clean_dmesg(&|| d.log_text());
+    eprintln!("total {:.1?}", t_all.elapsed());
+}
+
+/// md5 of the whole device as read through udrbd's NBD export.
+fn nbd_md5(d: &TestDaemon, len: u64) -> String {
+    let script = r#"
+import sys, hashlib, nbd
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+size = int(sys.argv[2])
+m = hashlib.md5()
+for off in range(0, size, 1 << 20):
+    m.update(h.pread(min(1 << 20, size - off), off))
+print(m.hexdigest())
+h.shutdown()
+"#;
+    nbd_python(&d.uri("r0"), script, &[&len.to_string()], &|| d.log_text())
+        .trim()
+        .to_string()
+}
+
+/// The disk-failure side of the matrix: a detach and an attach while connected, on either
+/// side (udrbd Primary, the kernel Secondary).
+///
+/// - udrbd detaches: a diskless Primary, it serves writes and reads through the kernel (the
+///   export reads what the kernel holds) and leaves its backing file alone; the kernel marks
+///   the written blocks out of sync. udrbd attaches again: the resync from the kernel moves
+///   exactly those blocks.
+/// - The kernel detaches: udrbd marks what it writes meanwhile; the kernel attaches again and
+///   the resync to it moves exactly those blocks.
+#[test]
+fn detach_and_attach_while_connected_on_either_side() {
+    let ports = test_prelude(17440);
+    let t_all = Instant::now();
+    let u = Udrbd::prepare_with(
+        ports,
+        UdrbdOptions {
+            net: UDRBD_NET.into(),
+            ..UdrbdOptions::default()
+        },
+    );
+    let vm = KernelVm::start_args(
+        &u.vm_dir(),
+        "kdet",
+        ports,
+        &[
+            "--net-opts",
+            KERNEL_NET,
+            "--disk-opts",
+            KERNEL_DISK,
+            "--no-wait",
+        ],
+    );
+    let d = u.start();
+    let o = d.cli(&["wait-connect", "r0", "--timeout", "180"]);
+    assert!(o.status.success(), "{}\n{}", d.log_text(), vm.log_tail());
+    vm.wait("cs:Connected", WAIT, &|| d.log_text());
+    let len = guest_size_kib(&vm) * 1024;
+    d.ok(&["primary", "r0", "--force"]);
+    vm.wait(
+        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    eprintln!("full sync done at {:.1?}", t_all.elapsed());
+
+    // udrbd detaches and goes on as a diskless Primary.
+    let own_before = md5_hex(&u.data_area(len));
+    d.ok(&["detach", "r0"]);
+    wait_udrbd(&d, "Connected", "Diskless/UpToDate", WAIT);
+    vm.wait("ds:UpToDate/Diskless", WAIT, &|| d.log_text());
+    let k0 = vm.counters();
+    let blocks = scattered_blocks(50, len / 4096);
+    nbd_write_random_blocks(&d, &blocks);
+    let guest = vm.backing_md5(len);
+    assert_eq!(
+        nbd_md5(&d, len),
+        guest,
+        "the diskless Primary's export does not read what the kernel holds\n{}",
+        d.log_text()
+    );
+    assert_eq!(
+        md5_hex(&u.data_area(len)),
+        own_before,
+        "udrbd's detached backing file changed"
+    );
+    // (The reads above came from the kernel: udrbd's `received` and the kernel's `ns:` count
+    // them; the resync's share is counted from here.)
+    let k1 = vm.counters();
+    let (received0, _, _) = udrbd_counters(&d);
+    assert_eq!(
+        (k1.nr - k0.nr, k1.oos),
+        (200, 200),
+        "the kernel received {k1:?} (before: {k0:?}) for 50 blocks written by the diskless \
+         Primary"
+    );
+    d.ok(&["attach", "r0"]);
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    vm.wait(
+        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    let (received1, _, _) = udrbd_counters(&d);
+    let k2 = vm.counters();
+    eprintln!(
+        "udrbd detached and attached: kernel {k0:?} -> {k2:?}, udrbd received {received0} -> \
+         {received1} KiB"
+    );
+    assert_eq!(
+        (received1 - received0, k2.ns - k1.ns),
+        (200, 200),
+        "the resync after udrbd's attach did not move exactly the 200 KiB written meanwhile"
+    );
+    assert_eq!(
+        md5_hex(&u.data_area(len)),
+        guest,
+        "data differs after udrbd's attach"
+    );
+
+    // The kernel detaches; udrbd marks what it writes; the kernel attaches again.
+    vm.exec("drbdsetup-84 detach 0 2>&1");
+    vm.wait("ds:Diskless/UpToDate", WAIT, &|| d.log_text());
+    wait_udrbd(&d, "Connected", "UpToDate/Diskless", WAIT);
+    let blocks = scattered_blocks(50, len / 4096);
+    nbd_write_random_blocks(&d, &blocks);
+    let (_, sent0, oos) = udrbd_counters(&d);
+    assert_eq!(
+        oos, 200,
+        "udrbd's out-of-sync after 50 writes to a diskless peer"
+    );
+    let k3 = vm.counters();
+    // As `drbdadm attach`: apply-al first (8.4 refuses meta-data whose activity log was not
+    // cleaned, and a detach leaves it so).
+    vm.exec(&format!(
+        "drbdmeta 0 v08 /dev/ram0 internal apply-al 2>&1 && \
+         drbdsetup-84 attach 0 /dev/ram0 /dev/ram0 internal {KERNEL_DISK} 2>&1"
+    ));
+    vm.wait(
+        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    let (_, sent1, oos) = udrbd_counters(&d);
+    let k4 = vm.counters();
+    eprintln!(
+        "the kernel detached and attached: kernel {k3:?} -> {k4:?}, udrbd sent {sent0} -> {sent1} KiB"
+    );
+    assert_eq!(oos, 0);
+    // (The kernel's counters start at 0 with its attach.)
+    assert_eq!(
+        (sent1 - sent0, k4.nr),
+        (200, 200),
+        "the resync after the kernel's attach did not move exactly the 200 KiB written meanwhile"
+    );
+    assert_eq!(
+        vm.backing_md5(len),
+        md5_hex(&u.data_area(len)),
+        "data differs after the kernel's attach"
+    );
     vm.assert_clean_dmesg(&|| d.log_text());
     eprintln!("total {:.1?}", t_all.elapsed());
 }
