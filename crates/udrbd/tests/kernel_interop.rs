@@ -20,6 +20,8 @@
 //! - [`detach_and_attach_while_connected_on_either_side`]: udrbd Primary detaches and serves
 //!   writes and reads through the kernel, then attaches and resyncs exactly what was written;
 //!   the kernel detaches and attaches, and gets exactly what udrbd wrote meanwhile.
+//! - [`protocol_a_against_the_kernel`], [`protocol_b_against_the_kernel`]: replication both
+//!   ways under protocols A and B (the other tests run C).
 //!
 //! Every test ends with the guest's kernel log free of protocol errors. The tests need root
 //! (they fail without it) and about 300 MB of host memory per guest.
@@ -1186,4 +1188,131 @@ fn detach_and_attach_while_connected_on_either_side() {
     );
     vm.assert_clean_dmesg(&|| d.log_text());
     eprintln!("total {:.1?}", t_all.elapsed());
+}
+
+/// Waits until udrbd's data area equals the guest's backing device.
+fn wait_same_data(u: &Udrbd, d: &TestDaemon, vm: &KernelVm, len: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (host, guest) = (md5_hex(&u.data_area(len)), vm.backing_md5(len));
+        if host == guest {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the data areas still differ after 30 s\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Replication under protocol `proto` (A or B) both ways: udrbd Primary writes through its
+/// export (a flush waits for the kernel's barrier ack, so the data is on the guest's disk
+/// when it returns); then the kernel is Primary and writes with O_DIRECT + fsync (under A and
+/// B the guest's write does not wait for udrbd's disk: the test waits for the data); then
+/// udrbd is Primary again. A receiver that answered with the wrong ack (P_WRITE_ACK under B,
+/// any ack under A) would stall or confuse the other side.
+fn replication_under(proto: &str, base: u16) {
+    let ports = test_prelude(base);
+    let t_all = Instant::now();
+    let u = Udrbd::prepare_with(
+        ports,
+        UdrbdOptions {
+            net: UDRBD_NET.replace("protocol C", &format!("protocol {proto}")),
+            ..UdrbdOptions::default()
+        },
+    );
+    let vm = KernelVm::start_args(
+        &u.vm_dir(),
+        &format!("kproto{proto}"),
+        ports,
+        &[
+            "--protocol",
+            proto,
+            "--net-opts",
+            KERNEL_NET,
+            "--disk-opts",
+            KERNEL_DISK,
+            "--no-wait",
+        ],
+    );
+    let d = u.start();
+    let o = d.cli(&["wait-connect", "r0", "--timeout", "180"]);
+    assert!(o.status.success(), "{}\n{}", d.log_text(), vm.log_tail());
+    vm.wait("cs:Connected", WAIT, &|| d.log_text());
+    let proc_drbd = vm.proc_drbd();
+    assert!(
+        proc_drbd.contains(&format!(" {proto} r-")),
+        "the guest does not run protocol {proto}: {proc_drbd}"
+    );
+    let len = guest_size_kib(&vm) * 1024;
+    d.ok(&["primary", "r0", "--force"]);
+    vm.wait(
+        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+
+    // udrbd Primary: writes and a flush through the export.
+    let k0 = vm.counters();
+    nbd_write_random_blocks(&d, &scattered_blocks(100, len / 4096));
+    let k1 = vm.counters();
+    assert_eq!(
+        k1.nr - k0.nr,
+        400,
+        "the kernel received {k1:?} (before {k0:?})"
+    );
+    assert_eq!(
+        md5_hex(&u.data_area(len)),
+        vm.backing_md5(len),
+        "protocol {proto}: udrbd's flush returned before its writes were on the kernel's disk\n{}",
+        d.log_text()
+    );
+
+    // The kernel Primary.
+    d.ok(&["secondary", "r0"]);
+    vm.exec("drbdsetup-84 primary 0 2>&1");
+    for (i, off_kib) in [0u64, 1236, 4064, len / 1024 - 4].into_iter().enumerate() {
+        vm.exec(&format!(
+            "dd if=/dev/urandom of=/tmp/w{i} bs=4096 count=1 2>/dev/null && \
+             dd if=/tmp/w{i} of=/dev/drbd0 bs=4096 seek={} oflag=direct,seek_bytes conv=fsync 2>&1",
+            off_kib << 10
+        ));
+    }
+    wait_same_data(
+        &u,
+        &d,
+        &vm,
+        len,
+        &format!("protocol {proto}, the kernel's writes"),
+    );
+    vm.exec("drbdsetup-84 secondary 0 2>&1");
+
+    // udrbd Primary again.
+    d.ok(&["primary", "r0"]);
+    nbd_write_random_blocks(&d, &scattered_blocks(20, len / 4096));
+    assert_eq!(
+        md5_hex(&u.data_area(len)),
+        vm.backing_md5(len),
+        "protocol {proto}: data differs after udrbd's second round of writes\n{}",
+        d.log_text()
+    );
+    assert!(vm.proc_drbd().contains("oos:0"), "{}", vm.proc_drbd());
+    assert_eq!(d.ok(&["dstate", "r0"]).trim(), "UpToDate/UpToDate");
+    vm.assert_clean_dmesg(&|| d.log_text());
+    eprintln!("protocol {proto}: total {:.1?}", t_all.elapsed());
+}
+
+/// Protocol A against the kernel, both directions (see [`replication_under`]).
+#[test]
+fn protocol_a_against_the_kernel() {
+    replication_under("A", 17450);
+}
+
+/// Protocol B against the kernel, both directions (see [`replication_under`]).
+#[test]
+fn protocol_b_against_the_kernel() {
+    replication_under("B", 17460);
 }
