@@ -2337,6 +2337,15 @@ impl Resource {
         let now = self.now;
         let sb_version = self.disk.as_ref().map_or(0, |d| d.sb_version);
         let config = self.peer.as_ref().expect("peer").config.resync;
+        // Requests of an earlier resync still in flight: their answers carry the old tag and
+        // are dropped, so their range locks (which kept writes from landing under a reply
+        // in flight) have nothing left to guard.
+        let stale: Vec<u64> = std::mem::take(&mut self.rs_request_locks)
+            .into_values()
+            .collect();
+        for lock in stale {
+            self.unlock(Some(lock));
+        }
         let link = self.link_mut();
         link.rs_requests.clear();
         link.rs_sect_in = 0;
