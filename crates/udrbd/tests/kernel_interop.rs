@@ -1027,6 +1027,51 @@ fn cram_hmac_against_the_kernel() {
     eprintln!("total {:.1?}", t_all.elapsed());
 }
 
+/// udrbd (16 MiB of random data) and a guest `name`, both on protocol `proto`, connected;
+/// udrbd `primary --force` and the full sync to the kernel done. Returns the data area's
+/// length in bytes too.
+fn synced_pair(ports: Ports, name: &str, proto: &str) -> (Udrbd, KernelVm, TestDaemon, u64) {
+    let u = Udrbd::prepare_with(
+        ports,
+        UdrbdOptions {
+            net: UDRBD_NET.replace("protocol C", &format!("protocol {proto}")),
+            ..UdrbdOptions::default()
+        },
+    );
+    let vm = KernelVm::start_args(
+        &u.vm_dir(),
+        name,
+        ports,
+        &[
+            "--protocol",
+            proto,
+            "--net-opts",
+            KERNEL_NET,
+            "--disk-opts",
+            KERNEL_DISK,
+            "--no-wait",
+        ],
+    );
+    let d = u.start();
+    let o = d.cli(&["wait-connect", "r0", "--timeout", "180"]);
+    assert!(o.status.success(), "{}\n{}", d.log_text(), vm.log_tail());
+    vm.wait("cs:Connected", WAIT, &|| d.log_text());
+    let proc_drbd = vm.proc_drbd();
+    assert!(
+        proc_drbd.contains(&format!(" {proto} r-")),
+        "the guest does not run protocol {proto}: {proc_drbd}"
+    );
+    let len = guest_size_kib(&vm) * 1024;
+    d.ok(&["primary", "r0", "--force"]);
+    vm.wait(
+        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    (u, vm, d, len)
+}
+
 /// md5 of the whole device as read through udrbd's NBD export.
 fn nbd_md5(d: &TestDaemon, len: u64) -> String {
     let script = r#"
@@ -1058,37 +1103,7 @@ h.shutdown()
 fn detach_and_attach_while_connected_on_either_side() {
     let ports = test_prelude(17440);
     let t_all = Instant::now();
-    let u = Udrbd::prepare_with(
-        ports,
-        UdrbdOptions {
-            net: UDRBD_NET.into(),
-            ..UdrbdOptions::default()
-        },
-    );
-    let vm = KernelVm::start_args(
-        &u.vm_dir(),
-        "kdet",
-        ports,
-        &[
-            "--net-opts",
-            KERNEL_NET,
-            "--disk-opts",
-            KERNEL_DISK,
-            "--no-wait",
-        ],
-    );
-    let d = u.start();
-    let o = d.cli(&["wait-connect", "r0", "--timeout", "180"]);
-    assert!(o.status.success(), "{}\n{}", d.log_text(), vm.log_tail());
-    vm.wait("cs:Connected", WAIT, &|| d.log_text());
-    let len = guest_size_kib(&vm) * 1024;
-    d.ok(&["primary", "r0", "--force"]);
-    vm.wait(
-        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
-        WAIT,
-        &|| d.log_text(),
-    );
-    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    let (u, vm, d, len) = synced_pair(ports, "kdet", "C");
     eprintln!("full sync done at {:.1?}", t_all.elapsed());
 
     // udrbd detaches and goes on as a diskless Primary.
@@ -1216,44 +1231,7 @@ fn wait_same_data(u: &Udrbd, d: &TestDaemon, vm: &KernelVm, len: u64, what: &str
 fn replication_under(proto: &str, base: u16) {
     let ports = test_prelude(base);
     let t_all = Instant::now();
-    let u = Udrbd::prepare_with(
-        ports,
-        UdrbdOptions {
-            net: UDRBD_NET.replace("protocol C", &format!("protocol {proto}")),
-            ..UdrbdOptions::default()
-        },
-    );
-    let vm = KernelVm::start_args(
-        &u.vm_dir(),
-        &format!("kproto{proto}"),
-        ports,
-        &[
-            "--protocol",
-            proto,
-            "--net-opts",
-            KERNEL_NET,
-            "--disk-opts",
-            KERNEL_DISK,
-            "--no-wait",
-        ],
-    );
-    let d = u.start();
-    let o = d.cli(&["wait-connect", "r0", "--timeout", "180"]);
-    assert!(o.status.success(), "{}\n{}", d.log_text(), vm.log_tail());
-    vm.wait("cs:Connected", WAIT, &|| d.log_text());
-    let proc_drbd = vm.proc_drbd();
-    assert!(
-        proc_drbd.contains(&format!(" {proto} r-")),
-        "the guest does not run protocol {proto}: {proc_drbd}"
-    );
-    let len = guest_size_kib(&vm) * 1024;
-    d.ok(&["primary", "r0", "--force"]);
-    vm.wait(
-        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
-        WAIT,
-        &|| d.log_text(),
-    );
-    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    let (u, vm, d, len) = synced_pair(ports, &format!("kproto{proto}"), proto);
 
     // udrbd Primary: writes and a flush through the export.
     let k0 = vm.counters();
