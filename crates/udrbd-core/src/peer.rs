@@ -1206,12 +1206,7 @@ impl Resource {
         let was_resyncing = link.resync.take().is_some();
         link.bm_receiver = None;
         self.timers.stop(Timer::ResyncStep);
-        let locks: Vec<u64> = std::mem::take(&mut self.rs_request_locks)
-            .into_values()
-            .collect();
-        for lock in locks {
-            self.unlock(Some(lock));
-        }
+        self.release_rs_request_locks();
         if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
             link.rs_requests.clear();
         }
@@ -1277,6 +1272,12 @@ impl Resource {
         if link.resync.is_some() {
             self.log(LogLevel::Warn, "resync interrupted".to_string());
         }
+        self.release_rs_request_locks();
+    }
+
+    /// Target: drops the range lock of every resync request in flight (their answers will
+    /// be dropped or will never come).
+    fn release_rs_request_locks(&mut self) {
         let locks: Vec<u64> = std::mem::take(&mut self.rs_request_locks)
             .into_values()
             .collect();
@@ -2340,12 +2341,7 @@ impl Resource {
         // Requests of an earlier resync still in flight: their answers carry the old tag and
         // are dropped, so their range locks (which kept writes from landing under a reply
         // in flight) have nothing left to guard.
-        let stale: Vec<u64> = std::mem::take(&mut self.rs_request_locks)
-            .into_values()
-            .collect();
-        for lock in stale {
-            self.unlock(Some(lock));
-        }
+        self.release_rs_request_locks();
         let link = self.link_mut();
         link.rs_requests.clear();
         link.rs_sect_in = 0;
