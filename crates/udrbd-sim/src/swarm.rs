@@ -1843,7 +1843,12 @@ impl Run {
             self.c.run_for(Duration::from_millis(500));
         }
         self.set_op("liveness: idle".into());
-        self.c.run_for(Duration::from_secs(2));
+        // Long enough for the lazy bitmap write-out armed by the last bit change (a resync
+        // clears bits up to its end) to fire and complete: that write is due work, not stuck
+        // work. With 2 s, a write-out armed 3 s before the check was in flight at it (swarm
+        // seed 19073).
+        let writeout = self.c.options().bitmap_writeout_interval;
+        self.c.run_for(writeout + Duration::from_secs(2));
         self.drain();
         self.check_idle();
         self.c.check_identical();
