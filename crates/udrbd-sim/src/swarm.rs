@@ -1845,8 +1845,8 @@ impl Run {
         self.set_op("liveness: idle".into());
         // Long enough for the lazy bitmap write-out armed by the last bit change (a resync
         // clears bits up to its end) to fire and complete: that write is due work, not stuck
-        // work. With 2 s, a write-out armed 3 s before the check was in flight at it (swarm
-        // seed 19073).
+        // work. With 2 s, a write-out armed 3 s before the wait began was in flight at the
+        // check (swarm seed 19073).
         let writeout = self.c.options().bitmap_writeout_interval;
         self.c.run_for(writeout + Duration::from_secs(2));
         self.drain();
