@@ -1214,18 +1214,18 @@ impl Resource {
         self.track_exposed_uuid();
     }
 
-    /// Keeps [`Resource::exposed_uuid`] current: the local disk's UUID while it serves; kept
-    /// while it does not (the peer's, when it serves, comes with its P_UUIDS:
-    /// `receive_uuids`); forgotten on demotion. Not the peer's UUIDs as last stored: those
-    /// can be stale (a peer that adopted a skip-initial-sync UUID sends none), and a stale
-    /// exposed UUID refused the peer's current data (DRBD sets ed_uuid from the local disk's
-    /// current UUID and, on a diskless Primary, from each P_UUIDS received).
+    /// Keeps [`Resource::exposed_uuid`] current: the local disk's UUID while it serves (not
+    /// while it detaches); kept while it does not (the peer's, when it serves, comes with its
+    /// P_UUIDS: `receive_uuids`); forgotten on demotion. Not the peer's UUIDs as last stored:
+    /// those can be stale (a peer that adopted a skip-initial-sync UUID sends none), and a
+    /// stale exposed UUID refused the peer's current data (DRBD sets ed_uuid from the local
+    /// disk's current UUID and, on a diskless Primary, from each P_UUIDS received).
     fn track_exposed_uuid(&mut self) {
         if self.role != Role::Primary {
             self.exposed_uuid = None;
             return;
         }
-        if self.disk_state == DiskState::UpToDate
+        if self.announced_disk_state() == DiskState::UpToDate
             && let Some(d) = self.disk.as_ref()
             && !matches!(self.pending, Some((_, Pending::Attach(_))))
         {

@@ -240,8 +240,13 @@ pub(crate) enum SentRequest {
         queued_end: u64,
         ack: WireProtocol,
     },
-    /// A read served by the peer.
-    Read { request: BlockRequestId },
+    /// A part of a read served by the peer: request, byte range (what its P_DATA_REPLY must
+    /// carry).
+    Read {
+        request: BlockRequestId,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// An epoch of writes received from the peer.
@@ -1072,6 +1077,18 @@ impl Resource {
         self.send_state_as(conn);
     }
 
+    /// The disk state the peer is told: D_FAILED from the start of a detach (see
+    /// `send_state_as`), else the local one.
+    pub(crate) fn announced_disk_state(&self) -> DiskState {
+        let detaching = matches!(self.pending, Some((_, Pending::Detach(_))))
+            && self.disk_state > DiskState::Failed;
+        if detaching {
+            DiskState::Failed
+        } else {
+            self.disk_state
+        }
+    }
+
     fn send_state_as(&mut self, conn: ConnState) {
         let Some(p) = self.peer.as_ref() else { return };
         if p.link.is_none() {
@@ -1082,13 +1099,7 @@ impl Resource {
         // and the peer must not count them as mirrored to an UpToDate disk, nor keep its
         // data generation (swarm seed 682: a protocol C write acknowledged "on an UpToDate
         // peer" that the detaching peer had refused, lost when both nodes crashed).
-        let detaching = matches!(self.pending, Some((_, Pending::Detach(_))))
-            && self.disk_state > DiskState::Failed;
-        let disk = if detaching {
-            DiskState::Failed
-        } else {
-            self.disk_state
-        };
+        let disk = self.announced_disk_state();
         let state = State {
             role: self.role,
             peer: p.peer_role,
@@ -1246,7 +1257,7 @@ impl Resource {
         for (_, sent) in link.sent {
             match sent {
                 SentRequest::Write { request, .. } => finished_requests.push((request, false)),
-                SentRequest::Read { request } => finished_requests.push((request, true)),
+                SentRequest::Read { request, .. } => finished_requests.push((request, true)),
             }
         }
         for (offset, len) in ranges {
@@ -1574,9 +1585,13 @@ impl Resource {
             self.go_standalone();
             return;
         }
-        if self.role == Role::Primary && self.disk_state < DiskState::Inconsistent {
+        if self.role == Role::Primary && self.announced_disk_state() < DiskState::Inconsistent {
             // A diskless Primary serves the peer's data: its generation is the one exposed
-            // now ("the peer just created a new current UUID for me").
+            // now ("the peer just created a new current UUID for me"). So does a detaching
+            // one, whose disk is D_FAILED to the peer: the peer's new current UUID arrives
+            // while the detach drains. Keeping the old one refused the peer's data at the
+            // next connect ("Can only connect to data with current UUID"), and a diskless
+            // Primary never reconnected after a network break.
             self.exposed_uuid = Some(u.current & !1);
         }
         if let Some(negotiation) = self.attach_negotiation.as_mut() {

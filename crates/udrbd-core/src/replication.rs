@@ -469,7 +469,14 @@ impl Resource {
                     pad: 0,
                 }),
             );
-            self.track_sent(block_id, SentRequest::Read { request: id });
+            self.track_sent(
+                block_id,
+                SentRequest::Read {
+                    request: id,
+                    offset: offset + done,
+                    len: n,
+                },
+            );
             parts += 1;
             done += n;
         }
@@ -542,6 +549,11 @@ impl Resource {
             self.link_mut().sent.remove(&block_id);
             self.net_part_done(request);
         }
+    }
+
+    /// What block id `block_id` of ours stands for on the current link, if anything.
+    fn sent_request(&self, block_id: u64) -> Option<SentRequest> {
+        self.link().and_then(|l| l.sent.get(&block_id)).copied()
     }
 
     /// One network part of a request is done.
@@ -618,21 +630,39 @@ impl Resource {
             Packet::DataRequest(r) => self.receive_read_request(r, false),
             Packet::RsDataRequest(r) => self.receive_read_request(r, true),
             Packet::RsDataReply(p) => self.receive_resync_reply(p),
+            // A block id answers only the kind of request it stands for; a reply that does
+            // not match leaves the entry in place, so that the connection's teardown still
+            // finds the request the part belongs to (a hostile peer's P_DATA_REPLY naming a
+            // write's block id otherwise orphaned that write for ever).
             Packet::DataReply(p) => {
                 let block_id = p.header.block_id.0;
-                match self.link_mut().sent.remove(&block_id) {
-                    Some(SentRequest::Read { request }) => {
+                match self.sent_request(block_id) {
+                    Some(SentRequest::Read {
+                        request,
+                        offset,
+                        len,
+                    }) if p.header.sector.checked_mul(512) == Some(offset)
+                        && p.data.len() as u64 == len =>
+                    {
+                        self.link_mut().sent.remove(&block_id);
                         if let Some(r) = self.requests.get_mut(&request) {
-                            r.read_parts.push((p.header.sector * 512, p.data));
+                            r.read_parts.push((offset, p.data));
                         }
                         self.net_part_done(request);
                         Ok(())
                     }
+                    Some(SentRequest::Read { offset, len, .. }) => Err(format!(
+                        "P_DATA_REPLY for block id {block_id:#x} carries sector {} and {} bytes, the request was sector {} and {len} bytes",
+                        p.header.sector,
+                        p.data.len(),
+                        offset / 512
+                    )),
                     _ => Err(format!("P_DATA_REPLY for unknown block id {block_id:#x}")),
                 }
             }
-            Packet::NegDReply(a) => match self.link_mut().sent.remove(&a.block_id.0) {
-                Some(SentRequest::Read { request }) => {
+            Packet::NegDReply(a) => match self.sent_request(a.block_id.0) {
+                Some(SentRequest::Read { request, .. }) => {
+                    self.link_mut().sent.remove(&a.block_id.0);
                     self.peer_read_failed(request);
                     Ok(())
                 }
@@ -641,15 +671,19 @@ impl Resource {
             Packet::RecvAck(a) | Packet::WriteAck(a) | Packet::RsWriteAck(a)
                 if a.block_id != BlockId::SYNCER =>
             {
-                let link = self.link_mut();
-                link.sent_with_bitmap.remove(&a.block_id.0);
-                match link.sent.remove(&a.block_id.0) {
+                match self.sent_request(a.block_id.0) {
                     Some(SentRequest::Write { request, .. }) => {
+                        let link = self.link_mut();
+                        link.sent_with_bitmap.remove(&a.block_id.0);
+                        link.sent.remove(&a.block_id.0);
                         self.net_part_done(request);
                         Ok(())
                     }
                     // Protocol A parts are done when sent; a late ack is fine.
-                    None => Ok(()),
+                    None => {
+                        self.link_mut().sent_with_bitmap.remove(&a.block_id.0);
+                        Ok(())
+                    }
                     Some(SentRequest::Read { .. }) => Err("write ack for a read".to_string()),
                 }
             }
@@ -659,7 +693,7 @@ impl Resource {
                 // application write that failed locally after the read completed before
                 // this ack came, and its mark was cleared: the target held the newer data,
                 // this disk the old, and no bit said so (swarm seed 61222).
-                let (start, len) = (a.sector * 512, u64::from(a.blksize));
+                let (start, len) = peer_range(a.sector, u64::from(a.blksize))?;
                 let link = self.link_mut();
                 if let Some(i) = link.rs_replies.iter().position(|&r| r == (start, len)) {
                     link.rs_replies.swap_remove(i);
@@ -668,26 +702,33 @@ impl Resource {
                 self.source_maybe_finished();
                 Ok(())
             }
-            Packet::NegAck(a) => {
-                let link = self.link_mut();
-                let in_bitmap = link.sent_with_bitmap.remove(&a.block_id.0);
-                match link.sent.remove(&a.block_id.0) {
-                    Some(SentRequest::Write {
-                        request,
-                        offset,
-                        len,
-                        ..
-                    }) => {
-                        // See `Link::sent_with_bitmap`.
-                        if !in_bitmap {
-                            self.mark_out_of_sync(offset, len);
-                        }
-                        self.net_write_failed(request);
+            Packet::NegAck(a) => match self.sent_request(a.block_id.0) {
+                Some(SentRequest::Write {
+                    request,
+                    offset,
+                    len,
+                    ..
+                }) => {
+                    let link = self.link_mut();
+                    let in_bitmap = link.sent_with_bitmap.remove(&a.block_id.0);
+                    link.sent.remove(&a.block_id.0);
+                    // See `Link::sent_with_bitmap`.
+                    if !in_bitmap {
+                        self.mark_out_of_sync(offset, len);
                     }
-                    _ => self.mark_out_of_sync(a.sector * 512, u64::from(a.blksize)),
+                    self.net_write_failed(request);
+                    Ok(())
                 }
-                Ok(())
-            }
+                Some(SentRequest::Read { .. }) => Err("P_NEG_ACK for a read".to_string()),
+                None => {
+                    // A resync write, or a protocol A write done when sent: the block is not
+                    // on the peer.
+                    let (start, len) = peer_range(a.sector, u64::from(a.blksize))?;
+                    self.link_mut().sent_with_bitmap.remove(&a.block_id.0);
+                    self.mark_out_of_sync(start, len);
+                    Ok(())
+                }
+            },
             Packet::NegRsDReply(a) | Packet::RsCancel(a) => {
                 if !self.answers_current_resync(a.block_id) {
                     // A request of an aborted resync (see `Resync::request_tag`).
@@ -735,7 +776,8 @@ impl Resource {
             Packet::OutOfSync(BlockDesc {
                 sector, blksize, ..
             }) => {
-                self.mark_out_of_sync(sector * 512, u64::from(blksize));
+                let (start, len) = peer_range(sector, u64::from(blksize))?;
+                self.mark_out_of_sync(start, len);
                 Ok(())
             }
             other => Err(format!(
@@ -751,7 +793,8 @@ impl Resource {
         let block_id = header.block_id.0;
         let flags = header.dp_flags;
         let size = self.disk.as_ref().map_or(0, |d| d.size_sect * 512);
-        if (sector * 512).checked_add(len).is_none_or(|e| e > size) && self.disk.is_some() {
+        let (start, _) = peer_range(sector, len)?;
+        if start + len > size && self.disk.is_some() {
             return Err(format!(
                 "write beyond the end of the device (sector {sector})"
             ));
@@ -1056,11 +1099,8 @@ impl Resource {
         }
         let readable = self.disk.is_some() && self.disk_state == DiskState::UpToDate;
         let size = self.disk.as_ref().map_or(0, |d| d.size_sect * 512);
-        if (r.sector * 512)
-            .checked_add(u64::from(len))
-            .is_none_or(|e| e > size)
-            && readable
-        {
+        let (start, _) = peer_range(r.sector, u64::from(len))?;
+        if start + u64::from(len) > size && readable {
             return Err(format!("read request beyond the end (sector {})", r.sector));
         }
         if !readable {
@@ -1449,6 +1489,17 @@ impl Resource {
             .filter(|w| w.link_gen == self.link_gen)
             .count() as u32
     }
+}
+
+/// The byte range of `len` bytes at a sector the peer named: a protocol error when it does
+/// not fit a byte offset (no honest peer names a sector past 2^55), so that later arithmetic
+/// on the range cannot overflow.
+fn peer_range(sector: u64, len: u64) -> Result<(u64, u64), String> {
+    sector
+        .checked_mul(512)
+        .filter(|start| start.checked_add(len).is_some())
+        .map(|start| (start, len))
+        .ok_or_else(|| format!("sector {sector} (+{len} bytes) is out of range"))
 }
 
 /// Removes from `ranges` every (offset, bytes) range that overlaps [offset, offset + len).

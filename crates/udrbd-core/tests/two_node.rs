@@ -12,6 +12,7 @@ use bytes::Bytes;
 use udrbd_core::connection::{ConnId, OUTGOING_CONN_ID_BASE};
 use udrbd_core::*;
 use udrbd_meta::MetaDiskKind;
+use udrbd_wire::{DataHeader, DataPacket, DecodeContext, Deframer, HeaderFormat, Packet};
 
 mod support;
 use support::MemDisk;
@@ -695,4 +696,208 @@ fn a_write_racing_a_resync_request_for_the_same_block_completes() {
     });
     assert_eq!(c.data_area(0), c.data_area(1));
     assert_eq!(&c.data_area(1)[..4096], &pattern(77, 4096)[..]);
+}
+
+// ---- a peer that sends what no honest peer sends ----------------------------------------
+// (found by the simulator's hostile-peer runs, udrbd_sim::hostile)
+
+impl Cluster {
+    /// Delivers everything in flight (locally: a partition holds the network's part).
+    fn settle(&mut self) {
+        while !self.disk_ops.is_empty() || !self.queue.is_empty() {
+            self.step();
+        }
+    }
+
+    /// The packets a partition holds for node `to`, per socket of `to`, decoded.
+    fn held_packets(&self, to: usize) -> Vec<(ConnId, Packet)> {
+        let mut streams: BTreeMap<ConnId, Vec<u8>> = BTreeMap::new();
+        for (j, input) in &self.held {
+            if let (true, Input::Peer(PeerInput::Received { conn, bytes })) = (*j == to, input) {
+                streams.entry(*conn).or_default().extend_from_slice(bytes);
+            }
+        }
+        let mut packets = Vec::new();
+        for (conn, bytes) in streams {
+            let mut deframer = Deframer::new(DecodeContext::new(HeaderFormat::Long));
+            deframer.push(&bytes);
+            while let Some(frame) = deframer.next_frame().expect("an honest stream") {
+                packets.push((conn, frame.packet));
+            }
+        }
+        packets
+    }
+
+    /// Ends the partition, dropping what it held, and has node `i` receive `packet` on its
+    /// socket `conn` as if its peer had sent it.
+    fn inject(&mut self, i: usize, conn: ConnId, packet: &Packet) {
+        self.held.clear();
+        self.partitioned = false;
+        let bytes = packet.encode(0, HeaderFormat::Long).unwrap().to_vec();
+        self.queue.push_back((
+            i,
+            Input::Peer(PeerInput::Received {
+                conn,
+                bytes: Bytes::from(bytes),
+            }),
+        ));
+    }
+
+    /// Node `i`'s end of the socket whose other end is node `j`'s `conn`.
+    fn other_end(&self, j: usize, conn: ConnId) -> ConnId {
+        self.links[&(j, conn)].1
+    }
+}
+
+/// The packet `to` would have received first on any socket, of the kind `want` picks.
+fn first_held<T>(c: &Cluster, to: usize, want: impl Fn(&Packet) -> Option<T>) -> (ConnId, T) {
+    c.held_packets(to)
+        .iter()
+        .find_map(|(conn, p)| want(p).map(|t| (*conn, t)))
+        .expect("the packet is held")
+}
+
+/// A P_DATA_REPLY naming the block id of a write: a protocol error, and the write still
+/// completes. Taking the id out of the sent table before checking its kind orphaned the
+/// write: the teardown did not find its network part, so it never completed, and the next
+/// link broke `invariants()` ("network parts: 0 sent, 1 awaited").
+#[test]
+fn a_data_reply_naming_a_write_is_a_protocol_error_and_the_write_still_completes() {
+    let mut c = synced_pair();
+    c.settle();
+    c.partitioned = true;
+    let id = c.request(0, |id| BlockRequest::Write {
+        id,
+        offset: 8192,
+        data: Bytes::from(pattern(5, 4096)),
+        fua: false,
+    });
+    c.settle();
+    let (conn, header) = first_held(&c, 1, |p| match p {
+        Packet::Data(d) => Some(d.header),
+        _ => None,
+    });
+    let reply = Packet::DataReply(DataPacket {
+        header: DataHeader {
+            seq_num: 0,
+            dp_flags: Default::default(),
+            ..header
+        },
+        digest: Default::default(),
+        data: Bytes::from(vec![0u8; 4096]),
+    });
+    let alice_end = c.other_end(1, conn);
+    c.inject(0, alice_end, &reply);
+    assert_eq!(c.wait(0, id), Ok(None), "the write completes");
+    let error = c.status(0).peer.unwrap().last_error.unwrap();
+    assert!(error.contains("P_DATA_REPLY"), "{error}");
+    // The pair reconnects and resyncs the block bob never got.
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected) && c.status(1).disk == DiskState::UpToDate
+    });
+    assert_eq!(c.data_area(0), c.data_area(1));
+    assert_eq!(&c.data_area(1)[8192..12288], &pattern(5, 4096)[..]);
+}
+
+/// A P_DATA_REPLY for a read served by the peer must carry the sector and length asked
+/// for; one that does not is a protocol error, and the read fails rather than returning
+/// those bytes (they were returned as the read's data).
+#[test]
+fn a_data_reply_for_the_wrong_sector_fails_the_read_instead_of_answering_it() {
+    let mut c = synced_pair();
+    c.command(0, AdminCommand::Detach { force: false }).unwrap();
+    assert_eq!(c.status(0).disk, DiskState::Diskless);
+    c.settle();
+    c.partitioned = true;
+    let id = c.request(0, |id| BlockRequest::Read {
+        id,
+        offset: 8192,
+        len: 4096,
+    });
+    c.settle();
+    let (conn, request) = first_held(&c, 1, |p| match p {
+        Packet::DataRequest(r) => Some(*r),
+        _ => None,
+    });
+    assert_eq!(request.sector, 16);
+    let wrong = Packet::DataReply(DataPacket {
+        header: DataHeader {
+            sector: request.sector + 8,
+            block_id: request.block_id,
+            seq_num: 0,
+            dp_flags: Default::default(),
+        },
+        digest: Default::default(),
+        data: Bytes::from(pattern(99, 4096)),
+    });
+    let alice_end = c.other_end(1, conn);
+    c.inject(0, alice_end, &wrong);
+    assert_eq!(
+        c.wait(0, id),
+        Err(BlockError::Io),
+        "no disk and no peer: EIO"
+    );
+    let error = c.status(0).peer.unwrap().last_error.unwrap();
+    assert!(error.contains("sector 24"), "{error}");
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected)
+    });
+    assert_eq!(c.read(0, 8192, 4096), &c.data_area(1)[8192..12288]);
+}
+
+/// A sector whose byte offset does not fit 64 bits is a named protocol error (it overflowed
+/// `sector * 512`: a panic with overflow checks, a wrapped offset without).
+#[test]
+fn a_sector_past_two_to_the_55_is_a_protocol_error() {
+    for sector in [u64::MAX, 1 << 55, (1 << 55) - 1] {
+        let mut c = synced_pair();
+        c.settle();
+        let (&(_, conn), _) = c
+            .links
+            .iter()
+            .find(|((n, _), _)| *n == 1)
+            .expect("a socket of bob");
+        let packet = Packet::OutOfSync(udrbd_wire::BlockDesc {
+            sector,
+            blksize: 4096,
+            pad: 0,
+        });
+        c.partitioned = true;
+        c.inject(1, conn, &packet);
+        c.run_until(Duration::from_secs(5), |c| c.conn(1) < ConnState::Connected);
+        let error = c.status(1).peer.unwrap().last_error.unwrap();
+        assert!(error.contains("out of range"), "sector {sector}: {error}");
+    }
+}
+
+/// A Primary whose disk detached serves through its peer, and after a network break it
+/// reconnects to that peer. The peer makes a new current UUID when the Primary's disk goes
+/// (DRBD's "lost contact to peer's copy of the data"); its P_UUIDS arrived while the detach
+/// was still draining, and the Primary, whose disk state was still UpToDate locally
+/// (D_FAILED to the peer), kept exposing its old UUID: after the break it refused the peer's
+/// data for ever ("Can only connect to data with current UUID").
+#[test]
+fn a_diskless_primary_reconnects_to_its_peer_after_a_network_break() {
+    let mut c = synced_pair();
+    c.command(0, AdminCommand::Detach { force: false }).unwrap();
+    c.write(0, 4096, pattern(61, 4096)).unwrap();
+    c.settle();
+    let (&(_, conn), _) = c
+        .links
+        .iter()
+        .find(|((n, _), _)| *n == 1)
+        .expect("a socket of bob");
+    c.queue.push_back((
+        1,
+        Input::Peer(PeerInput::Received {
+            conn,
+            bytes: Bytes::from_static(b"this is not a DRBD packet at all"),
+        }),
+    ));
+    c.run_until(Duration::from_secs(5), |c| c.conn(1) < ConnState::Connected);
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected)
+    });
+    assert_eq!(c.status(0).disk, DiskState::Diskless);
+    assert_eq!(c.read(0, 4096, 4096), pattern(61, 4096));
 }
