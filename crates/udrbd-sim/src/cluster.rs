@@ -75,6 +75,7 @@ pub use udrbd_wire::WireProtocol;
 use crate::checker::{self, Checker};
 use crate::disk::SimDisk;
 use crate::net::{NetConnId, NetEvent, NodeId, SimNet};
+use crate::tamper::{Tamper, TamperCounts};
 
 /// Bytes per sector, the granularity of the write model.
 pub const SECTOR: u64 = 512;
@@ -414,6 +415,10 @@ pub struct Cluster {
     journal: Vec<JournalEntry>,
     /// A last word on each node's configuration that may capture state.
     configure_dyn: Option<ConfigureHook>,
+    /// Packets altered on the way ([`Cluster::set_tamper`]).
+    tamper: Tamper,
+    /// Tampering was on at some point: the checks that assume honest peers are off.
+    tampered: bool,
 }
 
 /// A hook that alters a node's configuration (it may capture state, unlike
@@ -500,6 +505,11 @@ impl Cluster {
             context: String::new(),
             journal: Vec::new(),
             configure_dyn: configure,
+            tamper: Tamper::new(
+                ChaCha8Rng::seed_from_u64(derive_seed(seed, 0x7A, 0)),
+                options.device_bytes / SECTOR,
+            ),
+            tampered: false,
         };
         for i in 0..options.nodes {
             let mut disk = SimDisk::new(options.device_bytes, derive_seed(seed, i as u64, 0xD15C));
@@ -712,6 +722,20 @@ impl Cluster {
     /// Lets what `from` sends on `conn` flow again (after `net().stall(conn, from)`).
     pub fn unstall(&mut self, conn: NetConnId, from: NodeId) {
         self.net.unstall(self.now, conn, from);
+    }
+
+    /// Alters a share of the packets every node sends from now on (parts per million of
+    /// them, 0: none; see [`crate::tamper`]). Once it was on, the cluster's own checks that
+    /// assume honest peers (two Primaries connected, replicas equal at a resync's end) are
+    /// off for the rest of the run; `invariants()` after every step stays on.
+    pub fn set_tamper(&mut self, per_million: u32) {
+        self.tamper.per_million = per_million;
+        self.tampered |= per_million > 0;
+    }
+
+    /// What the tampering did so far.
+    pub fn tamper_counts(&self) -> TamperCounts {
+        self.tamper.counts
     }
 
     /// The network (for counters and finer faults).
@@ -1564,9 +1588,12 @@ impl Cluster {
                     .last()
                     .map(|(_, s)| *s);
                 self.record_state(node);
-                self.check_primaries();
-                if let Some(before) = before {
-                    self.check_resync_done(node, before);
+                if !self.tampered {
+                    // Both judge the engines by the data and states an honest peer gives.
+                    self.check_primaries();
+                    if let Some(before) = before {
+                        self.check_resync_done(node, before);
+                    }
                 }
             }
             Event::CommandDone { id, result } => {
@@ -1708,11 +1735,10 @@ impl Cluster {
                     self.fail(&format!("node {node} sends on unconnected socket {conn:?}"));
                 };
                 let bytes = (head.len() + data.len()) as u64;
-                if !head.is_empty() {
-                    self.net.send(now, node, net, head);
-                }
-                if !data.is_empty() {
-                    self.net.send(now, node, net, data);
+                for segment in self.tamper.packet(node, conn, head, data) {
+                    if !segment.is_empty() {
+                        self.net.send(now, node, net, segment);
+                    }
                 }
                 // The socket took it all: one report covers consecutive sends on a socket
                 // (the kernel reports cumulative progress too).

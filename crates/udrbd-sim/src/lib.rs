@@ -16,9 +16,11 @@ pub mod bench;
 pub mod checker;
 pub mod cluster;
 pub mod disk;
+pub mod hostile;
 pub mod net;
 pub mod single;
 pub mod swarm;
+pub mod tamper;
 pub mod workload;
 
 pub use checker::{Checker, SimFailure};

@@ -12,16 +12,19 @@
 //! vopr --block B                every change of the model's knowledge of block B, and why
 //! vopr --bench                  the speed benchmark (see `bench` below)
 //! vopr --epochs E [--full-sync] the older epoch workload (udrbd_sim::workload)
+//! vopr --hostile ...            hostile-peer runs instead of the swarm (udrbd_sim::hostile;
+//!                               --seed, --seeds, --minutes, --threads, --ops as above)
 //! ```
 //!
 //! A failure prints the seed, the checker, the drawn parameters and the cluster's state, and
 //! the exit status is 1. Every run prints the summed fault and event counts.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use udrbd_sim::swarm::{SwarmCounts, SwarmFailure, SwarmOptions, run_seed};
+use udrbd_sim::hostile::{HostileCounts, HostileOptions, run_hostile};
+use udrbd_sim::swarm::{SwarmCounts, SwarmOptions, run_seed};
 use udrbd_sim::workload::{WorkloadOptions, run};
 
 struct Args {
@@ -36,6 +39,7 @@ struct Args {
     bench: bool,
     epochs: Option<u64>,
     full_sync: bool,
+    hostile: bool,
 }
 
 fn parse() -> Args {
@@ -51,6 +55,7 @@ fn parse() -> Args {
         bench: false,
         epochs: None,
         full_sync: false,
+        hostile: false,
     };
     let mut count = None;
     let mut args = std::env::args().skip(1);
@@ -90,6 +95,7 @@ fn parse() -> Args {
             "--bench" => a.bench = true,
             "--epochs" => a.epochs = Some(number("--epochs", value("--epochs"))),
             "--full-sync" => a.full_sync = true,
+            "--hostile" => a.hostile = true,
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -116,6 +122,62 @@ fn main() {
     if !args.trace && args.trace_block.is_none() {
         std::panic::set_hook(Box::new(|_| {}));
     }
+    let options = SwarmOptions {
+        ops: args.ops,
+        trace: args.trace,
+        trace_block: args.trace_block,
+        ..SwarmOptions::default()
+    };
+    let hostile = HostileOptions { ops: args.ops };
+    let failed = if args.hostile {
+        let run = |seed| {
+            run_hostile(seed, &hostile).map_err(|f| Failed {
+                text: format!(
+                    "seed {seed} failed the {} checker (replay: vopr --hostile --seed {seed})\n{}",
+                    f.checker, f.message
+                ),
+                summary: format!(
+                    "seed {seed} ({} checker): vopr --hostile --seed {seed}",
+                    f.checker
+                ),
+            })
+        };
+        run_seeds(&args, run, HostileCounts::add)
+    } else {
+        let run = |seed| {
+            let report = run_seed(seed, &options).map_err(|f| Failed {
+                text: f.to_string(),
+                summary: format!("seed {seed} ({} checker): vopr --seed {seed}", f.checker),
+            })?;
+            if args.verbose {
+                println!(
+                    "seed {seed}: ok, hash {:016x}: {}",
+                    report.hash, report.counts
+                );
+            }
+            Ok(report.counts)
+        };
+        run_seeds(&args, run, SwarmCounts::add)
+    };
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+/// A failed seed, as printed.
+struct Failed {
+    text: String,
+    summary: String,
+}
+
+/// Runs the seeds of `args` on its threads; prints every failure, then the summed counts and
+/// a replay line per failure. Returns whether a seed failed.
+#[allow(clippy::disallowed_methods)]
+fn run_seeds<C: Default + std::fmt::Display + Send>(
+    args: &Args,
+    run: impl Fn(u64) -> Result<C, Failed> + Sync,
+    add: fn(&mut C, &C),
+) -> bool {
     let started = Instant::now();
     let end = match (args.end, args.minutes) {
         (Some(end), _) => end,
@@ -123,19 +185,13 @@ fn main() {
         (None, None) => args.first + 1,
     };
     let deadline = args.minutes.map(|m| m * 60.0);
-    let next = Arc::new(AtomicU64::new(args.first));
-    let totals = Arc::new(Mutex::new(SwarmCounts::default()));
-    let failures: Arc<Mutex<Vec<SwarmFailure>>> = Arc::new(Mutex::new(Vec::new()));
-    let options = SwarmOptions {
-        ops: args.ops,
-        trace: args.trace,
-        trace_block: args.trace_block,
-        ..SwarmOptions::default()
-    };
+    let next = AtomicU64::new(args.first);
+    let passed = AtomicU64::new(0);
+    let totals = Mutex::new(C::default());
+    let failures: Mutex<Vec<Failed>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..args.threads {
-            let (next, totals, failures, options) = (&next, &totals, &failures, &options);
-            scope.spawn(move || {
+            scope.spawn(|| {
                 loop {
                     if deadline.is_some_and(|d| started.elapsed().as_secs_f64() >= d) {
                         return;
@@ -144,18 +200,13 @@ fn main() {
                     if seed >= end {
                         return;
                     }
-                    match run_seed(seed, options) {
-                        Ok(report) => {
-                            if args.verbose {
-                                println!(
-                                    "seed {seed}: ok, hash {:016x}: {}",
-                                    report.hash, report.counts
-                                );
-                            }
-                            totals.lock().expect("totals").add(&report.counts);
+                    match run(seed) {
+                        Ok(counts) => {
+                            passed.fetch_add(1, Ordering::Relaxed);
+                            add(&mut totals.lock().expect("totals"), &counts);
                         }
                         Err(failure) => {
-                            println!("FAILED: {failure}");
+                            println!("FAILED: {}", failure.text);
                             failures.lock().expect("failures").push(failure);
                         }
                     }
@@ -163,23 +214,18 @@ fn main() {
             });
         }
     });
-    let totals = *totals.lock().expect("totals");
-    let failures = failures.lock().expect("failures");
+    let totals = totals.into_inner().expect("totals");
+    let failures = failures.into_inner().expect("failures");
     println!(
         "{} seeds passed, {} failed in {:.1}s: {totals}",
-        totals.seeds,
+        passed.into_inner(),
         failures.len(),
         started.elapsed().as_secs_f64()
     );
-    for f in failures.iter() {
-        println!(
-            "failed: seed {} ({} checker): vopr --seed {}",
-            f.seed, f.checker, f.seed
-        );
+    for f in &failures {
+        println!("failed: {}", f.summary);
     }
-    if !failures.is_empty() {
-        std::process::exit(1);
-    }
+    !failures.is_empty()
 }
 
 /// The speed benchmark: [`udrbd_sim::bench`]'s fixed workload; prints simulated requests
@@ -242,7 +288,11 @@ fn epoch_workload(args: &Args, epochs: u64) {
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "vopr: {problem}\nusage: vopr [--seed N] [--seeds A..B | --seeds COUNT] [--minutes M] [--threads T] [--ops N] [--verbose]\n       vopr --bench\n       vopr --epochs E [--full-sync] [--seed N] [--seeds COUNT]"
+        "vopr: {problem}\n\
+         usage: vopr [--hostile] [--seed N] [--seeds A..B | --seeds COUNT] [--minutes M]\n\
+         \x20           [--threads T] [--ops N] [--verbose]\n\
+         \x20      vopr --bench\n\
+         \x20      vopr --epochs E [--full-sync] [--seed N] [--seeds COUNT]"
     );
     std::process::exit(2)
 }
