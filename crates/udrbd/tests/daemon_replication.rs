@@ -1,7 +1,8 @@
 //! Two real daemons replicating over TCP on 127.0.0.x: the initial full sync, the skipped
 //! initial sync (`new-current-uuid --clear-bitmap`), writes through the Primary's NBD export,
-//! and a resync after the Secondary's daemon was killed. Each test ends by comparing both
-//! backing files' data areas byte for byte.
+//! a resync after the Secondary's daemon was killed, and a detached Primary served by its
+//! peer across a reconnect. Each test ends by comparing both backing files' data areas byte
+//! for byte.
 //!
 //! These tests need the engine's peer logic (udrbd-core); with its stub they fail at the
 //! first wait for the connection.
@@ -181,6 +182,34 @@ fn a_killed_secondary_resyncs_what_it_missed() {
     write_through_alice(&p, size);
     p.bob.restart();
     p.wait_connected(60);
+    p.wait_up_to_date(WAIT);
+    assert_identical(&p, size);
+}
+
+/// A Primary whose disk is detached serves through its peer, and keeps doing so across a
+/// disconnect and reconnect; attached again, it resyncs. (It refused its peer after any
+/// break: the peer's new current UUID, made when the Primary's disk went, arrived while
+/// the detach drained, and the Primary kept exposing its old one: "Can only connect to data
+/// with current UUID".)
+#[test]
+fn a_detached_primary_serves_through_its_peer_across_a_reconnect() {
+    require_libnbd();
+    let p = Pair::start(PairOptions::default());
+    p.wait_connected(60);
+    p.alice.ok(&["new-current-uuid", "r0", "--clear-bitmap"]);
+    p.wait_up_to_date(WAIT);
+    p.alice.ok(&["primary", "r0"]);
+    let size = data_bytes(&p.alice);
+    p.alice.ok(&["detach", "r0"]);
+    assert_eq!(p.alice.dstate(), "Diskless/UpToDate");
+    write_through_alice(&p, size);
+    p.alice.ok(&["disconnect", "r0"]);
+    assert_eq!(p.alice.cstate(), "StandAlone");
+    p.alice.ok(&["connect", "r0"]);
+    p.wait_connected(60);
+    assert_eq!(p.alice.dstate(), "Diskless/UpToDate");
+    write_through_alice(&p, size);
+    p.alice.ok(&["attach", "r0"]);
     p.wait_up_to_date(WAIT);
     assert_identical(&p, size);
 }
