@@ -208,6 +208,7 @@ impl Resource {
             al_writer: AlWriter::Idle,
             pages_in_flight: Default::default(),
             size_sect: usable,
+            usable_sect: usable,
             al_ring: None,
             bitmap_pages_to_read: pages,
             // The disk may hold writes no flush has covered: those of an earlier attach that

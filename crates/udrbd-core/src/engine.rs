@@ -206,8 +206,11 @@ pub(crate) struct Disk {
     pub(crate) al_writer: AlWriter,
     /// Bitmap pages being written.
     pub(crate) pages_in_flight: BTreeSet<u64>,
-    /// Exported size in sectors.
+    /// Exported size in sectors: `usable_sect`, or less while connected to a peer with a
+    /// smaller disk.
     pub(crate) size_sect: u64,
+    /// What the disk can hold, in sectors (fixed at attach).
+    pub(crate) usable_sect: u64,
     /// The AL ring as read at attach (for the replay).
     pub(crate) al_ring: Option<Bytes>,
     /// Pages still to read at attach.

@@ -1006,8 +1006,11 @@ impl Resource {
     fn send_sizes(&mut self) {
         // As DRBD (get_ldev_if_state(D_NEGOTIATING)): a disk still attaching, or failed,
         // is not offered.
+        // d_size is what the disk can hold, c_size what the device is now (DRBD's
+        // drbd_get_max_capacity and drbd_get_capacity): a device a smaller peer shrank
+        // still offers its whole disk.
         let (d_size, c_size) = match self.disk.as_ref() {
-            Some(d) if self.disk_state >= DiskState::Negotiating => (d.size_sect, d.size_sect),
+            Some(d) if self.disk_state >= DiskState::Negotiating => (d.usable_sect, d.size_sect),
             _ => (0, 0),
         };
         let wsame = self
@@ -1526,7 +1529,20 @@ impl Resource {
     }
 
     fn receive_sizes(&mut self, sizes: Sizes) -> Result<(), String> {
-        let own = self.disk.as_ref().map(|d| d.size_sect);
+        // A diskless node exports the peer's size: one no DRBD device can have is refused
+        // before any byte arithmetic on it (it overflowed `sectors * 512`).
+        if sizes.d_size > udrbd_meta::layout::DRBD_MAX_SECTORS_FLEX {
+            return Err(format!(
+                "the peer's disk size of {} sectors is beyond the largest DRBD device ({} sectors)",
+                sizes.d_size,
+                udrbd_meta::layout::DRBD_MAX_SECTORS_FLEX
+            ));
+        }
+        // The device is the smaller of the two disks (DRBD's drbd_new_dev_size), from what
+        // this disk can hold, not from what the device was: a device a smaller peer shrank
+        // grows back with a larger one (it stayed at the smaller size for ever, and a peer
+        // that had once sent a tiny size was then refused at every connect).
+        let own = self.disk.as_ref().map(|d| d.usable_sect);
         let link = self.link_mut();
         link.peer_sizes = Some(sizes);
         link.peer_max_bio = sizes.max_bio_size.clamp(4096, MAX_BIO_SIZE);
@@ -1536,16 +1552,29 @@ impl Resource {
             (None, peer) => peer,
         };
         link.agreed_size_sect = agreed;
-        if let Some(d) = self.disk.as_mut()
-            && agreed < d.size_sect
-        {
-            if self.role == Role::Primary {
-                return Err(format!(
-                    "the peer's disk is too small ({} < {} sectors)",
-                    agreed, d.size_sect
-                ));
+        let Some(current) = self.disk.as_ref().map(|d| d.size_sect) else {
+            return Ok(());
+        };
+        if agreed < current && self.role == Role::Primary {
+            // DRBD's "The peer's disk size is too small!": a hard disconnect, StandAlone.
+            let message = format!("the peer's disk is too small ({agreed} < {current} sectors)");
+            self.peer.as_mut().expect("peer").last_error = Some(message.clone());
+            self.log(LogLevel::Error, message);
+            self.drop_connection(ConnState::Disconnecting, None);
+            self.go_standalone();
+            return Ok(());
+        }
+        if agreed != current {
+            self.disk.as_mut().expect("attached").size_sect = agreed;
+            if agreed > current {
+                // Grown: what the device did not cover may differ between the disks (DRBD's
+                // drbd_bm_resize with set_new_bits): the resync brings it.
+                self.mark_out_of_sync(current * 512, (agreed - current) * 512);
             }
-            d.size_sect = agreed;
+            self.log(
+                LogLevel::Info,
+                format!("size of the device: {current} -> {agreed} sectors"),
+            );
         }
         Ok(())
     }
@@ -2165,10 +2194,24 @@ impl Resource {
         }
     }
 
-    fn exchange_bits(&self) -> u64 {
+    /// Bits of the device as the peers agreed its size: what the bitmap exchange carries
+    /// and the resync covers.
+    pub(crate) fn exchange_bits(&self) -> u64 {
         let size = self.link().map_or(0, |l| l.agreed_size_sect);
         let own = self.disk.as_ref().map_or(0, |d| d.bitmap.bits());
         size.div_ceil(udrbd_meta::SECTORS_PER_BIT).min(own)
+    }
+
+    /// Bits set within [`Resource::exchange_bits`]: what the resync has left. Bits past an
+    /// agreed size smaller than the disk (a peer with a smaller disk, which shrinks the
+    /// device) stay set for a later agreement that covers them, but no resync can clear
+    /// them: counting them, a resync never ended (a hostile run's P_SIZES found it).
+    pub(crate) fn resync_bits_left(&self) -> u64 {
+        let bits = self.exchange_bits();
+        // The count is kept; only the (usually empty) tail past the agreed size is counted.
+        self.disk.as_ref().map_or(0, |d| {
+            d.bitmap.count() - d.bitmap.count_range(bits..d.bitmap.bits())
+        })
     }
 
     fn send_bitmap(&mut self) {
@@ -2286,11 +2329,11 @@ impl Resource {
             self.state_changed();
         }
         let random = self.new_uuid();
+        let total = self.resync_bits_left();
         let d = self.disk.as_mut().expect("attached");
         let (uuids, sync_uuid) = sync_decision::resync_start_source(d.sb.uuids, random);
         d.sb.uuids = uuids;
         d.sb_version += 1;
-        let total = d.bitmap.count();
         self.send(Socket::Data, &Packet::SyncUuid(sync_uuid));
         self.begin_resync(true, total);
         let p = self.peer.as_mut().expect("peer");
@@ -2334,10 +2377,10 @@ impl Resource {
     /// WFSyncUUID and the source's sync UUID came: SyncTarget.
     fn start_resync_target(&mut self, uuid: u64) {
         let primary = self.role == Role::Primary;
+        let total = self.resync_bits_left();
         let d = self.disk.as_mut().expect("attached");
         d.sb.uuids = sync_decision::sync_target_received(d.sb.uuids, uuid, primary);
         d.sb_version += 1;
-        let total = d.bitmap.count();
         self.disk_state = DiskState::Inconsistent;
         self.update_md_flags();
         self.begin_resync(false, total);
@@ -2594,7 +2637,7 @@ impl Resource {
         let p = self.peer.as_ref()?;
         let link = p.link.as_ref();
         let resync = link.and_then(|l| l.resync.as_ref()).map(|r| {
-            let left = self.disk.as_ref().map_or(0, |d| d.bitmap.count());
+            let left = self.resync_bits_left();
             let marks = r.controller.marks();
             let last = marks.last();
             ResyncStatus {

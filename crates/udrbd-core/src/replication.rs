@@ -1273,7 +1273,8 @@ impl Resource {
     fn source_maybe_finished(&mut self) {
         let conn = self.peer.as_ref().map(|p| p.conn);
         if conn == Some(ConnState::SyncSource)
-            && self.disk.as_ref().is_some_and(|d| d.bitmap.count() == 0)
+            && self.disk.is_some()
+            && self.resync_bits_left() == 0
         {
             self.resync_finished_source();
         }
@@ -1326,7 +1327,7 @@ impl Resource {
         let idle = self.link().is_some_and(|l| l.rs_requests.is_empty())
             && self.rs_unflushed.is_empty()
             && self.rs_flush_in_flight.is_none();
-        if idle && self.disk.as_ref().is_some_and(|d| d.bitmap.count() == 0) {
+        if idle && self.disk.is_some() && self.resync_bits_left() == 0 {
             self.resync_finished_target();
         }
     }
@@ -1334,7 +1335,7 @@ impl Resource {
     /// One 100 ms step of the resync (DRBD's `make_resync_request`).
     pub(crate) fn resync_step(&mut self) {
         let now = self.now;
-        let left = self.disk.as_ref().map_or(0, |d| d.bitmap.count());
+        let left = self.resync_bits_left();
         let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) else {
             return;
         };
@@ -1393,13 +1394,7 @@ impl Resource {
     fn issue_resync_requests(&mut self, budget: u64) -> u64 {
         let max_bio = u64::from(self.link().expect("link").peer_max_bio);
         let max_bits = (MAX_RESYNC_REQUEST.min(max_bio) / udrbd_meta::BM_BLOCK_SIZE).max(1);
-        let bits = self.disk.as_ref().map_or(0, |d| d.bitmap.bits());
-        let exchange_bits = bits.min(
-            self.link()
-                .expect("link")
-                .agreed_size_sect
-                .div_ceil(udrbd_meta::SECTORS_PER_BIT),
-        );
+        let exchange_bits = self.exchange_bits();
         let mut issued = 0;
         let mut cursor = self
             .link()

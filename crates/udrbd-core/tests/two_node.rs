@@ -901,3 +901,105 @@ fn a_diskless_primary_reconnects_to_its_peer_after_a_network_break() {
     assert_eq!(c.status(0).disk, DiskState::Diskless);
     assert_eq!(c.read(0, 4096, 4096), pattern(61, 4096));
 }
+
+/// A Secondary takes a smaller size from its peer (the device is the smaller disk) and grows
+/// back when the peer offers its whole disk again. The shrunken size was kept (and sent as
+/// the disk's size) until the next attach: the Primary then refused the peer at every
+/// connect ("the peer's disk is too small"), which a hostile run's P_SIZES found.
+#[test]
+fn a_device_a_smaller_peer_shrank_grows_back_with_a_larger_one() {
+    let mut c = synced_pair();
+    let full = c.status(1).size_bytes;
+    c.settle();
+    let (&(_, conn), _) = c
+        .links
+        .iter()
+        .find(|((n, _), _)| *n == 1)
+        .expect("a socket of bob");
+    let small = Packet::Sizes(udrbd_wire::Sizes {
+        d_size: 1024,
+        c_size: 1024,
+        max_bio_size: 1 << 20,
+        ..Default::default()
+    });
+    c.partitioned = true;
+    c.inject(1, conn, &small);
+    c.settle();
+    assert_eq!(
+        c.status(1).size_bytes,
+        1024 * 512,
+        "bob took the smaller size"
+    );
+    // Break the connection: the honest handshake that follows offers the whole disks.
+    c.queue.push_back((
+        1,
+        Input::Peer(PeerInput::Received {
+            conn,
+            bytes: Bytes::from_static(b"this is not a DRBD packet at all"),
+        }),
+    ));
+    c.run_until(Duration::from_secs(5), |c| c.conn(1) < ConnState::Connected);
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected)
+            && c.status(1).disk == DiskState::UpToDate
+            && c.status(1).out_of_sync_bytes == 0
+    });
+    assert_eq!(c.status(1).size_bytes, full, "bob grew back");
+    assert_eq!(c.data_area(0), c.data_area(1));
+    c.write(0, full - 4096, pattern(3, 4096)).unwrap();
+    c.settle();
+    assert_eq!(
+        &c.data_area(1)[full as usize - 4096..],
+        &pattern(3, 4096)[..]
+    );
+}
+
+/// A Secondary's disk replaced by a smaller one: the device shrinks to the smaller disk, and
+/// full syncs in both directions cover it and end. A full sync marks the whole bitmap; the
+/// larger disk's bits past the agreed size were counted as left to sync, and no resync
+/// request could clear them: as SyncTarget it never ended.
+#[test]
+fn full_syncs_between_disks_of_different_sizes_end() {
+    let mut c = synced_pair();
+    c.command(0, AdminCommand::Secondary).unwrap();
+    c.command(1, AdminCommand::Detach { force: false }).unwrap();
+    let small = SIZE / 2;
+    let mut disk = MemDisk::new(small);
+    disk.create_md();
+    c.nodes[1].disk = disk;
+    c.command(
+        1,
+        AdminCommand::Attach(AttachParams {
+            data_device_bytes: small,
+            meta_device_bytes: small,
+            meta_kind: MetaDiskKind::Internal,
+        }),
+    )
+    .unwrap();
+    c.run_until(Duration::from_secs(120), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected) && c.status(1).disk == DiskState::UpToDate
+    });
+    let size = c.status(1).size_bytes;
+    assert!(size < small, "{size}");
+    assert_eq!(
+        c.status(0).size_bytes,
+        size,
+        "alice's device is the smaller disk"
+    );
+    assert_eq!(
+        c.data_area(0)[..size as usize],
+        c.data_area(1)[..size as usize]
+    );
+    // Now the larger disk is the SyncTarget of a full sync.
+    c.command(0, AdminCommand::Invalidate).unwrap();
+    c.run_until(Duration::from_secs(5), |c| {
+        c.conn(0) == ConnState::SyncTarget
+    });
+    c.run_until(Duration::from_secs(120), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected) && c.status(0).disk == DiskState::UpToDate
+    });
+    assert_eq!(
+        c.data_area(0)[..size as usize],
+        c.data_area(1)[..size as usize]
+    );
+}
