@@ -288,6 +288,8 @@ struct InFlight {
     node: NodeId,
     /// Index in the write model, for writes.
     write: Option<usize>,
+    /// Bytes asked for, for reads.
+    read_len: Option<u32>,
 }
 
 /// What the harness knew when a Primary completed a write or a flush.
@@ -1090,7 +1092,18 @@ impl Cluster {
         if !self.is_up(node) {
             self.fail(&format!("request on node {node}, which is down"));
         }
-        self.requests.insert(id, InFlight { node, write });
+        let read_len = match &request {
+            BlockRequest::Read { len, .. } => Some(*len),
+            _ => None,
+        };
+        self.requests.insert(
+            id,
+            InFlight {
+                node,
+                write,
+                read_len,
+            },
+        );
         self.deliver(node, Input::Block(request));
         id
     }
@@ -1525,6 +1538,19 @@ impl Cluster {
                 "node {node} completed request {:?} of node {}",
                 c.id, r.node
             ));
+        }
+        // Whatever a peer sent: a read that succeeds returns exactly the bytes asked for.
+        if let (Some(len), Ok(data)) = (r.read_len, &c.result) {
+            let got = data.as_ref().map(|d| d.len());
+            if got != Some(len as usize) {
+                self.fail_by(
+                    Checker::Invariants,
+                    &format!(
+                        "node {node} completed read {:?} of {len} bytes with {got:?} bytes",
+                        c.id
+                    ),
+                );
+            }
         }
         let ack = if r.write.is_some() || self.options.journal {
             self.ack_info(node)

@@ -415,7 +415,9 @@ impl Run {
             self.c.fail_by(
                 Checker::Progress,
                 &format!(
-                    "honest again and told to connect, the pair neither connected nor named why within {SETTLE:?}"
+                    "honest again and told to connect, the pair neither connected nor named why within {SETTLE:?}\n  node 0: {:?}\n  node 1: {:?}",
+                    self.c.status(0),
+                    self.c.status(1)
                 ),
             );
         }
