@@ -837,20 +837,38 @@ trait NbdRead {
     fn try_read_buf<B: bytes::BufMut>(&self, buf: &mut B) -> std::io::Result<usize>;
 }
 
+/// A read that returned less than it asked for emptied the socket, so its readiness is
+/// cleared at once (as tokio's own `poll_read` does), saving the read that would only have
+/// returned EAGAIN: that was every other read of a busy NBD socket. A byte arriving after the
+/// read sets readiness again when the runtime next polls, so no wake-up is lost.
 macro_rules! nbd_read {
-    ($t:ty) => {
+    ($t:ty, $stream:ty) => {
         impl NbdRead for $t {
             async fn readable(&self) -> std::io::Result<()> {
                 <$t>::readable(self).await
             }
             fn try_read_buf<B: bytes::BufMut>(&self, buf: &mut B) -> std::io::Result<usize> {
-                <$t>::try_read_buf(self, buf)
+                let stream: &$stream = self.as_ref();
+                // One read fills at most the current chunk.
+                let asked = buf.chunk_mut().len();
+                let mut got = 0;
+                let read = stream.try_io(tokio::io::Interest::READABLE, || {
+                    got = stream.try_read_buf(buf)?;
+                    if got > 0 && got < asked {
+                        return Err(std::io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(got)
+                });
+                match read {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+                    other => other,
+                }
             }
         }
     };
 }
-nbd_read!(tokio::net::unix::OwnedReadHalf);
-nbd_read!(tokio::net::tcp::OwnedReadHalf);
+nbd_read!(tokio::net::unix::OwnedReadHalf, tokio::net::UnixStream);
+nbd_read!(tokio::net::tcp::OwnedReadHalf, tokio::net::TcpStream);
 
 /// One NBD client: negotiation, then requests to the engine and replies back.
 async fn nbd_connection<R, W>(shared: SharedRef, reader: R, mut writer: W)
