@@ -1078,3 +1078,51 @@ fn submit_request(shared: &SharedRef, conn: u64, request: nbd::BlockRequest) {
     let now = s.now();
     s.engine.handle(now, Input::Block(block));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::NbdRead;
+    use bytes::BufMut;
+    use tokio::io::AsyncWriteExt;
+
+    /// A short read ends the socket's readiness: the next read is not tried (it would only
+    /// have returned EAGAIN) until the runtime saw new bytes, and bytes sent after the short
+    /// read still wake the reader. Called through the trait, as the NBD connection does: the
+    /// read halves' own methods of the same names keep the readiness.
+    #[test]
+    fn a_short_read_clears_readiness_and_loses_no_wakeup() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, server) = tokio::net::UnixStream::pair().unwrap();
+            let (reader, _server_writer) = server.into_split();
+            let (_client_reader, mut client) = client.into_split();
+            client.write_all(b"first").await.unwrap();
+            NbdRead::readable(&reader).await.unwrap();
+            let mut buf = bytes::BytesMut::with_capacity(4096);
+            let n = NbdRead::try_read_buf(&reader, &mut (&mut buf).limit(4096)).unwrap();
+            assert_eq!(&buf[..n], b"first");
+
+            // Sent after the short read; the runtime has not polled since.
+            client.write_all(b"second").await.unwrap();
+            let again = NbdRead::try_read_buf(&reader, &mut (&mut buf).limit(4096));
+            assert_eq!(
+                again.map_err(|e| e.kind()),
+                Err(std::io::ErrorKind::WouldBlock),
+                "a short read left the socket marked readable"
+            );
+
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                NbdRead::readable(&reader),
+            )
+            .await
+            .expect("bytes sent after a short read never woke the reader")
+            .unwrap();
+            let n = NbdRead::try_read_buf(&reader, &mut (&mut buf).limit(4096)).unwrap();
+            assert_eq!(&buf[5..5 + n], b"second");
+        });
+    }
+}
