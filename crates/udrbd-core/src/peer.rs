@@ -121,7 +121,7 @@ pub(crate) struct Link {
     pub(crate) seq: u32,
     /// A ping is unanswered since.
     pub(crate) ping_sent: bool,
-    /// Bitmap exchange.
+    /// Bitmap exchange: the peer's bitmap being received, made by its first packet.
     pub(crate) bm_receiver: Option<BitmapReceiver>,
     pub(crate) bm_sent: bool,
     /// A cluster-wide state change we asked the peer for.
@@ -2170,10 +2170,12 @@ impl Resource {
 
     /// WFBitMapS (the source sends its bitmap at once) or WFBitMapT.
     pub(crate) fn enter_bitmap_exchange(&mut self, source: bool) {
-        let bits = self.exchange_bits();
         {
+            // The receiver is made by the first bitmap packet, for the size agreed then: a
+            // P_SIZES that comes before it changes what the peer's bitmap covers (DRBD's
+            // receive_bitmap takes the bitmap's size when its first packet arrives).
             let link = self.link_mut();
-            link.bm_receiver = Some(BitmapReceiver::new(bits, HeaderFormat::Long));
+            link.bm_receiver = None;
             link.bm_sent = false;
         }
         if source {
@@ -2287,7 +2289,9 @@ impl Resource {
         let progress = {
             let p = self.peer.as_mut().expect("peer");
             let link = p.link.as_mut().expect("link");
-            let receiver = link.bm_receiver.as_mut().expect("set on entering WFBitMap");
+            let receiver = link
+                .bm_receiver
+                .get_or_insert_with(|| BitmapReceiver::new(bits, HeaderFormat::Long));
             let d = self.disk.as_mut().expect("attached");
             let mut window = Window {
                 bitmap: &mut d.bitmap,

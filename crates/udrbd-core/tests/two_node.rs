@@ -42,6 +42,8 @@ struct Cluster {
     /// Bytes held back by a partition: (to node, input).
     held: Vec<(usize, Input)>,
     partitioned: bool,
+    /// Rewrites the packets alice sends bob: see [`GrowBeforeBitmap`].
+    grow_before_bitmap: Option<GrowBeforeBitmap>,
     disk_ops: VecDeque<(usize, DiskOp)>,
     cut: usize,
 }
@@ -90,6 +92,7 @@ impl Cluster {
             links: BTreeMap::new(),
             held: Vec::new(),
             partitioned: false,
+            grow_before_bitmap: None,
             disk_ops: VecDeque::new(),
             cut: 0,
         };
@@ -147,6 +150,9 @@ impl Cluster {
                 };
                 let mut bytes = head.to_vec();
                 bytes.extend_from_slice(&data);
+                if let Some(trick) = self.grow_before_bitmap.as_mut().filter(|_| j == 1) {
+                    bytes = trick.rewrite(bytes);
+                }
                 // Cut the stream at varying points.
                 let mut at = 0;
                 while at < bytes.len() {
@@ -1002,4 +1008,91 @@ fn full_syncs_between_disks_of_different_sizes_end() {
         c.data_area(0)[..size as usize],
         c.data_area(1)[..size as usize]
     );
+}
+
+/// Alice's first P_SIZES to bob says `small_sectors`; the honest one is sent again right
+/// before her first bitmap packet, as a replayed packet would arrive (one packet per send).
+struct GrowBeforeBitmap {
+    small_sectors: u64,
+    honest: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl GrowBeforeBitmap {
+    fn rewrite(&mut self, bytes: Vec<u8>) -> Vec<u8> {
+        let mut deframer = Deframer::new(DecodeContext::new(HeaderFormat::Long));
+        deframer.push(&bytes);
+        let Ok(Some(frame)) = deframer.next_frame() else {
+            return bytes;
+        };
+        match frame.packet {
+            Packet::Sizes(sizes) if self.honest.is_none() => {
+                self.honest = Some(bytes);
+                let small = Packet::Sizes(udrbd_wire::Sizes {
+                    d_size: self.small_sectors,
+                    c_size: self.small_sectors,
+                    ..sizes
+                });
+                small.encode(0, HeaderFormat::Long).unwrap().to_vec()
+            }
+            Packet::Bitmap(_) | Packet::CompressedBitmap(_) if !self.done => {
+                self.done = true;
+                let mut both = self.honest.clone().expect("P_SIZES came first");
+                both.extend_from_slice(&bytes);
+                both
+            }
+            _ => bytes,
+        }
+    }
+}
+
+/// A P_SIZES that grows the device after the handshake chose the sync direction and before
+/// the peer's bitmap: the bitmap covers the new size. The receiver was made on entering
+/// WFBitMapT, for the old size, and the first bitmap packet hit its "bitmap changed size"
+/// assertion: a panic from what a peer sent (hostile seed 61082: a tampered P_SIZES shrank
+/// the device, the replayed honest one grew it back).
+#[test]
+fn a_device_that_grows_before_the_peers_bitmap_takes_the_bitmap_for_the_new_size() {
+    let mut c = synced_pair();
+    let full = c.status(1).size_bytes;
+    c.command(0, AdminCommand::Disconnect).unwrap();
+    c.command(1, AdminCommand::Disconnect).unwrap();
+    c.write(0, 65536, pattern(7, 4096)).unwrap();
+    c.settle();
+    c.grow_before_bitmap = Some(GrowBeforeBitmap {
+        small_sectors: 1024,
+        honest: None,
+        done: false,
+    });
+    let before = c.nodes[1].events.len();
+    c.connect_both();
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected) && c.status(1).disk == DiskState::UpToDate
+    });
+    let log: Vec<&str> = c.nodes[1].events[before..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Log { message, .. } => Some(message.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        log.iter()
+            .filter(|m| m.starts_with("Handshake successful"))
+            .count(),
+        1,
+        "one connection, no protocol error: {log:#?}"
+    );
+    let trick = c.grow_before_bitmap.take().unwrap();
+    assert!(
+        trick.done,
+        "bob's bitmap exchange came after the grown size"
+    );
+    assert!(
+        log.iter().any(|m| m.contains("-> 1024 sectors")),
+        "bob took the smaller size first: {log:#?}"
+    );
+    assert_eq!(c.status(1).size_bytes, full, "bob grew back");
+    assert_eq!(c.data_area(0), c.data_area(1));
+    assert_eq!(&c.data_area(1)[65536..69632], &pattern(7, 4096)[..]);
 }

@@ -316,6 +316,16 @@ pub enum BitmapError {
         /// Bit position in the stream.
         position: u64,
     },
+    /// The bitmap changed size during the transfer (the device's agreed size changed: a
+    /// P_SIZES between two bitmap packets, which no honest peer sends, as DRBD sends its
+    /// bitmap packets back to back and its receiver takes nothing else until the last).
+    #[error("the bitmap changed size during the transfer: {began} bits, now {now}")]
+    SizeChanged {
+        /// Bits when the transfer began.
+        began: u64,
+        /// Bits now.
+        now: u64,
+    },
 }
 
 /// Whether the transfer goes on.
@@ -454,11 +464,12 @@ impl BitmapReceiver {
     }
 
     fn check(&self, bitmap: &impl BitmapSink) -> Result<(), BitmapError> {
-        assert_eq!(
-            bitmap.bit_count(),
-            self.progress.bit_count,
-            "bitmap changed size"
-        );
+        if bitmap.bit_count() != self.progress.bit_count {
+            return Err(BitmapError::SizeChanged {
+                began: self.progress.bit_count,
+                now: bitmap.bit_count(),
+            });
+        }
         if self.done {
             return Err(BitmapError::AlreadyDone);
         }
@@ -536,6 +547,26 @@ mod tests {
             assert_eq!(counts, sizes);
             assert_eq!(received.words(), bm.words());
         }
+    }
+
+    /// A bitmap that changes size between two packets of one transfer is an error, not a
+    /// panic: the bits of the first packet were laid out for the old size.
+    #[test]
+    fn a_bitmap_that_changed_size_during_the_transfer_is_an_error() {
+        let bits = 64 * 1200;
+        let mut receiver = BitmapReceiver::new(bits, HeaderFormat::Long);
+        let mut bm = Bitmap::new(bits);
+        let first = Packet::Bitmap(PlainBitmap::from_words(&[u64::MAX; 510]));
+        assert_eq!(receiver.receive(&first, &mut bm), Ok(BitmapProgress::More));
+        let mut smaller = Bitmap::new(bits / 2);
+        assert_eq!(
+            receiver.receive(&first, &mut smaller),
+            Err(BitmapError::SizeChanged {
+                began: bits,
+                now: bits / 2
+            })
+        );
+        assert_eq!(smaller.count(), 0, "nothing merged into the resized bitmap");
     }
 
     #[test]
