@@ -600,18 +600,8 @@ fn a_wrong_shared_secret_stops_both_sides_before_any_data() {
 #[test]
 fn garbage_from_the_peer_is_a_named_protocol_error_and_the_node_reconnects() {
     let mut c = synced_pair();
-    let (&(_, conn), _) = c
-        .links
-        .iter()
-        .find(|((n, _), _)| *n == 1)
-        .expect("a socket of bob");
-    c.queue.push_back((
-        1,
-        Input::Peer(PeerInput::Received {
-            conn,
-            bytes: Bytes::from_static(b"this is not a DRBD packet at all"),
-        }),
-    ));
+    let conn = c.a_socket_of_bob();
+    c.send_bob_garbage(conn);
     c.run_until(Duration::from_secs(5), |c| c.conn(1) < ConnState::Connected);
     let error = c.status(1).peer.unwrap().last_error.unwrap();
     assert!(error.contains("protocol error"), "{error}");
@@ -749,6 +739,28 @@ impl Cluster {
         ));
     }
 
+    /// One of bob's sockets to alice.
+    fn a_socket_of_bob(&self) -> ConnId {
+        let (&(_, conn), _) = self
+            .links
+            .iter()
+            .find(|((n, _), _)| *n == 1)
+            .expect("a socket of bob");
+        conn
+    }
+
+    /// Bob receives bytes that are no DRBD packet on `conn`: a protocol error that breaks
+    /// the connection (the honest handshake that follows starts afresh).
+    fn send_bob_garbage(&mut self, conn: ConnId) {
+        self.queue.push_back((
+            1,
+            Input::Peer(PeerInput::Received {
+                conn,
+                bytes: Bytes::from_static(b"this is not a DRBD packet at all"),
+            }),
+        ));
+    }
+
     /// Node `i`'s end of the socket whose other end is node `j`'s `conn`.
     fn other_end(&self, j: usize, conn: ConnId) -> ConnId {
         self.links[&(j, conn)].1
@@ -858,11 +870,7 @@ fn a_sector_past_two_to_the_55_is_a_protocol_error() {
     for sector in [u64::MAX, 1 << 55, (1 << 55) - 1] {
         let mut c = synced_pair();
         c.settle();
-        let (&(_, conn), _) = c
-            .links
-            .iter()
-            .find(|((n, _), _)| *n == 1)
-            .expect("a socket of bob");
+        let conn = c.a_socket_of_bob();
         let packet = Packet::OutOfSync(udrbd_wire::BlockDesc {
             sector,
             blksize: 4096,
@@ -888,18 +896,8 @@ fn a_diskless_primary_reconnects_to_its_peer_after_a_network_break() {
     c.command(0, AdminCommand::Detach { force: false }).unwrap();
     c.write(0, 4096, pattern(61, 4096)).unwrap();
     c.settle();
-    let (&(_, conn), _) = c
-        .links
-        .iter()
-        .find(|((n, _), _)| *n == 1)
-        .expect("a socket of bob");
-    c.queue.push_back((
-        1,
-        Input::Peer(PeerInput::Received {
-            conn,
-            bytes: Bytes::from_static(b"this is not a DRBD packet at all"),
-        }),
-    ));
+    let conn = c.a_socket_of_bob();
+    c.send_bob_garbage(conn);
     c.run_until(Duration::from_secs(5), |c| c.conn(1) < ConnState::Connected);
     c.run_until(Duration::from_secs(60), |c| {
         (0..2).all(|i| c.conn(i) == ConnState::Connected)
@@ -917,11 +915,7 @@ fn a_device_a_smaller_peer_shrank_grows_back_with_a_larger_one() {
     let mut c = synced_pair();
     let full = c.status(1).size_bytes;
     c.settle();
-    let (&(_, conn), _) = c
-        .links
-        .iter()
-        .find(|((n, _), _)| *n == 1)
-        .expect("a socket of bob");
+    let conn = c.a_socket_of_bob();
     let small = Packet::Sizes(udrbd_wire::Sizes {
         d_size: 1024,
         c_size: 1024,
@@ -937,13 +931,7 @@ fn a_device_a_smaller_peer_shrank_grows_back_with_a_larger_one() {
         "bob took the smaller size"
     );
     // Break the connection: the honest handshake that follows offers the whole disks.
-    c.queue.push_back((
-        1,
-        Input::Peer(PeerInput::Received {
-            conn,
-            bytes: Bytes::from_static(b"this is not a DRBD packet at all"),
-        }),
-    ));
+    c.send_bob_garbage(conn);
     c.run_until(Duration::from_secs(5), |c| c.conn(1) < ConnState::Connected);
     c.run_until(Duration::from_secs(60), |c| {
         (0..2).all(|i| c.conn(i) == ConnState::Connected)

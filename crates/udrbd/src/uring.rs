@@ -265,19 +265,21 @@ mod tests {
     use crate::meta_io::{Access, MetaDevice};
     use udrbd_core::{DiskArea, DiskOpId};
 
-    #[test]
-    fn write_read_flush_through_the_ring() {
+    /// A ring and a backing file of `len` bytes (kept while the directory lives).
+    fn ring_on_a_file(len: u64) -> (tempfile::TempDir, Arc<Backing>, Uring) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk");
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
+        std::fs::File::create(&path).unwrap().set_len(len).unwrap();
         let backing = Arc::new(Backing {
             data: MetaDevice::open(&path, Access::Write).unwrap(),
             meta: None,
         });
-        let mut ring = Uring::new().unwrap();
+        (dir, backing, Uring::new().unwrap())
+    }
+
+    #[test]
+    fn write_read_flush_through_the_ring() {
+        let (_dir, backing, mut ring) = ring_on_a_file(1 << 20);
         let op = |n, kind| DiskOp {
             id: DiskOpId::new(1, n),
             area: DiskArea::Data,
@@ -320,17 +322,7 @@ mod tests {
     /// to submit. One `reap` still returns every one of them.
     #[test]
     fn completions_past_a_full_completion_queue_are_reaped_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(4 << 20)
-            .unwrap();
-        let backing = Arc::new(Backing {
-            data: MetaDevice::open(&path, Access::Write).unwrap(),
-            meta: None,
-        });
-        let mut ring = Uring::new().unwrap();
+        let (_dir, backing, mut ring) = ring_on_a_file(4 << 20);
         let total = 3 * ENTRIES as u64;
         for n in 0..total {
             let op = DiskOp {
