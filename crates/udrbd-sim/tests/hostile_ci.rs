@@ -8,7 +8,7 @@
 //! Longer runs: `vopr --hostile --seeds A..B --threads 2` (a debug build, `cargo build -p
 //! udrbd-sim`, also catches arithmetic overflow on values a peer sent).
 
-use std::sync::Mutex;
+mod common;
 
 use udrbd_sim::SimFailure;
 use udrbd_sim::hostile::{HostileCounts, HostileOptions, run_hostile};
@@ -19,36 +19,14 @@ const SEEDS: std::ops::Range<u64> = 0..300;
 #[test]
 fn hostile_ci_range() {
     let options = HostileOptions::default();
-    // Failing seeds are reported below with their seed and checker: keep their panics quiet.
-    std::panic::set_hook(Box::new(|_| {}));
-    let next = Mutex::new(SEEDS.start);
-    let totals = Mutex::new(HostileCounts::default());
-    let failures: Mutex<Vec<(u64, SimFailure)>> = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..2 {
-            scope.spawn(|| {
-                loop {
-                    let seed = {
-                        let mut n = next.lock().expect("seed counter");
-                        let seed = *n;
-                        *n += 1;
-                        seed
-                    };
-                    if seed >= SEEDS.end {
-                        return;
-                    }
-                    match run_hostile(seed, &options) {
-                        Ok(counts) => totals.lock().expect("totals").add(&counts),
-                        Err(f) => failures.lock().expect("failures").push((seed, f)),
-                    }
-                }
-            });
+    let mut totals = HostileCounts::default();
+    let mut failures: Vec<(u64, SimFailure)> = Vec::new();
+    for (seed, result) in common::on_two_threads(SEEDS, |seed| run_hostile(seed, &options)) {
+        match result {
+            Ok(counts) => totals.add(&counts),
+            Err(f) => failures.push((seed, f)),
         }
-    });
-    drop(std::panic::take_hook());
-    let totals = totals.into_inner().expect("totals");
-    let mut failures = failures.into_inner().expect("failures");
-    failures.sort_by_key(|(seed, _)| *seed);
+    }
     println!("hostile runs over seeds {SEEDS:?}: {totals}");
     if let Some((seed, first)) = failures.first() {
         panic!(

@@ -9,7 +9,7 @@
 //! removed from the list. Changing the generator reshuffles the seeds: regenerate the list
 //! with `vopr --seeds 0..500 --threads 2` and triage every new entry.
 
-use std::sync::Mutex;
+mod common;
 
 use udrbd_core::{Mutation, ResourceConfig};
 use udrbd_sim::checker::Checker;
@@ -31,36 +31,14 @@ fn known(seed: u64) -> Option<Checker> {
 #[test]
 fn swarm_ci_range() {
     let options = SwarmOptions::default();
-    // Failing seeds are reported below, with their seed and checker: keep their panics quiet.
-    std::panic::set_hook(Box::new(|_| {}));
-    let next = Mutex::new(SEEDS.start);
-    let totals = Mutex::new(SwarmCounts::default());
-    let failures: Mutex<Vec<SwarmFailure>> = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..2 {
-            scope.spawn(|| {
-                loop {
-                    let seed = {
-                        let mut n = next.lock().expect("seed counter");
-                        let seed = *n;
-                        *n += 1;
-                        seed
-                    };
-                    if seed >= SEEDS.end {
-                        return;
-                    }
-                    match run_seed(seed, &options) {
-                        Ok(report) => totals.lock().expect("totals").add(&report.counts),
-                        Err(f) => failures.lock().expect("failures").push(f),
-                    }
-                }
-            });
+    let mut totals = SwarmCounts::default();
+    let mut failures: Vec<SwarmFailure> = Vec::new();
+    for (_, result) in common::on_two_threads(SEEDS, |seed| run_seed(seed, &options)) {
+        match result {
+            Ok(report) => totals.add(&report.counts),
+            Err(f) => failures.push(f),
         }
-    });
-    drop(std::panic::take_hook());
-    let totals = totals.into_inner().expect("totals");
-    let mut failures = failures.into_inner().expect("failures");
-    failures.sort_by_key(|f| f.seed);
+    }
     println!("swarm over seeds {SEEDS:?}: {totals}");
     let mut unexpected = Vec::new();
     for f in &failures {
