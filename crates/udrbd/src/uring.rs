@@ -192,15 +192,10 @@ impl Uring {
                 };
                 done.push(complete(entry, res));
             }
-            let overflow = self.ring.submission().cq_overflow();
-            if overflow {
-                // An enter with GETEVENTS (set for an overflow) moves them into the queue.
-                if self.ring.submit().is_err() {
-                    break;
-                }
-                continue;
+            // An enter with GETEVENTS (set for an overflow) moves them into the queue.
+            if !self.ring.submission().cq_overflow() || self.ring.submit().is_err() {
+                break;
             }
-            break;
         }
         if !self.backlog.is_empty() {
             let _ = self.submit();
