@@ -113,6 +113,28 @@ fn exited_within(child: &mut KillOnDrop, timeout: Duration) -> Option<(bool, Str
 /// writes and reads work, every descriptor udrbd holds is O_DIRECT, and while the disk is
 /// paused an NBD write and an NBD read of an uncached block hang (not absorbed by the page
 /// cache) until the resume.
+/// A direct read of 4 KiB at `offset` on a thread, returned once it is stuck in the paused
+/// disk's FUSE queue: the thread, and where its result arrives.
+fn stuck_direct_read(
+    disk: &FaultyDisk,
+    offset: u64,
+) -> (
+    std::thread::JoinHandle<()>,
+    mpsc::Receiver<std::io::Result<Vec<u8>>>,
+) {
+    let (tx, rx) = mpsc::channel();
+    let path = disk.path();
+    let reader = std::thread::spawn(move || {
+        let _ = tx.send(pread_direct(&path, offset, 4096));
+    });
+    wait_until(
+        Duration::from_secs(5),
+        "the read to be stuck in FUSE",
+        || disk.fuse_waiting() >= 1,
+    );
+    (reader, rx)
+}
+
 #[test]
 fn udrbd_runs_on_the_faulty_disk_and_its_io_hangs_while_paused() {
     require_stack();
@@ -327,16 +349,7 @@ fn pause_hangs_a_direct_read_until_resume() {
     disk.write_direct(1 << 20, &[0x42; 4096]).unwrap();
     disk.pause();
     assert!(disk.is_paused());
-    let (tx, rx) = mpsc::channel();
-    let path = disk.path();
-    let reader = std::thread::spawn(move || {
-        let _ = tx.send(pread_direct(&path, 1 << 20, 4096));
-    });
-    wait_until(
-        Duration::from_secs(5),
-        "the read to be stuck in FUSE",
-        || disk.fuse_waiting() >= 1,
-    );
+    let (reader, rx) = stuck_direct_read(&disk, 1 << 20);
     assert!(
         matches!(
             rx.recv_timeout(Duration::from_secs(1)),
@@ -369,16 +382,7 @@ fn dropping_a_paused_disk_leaves_nothing_behind() {
     );
     assert!(!process_gone(kit) && !process_gone(fuse) && mounted(&mnt));
     disk.pause();
-    let (tx, rx) = mpsc::channel();
-    let path = disk.path();
-    let reader = std::thread::spawn(move || {
-        let _ = tx.send(pread_direct(&path, 0, 4096));
-    });
-    wait_until(
-        Duration::from_secs(5),
-        "the reader to be stuck in FUSE",
-        || disk.fuse_waiting() >= 1,
-    );
+    let (reader, rx) = stuck_direct_read(&disk, 0);
     let t = Instant::now();
     drop(disk);
     assert!(
@@ -407,16 +411,7 @@ fn abort_fuse_fails_stuck_io() {
     let disk = FaultyDisk::start(tmp.path(), &img);
     let mnt = disk.mount_point().to_owned();
     disk.pause();
-    let (tx, rx) = mpsc::channel();
-    let path = disk.path();
-    let reader = std::thread::spawn(move || {
-        let _ = tx.send(pread_direct(&path, 0, 4096));
-    });
-    wait_until(
-        Duration::from_secs(5),
-        "the read to be stuck in FUSE",
-        || disk.fuse_waiting() >= 1,
-    );
+    let (reader, rx) = stuck_direct_read(&disk, 0);
     disk.abort_fuse();
     let r = rx
         .recv_timeout(Duration::from_secs(5))
@@ -496,16 +491,7 @@ fn dropping_a_disk_with_frozen_nbdkit_aborts_the_fuse_connection() {
                 })
             })
     });
-    let (tx, rx) = mpsc::channel();
-    let path = disk.path();
-    let reader = std::thread::spawn(move || {
-        let _ = tx.send(pread_direct(&path, 0, 4096));
-    });
-    wait_until(
-        Duration::from_secs(5),
-        "the reader to be stuck in FUSE",
-        || disk.fuse_waiting() >= 1,
-    );
+    let (reader, rx) = stuck_direct_read(&disk, 0);
     let t = Instant::now();
     drop(disk);
     assert!(
