@@ -190,6 +190,16 @@ impl Resource {
         if sb.la_size_sect > usable {
             return Err(CommandError::DeviceTooSmall);
         }
+        // The device keeps its last agreed size (DRBD's drbd_new_dev_size without a peer): a
+        // disk that grew while the node was down does not grow the device before a peer
+        // agrees, and a device that a smaller peer shrank stays that small. A Primary that
+        // exposed the grown disk alone refused its unchanged peer at the next connect ("the
+        // peer's disk is too small"). A fresh disk (0: never negotiated) offers all it holds.
+        let size = if sb.la_size_sect >= 8 {
+            sb.la_size_sect & !7
+        } else {
+            usable
+        };
         let bits = usable.div_ceil(udrbd_meta::SECTORS_PER_BIT);
         let al_extents = self
             .config
@@ -207,7 +217,7 @@ impl Resource {
             al: ActivityLog::new(layout.al, al_extents, 0),
             al_writer: AlWriter::Idle,
             pages_in_flight: Default::default(),
-            size_sect: usable,
+            size_sect: size,
             usable_sect: usable,
             al_ring: None,
             bitmap_pages_to_read: pages,

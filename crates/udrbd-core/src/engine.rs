@@ -206,8 +206,8 @@ pub(crate) struct Disk {
     pub(crate) al_writer: AlWriter,
     /// Bitmap pages being written.
     pub(crate) pages_in_flight: BTreeSet<u64>,
-    /// Exported size in sectors: `usable_sect`, or less while connected to a peer with a
-    /// smaller disk.
+    /// Exported size in sectors: the last agreed size (`sb.la_size_sect`, which follows it),
+    /// or `usable_sect` on a disk that never agreed one; at most `usable_sect`.
     pub(crate) size_sect: u64,
     /// What the disk can hold, in sectors (fixed at attach).
     pub(crate) usable_sect: u64,
@@ -590,10 +590,15 @@ impl Resource {
             // capacity from P_SIZES): a diskless Primary's export advertised 0 bytes to every
             // NBD client that connected after the detach.
             size_bytes: self.exported_size(),
-            out_of_sync_bytes: self
-                .disk
-                .as_ref()
-                .map_or(0, |d| d.bitmap.count() * udrbd_meta::BM_BLOCK_SIZE),
+            // Of the device: bits past a size a smaller peer agreed stay set in the bitmap
+            // for a later size that covers them (see `resync_bits_left`), but are no part of
+            // the device; counting them, a node whose device had shrunk said it was 4 MiB
+            // out of sync after every resync had ended.
+            out_of_sync_bytes: self.disk.as_ref().map_or(0, |d| {
+                let bits = d.bitmap.bits();
+                let device = d.size_sect.div_ceil(udrbd_meta::SECTORS_PER_BIT).min(bits);
+                (d.bitmap.count() - d.bitmap.count_range(device..bits)) * udrbd_meta::BM_BLOCK_SIZE
+            }),
             upper_pending: (self.requests.len() + self.held_requests.len()) as u64,
             lower_pending: data_ops,
             stuck_ios: self.stale_ops.values().sum(),
@@ -658,6 +663,15 @@ impl Resource {
     /// Checks every invariant of the module doc; panics on a violation (a bug).
     pub fn invariants(&self) {
         self.peer_invariants();
+        if let Some(d) = &self.disk {
+            assert!(d.size_sect <= d.usable_sect, "the device fits its disk");
+            if !matches!(self.pending, Some((_, Pending::Attach(_)))) {
+                assert_eq!(
+                    d.sb.la_size_sect, d.size_sect,
+                    "the superblock's last agreed size is the device's"
+                );
+            }
+        }
         assert_eq!(
             self.attach_negotiation.is_some(),
             self.disk_state == DiskState::Negotiating,

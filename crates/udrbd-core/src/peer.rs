@@ -1555,8 +1555,21 @@ impl Resource {
         let Some(current) = self.disk.as_ref().map(|d| d.size_sect) else {
             return Ok(());
         };
-        if agreed < current && self.role == Role::Primary {
-            // DRBD's "The peer's disk size is too small!": a hard disconnect, StandAlone.
+        // DRBD 8.4.11's receive_sizes never shrinks a device with usable data (Outdated or
+        // better) during the connect, nor when the peer attaches a disk: "The peer's disk
+        // size is too small!", a hard disconnect, StandAlone. Only a connected peer's
+        // resize shrinks it; udrbd has no resize, so a Primary is never shrunk (its export
+        // would lose blocks under its NBD clients). Shrinking a Secondary's device at a
+        // connect made the smaller size its last agreed one, which its next attach serves.
+        let usable_data = self.disk_state >= DiskState::Outdated;
+        let (handshake_done, peer_disk) = (
+            self.link().is_some_and(|l| l.handshake_done),
+            self.peer
+                .as_ref()
+                .map_or(DiskState::DUnknown, |p| p.peer_disk),
+        );
+        let connect = !handshake_done || peer_disk == DiskState::Diskless;
+        if agreed < current && (self.role == Role::Primary || (usable_data && connect)) {
             let message = format!("the peer's disk is too small ({agreed} < {current} sectors)");
             self.peer.as_mut().expect("peer").last_error = Some(message.clone());
             self.log(LogLevel::Error, message);
@@ -1565,7 +1578,12 @@ impl Resource {
             return Ok(());
         }
         if agreed != current {
-            self.disk.as_mut().expect("attached").size_sect = agreed;
+            // The new size is the last agreed one (la_size_sect), written to the superblock
+            // as DRBD's drbd_determine_dev_size does: the next attach starts from it.
+            let d = self.disk.as_mut().expect("attached");
+            d.size_sect = agreed;
+            d.sb.la_size_sect = agreed;
+            d.sb_version += 1;
             if agreed > current {
                 // Grown: what the device did not cover may differ between the disks (DRBD's
                 // drbd_bm_resize with set_new_bits): the resync brings it.

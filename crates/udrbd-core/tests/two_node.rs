@@ -948,15 +948,10 @@ fn a_device_a_smaller_peer_shrank_grows_back_with_a_larger_one() {
     );
 }
 
-/// A Secondary's disk replaced by a smaller one: the device shrinks to the smaller disk, and
-/// full syncs in both directions cover it and end. A full sync marks the whole bitmap; the
-/// larger disk's bits past the agreed size were counted as left to sync, and no resync
-/// request could clear them: as SyncTarget it never ended.
-#[test]
-fn full_syncs_between_disks_of_different_sizes_end() {
-    let mut c = synced_pair();
-    c.command(0, AdminCommand::Secondary).unwrap();
+/// Bob's disk replaced by a fresh one half the size, attached while StandAlone.
+fn give_bob_a_smaller_disk(c: &mut Cluster) {
     c.command(1, AdminCommand::Detach { force: false }).unwrap();
+    c.settle();
     let small = SIZE / 2;
     let mut disk = MemDisk::new(small);
     disk.create_md();
@@ -970,21 +965,42 @@ fn full_syncs_between_disks_of_different_sizes_end() {
         }),
     )
     .unwrap();
+    c.settle();
+}
+
+/// Two fresh nodes, bob's disk half the size of alice's: their first connect shrinks alice's
+/// device to bob's disk (neither holds usable data yet), then alice, filled with data and
+/// forced Primary, full-syncs the device to bob.
+fn pair_of_different_sizes() -> Cluster {
+    let mut c = Cluster::new(|_, _| {});
+    let full = c.status(0).size_bytes;
+    give_bob_a_smaller_disk(&mut c);
+    c.nodes[0].disk.poke(0, &pattern(7, full as usize));
+    c.connect_both();
+    c.wait_connected();
+    let size = c.status(0).size_bytes;
+    assert!(size < SIZE / 2, "alice's device is bob's disk: {size}");
+    assert_eq!(c.status(1).size_bytes, size);
+    c.command(0, AdminCommand::Primary { force: true }).unwrap();
     c.run_until(Duration::from_secs(120), |c| {
-        (0..2).all(|i| c.conn(i) == ConnState::Connected) && c.status(1).disk == DiskState::UpToDate
+        c.status(1).disk == DiskState::UpToDate && c.conn(0) == ConnState::Connected
     });
-    let size = c.status(1).size_bytes;
-    assert!(size < small, "{size}");
-    assert_eq!(
-        c.status(0).size_bytes,
-        size,
-        "alice's device is the smaller disk"
-    );
-    assert_eq!(
-        c.data_area(0)[..size as usize],
-        c.data_area(1)[..size as usize]
-    );
+    assert_eq!(c.data_area(0), c.data_area(1));
+    c
+}
+
+/// Full syncs in both directions between disks of different sizes cover the device and end.
+/// A full sync marks the whole bitmap; the larger disk's bits past the agreed size were
+/// counted as left to sync, and no resync request could clear them: as SyncTarget it never
+/// ended.
+#[test]
+fn full_syncs_between_disks_of_different_sizes_end() {
+    // The first, from the larger disk: pair_of_different_sizes.
+    let mut c = pair_of_different_sizes();
+    let size = c.status(0).size_bytes;
+    assert_eq!(c.status(0).out_of_sync_bytes, 0, "of the device");
     // Now the larger disk is the SyncTarget of a full sync.
+    c.command(0, AdminCommand::Secondary).unwrap();
     c.command(0, AdminCommand::Invalidate).unwrap();
     c.run_until(Duration::from_secs(5), |c| {
         c.conn(0) == ConnState::SyncTarget
@@ -992,10 +1008,36 @@ fn full_syncs_between_disks_of_different_sizes_end() {
     c.run_until(Duration::from_secs(120), |c| {
         (0..2).all(|i| c.conn(i) == ConnState::Connected) && c.status(0).disk == DiskState::UpToDate
     });
-    assert_eq!(
-        c.data_area(0)[..size as usize],
-        c.data_area(1)[..size as usize]
-    );
+    assert_eq!(c.status(0).size_bytes, size);
+    assert_eq!(c.data_area(0), c.data_area(1));
+}
+
+/// A device with usable data is never shrunk by a smaller peer disk that arrives with the
+/// peer's attach or at a connect (DRBD 8.4.11's receive_sizes): "the peer's disk is too
+/// small", StandAlone, the device as it was. Shrinking a Secondary there made the smaller
+/// size its last agreed one, which its next attach and promotion would have served.
+#[test]
+fn a_device_with_data_is_not_shrunk_by_a_smaller_peer_disk() {
+    let mut c = synced_pair();
+    let full = c.status(0).size_bytes;
+    c.command(0, AdminCommand::Secondary).unwrap();
+    // The peer attaches a smaller disk while connected.
+    give_bob_a_smaller_disk(&mut c);
+    c.run_until(Duration::from_secs(30), |c| {
+        c.conn(0) == ConnState::StandAlone
+    });
+    let error = c.status(0).peer.unwrap().last_error.unwrap();
+    assert!(error.contains("the peer's disk is too small"), "{error}");
+    assert_eq!(c.status(0).size_bytes, full);
+    // And at a connect.
+    c.connect_both();
+    c.run_until(Duration::from_secs(30), |c| {
+        c.conn(0) == ConnState::StandAlone
+    });
+    let error = c.status(0).peer.unwrap().last_error.unwrap();
+    assert!(error.contains("the peer's disk is too small"), "{error}");
+    assert_eq!(c.status(0).size_bytes, full);
+    assert_eq!(c.status(0).disk, DiskState::UpToDate);
 }
 
 /// Alice's first P_SIZES to bob says `small_sectors`; the honest one is sent again right
@@ -1034,6 +1076,65 @@ impl GrowBeforeBitmap {
     }
 }
 
+/// The size a node agreed with a smaller peer is its last agreed size (la_size_sect, in its
+/// superblock), and an attach while StandAlone starts from it, as DRBD's: the device stays
+/// the smaller one until a peer agrees on more. Before, the attach offered the whole disk
+/// again: alice, promoted StandAlone, exposed a device her peer could not hold, and refused
+/// that peer at the next connect ("the peer's disk is too small").
+#[test]
+fn an_attach_keeps_the_size_last_agreed_with_a_smaller_peer() {
+    let mut c = pair_of_different_sizes();
+    let agreed = c.status(0).size_bytes;
+    c.settle();
+    let la_on_disk = |c: &Cluster| {
+        let layout = udrbd_meta::Layout::internal(SIZE, udrbd_meta::AlGeometry::DEFAULT).unwrap();
+        let at = layout.superblock_byte() as usize;
+        let sb = udrbd_meta::Superblock::decode(&c.nodes[0].disk.durable[at..at + 4096]).unwrap();
+        sb.la_size_sect * 512
+    };
+    assert_eq!(
+        la_on_disk(&c),
+        agreed,
+        "the agreed size is in alice's superblock"
+    );
+
+    // Alice alone: detach, attach, promote. Her device is still the agreed size.
+    c.command(0, AdminCommand::Secondary).unwrap();
+    c.command(0, AdminCommand::Disconnect).unwrap();
+    c.command(0, AdminCommand::Detach { force: false }).unwrap();
+    c.settle();
+    c.command(0, attach()).unwrap();
+    c.run_until(Duration::from_secs(30), |c| {
+        c.status(0).disk == DiskState::UpToDate
+    });
+    assert_eq!(
+        c.status(0).size_bytes,
+        agreed,
+        "the attach kept the agreed size"
+    );
+    c.command(0, AdminCommand::Primary { force: false })
+        .unwrap();
+    c.write(0, agreed - 4096, pattern(9, 4096)).unwrap();
+
+    // Her peer, still as small, is taken back.
+    c.command(
+        0,
+        AdminCommand::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    c.run_until(Duration::from_secs(120), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected)
+            && c.status(1).disk == DiskState::UpToDate
+            && c.status(0).out_of_sync_bytes == 0
+    });
+    assert_eq!(c.status(0).peer.unwrap().last_error, None);
+    assert_eq!(c.status(1).size_bytes, agreed);
+    assert_eq!(c.data_area(0), c.data_area(1));
+    assert_eq!(la_on_disk(&c), agreed);
+}
+
 /// A P_SIZES that grows the device after the handshake chose the sync direction and before
 /// the peer's bitmap: the bitmap covers the new size. The receiver was made on entering
 /// WFBitMapT, for the old size, and the first bitmap packet hit its "bitmap changed size"
@@ -1046,7 +1147,11 @@ fn a_device_that_grows_before_the_peers_bitmap_takes_the_bitmap_for_the_new_size
     c.command(0, AdminCommand::Disconnect).unwrap();
     c.command(1, AdminCommand::Disconnect).unwrap();
     c.write(0, 65536, pattern(7, 4096)).unwrap();
+    // Bob's disk holds no usable data, so the small size may shrink his device at the connect
+    // (one with data refuses it: a_device_with_data_is_not_shrunk_by_a_smaller_peer_disk).
+    c.command(1, AdminCommand::Invalidate).unwrap();
     c.settle();
+    assert_eq!(c.status(1).disk, DiskState::Inconsistent);
     c.grow_before_bitmap = Some(GrowBeforeBitmap {
         small_sectors: 1024,
         honest: None,

@@ -1,8 +1,9 @@
 //! Two real daemons replicating over TCP on 127.0.0.x: the initial full sync, the skipped
 //! initial sync (`new-current-uuid --clear-bitmap`), writes through the Primary's NBD export,
-//! a resync after the Secondary's daemon was killed, and a detached Primary served by its
-//! peer across a reconnect. Each test ends by comparing both backing files' data areas byte
-//! for byte.
+//! a resync after the Secondary's daemon was killed, a detached Primary served by its peer
+//! across a reconnect, and disks of different sizes (the device is the smaller one, kept as
+//! the last agreed size across an attach). Each test ends by comparing both backing files'
+//! data areas byte for byte.
 //!
 //! These tests need the engine's peer logic (udrbd-core); with its stub they fail at the
 //! first wait for the connection.
@@ -261,4 +262,57 @@ fn a_split_brain_runs_the_handlers_and_leaves_both_standalone() {
     p.wait_for_both("StandAlone after the split brain", WAIT, |_, s| {
         json_connection_state(s) == "StandAlone"
     });
+}
+
+/// Disks of different sizes: the device is the smaller disk on both nodes, that size is the
+/// larger node's last agreed size in its superblock (`la-size-sect` of `dump-md`), and its
+/// next attach while StandAlone serves that size, not its whole disk: promoted alone, it
+/// still takes its peer back. (With the whole disk it exported more than the peer could
+/// hold, and refused it with "the peer's disk is too small".)
+#[test]
+fn disks_of_different_sizes_keep_the_smaller_size_across_an_attach() {
+    require_libnbd();
+    let p = Pair::start(PairOptions {
+        daemon_args: vec!["--no-up".into()],
+        ..PairOptions::default()
+    });
+    // Bob's disk is half of alice's.
+    sparse_file(&p.bob.disk, PairOptions::default().size / 2);
+    create_md(&p.bob.disk);
+    for n in p.nodes() {
+        n.ok(&["up", "r0"]);
+    }
+    p.wait_connected(60);
+    let agreed = data_bytes(&p.alice);
+    assert_eq!(data_bytes(&p.bob), agreed);
+    assert!(agreed < PairOptions::default().size / 2, "{agreed}");
+    p.alice.ok(&["primary", "r0", "--force"]);
+    p.wait_up_to_date(WAIT);
+
+    // Alice down, her meta-data read offline.
+    p.alice.ok(&["secondary", "r0"]);
+    p.alice.ok(&["down", "r0"]);
+    let o = Command::new(udrbd_bin())
+        .arg("dump-md")
+        .arg(&p.alice.disk)
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{dump}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let la = format!("la-size-sect {};", agreed / 512);
+    assert!(dump.contains(&la), "{la} not in alice's meta-data:\n{dump}");
+
+    // Attached alone and promoted, alice exports the agreed size.
+    p.alice.ok(&["attach", "r0"]);
+    assert_eq!(data_bytes(&p.alice), agreed, "{}", p.logs());
+    p.alice.ok(&["primary", "r0"]);
+    write_through_alice(&p, agreed);
+    p.alice.ok(&["connect", "r0"]);
+    p.wait_up_to_date(WAIT);
+    assert_eq!(p.alice.role(), "Primary/Secondary");
+    assert_identical(&p, agreed);
 }
