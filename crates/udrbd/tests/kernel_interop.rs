@@ -22,6 +22,9 @@
 //!   the kernel detaches and attaches, and gets exactly what udrbd wrote meanwhile.
 //! - [`protocol_a_against_the_kernel`], [`protocol_b_against_the_kernel`]: replication both
 //!   ways under protocols A and B (the other tests run C).
+//! - [`disks_of_different_sizes_against_the_kernel`]: the device is the smaller disk, its
+//!   size udrbd's last agreed one across a restart, and a device with usable data is not
+//!   shrunk at a connect, by either side.
 //!
 //! Every test ends with the guest's kernel log free of protocol errors. The tests need root
 //! (they fail without it) and about 300 MB of host memory per guest.
@@ -1293,4 +1296,132 @@ fn protocol_a_against_the_kernel() {
 #[test]
 fn protocol_b_against_the_kernel() {
     replication_under("B", 17460);
+}
+
+/// Disks of different sizes against the kernel (DRBD 8.4.11's receive_sizes, both sides):
+/// 1. udrbd with usable data (UpToDate alone, 16 MiB) refuses the kernel's 8 MiB disk at the
+///    connect: "the peer's disk is too small", StandAlone, its device as it was.
+/// 2. Both fresh: the device is the smaller disk on both sides; udrbd's full sync makes them
+///    equal; the agreed size is udrbd's `la-size-sect`, and udrbd comes back up with its
+///    whole 16 MiB disk and that size, taken by the kernel.
+/// 3. The kernel, with usable data as Secondary, refuses a fresh 4 MiB udrbd disk at the
+///    connect ("The peer's disk size is too small!", StandAlone): the rule udrbd follows.
+#[test]
+fn disks_of_different_sizes_against_the_kernel() {
+    let ports = test_prelude(17470);
+    let t_all = Instant::now();
+    let mut u = Udrbd::prepare_with(
+        ports,
+        UdrbdOptions {
+            net: UDRBD_NET.into(),
+            ..UdrbdOptions::default()
+        },
+    );
+    let vm = KernelVm::start_args(
+        &u.vm_dir(),
+        "ksizes",
+        ports,
+        &[
+            "--size-mib",
+            "8",
+            "--net-opts",
+            KERNEL_NET,
+            "--disk-opts",
+            KERNEL_DISK,
+            "--no-wait",
+        ],
+    );
+    let device_kib = |d: &TestDaemon| status_json(d)["devices"][0]["size"].as_u64().unwrap();
+
+    // 1. udrbd UpToDate alone before it ever met the kernel.
+    let d = TestDaemon::start_node(u.dir.path(), "alice", &u.config, "alice", &["--no-up"]);
+    d.ok(&["attach", "r0"]);
+    d.ok(&["primary", "r0", "--force"]);
+    d.ok(&["secondary", "r0"]);
+    let whole = device_kib(&d);
+    d.ok(&["connect", "r0"]);
+    let deadline = Instant::now() + WAIT;
+    while !d.log_text().contains("the peer's disk is too small") {
+        assert!(
+            Instant::now() < deadline,
+            "udrbd did not refuse:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_udrbd(&d, "StandAlone", "UpToDate/DUnknown", WAIT);
+    assert_eq!(device_kib(&d), whole);
+    eprintln!(
+        "1. udrbd refused the smaller disk at {:.1?}",
+        t_all.elapsed()
+    );
+
+    // 2. Both fresh: the smaller disk is the device.
+    d.ok(&["down", "r0"]);
+    fill_file(&u.disk, u.opts.size_mib << 20, true);
+    create_md(&u.disk);
+    d.ok(&["up", "r0"]);
+    vm.wait(
+        "cs:Connected ro:Secondary/Secondary ds:Inconsistent/Inconsistent",
+        WAIT,
+        &|| d.log_text(),
+    );
+    let kib = guest_size_kib(&vm);
+    assert_eq!(device_kib(&d), kib, "udrbd's device is the kernel's");
+    assert!(kib < 8 << 10, "{kib} KiB");
+    let len = kib * 1024;
+    d.ok(&["primary", "r0", "--force"]);
+    vm.wait(
+        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    assert_eq!(md5_hex(&u.data_area(len)), vm.backing_md5(len));
+    d.ok(&["secondary", "r0"]);
+    d.ok(&["down", "r0"]);
+    let dump = run_ok(Command::new(udrbd_bin()).arg("dump-md").arg(&u.disk));
+    let la = format!("la-size-sect {};", len / 512);
+    assert!(dump.contains(&la), "{la} not in udrbd's meta-data:\n{dump}");
+    d.ok(&["up", "r0"]);
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    assert_eq!(device_kib(&d), kib);
+    vm.wait(
+        "cs:Connected ro:Secondary/Secondary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    vm.assert_clean_dmesg(&|| d.log_text());
+    eprintln!(
+        "2. agreed on {kib} KiB, kept across down/up, at {:.1?}",
+        t_all.elapsed()
+    );
+
+    // 3. The kernel, UpToDate, meets a fresh disk smaller than its device.
+    d.ok(&["down", "r0"]);
+    u.opts.size_mib = 4;
+    fill_file(&u.disk, u.opts.size_mib << 20, true);
+    create_md(&u.disk);
+    let mark = dmesg_lines(&vm);
+    d.ok(&["up", "r0"]);
+    vm.wait("cs:StandAlone", WAIT, &|| d.log_text());
+    let dmesg: Vec<String> = vm
+        .exec("dmesg")
+        .lines()
+        .skip(mark)
+        .map(String::from)
+        .collect();
+    assert!(
+        dmesg
+            .iter()
+            .any(|l| l.contains("The peer's disk size is too small!")),
+        "{}",
+        dmesg.join("\n")
+    );
+    assert_eq!(guest_size_kib(&vm), kib);
+    eprintln!(
+        "3. the kernel refused the smaller disk at {:.1?}:\n{}",
+        t_all.elapsed(),
+        dmesg.join("\n")
+    );
 }
