@@ -1304,8 +1304,9 @@ fn protocol_b_against_the_kernel() {
 /// 2. Both fresh: the device is the smaller disk on both sides; udrbd's full sync makes them
 ///    equal; the agreed size is udrbd's `la-size-sect`, and udrbd comes back up with its
 ///    whole 16 MiB disk and that size, taken by the kernel.
-/// 3. The kernel, with usable data as Secondary, refuses a fresh 4 MiB udrbd disk at the
-///    connect ("The peer's disk size is too small!", StandAlone): the rule udrbd follows.
+/// 3. The kernel, with usable data as Secondary, refuses a fresh 4 MiB udrbd disk attached
+///    while connected, and again at its next connect ("The peer's disk size is too small!",
+///    StandAlone): the rule udrbd follows.
 #[test]
 fn disks_of_different_sizes_against_the_kernel() {
     let ports = test_prelude(17470);
@@ -1397,31 +1398,39 @@ fn disks_of_different_sizes_against_the_kernel() {
         t_all.elapsed()
     );
 
-    // 3. The kernel, UpToDate, meets a fresh disk smaller than its device.
-    d.ok(&["down", "r0"]);
+    // 3. The kernel, UpToDate, meets a fresh disk smaller than its device: attached by udrbd
+    // while connected, then at the kernel's next connect.
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    d.ok(&["detach", "r0"]);
     u.opts.size_mib = 4;
     fill_file(&u.disk, u.opts.size_mib << 20, true);
     create_md(&u.disk);
-    let mark = dmesg_lines(&vm);
-    d.ok(&["up", "r0"]);
-    vm.wait("cs:StandAlone", WAIT, &|| d.log_text());
-    let dmesg: Vec<String> = vm
-        .exec("dmesg")
-        .lines()
-        .skip(mark)
-        .map(String::from)
-        .collect();
-    assert!(
-        dmesg
-            .iter()
-            .any(|l| l.contains("The peer's disk size is too small!")),
-        "{}",
-        dmesg.join("\n")
-    );
-    assert_eq!(guest_size_kib(&vm), kib);
-    eprintln!(
-        "3. the kernel refused the smaller disk at {:.1?}:\n{}",
-        t_all.elapsed(),
-        dmesg.join("\n")
-    );
+    for (what, act) in [("udrbd's attach", 0), ("the kernel's connect", 1)] {
+        let mark = dmesg_lines(&vm);
+        if act == 0 {
+            d.ok(&["attach", "r0"]);
+        } else {
+            vm.connect(KERNEL_NET);
+        }
+        vm.wait("cs:StandAlone", WAIT, &|| d.log_text());
+        let dmesg: Vec<String> = vm
+            .exec("dmesg")
+            .lines()
+            .skip(mark)
+            .map(String::from)
+            .collect();
+        assert!(
+            dmesg
+                .iter()
+                .any(|l| l.contains("The peer's disk size is too small!")),
+            "{what}:\n{}",
+            dmesg.join("\n")
+        );
+        assert_eq!(guest_size_kib(&vm), kib);
+        eprintln!(
+            "3. the kernel refused the smaller disk at {what}, at {:.1?}:\n{}",
+            t_all.elapsed(),
+            dmesg.join("\n")
+        );
+    }
 }
