@@ -1529,27 +1529,36 @@ impl Resource {
     }
 
     fn receive_sizes(&mut self, sizes: Sizes) -> Result<(), String> {
-        // A diskless node exports the peer's size: one no DRBD device can have is refused
-        // before any byte arithmetic on it (it overflowed `sectors * 512`).
-        if sizes.d_size > udrbd_meta::layout::DRBD_MAX_SECTORS_FLEX {
+        // A diskless node exports a size the peer sent: one no DRBD device can have is
+        // refused before any byte arithmetic on it (it overflowed `sectors * 512`).
+        let largest = sizes.d_size.max(sizes.c_size).max(sizes.u_size);
+        if largest > udrbd_meta::layout::DRBD_MAX_SECTORS_FLEX {
             return Err(format!(
-                "the peer's disk size of {} sectors is beyond the largest DRBD device ({} sectors)",
-                sizes.d_size,
+                "the peer's size of {largest} sectors is beyond the largest DRBD device ({} sectors)",
                 udrbd_meta::layout::DRBD_MAX_SECTORS_FLEX
             ));
         }
         // The device is the smaller of the two disks (DRBD's drbd_new_dev_size), from what
         // this disk can hold, not from what the device was: a device a smaller peer shrank
         // grows back with a larger one (it stayed at the smaller size for ever, and a peer
-        // that had once sent a tiny size was then refused at every connect).
-        let own = self.disk.as_ref().map(|d| d.usable_sect);
+        // that had once sent a tiny size was then refused at every connect). A diskless peer
+        // (no disk size) changes nothing: drbd_new_dev_size keeps the last agreed size. It
+        // grew the device to this whole disk, and the peer's smaller disk, attached again,
+        // was refused (a swarm run with disks of different sizes).
+        // A diskless node takes the peer's current size, not its disk's, which may always
+        // have been larger than this node's (8.4.11: "I must NOT accept the peers backing
+        // disk size"); a peer that sends none, its user size, then its disk's.
+        let own = self.disk.as_ref().map(|d| (d.usable_sect, d.size_sect));
         let link = self.link_mut();
         link.peer_sizes = Some(sizes);
         link.peer_max_bio = sizes.max_bio_size.clamp(4096, MAX_BIO_SIZE);
         let agreed = match (own, sizes.d_size) {
-            (Some(o), 0) => o,
-            (Some(o), peer) => o.min(peer),
-            (None, peer) => peer,
+            (Some((_, current)), 0) => current,
+            (Some((usable, _)), peer) => usable.min(peer),
+            (None, _) => [sizes.c_size, sizes.u_size, sizes.d_size]
+                .into_iter()
+                .find(|&s| s != 0)
+                .unwrap_or(0),
         };
         link.agreed_size_sect = agreed;
         let Some(current) = self.disk.as_ref().map(|d| d.size_sect) else {

@@ -1012,6 +1012,52 @@ fn full_syncs_between_disks_of_different_sizes_end() {
     assert_eq!(c.data_area(0), c.data_area(1));
 }
 
+/// A diskless peer (its handshake sends no disk size) changes no size: the device keeps the size
+/// agreed with the peer's smaller disk (DRBD's drbd_new_dev_size keeps the last agreed one),
+/// and the diskless peer's device is the Primary's current size, not its disk's. Before,
+/// alice's device grew to her whole disk, and bob's disk, attached again, was refused as too
+/// small (the swarm with disks of different sizes); bob exported alice's whole disk.
+#[test]
+fn a_diskless_peer_changes_no_size() {
+    let mut c = pair_of_different_sizes();
+    let agreed = c.status(0).size_bytes;
+    c.command(1, AdminCommand::Detach { force: false }).unwrap();
+    c.run_until(Duration::from_secs(30), |c| {
+        c.status(1).disk == DiskState::Diskless
+            && c.status(0).peer.unwrap().peer_disk == DiskState::Diskless
+    });
+    // A handshake with the diskless bob.
+    c.command(1, AdminCommand::Disconnect).unwrap();
+    c.settle();
+    c.command(
+        1,
+        AdminCommand::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    c.wait_connected();
+    c.settle();
+    assert_eq!(c.status(0).size_bytes, agreed, "alice's device");
+    assert_eq!(c.status(1).size_bytes, agreed, "bob's diskless device");
+    c.write(0, agreed - 4096, pattern(5, 4096)).unwrap();
+    c.command(
+        1,
+        AdminCommand::Attach(AttachParams {
+            data_device_bytes: SIZE / 2,
+            meta_device_bytes: SIZE / 2,
+            meta_kind: MetaDiskKind::Internal,
+        }),
+    )
+    .unwrap();
+    c.run_until(Duration::from_secs(60), |c| {
+        c.status(1).disk == DiskState::UpToDate && c.status(0).out_of_sync_bytes == 0
+    });
+    assert_eq!(c.conn(0), ConnState::Connected);
+    assert_eq!(c.status(0).peer.unwrap().last_error, None);
+    assert_eq!(c.data_area(0), c.data_area(1));
+}
+
 /// A device with usable data is never shrunk by a smaller peer disk that arrives with the
 /// peer's attach or at a connect (DRBD 8.4.11's receive_sizes): "the peer's disk is too
 /// small", StandAlone, the device as it was. Shrinking a Secondary there made the smaller

@@ -91,8 +91,12 @@ pub const PORT: u16 = 7789;
 pub struct ClusterOptions {
     /// Nodes (node `i`'s peer is `i ^ 1`).
     pub nodes: usize,
-    /// Size of every backing device (internal meta-data at its end).
+    /// Size of every backing device (internal meta-data at its end), but see
+    /// `second_disk_bytes`.
     pub device_bytes: u64,
+    /// The backing device of node 1 (of every odd node), if not `device_bytes`: disks of
+    /// different sizes, whose device is the smaller one.
+    pub second_disk_bytes: Option<u64>,
     /// Replication protocol.
     pub protocol: WireProtocol,
     /// after-sb-* and rr-conflict.
@@ -143,6 +147,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             nodes: 2,
             device_bytes: 4 << 20,
+            second_disk_bytes: None,
             protocol: WireProtocol::C,
             split_brain: SplitBrainPolicy::default(),
             resync: ResyncControllerConfig {
@@ -167,6 +172,16 @@ impl Default for ClusterOptions {
             journal: false,
             invariants_every_step: true,
             configure: None,
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// The size of node `i`'s backing device.
+    pub fn disk_bytes(&self, node: NodeId) -> u64 {
+        match self.second_disk_bytes {
+            Some(bytes) if node % 2 == 1 => bytes,
+            _ => self.device_bytes,
         }
     }
 }
@@ -514,7 +529,10 @@ impl Cluster {
             tampered: false,
         };
         for i in 0..options.nodes {
-            let mut disk = SimDisk::new(options.device_bytes, derive_seed(seed, i as u64, 0xD15C));
+            let mut disk = SimDisk::new(
+                options.disk_bytes(i as NodeId),
+                derive_seed(seed, i as u64, 0xD15C),
+            );
             create_md(&mut disk);
             c.nodes.push(Node {
                 engine: None,
@@ -652,13 +670,19 @@ impl Cluster {
 
     /// Attaches node `i`'s disk. A refusal fails the run.
     pub fn attach(&mut self, node: NodeId) {
-        let attach = self.attach_command();
+        let attach = self.attach_command_of(node);
         self.must(node, attach);
     }
 
-    /// `attach` of a node's whole simulated disk with internal meta-data.
+    /// `attach` of node 0's whole simulated disk with internal meta-data (any node's, when
+    /// the disks are of one size: `ClusterOptions::second_disk_bytes` unset).
     pub fn attach_command(&self) -> AdminCommand {
-        let size = self.options.device_bytes;
+        self.attach_command_of(0)
+    }
+
+    /// `attach` of node `i`'s whole simulated disk with internal meta-data.
+    pub fn attach_command_of(&self, node: NodeId) -> AdminCommand {
+        let size = self.options.disk_bytes(node);
         AdminCommand::Attach(AttachParams {
             data_device_bytes: size,
             meta_device_bytes: size,
@@ -1206,9 +1230,12 @@ impl Cluster {
         self.wait(id).map(|_| ())
     }
 
-    /// Blocks of 4 KiB in the data area.
+    /// Blocks of 4 KiB in the smallest data area (the device of disks of different sizes).
     pub fn data_blocks(&self) -> u64 {
-        self.data_area(0).len() as u64 / BLOCK
+        (0..self.nodes.len() as NodeId)
+            .map(|i| self.data_area(i).len() as u64 / BLOCK)
+            .min()
+            .unwrap_or(0)
     }
 
     /// The offset and data of modelled write `id`.

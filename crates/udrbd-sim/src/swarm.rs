@@ -122,6 +122,9 @@ pub struct SwarmParams {
     pub ops: u64,
     /// Backing device size, MiB (internal meta-data at its end).
     pub device_mib: u64,
+    /// Node 1's backing device, MiB, when smaller than node 0's (a quarter of the seeds):
+    /// the device is the smaller disk.
+    pub second_disk_mib: Option<u64>,
     /// `al-extents` (small: extents are evicted).
     pub al_extents: u16,
     /// Replication protocol.
@@ -152,6 +155,8 @@ pub struct SwarmParams {
 pub struct SwarmCounts {
     /// Seeds run.
     pub seeds: u64,
+    /// Seeds whose two disks differ in size.
+    pub unequal_disks: u64,
     /// Operations.
     pub ops: u64,
     /// Block requests submitted.
@@ -211,8 +216,9 @@ pub struct SwarmCounts {
 impl SwarmCounts {
     /// Adds `other` to `self`.
     pub fn add(&mut self, o: &SwarmCounts) {
-        let pairs: [(&mut u64, u64); 28] = [
+        let pairs: [(&mut u64, u64); 29] = [
             (&mut self.seeds, o.seeds),
+            (&mut self.unequal_disks, o.unequal_disks),
             (&mut self.ops, o.ops),
             (&mut self.requests, o.requests),
             (&mut self.requests_ok, o.requests_ok),
@@ -251,11 +257,12 @@ impl std::fmt::Display for SwarmCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seeds {} ops {} requests {} (ok {}, failed {}, reads checked {}) commands {} (refused {}) | \
+            "seeds {} (unequal disks {}) ops {} requests {} (ok {}, failed {}, reads checked {}) commands {} (refused {}) | \
              crashes {} torn-writes {} lost-writes {} | partitions {} one-way {} resets {} stalls {} net-changes {} | clock-jumps {} | \
              freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} failovers {} split-brains {} | \
              bitmap-checks {} durable-blocks {} | steps {} simulated {:.1}s",
             self.seeds,
+            self.unequal_disks,
             self.ops,
             self.requests,
             self.requests_ok,
@@ -369,9 +376,16 @@ pub fn draw_params(seed: u64, ops: u64) -> SwarmParams {
     ];
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0B5E_55ED);
     let mut below = |n: u64| rng.next_u64() % n.max(1);
+    let device_mib = [8, 12, 16][below(3) as usize];
+    // From a generator of its own, so that the seeds with disks of one size draw what they
+    // drew before this parameter existed.
+    let mut sizes = ChaCha8Rng::seed_from_u64(seed ^ 0x5123_D15C);
+    let second_disk_mib =
+        (sizes.next_u64() % 4 == 0).then(|| device_mib - 2 - 2 * (sizes.next_u64() % 2));
     SwarmParams {
         ops: if ops > 0 { ops } else { 1_500 + below(2_500) },
-        device_mib: [8, 12, 16][below(3) as usize],
+        device_mib,
+        second_disk_mib,
         // Tiny, so that extents are evicted all the time (DRBD's minimum is 67), but at
         // least 2: a request of up to 32 blocks spans two 4 MiB extents, and with one slot it
         // could never hold both.
@@ -646,6 +660,7 @@ impl Run {
     fn new(seed: u64, params: SwarmParams, configure: Option<ConfigureHook>) -> Run {
         let options = ClusterOptions {
             device_bytes: params.device_mib << 20,
+            second_disk_bytes: params.second_disk_mib.map(|mib| mib << 20),
             protocol: params.protocol,
             split_brain: params.split_brain,
             al_extents: params.al_extents,
@@ -671,6 +686,7 @@ impl Run {
             blocks,
             counts: SwarmCounts {
                 seeds: 1,
+                unequal_disks: u64::from(params.second_disk_mib.is_some()),
                 ..SwarmCounts::default()
             },
             hash: Hash(0xCBF2_9CE4_8422_2325),
@@ -1480,8 +1496,8 @@ impl Run {
 
     // ---- admin ---------------------------------------------------------------------------
 
-    fn attach_cmd(&self) -> AdminCommand {
-        self.c.attach_command()
+    fn attach_cmd(&self, node: NodeId) -> AdminCommand {
+        self.c.attach_command_of(node)
     }
 
     fn start(&mut self, node: NodeId, cmd: AdminCommand) {
@@ -1507,7 +1523,7 @@ impl Run {
             6 => AdminCommand::Disconnect,
             7 => AdminCommand::Detach { force: false },
             8 => AdminCommand::Detach { force: true },
-            9 | 10 => self.attach_cmd(),
+            9 | 10 => self.attach_cmd(node),
             11 => AdminCommand::Invalidate,
             12 => match self.below(3) {
                 0 => AdminCommand::InvalidateRemote,
@@ -1638,7 +1654,7 @@ impl Run {
         self.down_since[usize::from(node)] = None;
         self.c.boot(node);
         self.drain();
-        let attach = self.attach_cmd();
+        let attach = self.attach_cmd(node);
         if let Err(e) = self.c.command(node, attach) {
             self.fail(
                 Checker::Durability,
@@ -1908,7 +1924,7 @@ impl Run {
                 // (A StandAlone diskless node connects first: a Primary that served its
                 // peer's data attaches its own disk only while connected to the peer,
                 // ERR_DATA_NOT_CURRENT.)
-                let attach = self.attach_cmd();
+                let attach = self.attach_cmd(node);
                 self.start(node, attach);
                 continue;
             }
@@ -1926,7 +1942,7 @@ impl Run {
                     self.attach_refused[usize::from(node)] = false;
                     AdminCommand::Secondary
                 } else {
-                    self.attach_cmd()
+                    self.attach_cmd(node)
                 };
                 self.start(node, cmd);
                 continue;

@@ -87,6 +87,13 @@ fn swarm_ci_range() {
     for (what, count) in minimums {
         assert!(count >= 300, "only {count} {what} over the CI range");
     }
+    // A quarter of the seeds run disks of different sizes.
+    assert!(
+        totals.unequal_disks >= totals.seeds / 8,
+        "only {} of {} seeds with disks of different sizes",
+        totals.unequal_disks,
+        totals.seeds
+    );
 }
 
 #[test]
