@@ -57,6 +57,38 @@ fn test_prelude(base: u16) -> Ports {
     ports
 }
 
+/// The guest `name` on a RAM disk of `size_mib`, with the tests' net and disk options,
+/// booting while udrbd starts (`--no-wait`).
+fn start_guest(u: &Udrbd, name: &str, ports: Ports, size_mib: u64) -> KernelVm {
+    let size = size_mib.to_string();
+    KernelVm::start_args(
+        &u.vm_dir(),
+        name,
+        ports,
+        &[
+            "--size-mib",
+            &size,
+            "--net-opts",
+            KERNEL_NET,
+            "--disk-opts",
+            KERNEL_DISK,
+            "--no-wait",
+        ],
+    )
+}
+
+/// udrbd `primary --force`, then the full sync to the kernel, until both sides say
+/// Connected and UpToDate.
+fn force_primary_and_full_sync(d: &TestDaemon, vm: &KernelVm) {
+    d.ok(&["primary", "r0", "--force"]);
+    vm.wait(
+        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    wait_udrbd(d, "Connected", "UpToDate/UpToDate", WAIT);
+}
+
 /// The data area of a device with internal meta-data, in KiB, as the guest reports it.
 fn guest_size_kib(vm: &KernelVm) -> u64 {
     let sectors: u64 = vm.exec("cat /sys/block/drbd0/size").trim().parse().unwrap();
@@ -227,6 +259,15 @@ fn dmesg_lines(vm: &KernelVm) -> usize {
     vm.exec("dmesg").lines().count()
 }
 
+/// The guest's kernel log lines after the first `mark` (a [`dmesg_lines`] count).
+fn dmesg_since(vm: &KernelVm, mark: usize) -> Vec<String> {
+    vm.exec("dmesg")
+        .lines()
+        .skip(mark)
+        .map(String::from)
+        .collect()
+}
+
 /// Runs `resync`, which must bring the two back together; returns the growth of the kernel's
 /// `nr:` and `ns:` and of udrbd's `received` and `sent` in KiB, and the seconds it took.
 fn measure<F: FnOnce(&mut TestDaemon)>(
@@ -278,20 +319,7 @@ fn udrbd_primary_full_and_incremental_sync_then_failover_to_the_kernel() {
             ..UdrbdOptions::default()
         },
     );
-    let vm = KernelVm::start_args(
-        &u.vm_dir(),
-        "kprim",
-        ports,
-        &[
-            "--size-mib",
-            "64",
-            "--net-opts",
-            KERNEL_NET,
-            "--disk-opts",
-            KERNEL_DISK,
-            "--no-wait",
-        ],
-    );
+    let vm = start_guest(&u, "kprim", ports, 64);
     let mut d = u.start();
     let o = d.cli(&["wait-connect", "r0", "--timeout", "180"]);
     assert!(o.status.success(), "{}\n{}", d.log_text(), vm.log_tail());
@@ -311,12 +339,7 @@ fn udrbd_primary_full_and_incremental_sync_then_failover_to_the_kernel() {
     // Full sync to the kernel.
     let before = md5_hex(&u.data_area(len));
     let t0 = Instant::now();
-    d.ok(&["primary", "r0", "--force"]);
-    vm.wait(
-        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
-        WAIT,
-        &|| d.log_text(),
-    );
+    force_primary_and_full_sync(&d, &vm);
     let full = t0.elapsed();
     let k = vm.counters();
     eprintln!(
@@ -991,12 +1014,7 @@ fn cram_hmac_against_the_kernel() {
     d.restart();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let dmesg: Vec<String> = vm
-            .exec("dmesg")
-            .lines()
-            .skip(mark)
-            .map(String::from)
-            .collect();
+        let dmesg = dmesg_since(&vm, mark);
         let udrbd_log = d.log_text()[log_before..].to_string();
         let kernel_refused = dmesg
             .iter()
@@ -1065,13 +1083,7 @@ fn synced_pair(ports: Ports, name: &str, proto: &str) -> (Udrbd, KernelVm, TestD
         "the guest does not run protocol {proto}: {proc_drbd}"
     );
     let len = guest_size_kib(&vm) * 1024;
-    d.ok(&["primary", "r0", "--force"]);
-    vm.wait(
-        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
-        WAIT,
-        &|| d.log_text(),
-    );
-    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    force_primary_and_full_sync(&d, &vm);
     (u, vm, d, len)
 }
 
@@ -1318,20 +1330,7 @@ fn disks_of_different_sizes_against_the_kernel() {
             ..UdrbdOptions::default()
         },
     );
-    let vm = KernelVm::start_args(
-        &u.vm_dir(),
-        "ksizes",
-        ports,
-        &[
-            "--size-mib",
-            "8",
-            "--net-opts",
-            KERNEL_NET,
-            "--disk-opts",
-            KERNEL_DISK,
-            "--no-wait",
-        ],
-    );
+    let vm = start_guest(&u, "ksizes", ports, 8);
     let device_kib = |d: &TestDaemon| status_json(d)["devices"][0]["size"].as_u64().unwrap();
 
     // 1. udrbd UpToDate alone before it ever met the kernel.
@@ -1371,13 +1370,7 @@ fn disks_of_different_sizes_against_the_kernel() {
     assert_eq!(device_kib(&d), kib, "udrbd's device is the kernel's");
     assert!(kib < 8 << 10, "{kib} KiB");
     let len = kib * 1024;
-    d.ok(&["primary", "r0", "--force"]);
-    vm.wait(
-        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
-        WAIT,
-        &|| d.log_text(),
-    );
-    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    force_primary_and_full_sync(&d, &vm);
     assert_eq!(md5_hex(&u.data_area(len)), vm.backing_md5(len));
     d.ok(&["secondary", "r0"]);
     d.ok(&["down", "r0"]);
@@ -1413,12 +1406,7 @@ fn disks_of_different_sizes_against_the_kernel() {
             vm.connect(KERNEL_NET);
         }
         vm.wait("cs:StandAlone", WAIT, &|| d.log_text());
-        let dmesg: Vec<String> = vm
-            .exec("dmesg")
-            .lines()
-            .skip(mark)
-            .map(String::from)
-            .collect();
+        let dmesg = dmesg_since(&vm, mark);
         assert!(
             dmesg
                 .iter()
