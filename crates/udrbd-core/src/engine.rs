@@ -230,6 +230,17 @@ pub(crate) struct Disk {
     pub(crate) al_reinit_flush_need: Option<u64>,
 }
 
+impl Disk {
+    /// Bits set among the first `bits` of the bitmap. Bits past a device size a smaller peer
+    /// agreed stay set for a later size that covers them (a grown device marks that range
+    /// anyway), but no resync can clear them and they are no part of the device.
+    pub(crate) fn bits_set_within(&self, bits: u64) -> u64 {
+        let all = self.bitmap.bits();
+        // Usually nothing lies past `bits`: counting the tail, not the head, stays cheap.
+        self.bitmap.count() - self.bitmap.count_range(bits.min(all)..all)
+    }
+}
+
 /// Who waits for a meta-data preflush.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MdWriter {
@@ -590,14 +601,11 @@ impl Resource {
             // capacity from P_SIZES): a diskless Primary's export advertised 0 bytes to every
             // NBD client that connected after the detach.
             size_bytes: self.exported_size(),
-            // Of the device: bits past a size a smaller peer agreed stay set in the bitmap
-            // for a later size that covers them (see `resync_bits_left`), but are no part of
-            // the device; counting them, a node whose device had shrunk said it was 4 MiB
-            // out of sync after every resync had ended.
+            // Of the device only: counting the bits past it, a node whose device had shrunk
+            // said it was 4 MiB out of sync after every resync had ended.
             out_of_sync_bytes: self.disk.as_ref().map_or(0, |d| {
-                let bits = d.bitmap.bits();
-                let device = d.size_sect.div_ceil(udrbd_meta::SECTORS_PER_BIT).min(bits);
-                (d.bitmap.count() - d.bitmap.count_range(device..bits)) * udrbd_meta::BM_BLOCK_SIZE
+                d.bits_set_within(d.size_sect.div_ceil(udrbd_meta::SECTORS_PER_BIT))
+                    * udrbd_meta::BM_BLOCK_SIZE
             }),
             upper_pending: (self.requests.len() + self.held_requests.len()) as u64,
             lower_pending: data_ops,

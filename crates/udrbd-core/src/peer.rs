@@ -1561,7 +1561,7 @@ impl Resource {
                 .unwrap_or(0),
         };
         link.agreed_size_sect = agreed;
-        let Some(current) = self.disk.as_ref().map(|d| d.size_sect) else {
+        let Some((_, current)) = own else {
             return Ok(());
         };
         // DRBD 8.4.11's receive_sizes never shrinks a device with usable data (Outdated or
@@ -2237,10 +2237,7 @@ impl Resource {
     /// them: counting them, a resync never ended (a hostile run's P_SIZES found it).
     pub(crate) fn resync_bits_left(&self) -> u64 {
         let bits = self.exchange_bits();
-        // The count is kept; only the (usually empty) tail past the agreed size is counted.
-        self.disk.as_ref().map_or(0, |d| {
-            d.bitmap.count() - d.bitmap.count_range(bits..d.bitmap.bits())
-        })
+        self.disk.as_ref().map_or(0, |d| d.bits_set_within(bits))
     }
 
     fn send_bitmap(&mut self) {
