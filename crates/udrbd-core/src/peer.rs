@@ -1549,6 +1549,20 @@ impl Resource {
         // have been larger than this node's (8.4.11: "I must NOT accept the peers backing
         // disk size"); a peer that sends none, its user size, then its disk's.
         let own = self.disk.as_ref().map(|d| (d.usable_sect, d.size_sect));
+        if let Some((usable, _)) = own
+            && sizes.d_size != 0
+            && usable.abs_diff(sizes.d_size) > usable.min(sizes.d_size) >> 3
+        {
+            // DRBD's warn_if_differ_considerably (more than an eighth): a wrong disk is
+            // likelier than a planned difference.
+            self.log(
+                LogLevel::Warn,
+                format!(
+                    "Considerable difference in lower level device sizes: {}s vs. {usable}s",
+                    sizes.d_size
+                ),
+            );
+        }
         let link = self.link_mut();
         link.peer_sizes = Some(sizes);
         link.peer_max_bio = sizes.max_bio_size.clamp(4096, MAX_BIO_SIZE);

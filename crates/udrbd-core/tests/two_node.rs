@@ -1075,6 +1075,11 @@ fn a_device_with_data_is_not_shrunk_by_a_smaller_peer_disk() {
     let error = c.status(0).peer.unwrap().last_error.unwrap();
     assert!(error.contains("the peer's disk is too small"), "{error}");
     assert_eq!(c.status(0).size_bytes, full);
+    let warned = c.nodes[0].events.iter().any(|e| {
+        matches!(e, Event::Log { message, .. }
+            if message.starts_with("Considerable difference in lower level device sizes: "))
+    });
+    assert!(warned, "alice warned of the sizes as DRBD does");
     // And at a connect.
     c.connect_both();
     c.run_until(Duration::from_secs(30), |c| {

@@ -1351,6 +1351,12 @@ fn disks_of_different_sizes_against_the_kernel() {
     }
     wait_udrbd(&d, "StandAlone", "UpToDate/DUnknown", WAIT);
     assert_eq!(device_kib(&d), whole);
+    assert!(
+        d.log_text()
+            .contains("Considerable difference in lower level device sizes"),
+        "udrbd warns of the sizes as the kernel does:\n{}",
+        d.log_text()
+    );
     eprintln!(
         "1. udrbd refused the smaller disk at {:.1?}",
         t_all.elapsed()
