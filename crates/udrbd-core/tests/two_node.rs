@@ -330,9 +330,14 @@ impl Cluster {
 }
 
 fn attach() -> AdminCommand {
+    attach_of(SIZE)
+}
+
+/// `attach` of a disk of `bytes` with internal meta-data.
+fn attach_of(bytes: u64) -> AdminCommand {
     AdminCommand::Attach(AttachParams {
-        data_device_bytes: SIZE,
-        meta_device_bytes: SIZE,
+        data_device_bytes: bytes,
+        meta_device_bytes: bytes,
         meta_kind: MetaDiskKind::Internal,
     })
 }
@@ -956,15 +961,7 @@ fn give_bob_a_smaller_disk(c: &mut Cluster) {
     let mut disk = MemDisk::new(small);
     disk.create_md();
     c.nodes[1].disk = disk;
-    c.command(
-        1,
-        AdminCommand::Attach(AttachParams {
-            data_device_bytes: small,
-            meta_device_bytes: small,
-            meta_kind: MetaDiskKind::Internal,
-        }),
-    )
-    .unwrap();
+    c.command(1, attach_of(small)).unwrap();
     c.settle();
 }
 
@@ -1041,15 +1038,7 @@ fn a_diskless_peer_changes_no_size() {
     assert_eq!(c.status(0).size_bytes, agreed, "alice's device");
     assert_eq!(c.status(1).size_bytes, agreed, "bob's diskless device");
     c.write(0, agreed - 4096, pattern(5, 4096)).unwrap();
-    c.command(
-        1,
-        AdminCommand::Attach(AttachParams {
-            data_device_bytes: SIZE / 2,
-            meta_device_bytes: SIZE / 2,
-            meta_kind: MetaDiskKind::Internal,
-        }),
-    )
-    .unwrap();
+    c.command(1, attach_of(SIZE / 2)).unwrap();
     c.run_until(Duration::from_secs(60), |c| {
         c.status(1).disk == DiskState::UpToDate && c.status(0).out_of_sync_bytes == 0
     });
