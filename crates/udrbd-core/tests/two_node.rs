@@ -348,6 +348,15 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `primary --force` on alice, connected to bob: the full sync makes the two equal.
+fn full_sync_from_alice(c: &mut Cluster) {
+    c.command(0, AdminCommand::Primary { force: true }).unwrap();
+    c.run_until(Duration::from_secs(120), |c| {
+        c.status(1).disk == DiskState::UpToDate && c.conn(0) == ConnState::Connected
+    });
+    assert_eq!(c.data_area(0), c.data_area(1));
+}
+
 /// Two fresh nodes, alice filled with data and forced Primary: a full sync makes them equal.
 fn synced_pair() -> Cluster {
     let mut c = Cluster::new(|_, _| {});
@@ -359,11 +368,7 @@ fn synced_pair() -> Cluster {
         (0..2).all(|i| c.conn(i) == ConnState::Connected)
     });
     assert_eq!(c.status(0).disk, DiskState::Inconsistent);
-    c.command(0, AdminCommand::Primary { force: true }).unwrap();
-    c.run_until(Duration::from_secs(120), |c| {
-        c.status(1).disk == DiskState::UpToDate && c.conn(0) == ConnState::Connected
-    });
-    assert_eq!(c.data_area(0), c.data_area(1));
+    full_sync_from_alice(&mut c);
     c
 }
 
@@ -978,11 +983,7 @@ fn pair_of_different_sizes() -> Cluster {
     let size = c.status(0).size_bytes;
     assert!(size < SIZE / 2, "alice's device is bob's disk: {size}");
     assert_eq!(c.status(1).size_bytes, size);
-    c.command(0, AdminCommand::Primary { force: true }).unwrap();
-    c.run_until(Duration::from_secs(120), |c| {
-        c.status(1).disk == DiskState::UpToDate && c.conn(0) == ConnState::Connected
-    });
-    assert_eq!(c.data_area(0), c.data_area(1));
+    full_sync_from_alice(&mut c);
     c
 }
 
