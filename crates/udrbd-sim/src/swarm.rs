@@ -1877,8 +1877,9 @@ impl Run {
 
     /// What an operator does to bring the pair back: attach, connect, resolve a split brain
     /// (the Secondary, or node 1, discards its data), force a Primary when nobody has
-    /// UpToDate data (every copy was invalidated or left mid-resync), and wipe the meta-data
-    /// of one node when the data is unrelated (DRBD's only way out: create-md).
+    /// UpToDate data (every copy was invalidated, left mid-resync or failed a write under
+    /// pass_on; a diskless Primary is demoted first so that its disk can attach), and wipe
+    /// the meta-data of one node when the data is unrelated (DRBD's only way out: create-md).
     fn nudge(&mut self, round: u64) {
         if !self.commands.is_empty() {
             return;
@@ -1905,6 +1906,25 @@ impl Run {
             // Two Primaries never connect: the operator demotes one.
             self.start(1, AdminCommand::Secondary);
             return;
+        }
+        let none_up_to_date = status.iter().all(|s| s.disk != DiskState::UpToDate);
+        if round > 10 && round % 10 == 6 && none_up_to_date {
+            // A diskless Primary while no disk anywhere is UpToDate has no data to serve, and
+            // its own disk is refused while it is Primary (ERR_DATA_NOT_CURRENT): the peer's
+            // disk went Inconsistent under it, e.g. a pass_on write error on the SyncSource of
+            // this Primary's resync (swarm seed 18167). As a DRBD admin must, the operator
+            // demotes it; its disk then attaches, and the forced promotion below picks the
+            // copy that becomes the truth.
+            for node in NODES {
+                let st = &status[usize::from(node)];
+                if st.role == Role::Primary
+                    && st.disk == DiskState::Diskless
+                    && st.busy_with.is_none()
+                {
+                    self.start(node, AdminCommand::Secondary);
+                    return;
+                }
+            }
         }
         let split_brain = status
             .iter()
@@ -1979,11 +1999,7 @@ impl Run {
         // Nobody has UpToDate data: the operator forces the best copy to be the truth. What
         // it holds is whatever the interrupted resyncs left: the model forgets it.
         let attached = status.iter().all(|s| s.disk >= DiskState::Inconsistent);
-        if round > 10
-            && round % 10 == 1
-            && attached
-            && status.iter().all(|s| s.disk != DiskState::UpToDate)
-        {
+        if round > 10 && round % 10 == 1 && attached && none_up_to_date {
             let node = if status[0].role == Role::Primary
                 || (status[1].role != Role::Primary && status[0].disk >= status[1].disk)
             {

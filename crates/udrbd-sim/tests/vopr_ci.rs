@@ -132,3 +132,21 @@ fn a_seed_replays_bit_for_bit() {
         failing.seed, failing.checker
     );
 }
+
+/// Seeds from long `vopr` runs that found a gap in the runner, not in the engine. Swarm seed
+/// 18167: a pass_on write error left the SyncSource Inconsistent under a Primary that was
+/// its SyncTarget; that Primary's own disk went too, and nobody had UpToDate data. The
+/// runner's operator had no move for a diskless Primary next to an Inconsistent peer (DRBD
+/// needs an admin here as well: demote it, attach, `primary --force` the copy to keep) and
+/// the convergence checker failed. A seed's trajectory changes with the generator, so this
+/// checks that path only as long as the generator is unchanged (as of 8cc2708).
+#[test]
+fn seeds_that_found_runner_gaps_pass() {
+    let options = SwarmOptions::default();
+    for seed in [18167u64] {
+        match run_seed(seed, &options) {
+            Ok(report) => println!("seed {seed}: {}", report.counts),
+            Err(f) => panic!("seed {seed} fails: {f}"),
+        }
+    }
+}
