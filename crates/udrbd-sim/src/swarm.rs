@@ -25,6 +25,9 @@
 //!   policy are drawn per seed.
 //! - **Network faults**: symmetric and one-way partitions, heal, connection resets, stalls of
 //!   one stream, latency and bandwidth changes.
+//! - **Options**: half the seeds run their own net and resync options ([`Tuning`]): the
+//!   dynamic resync controller or a slow fixed rate, `max-buffers` down to 32, epochs of one
+//!   write, and other `timeout`, `ko-count`, `ping-int`, `ping-timeout` and `connect-int`.
 //! - **Clock faults**: a node's clock leaps 50 ms to 15 s forward
 //!   ([`Cluster::clock_jump`]): its ping, ping-timeout, disk-timeout and connect timers see
 //!   the time pass at once, while its peer, disks and network do not.
@@ -81,6 +84,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
+use udrbd_core::resync_controller::ResyncControllerConfig;
 use udrbd_core::sync_decision::{AfterSb0pri, AfterSb1pri, SplitBrainPolicy};
 use udrbd_core::*;
 use udrbd_wire::WireProtocol;
@@ -148,6 +152,77 @@ pub struct SwarmParams {
     pub net_latency_ns: (u64, u64),
     /// Network bandwidth, bytes per second.
     pub net_bandwidth: u64,
+    /// The net and resync options of half the seeds (the others run the cluster's defaults).
+    pub tuning: Option<Tuning>,
+}
+
+/// Net and resync options a seed may draw instead of the cluster's defaults (fast fixed-rate
+/// resync, DRBD's timers): the dynamic resync controller or a slow fixed rate, a small
+/// `max-buffers`, short epochs, and other `timeout`, `ko-count`, `ping-int`, `ping-timeout`
+/// and `connect-int`, all within DRBD's ranges (`timeout` below `connect-int` and `ping-int`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// disk { resync-rate c-* } and net { max-buffers }.
+    pub resync: ResyncControllerConfig,
+    /// `max-epoch-size`.
+    pub max_epoch_size: u32,
+    /// `connect-int`.
+    pub connect_int: Duration,
+    /// `ping-int`.
+    pub ping_int: Duration,
+    /// `ping-timeout`.
+    pub ping_timeout: Duration,
+    /// `timeout`.
+    pub timeout: Duration,
+    /// `ko-count` (0: off).
+    pub ko_count: u32,
+}
+
+/// Draws the tuning of `seed`, from a generator of its own: the seeds without one draw what
+/// they drew before it existed.
+fn draw_tuning(seed: u64) -> Option<Tuning> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7475_6E69_6E67);
+    let mut below = |n: u64| rng.next_u64() % n.max(1);
+    if below(2) == 0 {
+        return None;
+    }
+    let max_buffers_pages = [32, 64, 256, 2048][below(4) as usize];
+    let resync = match below(3) {
+        // DRBD's dynamic controller, around its defaults.
+        0 => ResyncControllerConfig {
+            resync_rate_kib_per_sec: 250 + below(50_000),
+            c_plan_ahead_tenths: 1 + below(50),
+            c_fill_target_sectors: [0, 100, 2_000][below(3) as usize],
+            c_delay_target_tenths: 1 + below(30),
+            c_max_rate_kib_per_sec: 1_024 + below(100 * 1_024),
+            c_min_rate_kib_per_sec: [0, 250, 4_096][below(3) as usize],
+            max_buffers_pages,
+        },
+        // A fixed rate, slow to fast (16 MiB take 64 s at the slowest).
+        1 => ResyncControllerConfig {
+            resync_rate_kib_per_sec: 250 + below(1 << 20),
+            c_plan_ahead_tenths: 0,
+            max_buffers_pages,
+            ..ResyncControllerConfig::default()
+        },
+        _ => ResyncControllerConfig {
+            max_buffers_pages,
+            ..ClusterOptions::default().resync
+        },
+    };
+    let connect_int = Duration::from_secs(1 + below(10));
+    let ping_int = Duration::from_secs(1 + below(10));
+    // In 0.1 s, below both intervals (DRBD refuses a timeout that is not).
+    let timeout_max = connect_int.min(ping_int).as_millis() as u64 / 100 - 1;
+    Some(Tuning {
+        resync,
+        max_epoch_size: [1, 2, 7, 64, 2048][below(5) as usize],
+        connect_int,
+        ping_int,
+        ping_timeout: Duration::from_millis(100 * (1 + below(30))),
+        timeout: Duration::from_millis(100 * (1 + below(timeout_max.max(1)))),
+        ko_count: below(8) as u32,
+    })
 }
 
 /// Event and fault counts of a run (summed over seeds by [`SwarmCounts::add`]).
@@ -157,6 +232,8 @@ pub struct SwarmCounts {
     pub seeds: u64,
     /// Seeds whose two disks differ in size.
     pub unequal_disks: u64,
+    /// Seeds with their own net and resync options ([`Tuning`]).
+    pub tuned: u64,
     /// Operations.
     pub ops: u64,
     /// Block requests submitted.
@@ -216,9 +293,10 @@ pub struct SwarmCounts {
 impl SwarmCounts {
     /// Adds `other` to `self`.
     pub fn add(&mut self, o: &SwarmCounts) {
-        let pairs: [(&mut u64, u64); 29] = [
+        let pairs: [(&mut u64, u64); 30] = [
             (&mut self.seeds, o.seeds),
             (&mut self.unequal_disks, o.unequal_disks),
+            (&mut self.tuned, o.tuned),
             (&mut self.ops, o.ops),
             (&mut self.requests, o.requests),
             (&mut self.requests_ok, o.requests_ok),
@@ -257,12 +335,13 @@ impl std::fmt::Display for SwarmCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seeds {} (unequal disks {}) ops {} requests {} (ok {}, failed {}, reads checked {}) commands {} (refused {}) | \
+            "seeds {} (unequal disks {}, tuned {}) ops {} requests {} (ok {}, failed {}, reads checked {}) commands {} (refused {}) | \
              crashes {} torn-writes {} lost-writes {} | partitions {} one-way {} resets {} stalls {} net-changes {} | clock-jumps {} | \
              freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} failovers {} split-brains {} | \
              bitmap-checks {} durable-blocks {} | steps {} simulated {:.1}s",
             self.seeds,
             self.unequal_disks,
+            self.tuned,
             self.ops,
             self.requests,
             self.requests_ok,
@@ -386,6 +465,7 @@ pub fn draw_params(seed: u64, ops: u64) -> SwarmParams {
         ops: if ops > 0 { ops } else { 1_500 + below(2_500) },
         device_mib,
         second_disk_mib,
+        tuning: draw_tuning(seed),
         // Tiny, so that extents are evicted all the time (DRBD's minimum is 67), but at
         // least 2: a request of up to 32 blocks spans two 4 MiB extents, and with one slot it
         // could never hold both.
@@ -658,7 +738,7 @@ fn is_target(conn: Option<ConnState>) -> bool {
 
 impl Run {
     fn new(seed: u64, params: SwarmParams, configure: Option<ConfigureHook>) -> Run {
-        let options = ClusterOptions {
+        let mut options = ClusterOptions {
             device_bytes: params.device_mib << 20,
             second_disk_bytes: params.second_disk_mib.map(|mib| mib << 20),
             protocol: params.protocol,
@@ -671,6 +751,29 @@ impl Run {
             journal: true,
             limit: Duration::from_secs(600),
             ..ClusterOptions::default()
+        };
+        if let Some(t) = params.tuning {
+            options.resync = t.resync;
+            options.connect_int = t.connect_int;
+            options.ping_int = t.ping_int;
+            options.ping_timeout = t.ping_timeout;
+            options.timeout = t.timeout;
+            options.ko_count = t.ko_count;
+        }
+        // The tuning's epoch size first, then the caller's hook (it has the last word).
+        let max_epoch_size = params.tuning.map(|t| t.max_epoch_size);
+        let configure: Option<ConfigureHook> = match (max_epoch_size, configure) {
+            (None, configure) => configure,
+            (Some(size), hook) => Some(std::sync::Arc::new(
+                move |node, config: &mut ResourceConfig| {
+                    if let Some(net) = config.net.as_mut() {
+                        net.max_epoch_size = size;
+                    }
+                    if let Some(hook) = &hook {
+                        hook(node, config);
+                    }
+                },
+            )),
         };
         let mut c = Cluster::with_configure(seed, options, configure);
         c.wait_connected(Duration::from_secs(60));
@@ -687,6 +790,7 @@ impl Run {
             counts: SwarmCounts {
                 seeds: 1,
                 unequal_disks: u64::from(params.second_disk_mib.is_some()),
+                tuned: u64::from(params.tuning.is_some()),
                 ..SwarmCounts::default()
             },
             hash: Hash(0xCBF2_9CE4_8422_2325),

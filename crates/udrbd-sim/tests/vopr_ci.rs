@@ -94,6 +94,13 @@ fn swarm_ci_range() {
         totals.unequal_disks,
         totals.seeds
     );
+    // Half of them run their own net and resync options.
+    assert!(
+        totals.tuned >= totals.seeds / 4,
+        "only {} of {} seeds with their own net and resync options",
+        totals.tuned,
+        totals.seeds
+    );
 }
 
 #[test]
