@@ -39,8 +39,10 @@ pub struct NetConfig {
     pub ping_timeout: Duration,
     /// `socket-check-timeout` (zero: ping-timeout).
     pub socket_check_timeout: Duration,
-    /// `max-buffers`, 4 KiB pages: bounds resync requests in flight and received writes not
-    /// yet written.
+    /// `max-buffers`, 4 KiB pages, as configured. The engine reads it through
+    /// `resync.max_buffers_pages` (resync requests in flight, at most half of it). Unlike
+    /// DRBD's receiver, udrbd's does not stop reading at max-buffers pages of received writes
+    /// not yet written: only what the peer has in flight bounds those.
     pub max_buffers: u32,
     /// `max-epoch-size`: writes per epoch at most.
     pub max_epoch_size: u32,
