@@ -423,6 +423,9 @@ pub struct Resource {
     /// The peer's writes and resync reads waiting for a range lock, in arrival order.
     pub(crate) lock_waiting: VecDeque<crate::replication::LockWaiter>,
     pub(crate) peer_writes: BTreeMap<u64, crate::replication::PeerWrite>,
+    /// The payload bytes of the peer's writes submitted to the disk and not completed: at
+    /// max-buffers pages the data socket is not read (`Resource::receive_full`).
+    pub(crate) peer_write_bytes_submitted: u64,
     pub(crate) peer_reads: BTreeMap<u64, crate::replication::PeerRead>,
     pub(crate) next_peer_op: u64,
     /// Resync target: written resync ranges not yet flushed, and the ones being flushed.
@@ -495,6 +498,7 @@ impl Resource {
             next_lock: 1,
             lock_waiting: VecDeque::new(),
             peer_writes: BTreeMap::new(),
+            peer_write_bytes_submitted: 0,
             peer_reads: BTreeMap::new(),
             next_peer_op: 1,
             rs_unflushed: Vec::new(),
@@ -1230,6 +1234,7 @@ impl Resource {
             self.drive_activity_log();
             self.drive_superblock();
             self.drive_pending_command();
+            self.drive_receive();
             if self.progress_fingerprint() == before {
                 break;
             }

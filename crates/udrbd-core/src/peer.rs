@@ -105,6 +105,9 @@ pub(crate) struct Link {
     pub(crate) version: u32,
     pub(crate) features: FeatureFlags,
     pub(crate) resolve_conflicts: bool,
+    /// The data socket is not read (`PeerOutput::Receive { enabled: false }` went out): the
+    /// peer's writes on the disk hold max-buffers pages.
+    pub(crate) receive_paused: bool,
     /// Bytes queued on / taken by the data socket.
     pub(crate) data_queued: u64,
     pub(crate) data_sent: u64,
@@ -927,6 +930,7 @@ impl Resource {
             version,
             features,
             resolve_conflicts,
+            receive_paused: false,
             data_queued: queued,
             data_sent: sent,
             got_protocol: false,
@@ -1392,7 +1396,28 @@ impl Resource {
                 Socket::Meta => link.meta_in.push_bytes(bytes),
             }
         }
+        self.process_frames(socket);
+    }
+
+    /// Handles the complete frames received on `socket`. On the data socket it stops while
+    /// [`Resource::receive_full`]: the rest waits in the deframer and the driver stops reading
+    /// the socket until [`Resource::drive_receive`] resumes it.
+    fn process_frames(&mut self, socket: Socket) {
         loop {
+            if socket == Socket::Data && self.receive_full() {
+                let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) else {
+                    return;
+                };
+                if !link.receive_paused {
+                    link.receive_paused = true;
+                    let conn = link.data;
+                    self.outputs.push_back(Output::Peer(PeerOutput::Receive {
+                        conn,
+                        enabled: false,
+                    }));
+                }
+                return;
+            }
             let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) else {
                 return;
             };
@@ -1422,6 +1447,43 @@ impl Resource {
                 Ok(None) => return,
                 Err(e) => return self.protocol_error(format!("protocol error: {e}")),
             }
+        }
+    }
+
+    /// DRBD's max-buffers on the receiving side: the peer's writes on the local disk hold that
+    /// many pages (4 KiB) at most before the data socket is read again. DRBD's receiver waits
+    /// for free pages the same way, and so the peer's sender blocks once the sockets' buffers
+    /// are full: a peer whose disk is slower than the Primary's (protocol A or B) slows the
+    /// Primary down instead of filling this node's memory. A write larger than the limit
+    /// still goes when nothing else is on the disk. Writes waiting for a lock do not count:
+    /// what releases their lock (a resync reply) may be behind them on the data socket.
+    pub(crate) fn receive_full(&self) -> bool {
+        let pages = self
+            .peer
+            .as_ref()
+            .map_or(u64::MAX, |p| p.config.resync.max_buffers_pages.max(1));
+        self.peer_write_bytes_submitted >= pages.saturating_mul(4096)
+    }
+
+    /// Reads the data socket again once the peer's writes on the disk are below
+    /// max-buffers: first the frames already received, then, still below, the driver's.
+    pub(crate) fn drive_receive(&mut self) {
+        if !self.link().is_some_and(|l| l.receive_paused) || self.receive_full() {
+            return;
+        }
+        self.process_frames(Socket::Data);
+        if self.receive_full() {
+            return;
+        }
+        if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut())
+            && link.receive_paused
+        {
+            link.receive_paused = false;
+            let conn = link.data;
+            self.outputs.push_back(Output::Peer(PeerOutput::Receive {
+                conn,
+                enabled: true,
+            }));
         }
     }
 
@@ -2727,7 +2789,23 @@ impl Resource {
 
     /// Checks the peer's invariants (see the module doc).
     pub(crate) fn peer_invariants(&self) {
+        let submitted: u64 = self
+            .peer_writes
+            .values()
+            .filter(|w| w.submitted)
+            .map(|w| w.payload_bytes())
+            .sum();
+        assert_eq!(
+            submitted, self.peer_write_bytes_submitted,
+            "the count of the peer's write bytes on the disk"
+        );
         let Some(p) = self.peer.as_ref() else { return };
+        if let Some(l) = p.link.as_ref() {
+            assert!(
+                !l.receive_paused || self.receive_full(),
+                "the data socket is read again once below max-buffers"
+            );
+        }
         assert_eq!(
             p.link.is_some(),
             p.conn >= ConnState::WfReportParams,

@@ -39,11 +39,6 @@ pub struct NetConfig {
     pub ping_timeout: Duration,
     /// `socket-check-timeout` (zero: ping-timeout).
     pub socket_check_timeout: Duration,
-    /// `max-buffers`, 4 KiB pages, as configured. The engine reads it through
-    /// `resync.max_buffers_pages` (resync requests in flight, at most half of it). Unlike
-    /// DRBD's receiver, udrbd's does not stop reading at max-buffers pages of received writes
-    /// not yet written: only what the peer has in flight bounds those.
-    pub max_buffers: u32,
     /// `max-epoch-size`: writes per epoch at most.
     pub max_epoch_size: u32,
     /// `sndbuf-size` bytes (0 = auto: 32 MiB here): bytes queued on the data socket beyond
@@ -51,7 +46,8 @@ pub struct NetConfig {
     pub sndbuf_size: u64,
     /// `use-rle`: compressed bitmap exchange.
     pub use_rle: bool,
-    /// The resync controller's options (disk section: resync-rate, c-*; net: max-buffers).
+    /// The resync controller's options (disk section: resync-rate, c-*; net: max-buffers,
+    /// which also bounds the received writes on the disk: see `Resource::receive_full`).
     pub resync: ResyncControllerConfig,
     /// `connect --discard-my-data` (also settable per connect command).
     pub discard_my_data: bool,
@@ -76,7 +72,6 @@ impl NetConfig {
             ping_int: Duration::from_secs(10),
             ping_timeout: Duration::from_millis(500),
             socket_check_timeout: Duration::ZERO,
-            max_buffers: 2048,
             max_epoch_size: 2048,
             sndbuf_size: 0,
             use_rle: true,

@@ -52,6 +52,18 @@ pub(crate) struct PeerWrite {
     pub(crate) extents: Option<(u32, u32)>,
     /// Whether those extents' references are held.
     pub(crate) holds_extents: bool,
+    /// Submitted to the disk: its payload counts in `Resource::peer_write_bytes_submitted`.
+    pub(crate) submitted: bool,
+}
+
+impl PeerWrite {
+    /// The bytes of payload it holds (none for a discard or zeroing).
+    pub(crate) fn payload_bytes(&self) -> u64 {
+        match &self.op {
+            DiskOpKind::Write { data, .. } => data.len() as u64,
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -867,6 +879,7 @@ impl Resource {
                 lock: None,
                 extents,
                 holds_extents: false,
+                submitted: false,
             },
         );
         self.lock_waiting.push_back(LockWaiter::PeerWrite(id));
@@ -875,6 +888,9 @@ impl Resource {
     }
 
     pub(crate) fn submit_peer_write(&mut self, id: u64) {
+        let pw = self.peer_writes.get_mut(&id).expect("peer write");
+        pw.submitted = true;
+        self.peer_write_bytes_submitted += pw.payload_bytes();
         let pw = &self.peer_writes[&id];
         let (offset, kind) = (pw.sector * 512, pw.op.clone());
         self.submit(OpPurpose::PeerWrite(id), DiskArea::Data, offset, kind);
@@ -882,6 +898,9 @@ impl Resource {
 
     pub(crate) fn on_peer_write_done(&mut self, id: u64, result: Result<Option<Bytes>, DiskError>) {
         let pw = self.peer_writes.remove(&id).expect("peer write");
+        if pw.submitted {
+            self.peer_write_bytes_submitted -= pw.payload_bytes();
+        }
         self.unlock(pw.lock);
         self.release_peer_write_extents(&pw);
         let current = pw.link_gen == self.link_gen && self.link().is_some();
@@ -1246,6 +1265,7 @@ impl Resource {
                 lock,
                 extents: None,
                 holds_extents: false,
+                submitted: false,
             },
         );
         // The request's lock is held since the request went out: write at once.

@@ -370,6 +370,16 @@ pub enum PeerOutput {
         /// Data payload, shared, possibly empty.
         data: Bytes,
     },
+    /// Stop (`enabled: false`) or go on (`true`) reading the socket: the engine holds
+    /// max-buffers of the peer's writes on its disk (DRBD's receiver waiting for pages), so
+    /// the bytes should wait in the socket and the peer's sender block. Bytes the driver read
+    /// already may still be delivered. A socket starts enabled.
+    Receive {
+        /// The socket.
+        conn: ConnId,
+        /// Read it.
+        enabled: bool,
+    },
     /// Close the socket and forget it (pending sends may be dropped).
     Close {
         /// The socket.

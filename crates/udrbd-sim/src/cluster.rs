@@ -370,12 +370,16 @@ pub enum JournalEntry {
 }
 
 /// A socket as the harness maps it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Socket {
     /// The network's connection (`None`: a connect to an unknown address).
     net: Option<NetConnId>,
     /// The network closed it; the `Closed` input is on its way.
     closed_by_net: bool,
+    /// The engine does not read it (`PeerOutput::Receive`): what arrives waits in `held`,
+    /// as in a kernel socket's receive buffer, a close behind the bytes.
+    paused: bool,
+    held: VecDeque<PeerInput>,
 }
 
 struct Node {
@@ -412,6 +416,8 @@ impl Node {
 /// The simulated cluster. See the module doc.
 pub struct Cluster {
     seed: u64,
+    /// Times an engine stopped reading a socket (`PeerOutput::Receive`, max-buffers).
+    receive_pauses: u64,
     options: ClusterOptions,
     now: Instant,
     nodes: Vec<Node>,
@@ -506,6 +512,7 @@ impl Cluster {
         net.bandwidth = options.net_bandwidth;
         let mut c = Cluster {
             seed,
+            receive_pauses: 0,
             options,
             now: Instant(0),
             nodes: Vec::new(),
@@ -767,6 +774,12 @@ impl Cluster {
     /// The network (for counters and finer faults).
     pub fn net(&mut self) -> &mut SimNet {
         &mut self.net
+    }
+
+    /// Times an engine stopped reading a socket: its peer's writes on its disk held
+    /// max-buffers pages.
+    pub fn receive_pauses(&self) -> u64 {
+        self.receive_pauses
     }
 
     /// Bytes `from` sent to `to` that the network has not delivered.
@@ -1766,6 +1779,8 @@ impl Cluster {
                     Socket {
                         net,
                         closed_by_net: false,
+                        paused: false,
+                        held: VecDeque::new(),
                     },
                 );
                 match net {
@@ -1778,7 +1793,7 @@ impl Cluster {
                 }
             }
             PeerOutput::Send { conn, head, data } => {
-                let Some(socket) = self.nodes[usize::from(node)].sockets.get(&conn).copied() else {
+                let Some(socket) = self.nodes[usize::from(node)].sockets.get(&conn) else {
                     self.fail(&format!("node {node} sends on unknown socket {conn:?}"));
                 };
                 if socket.closed_by_net {
@@ -1804,6 +1819,18 @@ impl Cluster {
                 } else {
                     self.ready
                         .push_back((node, Input::Peer(PeerInput::Sent { conn, bytes })));
+                }
+            }
+            PeerOutput::Receive { conn, enabled } => {
+                let n = &mut self.nodes[usize::from(node)];
+                self.receive_pauses += u64::from(!enabled);
+                if let Some(s) = n.sockets.get_mut(&conn) {
+                    s.paused = !enabled;
+                    if enabled {
+                        for input in s.held.drain(..) {
+                            self.ready.push_back((node, Input::Peer(input)));
+                        }
+                    }
                 }
             }
             PeerOutput::Close { conn } => {
@@ -1839,6 +1866,8 @@ impl Cluster {
                     Socket {
                         net: Some(conn),
                         closed_by_net: false,
+                        paused: false,
+                        held: VecDeque::new(),
                     },
                 );
                 n.from_net.insert(conn, id);
@@ -1856,20 +1885,31 @@ impl Cluster {
             NetEvent::ConnectFailed { node, conn } | NetEvent::Closed { node, conn } => {
                 let n = &mut self.nodes[usize::from(node)];
                 if let Some(&id) = n.from_net.get(&conn) {
-                    if let Some(s) = n.sockets.get_mut(&id) {
-                        s.closed_by_net = true;
+                    let closed = PeerInput::Closed { conn: id };
+                    match n.sockets.get_mut(&id) {
+                        Some(s) if s.paused => {
+                            s.closed_by_net = true;
+                            s.held.push_back(closed);
+                        }
+                        Some(s) => {
+                            s.closed_by_net = true;
+                            self.ready.push_back((node, Input::Peer(closed)));
+                        }
+                        None => self.ready.push_back((node, Input::Peer(closed))),
                     }
-                    self.ready
-                        .push_back((node, Input::Peer(PeerInput::Closed { conn: id })));
                 }
             }
             NetEvent::Received { node, conn, bytes } => {
-                let n = &self.nodes[usize::from(node)];
+                let n = &mut self.nodes[usize::from(node)];
                 if let Some(&id) = n.from_net.get(&conn)
-                    && n.sockets.get(&id).is_some_and(|s| !s.closed_by_net)
+                    && let Some(s) = n.sockets.get_mut(&id).filter(|s| !s.closed_by_net)
                 {
-                    self.ready
-                        .push_back((node, Input::Peer(PeerInput::Received { conn: id, bytes })));
+                    let received = PeerInput::Received { conn: id, bytes };
+                    if s.paused {
+                        s.held.push_back(received);
+                    } else {
+                        self.ready.push_back((node, Input::Peer(received)));
+                    }
                 }
             }
         }

@@ -234,6 +234,8 @@ pub struct SwarmCounts {
     pub unequal_disks: u64,
     /// Seeds with their own net and resync options ([`Tuning`]).
     pub tuned: u64,
+    /// Times a node stopped reading its data socket at max-buffers.
+    pub receive_pauses: u64,
     /// Operations.
     pub ops: u64,
     /// Block requests submitted.
@@ -293,10 +295,11 @@ pub struct SwarmCounts {
 impl SwarmCounts {
     /// Adds `other` to `self`.
     pub fn add(&mut self, o: &SwarmCounts) {
-        let pairs: [(&mut u64, u64); 30] = [
+        let pairs: [(&mut u64, u64); 31] = [
             (&mut self.seeds, o.seeds),
             (&mut self.unequal_disks, o.unequal_disks),
             (&mut self.tuned, o.tuned),
+            (&mut self.receive_pauses, o.receive_pauses),
             (&mut self.ops, o.ops),
             (&mut self.requests, o.requests),
             (&mut self.requests_ok, o.requests_ok),
@@ -338,7 +341,7 @@ impl std::fmt::Display for SwarmCounts {
             "seeds {} (unequal disks {}, tuned {}) ops {} requests {} (ok {}, failed {}, reads checked {}) commands {} (refused {}) | \
              crashes {} torn-writes {} lost-writes {} | partitions {} one-way {} resets {} stalls {} net-changes {} | clock-jumps {} | \
              freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} failovers {} split-brains {} | \
-             bitmap-checks {} durable-blocks {} | steps {} simulated {:.1}s",
+             bitmap-checks {} durable-blocks {} receive-pauses {} | steps {} simulated {:.1}s",
             self.seeds,
             self.unequal_disks,
             self.tuned,
@@ -367,6 +370,7 @@ impl std::fmt::Display for SwarmCounts {
             self.split_brains,
             self.bitmap_checks,
             self.durable_blocks_checked,
+            self.receive_pauses,
             self.steps,
             self.simulated_ns as f64 / 1e9
         )
@@ -867,6 +871,7 @@ impl Run {
             self.counts.io_errors += d.stats.errors;
         }
         self.counts.resets = self.c.net().stats.resets;
+        self.counts.receive_pauses = self.c.receive_pauses();
         self.counts.steps = self.c.steps();
         self.counts.simulated_ns = self.c.now().0;
         for node in NODES {

@@ -629,6 +629,52 @@ fn protocols_b_and_c_wait_for_the_peer() {
     }
 }
 
+/// max-buffers on the receiving side (DRBD's receiver waiting for pages): under protocol A
+/// the Primary completes writes its peer has not written, and with the peer's disk frozen
+/// those would pile up in the peer's memory. The peer stops reading its data socket once
+/// its writes on the disk hold max-buffers pages; the rest waits in the network, and after
+/// the thaw everything is written and the replicas are identical.
+#[test]
+fn a_peer_with_a_frozen_disk_holds_at_most_max_buffers_of_writes() {
+    const PAGES: u64 = 32;
+    for seed in SEEDS {
+        let mut options = with_protocol(WireProtocol::A);
+        options.resync.max_buffers_pages = PAGES;
+        let mut c = in_sync_pair(seed, options);
+        c.must(0, primary(false));
+        c.disk(1).faults.frozen = true;
+        // The whole device (4 MiB less the meta-data) in 4 KiB writes, in a scattered order:
+        // about 30 times max-buffers.
+        let blocks = data_bytes(&c) / BLOCK;
+        let ids: Vec<BlockRequestId> = (0..blocks)
+            .map(|i| {
+                let data = pattern(seed * 10_000 + i, BLOCK as usize);
+                c.submit_write(0, (i * 7 % blocks) * BLOCK, data, false)
+            })
+            .collect();
+        for id in &ids {
+            let result = c.wait(*id);
+            check(&c, result == Ok(None), "protocol A completes the write");
+        }
+        c.run_for(secs(3));
+        let unacked = c.status(1).peer.map_or(0, |p| p.unacked);
+        check(
+            &c,
+            u64::from(unacked) <= PAGES,
+            &format!("the peer holds {unacked} writes, at most max-buffers ({PAGES} pages)"),
+        );
+        check(&c, c.receive_pauses() > 0, "the peer stopped reading");
+        c.disk(1).faults.frozen = false;
+        c.run_until("the peer received and wrote everything", secs(60), |c| {
+            c.status(1)
+                .peer
+                .is_some_and(|p| p.received_kib == blocks * 4 && p.unacked == 0)
+        });
+        c.wait_in_sync(secs(30));
+        c.check_identical();
+    }
+}
+
 // ---- the harness itself ----------------------------------------------------------------
 
 /// A node without a connection (never told to connect): local IO through the harness, a

@@ -44,7 +44,6 @@ pub fn net_config(resource: &ResolvedResource) -> Result<NetConfig, String> {
     c.ping_int = net.ping_int;
     c.ping_timeout = net.ping_timeout;
     c.socket_check_timeout = net.socket_check_timeout;
-    c.max_buffers = net.max_buffers;
     c.max_epoch_size = net.max_epoch_size;
     c.sndbuf_size = net.sndbuf_size_bytes;
     c.use_rle = net.use_rle;
@@ -159,7 +158,7 @@ mod tests {
         assert_eq!(c.ping_int, Duration::from_secs(10));
         assert_eq!(c.ping_timeout, Duration::from_millis(500));
         assert_eq!(c.socket_check_timeout, Duration::ZERO);
-        assert_eq!(c.max_buffers, 2048);
+        assert_eq!(c.resync.max_buffers_pages, 2048);
         assert_eq!(c.max_epoch_size, 2048);
         assert_eq!(c.sndbuf_size, 0);
         assert!(c.use_rle);
@@ -191,7 +190,7 @@ mod tests {
         assert_eq!(c.ping_int, Duration::from_secs(3));
         assert_eq!(c.ping_timeout, Duration::from_millis(700));
         assert_eq!(c.socket_check_timeout, Duration::from_millis(900));
-        assert_eq!(c.max_buffers, 4000);
+        assert_eq!(c.resync.max_buffers_pages, 4000);
         assert_eq!(c.max_epoch_size, 100);
         assert_eq!(c.sndbuf_size, 1 << 20);
         assert!(!c.use_rle);

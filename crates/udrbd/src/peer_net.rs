@@ -146,6 +146,9 @@ struct Socket {
     /// `None`: the writer could not be started (reported as `Broken`).
     writer: Option<Writer>,
     reader_task: JoinHandle<()>,
+    /// Whether the reader reads (`PeerOutput::Receive`); while not, the bytes wait in the
+    /// kernel's buffers and the peer's sender blocks.
+    receiving: tokio::sync::watch::Sender<bool>,
 }
 
 /// The loop's side of a socket's writer thread.
@@ -219,6 +222,11 @@ impl PeerNet {
                 // A socket that broke a moment ago: its Closed is on the way to the engine.
                 if let Some(writer) = self.sockets.get_mut(&conn).and_then(|s| s.writer.as_mut()) {
                     writer.batch.push((head, data));
+                }
+            }
+            PeerOutput::Receive { conn, enabled } => {
+                if let Some(socket) = self.sockets.get(&conn) {
+                    socket.receiving.send_replace(enabled);
                 }
             }
             PeerOutput::Close { conn } => self.close(conn),
@@ -381,12 +389,15 @@ impl PeerNet {
                 None
             }
         };
-        let reader_task = tokio::task::spawn_local(reader_task(conn, stream, self.events.clone()));
+        let (receiving, receive) = tokio::sync::watch::channel(true);
+        let reader_task =
+            tokio::task::spawn_local(reader_task(conn, stream, receive, self.events.clone()));
         let previous = self.sockets.insert(
             conn,
             Socket {
                 writer,
                 reader_task,
+                receiving,
             },
         );
         assert!(previous.is_none(), "socket id {} opened twice", conn.0);
@@ -548,13 +559,23 @@ async fn connect_task(
     let _ = events.send(event);
 }
 
-async fn reader_task(conn: ConnId, mut socket: TcpStream, events: UnboundedSender<NetEvent>) {
+async fn reader_task(
+    conn: ConnId,
+    mut socket: TcpStream,
+    mut receive: tokio::sync::watch::Receiver<bool>,
+    events: UnboundedSender<NetEvent>,
+) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut cutter = FrameCutter::default();
     // Right after a held payload: read one header only, so that a large payload behind it
     // lands in an aligned buffer of its own rather than partly in this one (to be copied).
     let mut header_next = false;
     loop {
+        // The engine holds max-buffers of the peer's writes on the disk: read nothing until
+        // it has room again (the socket's owner outlives this task).
+        if receive.wait_for(|read| *read).await.is_err() {
+            return;
+        }
         let held = cutter.held();
         let read = if held > 0 {
             // Exactly the rest of the held payload.
