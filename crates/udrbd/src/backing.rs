@@ -30,6 +30,11 @@ pub struct Backing {
     pub data: MetaDevice,
     /// The meta-data device, if it is not the backing device (external meta-data).
     pub meta: Option<MetaDevice>,
+    /// A device's file system may block a submission that asked not to block (FUSE, NFS):
+    /// io_uring hands each of its operations to a worker thread (IOSQE_ASYNC), so that the
+    /// resource loop never waits for the device. A frozen nbdfuse disk blocked the loop in
+    /// the kernel's fuse_get_req once 12 requests were in flight (FUSE's max_background).
+    pub submit_async: bool,
 }
 
 impl Backing {

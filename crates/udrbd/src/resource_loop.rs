@@ -289,7 +289,15 @@ impl Shared {
         // the loop.
         self.backing_in_memory =
             in_memory(data.file()) && meta.as_ref().is_none_or(|m| in_memory(m.file()));
-        self.backing = Some(Arc::new(Backing { data, meta }));
+        let submit_async = may_block_submissions(data.file())
+            || meta
+                .as_ref()
+                .is_some_and(|m| may_block_submissions(m.file()));
+        self.backing = Some(Arc::new(Backing {
+            data,
+            meta,
+            submit_async,
+        }));
         Ok(params)
     }
 
@@ -328,6 +336,17 @@ fn in_memory(file: &std::fs::File) -> bool {
     // f_type and the constant have architecture-dependent integer types.
     #[allow(clippy::unnecessary_cast)]
     rustix::fs::fstatfs(file).is_ok_and(|s| s.f_type as i64 == libc::TMPFS_MAGIC as i64)
+}
+
+/// Whether `file` lives on a file system whose writes may block a non-blocking submission
+/// (FUSE, NFS): see [`Backing::submit_async`].
+fn may_block_submissions(file: &std::fs::File) -> bool {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstatfs(file).is_ok_and(|s| {
+        let t = s.f_type as i64;
+        t == FUSE_SUPER_MAGIC || t == libc::NFS_SUPER_MAGIC as i64
+    })
 }
 
 /// Runs the loop of one resource until shutdown. Blocks the calling thread.

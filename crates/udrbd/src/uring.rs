@@ -84,6 +84,7 @@ impl Uring {
         let device = backing.device_for(op.area);
         let fd = types::Fd(device.file().as_raw_fd());
         let direct = device.is_direct();
+        let backing_async = backing.submit_async;
         let key = self.next;
         self.next += 1;
         let mut entry = InFlight {
@@ -140,6 +141,11 @@ impl Uring {
                 .build(),
         };
         self.in_flight.insert(key, entry);
+        let sqe = if backing_async {
+            sqe.flags(squeue::Flags::ASYNC)
+        } else {
+            sqe
+        };
         self.backlog.push_back((key, sqe.user_data(key)));
     }
 
@@ -268,6 +274,7 @@ mod tests {
         let backing = Arc::new(Backing {
             data: MetaDevice::open(&path, Access::Write).unwrap(),
             meta: None,
+            submit_async: false,
         });
         (dir, backing, Uring::new().unwrap())
     }

@@ -131,6 +131,15 @@ fn disk_state(s: &serde_json::Value) -> String {
 /// A pair with alice on a faulty disk: connected, UpToDate without an initial sync (both
 /// disks are zeros), alice Primary.
 fn faulty_pair(disk_options: &str, handlers: &str) -> (Pair, FaultyDisk) {
+    faulty_pair_with(PairOptions {
+        disk: format!("c-plan-ahead 0; resync-rate 100M; {disk_options}"),
+        handlers: handlers.to_string(),
+        ..PairOptions::default()
+    })
+}
+
+/// [`faulty_pair`] with options of its own (`size` is the fixture's).
+fn faulty_pair_with(opts: PairOptions) -> (Pair, FaultyDisk) {
     require_root();
     require_tool("nbdkit", "nbdkit");
     require_tool("nbdfuse", "libnbd-bin");
@@ -139,12 +148,7 @@ fn faulty_pair(disk_options: &str, handlers: &str) -> (Pair, FaultyDisk) {
     sparse_file(&image, SIZE);
     create_md(&image);
     let disk = FaultyDisk::start(dir.path(), &image);
-    let opts = PairOptions {
-        size: SIZE,
-        disk: format!("c-plan-ahead 0; resync-rate 100M; {disk_options}"),
-        handlers: handlers.to_string(),
-        ..PairOptions::default()
-    };
+    let opts = PairOptions { size: SIZE, ..opts };
     let pair = Pair::start_in(dir, opts, Some(disk.path()));
     pair.wait_connected(20);
     pair.alice
@@ -374,6 +378,109 @@ fn a_frozen_secondary_is_force_detached_reconnects_and_resyncs() {
     assert!(summary["writes"].as_u64().unwrap() > 0);
     disk.resume();
     reattach_and_verify(&pair, &image, &uri);
+    disk.clear_faults();
+}
+
+/// max-buffers on a Secondary whose disk freezes, under protocol A (where the Primary does
+/// not wait for the peer's disk): alice, the Secondary, stops reading her data socket once
+/// her writes on the disk hold max-buffers pages. The kernel's socket buffers fill, then
+/// bob's send queue (sndbuf-size), and bob's writes wait instead of alice's memory growing.
+/// After the resume every write reaches alice's disk and the data areas are identical.
+#[test]
+fn a_secondary_with_a_frozen_disk_holds_at_most_max_buffers_of_writes() {
+    const MAX_BUFFERS: u64 = 32;
+    let (pair, disk) = faulty_pair_with(PairOptions {
+        // ko-count 0: under protocol A the barrier acks stay out while alice's disk is frozen,
+        // and that would end the connection after timeout x ko-count.
+        net: format!(
+            "protocol A; connect-int 1; ping-int 1; ping-timeout 5; timeout 5; ko-count 0; \
+             max-buffers {MAX_BUFFERS}; sndbuf-size 1M;"
+        ),
+        ..PairOptions::default()
+    });
+    let image = pair.dir.path().join("alice.img");
+    pair.alice.ok(&["secondary", PAIR_RESOURCE]);
+    pair.bob.ok(&["primary", PAIR_RESOURCE]);
+    let uri = pair.bob.daemon.uri(PAIR_RESOURCE);
+    let rss_before = pair.alice.daemon.rss_kib();
+    let workload = Workload::start(pair.dir.path(), &uri, 8.0, 5, "write");
+    std::thread::sleep(Duration::from_secs(1));
+    disk.pause();
+    std::thread::sleep(Duration::from_secs(4));
+    let received = |s: &serde_json::Value| {
+        s["connections"][0]["peer_devices"][0]["received"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    // The resource loop answers while the disk is frozen: no submission waits for it.
+    let t0 = Instant::now();
+    let mut status = Command::new(udrbd_bin())
+        .arg("--run-dir")
+        .arg(&pair.alice.daemon.run_dir)
+        .args(["status", PAIR_RESOURCE])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    while status.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answered = status.try_wait().unwrap().is_some();
+    if !answered {
+        let _ = status.kill();
+        let _ = status.wait();
+    }
+    assert!(
+        answered,
+        "alice's status did not answer within 2 s while her disk is frozen\n{}",
+        pair.logs()
+    );
+    println!("alice's status answered in {:?}", t0.elapsed());
+    let first = pair.alice.status_json();
+    std::thread::sleep(Duration::from_secs(1));
+    let second = pair.alice.status_json();
+    let unacked = second["connections"][0]["peer_devices"][0]["unacked"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    let rss_paused = pair.alice.daemon.rss_kib();
+    println!(
+        "alice frozen: {unacked} writes unacked (max-buffers {MAX_BUFFERS} pages), received \
+         {} then {} KiB a second later, RSS {rss_before} -> {rss_paused} KiB",
+        received(&first),
+        received(&second)
+    );
+    assert!(
+        unacked <= MAX_BUFFERS,
+        "alice holds {unacked} writes, at most max-buffers: {second}\n{}",
+        pair.logs()
+    );
+    assert_eq!(
+        received(&first),
+        received(&second),
+        "alice reads nothing while her disk is frozen:\n{first}\n{second}"
+    );
+    assert!(
+        rss_paused < rss_before + 16 * 1024,
+        "alice's memory stays bounded: {rss_before} -> {rss_paused} KiB"
+    );
+    disk.resume();
+    let summary = workload.finish(|| pair.logs());
+    println!("workload on bob: {} writes", summary["writes"]);
+    pair.alice.wait_for(
+        "every write received and written",
+        Duration::from_secs(30),
+        |s| {
+            let d = &s["connections"][0]["peer_devices"][0];
+            d["unacked"].as_u64() == Some(0)
+        },
+    );
+    pair.bob
+        .wait_for("every write acked", Duration::from_secs(30), |s| {
+            let d = &s["connections"][0]["peer_devices"][0];
+            d["pending"].as_u64() == Some(0) && d["sent"] == received(&pair.alice.status_json())
+        });
+    let alice = read_prefix(&image, BLOCKS * BLOCK);
+    let bob = pair.bob.data_area(BLOCKS * BLOCK);
+    assert!(alice == bob, "alice's and bob's data areas differ");
     disk.clear_faults();
 }
 

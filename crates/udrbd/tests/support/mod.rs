@@ -84,6 +84,22 @@ impl TestDaemon {
         Self::start_in(dir, "run", config, extra)
     }
 
+    /// The daemon's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The daemon's resident memory in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid().expect("a running daemon");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     /// As [`TestDaemon::start`] with a named run directory.
     pub fn start_in(dir: &Path, run: &str, config: &Path, extra: &[&str]) -> TestDaemon {
         Self::start_node(dir, run, config, "alice", extra)
