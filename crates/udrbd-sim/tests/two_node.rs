@@ -636,6 +636,18 @@ fn protocols_b_and_c_wait_for_the_peer() {
 /// the thaw everything is written and the replicas are identical.
 #[test]
 fn a_peer_with_a_frozen_disk_holds_at_most_max_buffers_of_writes() {
+    peer_with_a_frozen_disk(false);
+}
+
+/// The same, ended by `detach --force` on the peer instead of the thaw: the abandoned writes
+/// free their pages, the diskless peer takes the rest, and its disk, attached again, is
+/// resynced.
+#[test]
+fn detach_force_lets_a_peer_at_max_buffers_read_again() {
+    peer_with_a_frozen_disk(true);
+}
+
+fn peer_with_a_frozen_disk(detach: bool) {
     const PAGES: u64 = 32;
     for seed in SEEDS {
         let mut options = with_protocol(WireProtocol::A);
@@ -664,6 +676,21 @@ fn a_peer_with_a_frozen_disk_holds_at_most_max_buffers_of_writes() {
             &format!("the peer holds {unacked} writes, at most max-buffers ({PAGES} pages)"),
         );
         check(&c, c.receive_pauses() > 0, "the peer stopped reading");
+        if detach {
+            // `detach --force` abandons the frozen writes: the peer reads again, diskless.
+            c.must(1, AdminCommand::Detach { force: true });
+            c.run_until("the diskless peer received everything", secs(30), |c| {
+                c.status(1)
+                    .peer
+                    .is_some_and(|p| p.received_kib == blocks * 4 && p.unacked == 0)
+            });
+            c.disk(1).faults.frozen = false;
+            c.run_for(secs(1));
+            c.attach(1);
+            c.wait_in_sync(secs(60));
+            c.check_identical();
+            continue;
+        }
         c.disk(1).faults.frozen = false;
         c.run_until("the peer received and wrote everything", secs(60), |c| {
             c.status(1)
