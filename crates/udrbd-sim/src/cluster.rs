@@ -113,6 +113,8 @@ pub struct ClusterOptions {
     pub timeout: Duration,
     /// `ko-count`.
     pub ko_count: u32,
+    /// `max-epoch-size`.
+    pub max_epoch_size: u32,
     /// `al-extents`.
     pub al_extents: u16,
     /// Interval of the lazy bitmap write-out.
@@ -160,6 +162,7 @@ impl Default for ClusterOptions {
             ping_timeout: Duration::from_millis(500),
             timeout: Duration::from_secs(6),
             ko_count: 7,
+            max_epoch_size: 2048,
             al_extents: 1237,
             bitmap_writeout_interval: Duration::from_secs(5),
             net_latency_ns: (20_000, 200_000),
@@ -623,6 +626,7 @@ impl Cluster {
             net.ping_timeout = o.ping_timeout;
             net.timeout = o.timeout;
             net.ko_count = o.ko_count;
+            net.max_epoch_size = o.max_epoch_size;
             net.connect_at_start = false;
             net
         });

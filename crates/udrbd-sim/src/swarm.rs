@@ -763,22 +763,8 @@ impl Run {
             options.ping_timeout = t.ping_timeout;
             options.timeout = t.timeout;
             options.ko_count = t.ko_count;
+            options.max_epoch_size = t.max_epoch_size;
         }
-        // The tuning's epoch size first, then the caller's hook (it has the last word).
-        let max_epoch_size = params.tuning.map(|t| t.max_epoch_size);
-        let configure: Option<ConfigureHook> = match (max_epoch_size, configure) {
-            (None, configure) => configure,
-            (Some(size), hook) => Some(std::sync::Arc::new(
-                move |node, config: &mut ResourceConfig| {
-                    if let Some(net) = config.net.as_mut() {
-                        net.max_epoch_size = size;
-                    }
-                    if let Some(hook) = &hook {
-                        hook(node, config);
-                    }
-                },
-            )),
-        };
         let mut c = Cluster::with_configure(seed, options, configure);
         c.wait_connected(Duration::from_secs(60));
         c.must(0, AdminCommand::NewCurrentUuid { clear_bitmap: true });
