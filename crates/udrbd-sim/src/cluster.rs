@@ -15,8 +15,10 @@
 //!   network's [`NetConnId`] are mapped both ways. Accepted sockets get ids 1, 2, ... per
 //!   node and incarnation (below [`OUTGOING_CONN_ID_BASE`]).
 //! - `Send { head, data }` queues both into the stream and reports `Sent` for all of it at
-//!   once, at the same instant: the socket buffer is unbounded and a byte counts as sent
-//!   when the kernel took it, not when the peer received it. Protocol A completes on that,
+//!   once, at the same instant: the socket buffer is unbounded (unless
+//!   [`ClusterOptions::socket_buffer`] bounds it: then what does not fit waits with the
+//!   sender, and is reported as the receiving engine consumes bytes) and a byte counts as
+//!   sent when the kernel took it, not when the peer received it. Protocol A completes on that,
 //!   so an acknowledged protocol A write can be lost with the Primary's crash while the
 //!   network still holds it (a partition stalls streams without loss).
 //! - `Close` shuts the socket down gracefully ([`SimNet::shutdown`]: what was sent is still
@@ -115,6 +117,14 @@ pub struct ClusterOptions {
     pub ko_count: u32,
     /// `max-epoch-size`.
     pub max_epoch_size: u32,
+    /// `sndbuf-size` (0: auto).
+    pub sndbuf_size: u64,
+    /// Bytes a socket holds per direction between the sending and the receiving engine (the
+    /// kernel's send and receive buffers), `None`: unbounded. Bytes beyond it stay with the
+    /// sender's driver and are reported `Sent` only once the receiver consumed enough: a
+    /// receiver that stops reading (max-buffers) makes its peer's sends wait, and its
+    /// writes with them (sndbuf-size). Not with tampering (hostile runs).
+    pub socket_buffer: Option<u64>,
     /// `al-extents`.
     pub al_extents: u16,
     /// Interval of the lazy bitmap write-out.
@@ -163,6 +173,8 @@ impl Default for ClusterOptions {
             timeout: Duration::from_secs(6),
             ko_count: 7,
             max_epoch_size: 2048,
+            sndbuf_size: 0,
+            socket_buffer: None,
             al_extents: 1237,
             bitmap_writeout_interval: Duration::from_secs(5),
             net_latency_ns: (20_000, 200_000),
@@ -383,6 +395,8 @@ struct Socket {
     /// as in a kernel socket's receive buffer, a close behind the bytes.
     paused: bool,
     held: VecDeque<PeerInput>,
+    /// Bytes sent by the engine that the socket did not take yet (`socket_buffer`).
+    unsent: VecDeque<Bytes>,
 }
 
 struct Node {
@@ -421,6 +435,9 @@ pub struct Cluster {
     seed: u64,
     /// Times an engine stopped reading a socket (`PeerOutput::Receive`, max-buffers).
     receive_pauses: u64,
+    /// Per network connection and sending node: bytes handed to the network and not yet
+    /// consumed by the receiving engine (`socket_buffer`).
+    in_sockets: BTreeMap<(NetConnId, NodeId), u64>,
     options: ClusterOptions,
     now: Instant,
     nodes: Vec<Node>,
@@ -516,6 +533,7 @@ impl Cluster {
         let mut c = Cluster {
             seed,
             receive_pauses: 0,
+            in_sockets: BTreeMap::new(),
             options,
             now: Instant(0),
             nodes: Vec::new(),
@@ -627,6 +645,7 @@ impl Cluster {
             net.timeout = o.timeout;
             net.ko_count = o.ko_count;
             net.max_epoch_size = o.max_epoch_size;
+            net.sndbuf_size = o.sndbuf_size;
             net.connect_at_start = false;
             net
         });
@@ -1785,6 +1804,7 @@ impl Cluster {
                         closed_by_net: false,
                         paused: false,
                         held: VecDeque::new(),
+                        unsent: VecDeque::new(),
                     },
                 );
                 match net {
@@ -1806,24 +1826,26 @@ impl Cluster {
                 let Some(net) = socket.net else {
                     self.fail(&format!("node {node} sends on unconnected socket {conn:?}"));
                 };
+                if self.options.socket_buffer.is_some() && !self.tampered {
+                    let socket = self.nodes[usize::from(node)]
+                        .sockets
+                        .get_mut(&conn)
+                        .expect("checked");
+                    socket.unsent.push_back(head);
+                    if !data.is_empty() {
+                        socket.unsent.push_back(data);
+                    }
+                    self.flush_unsent(node, conn);
+                    return;
+                }
                 let bytes = (head.len() + data.len()) as u64;
                 for segment in self.tamper.packet(node, conn, head, data) {
                     if !segment.is_empty() {
                         self.net.send(now, node, net, segment);
                     }
                 }
-                // The socket took it all: one report covers consecutive sends on a socket
-                // (the kernel reports cumulative progress too).
-                if let Some((n, Input::Peer(PeerInput::Sent { conn: c, bytes: b }))) =
-                    self.ready.back_mut()
-                    && *n == node
-                    && *c == conn
-                {
-                    *b += bytes;
-                } else {
-                    self.ready
-                        .push_back((node, Input::Peer(PeerInput::Sent { conn, bytes })));
-                }
+                // The socket took it all.
+                self.report_sent(node, conn, bytes);
             }
             PeerOutput::Receive { conn, enabled } => {
                 let n = &mut self.nodes[usize::from(node)];
@@ -1831,7 +1853,12 @@ impl Cluster {
                 if let Some(s) = n.sockets.get_mut(&conn) {
                     s.paused = !enabled;
                     if enabled {
-                        for input in s.held.drain(..) {
+                        let held: Vec<PeerInput> = s.held.drain(..).collect();
+                        let net = s.net;
+                        for input in held {
+                            if let (PeerInput::Received { bytes, .. }, Some(net)) = (&input, net) {
+                                self.consumed(node, net, bytes.len() as u64);
+                            }
                             self.ready.push_back((node, Input::Peer(input)));
                         }
                     }
@@ -1843,6 +1870,7 @@ impl Cluster {
                     && let Some(net) = socket.net
                 {
                     n.from_net.remove(&net);
+                    self.in_sockets.retain(|(c, _), _| *c != net);
                     if self.options.abortive_close {
                         self.net.close(now, node, net);
                     } else {
@@ -1850,6 +1878,73 @@ impl Cluster {
                     }
                 }
             }
+        }
+    }
+
+    /// Reports `bytes` more sent on a socket: one report covers consecutive sends on a socket
+    /// (the kernel reports cumulative progress too).
+    fn report_sent(&mut self, node: NodeId, conn: ConnId, bytes: u64) {
+        if let Some((n, Input::Peer(PeerInput::Sent { conn: c, bytes: b }))) = self.ready.back_mut()
+            && *n == node
+            && *c == conn
+        {
+            *b += bytes;
+        } else {
+            self.ready
+                .push_back((node, Input::Peer(PeerInput::Sent { conn, bytes })));
+        }
+    }
+
+    /// Hands a socket's unsent bytes to the network while its buffer has room
+    /// (`socket_buffer`), and reports them sent.
+    fn flush_unsent(&mut self, node: NodeId, conn: ConnId) {
+        let Some(capacity) = self.options.socket_buffer else {
+            return;
+        };
+        let now = self.now;
+        let Some(socket) = self.nodes[usize::from(node)].sockets.get_mut(&conn) else {
+            return;
+        };
+        let Some(net) = socket.net.filter(|_| !socket.closed_by_net) else {
+            socket.unsent.clear();
+            return;
+        };
+        let in_socket = self.in_sockets.entry((net, node)).or_default();
+        let mut sent = 0;
+        while *in_socket < capacity
+            && let Some(front) = socket.unsent.front_mut()
+        {
+            let room = (capacity - *in_socket) as usize;
+            let chunk = if front.len() <= room {
+                socket.unsent.pop_front().expect("unsent bytes")
+            } else {
+                front.split_to(room)
+            };
+            *in_socket += chunk.len() as u64;
+            sent += chunk.len() as u64;
+            self.net.send(now, node, net, chunk);
+        }
+        if sent > 0 {
+            self.report_sent(node, conn, sent);
+        }
+    }
+
+    /// `node`'s engine got `bytes` of network connection `net`: its peer's socket has room
+    /// for that much more.
+    fn consumed(&mut self, node: NodeId, net: NetConnId, bytes: u64) {
+        if self.options.socket_buffer.is_none() {
+            return;
+        }
+        let sender = node ^ 1;
+        if let Some(in_socket) = self.in_sockets.get_mut(&(net, sender)) {
+            *in_socket = in_socket.saturating_sub(bytes);
+        }
+        if let Some(&conn) = self
+            .nodes
+            .get(usize::from(sender))
+            .and_then(|n| n.from_net.get(&net))
+        {
+            self.flush_unsent(sender, conn);
         }
     }
 
@@ -1872,6 +1967,7 @@ impl Cluster {
                         closed_by_net: false,
                         paused: false,
                         held: VecDeque::new(),
+                        unsent: VecDeque::new(),
                     },
                 );
                 n.from_net.insert(conn, id);
@@ -1908,11 +2004,13 @@ impl Cluster {
                 if let Some(&id) = n.from_net.get(&conn)
                     && let Some(s) = n.sockets.get_mut(&id).filter(|s| !s.closed_by_net)
                 {
+                    let len = bytes.len() as u64;
                     let received = PeerInput::Received { conn: id, bytes };
                     if s.paused {
                         s.held.push_back(received);
                     } else {
                         self.ready.push_back((node, Input::Peer(received)));
+                        self.consumed(node, conn, len);
                     }
                 }
             }

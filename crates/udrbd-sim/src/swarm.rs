@@ -27,7 +27,8 @@
 //!   one stream, latency and bandwidth changes.
 //! - **Options**: half the seeds run their own net and resync options ([`Tuning`]): the
 //!   dynamic resync controller or a slow fixed rate, `max-buffers` down to 32, epochs of one
-//!   write, and other `timeout`, `ko-count`, `ping-int`, `ping-timeout` and `connect-int`.
+//!   write, other `timeout`, `ko-count`, `ping-int`, `ping-timeout` and `connect-int`, a small
+//!   `sndbuf-size`, and sockets whose buffers fill (the sender's writes then wait).
 //! - **Clock faults**: a node's clock leaps 50 ms to 15 s forward
 //!   ([`Cluster::clock_jump`]): its ping, ping-timeout, disk-timeout and connect timers see
 //!   the time pass at once, while its peer, disks and network do not.
@@ -176,6 +177,10 @@ pub struct Tuning {
     pub timeout: Duration,
     /// `ko-count` (0: off).
     pub ko_count: u32,
+    /// `sndbuf-size` (0: auto).
+    pub sndbuf_size: u64,
+    /// The sockets' buffers ([`ClusterOptions::socket_buffer`]).
+    pub socket_buffer: Option<u64>,
 }
 
 /// Draws the tuning of `seed`, from a generator of its own: the seeds without one draw what
@@ -222,6 +227,8 @@ fn draw_tuning(seed: u64) -> Option<Tuning> {
         ping_timeout: Duration::from_millis(100 * (1 + below(30))),
         timeout: Duration::from_millis(100 * (1 + below(timeout_max.max(1)))),
         ko_count: below(8) as u32,
+        sndbuf_size: [0, 64 << 10, 1 << 20][below(3) as usize],
+        socket_buffer: [None, Some(64 << 10), Some(1 << 20)][below(3) as usize],
     })
 }
 
@@ -764,6 +771,8 @@ impl Run {
             options.timeout = t.timeout;
             options.ko_count = t.ko_count;
             options.max_epoch_size = t.max_epoch_size;
+            options.sndbuf_size = t.sndbuf_size;
+            options.socket_buffer = t.socket_buffer;
         }
         let mut c = Cluster::with_configure(seed, options, configure);
         c.wait_connected(Duration::from_secs(60));

@@ -647,6 +647,55 @@ fn detach_force_lets_a_peer_at_max_buffers_read_again() {
     peer_with_a_frozen_disk(true);
 }
 
+/// With bounded socket buffers (as real sockets have) the back-pressure reaches the
+/// Primary's application: once the sockets and sndbuf-size are full, its protocol A writes
+/// wait; after the thaw they complete and the replicas are identical.
+#[test]
+fn a_peer_at_max_buffers_makes_the_primarys_writes_wait() {
+    for seed in SEEDS {
+        let mut options = with_protocol(WireProtocol::A);
+        options.resync.max_buffers_pages = 32;
+        options.socket_buffer = Some(256 << 10);
+        options.sndbuf_size = 128 << 10;
+        let mut c = in_sync_pair(seed, options);
+        c.must(0, primary(false));
+        c.disk(1).faults.frozen = true;
+        let blocks = data_bytes(&c) / BLOCK;
+        let ids: Vec<BlockRequestId> = (0..blocks)
+            .map(|i| {
+                let data = pattern(seed * 10_000 + i, BLOCK as usize);
+                c.submit_write(0, (i * 7 % blocks) * BLOCK, data, false)
+            })
+            .collect();
+        c.run_for(secs(3));
+        let done = ids.iter().filter(|id| c.completion(**id).is_some()).count();
+        // At most max-buffers (128 KiB) on the peer's disk, the sockets (256 KiB) and
+        // sndbuf-size (128 KiB) beyond what the socket took: about 130 writes of 4 KiB.
+        check(
+            &c,
+            done < 200,
+            &format!("{done} of {blocks} writes completed while the peer's disk is frozen"),
+        );
+        println!("seed {seed}: {done} of {blocks} writes completed while frozen");
+        c.disk(1).faults.frozen = false;
+        for id in &ids {
+            let result = c.wait(*id);
+            check(
+                &c,
+                result == Ok(None),
+                "every write completes after the thaw",
+            );
+        }
+        c.run_until("the peer received and wrote everything", secs(60), |c| {
+            c.status(1)
+                .peer
+                .is_some_and(|p| p.received_kib == blocks * 4 && p.unacked == 0)
+        });
+        c.wait_in_sync(secs(30));
+        c.check_identical();
+    }
+}
+
 fn peer_with_a_frozen_disk(detach: bool) {
     const PAGES: u64 = 32;
     for seed in SEEDS {
