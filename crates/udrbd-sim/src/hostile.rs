@@ -60,6 +60,8 @@ pub struct HostileCounts {
     pub protocol_errors: u64,
     /// What the network did.
     pub tamper: TamperCounts,
+    /// Times a node stopped reading its data socket at max-buffers.
+    pub receive_pauses: u64,
     /// Simulated nanoseconds.
     pub simulated_ns: u64,
 }
@@ -74,6 +76,7 @@ impl HostileCounts {
         self.connects += o.connects;
         self.protocol_errors += o.protocol_errors;
         self.tamper.add(&o.tamper);
+        self.receive_pauses += o.receive_pauses;
         self.simulated_ns += o.simulated_ns;
     }
 }
@@ -85,7 +88,7 @@ impl std::fmt::Display for HostileCounts {
             f,
             "seeds {} | requests {} ok {} | commands {} | connects {} protocol-errors {} | \
              packets {} altered {} (field {} command {} length {} dropped {} duplicated {} replayed {}) | \
-             simulated {:.1}s",
+             receive-pauses {} | simulated {:.1}s",
             self.seeds,
             self.requests,
             self.requests_ok,
@@ -100,6 +103,7 @@ impl std::fmt::Display for HostileCounts {
             t.dropped,
             t.duplicated,
             t.replayed,
+            self.receive_pauses,
             self.simulated_ns as f64 / 1e9
         )
     }
@@ -153,10 +157,18 @@ impl Run {
         } else {
             300 + rng.next_u64() % 700
         };
+        // A quarter of the seeds run DRBD's smallest max-buffers, so that the receiver stops
+        // reading its data socket now and then (drawn apart: the others keep what they drew).
+        let small_buffers = ChaCha8Rng::seed_from_u64(seed ^ 0x6D61_7862).next_u64() % 4 == 0;
+        let mut resync = ClusterOptions::default().resync;
+        if small_buffers {
+            resync.max_buffers_pages = 32;
+        }
         let c = Cluster::new(
             seed,
             ClusterOptions {
                 protocol,
+                resync,
                 // The cluster's own limit is for honest runs; here the run judges progress.
                 limit: Duration::from_secs(3600),
                 ..ClusterOptions::default()
@@ -203,6 +215,7 @@ impl Run {
         self.settle();
         self.recover();
         self.counts.tamper = self.c.tamper_counts();
+        self.counts.receive_pauses = self.c.receive_pauses();
         self.counts.simulated_ns = self.c.now().0;
         self.counts.protocol_errors = NODES
             .iter()
