@@ -657,16 +657,7 @@ fn a_peer_at_max_buffers_makes_the_primarys_writes_wait() {
         options.resync.max_buffers_pages = 32;
         options.socket_buffer = Some(256 << 10);
         options.sndbuf_size = 128 << 10;
-        let mut c = in_sync_pair(seed, options);
-        c.must(0, primary(false));
-        c.disk(1).faults.frozen = true;
-        let blocks = data_bytes(&c) / BLOCK;
-        let ids: Vec<BlockRequestId> = (0..blocks)
-            .map(|i| {
-                let data = pattern(seed * 10_000 + i, BLOCK as usize);
-                c.submit_write(0, (i * 7 % blocks) * BLOCK, data, false)
-            })
-            .collect();
+        let (mut c, blocks, ids) = writes_to_a_frozen_peer(seed, options);
         c.run_for(secs(3));
         let done = ids.iter().filter(|id| c.completion(**id).is_some()).count();
         // At most max-buffers (128 KiB) on the peer's disk, the sockets (256 KiB) and
@@ -686,14 +677,39 @@ fn a_peer_at_max_buffers_makes_the_primarys_writes_wait() {
                 "every write completes after the thaw",
             );
         }
-        c.run_until("the peer received and wrote everything", secs(60), |c| {
-            c.status(1)
-                .peer
-                .is_some_and(|p| p.received_kib == blocks * 4 && p.unacked == 0)
-        });
+        peer_received_everything(&mut c, blocks);
         c.wait_in_sync(secs(30));
         c.check_identical();
     }
+}
+
+/// An in-sync pair with `options`, node 0 Primary; node 1's disk frozen, then the whole
+/// device (4 MiB less the meta-data) written on node 0 in 4 KiB writes in a scattered order
+/// (about 30 times DRBD's smallest max-buffers): the pair, the block count and the writes.
+fn writes_to_a_frozen_peer(
+    seed: u64,
+    options: ClusterOptions,
+) -> (Cluster, u64, Vec<BlockRequestId>) {
+    let mut c = in_sync_pair(seed, options);
+    c.must(0, primary(false));
+    c.disk(1).faults.frozen = true;
+    let blocks = data_bytes(&c) / BLOCK;
+    let ids = (0..blocks)
+        .map(|i| {
+            let data = pattern(seed * 10_000 + i, BLOCK as usize);
+            c.submit_write(0, (i * 7 % blocks) * BLOCK, data, false)
+        })
+        .collect();
+    (c, blocks, ids)
+}
+
+/// Runs until node 1 received all `blocks` written and has none on its disk.
+fn peer_received_everything(c: &mut Cluster, blocks: u64) {
+    c.run_until("the peer received and wrote everything", secs(60), |c| {
+        c.status(1)
+            .peer
+            .is_some_and(|p| p.received_kib == blocks * 4 && p.unacked == 0)
+    });
 }
 
 fn peer_with_a_frozen_disk(detach: bool) {
@@ -701,18 +717,8 @@ fn peer_with_a_frozen_disk(detach: bool) {
     for seed in SEEDS {
         let mut options = with_protocol(WireProtocol::A);
         options.resync.max_buffers_pages = PAGES;
-        let mut c = in_sync_pair(seed, options);
-        c.must(0, primary(false));
-        c.disk(1).faults.frozen = true;
-        // The whole device (4 MiB less the meta-data) in 4 KiB writes, in a scattered order:
-        // about 30 times max-buffers.
-        let blocks = data_bytes(&c) / BLOCK;
-        let ids: Vec<BlockRequestId> = (0..blocks)
-            .map(|i| {
-                let data = pattern(seed * 10_000 + i, BLOCK as usize);
-                c.submit_write(0, (i * 7 % blocks) * BLOCK, data, false)
-            })
-            .collect();
+        let (mut c, _, ids) = writes_to_a_frozen_peer(seed, options);
+        let blocks = ids.len() as u64;
         for id in &ids {
             let result = c.wait(*id);
             check(&c, result == Ok(None), "protocol A completes the write");
@@ -728,25 +734,15 @@ fn peer_with_a_frozen_disk(detach: bool) {
         if detach {
             // `detach --force` abandons the frozen writes: the peer reads again, diskless.
             c.must(1, AdminCommand::Detach { force: true });
-            c.run_until("the diskless peer received everything", secs(30), |c| {
-                c.status(1)
-                    .peer
-                    .is_some_and(|p| p.received_kib == blocks * 4 && p.unacked == 0)
-            });
+            peer_received_everything(&mut c, blocks);
             c.disk(1).faults.frozen = false;
             c.run_for(secs(1));
             c.attach(1);
-            c.wait_in_sync(secs(60));
-            c.check_identical();
-            continue;
+        } else {
+            c.disk(1).faults.frozen = false;
+            peer_received_everything(&mut c, blocks);
         }
-        c.disk(1).faults.frozen = false;
-        c.run_until("the peer received and wrote everything", secs(60), |c| {
-            c.status(1)
-                .peer
-                .is_some_and(|p| p.received_kib == blocks * 4 && p.unacked == 0)
-        });
-        c.wait_in_sync(secs(30));
+        c.wait_in_sync(secs(60));
         c.check_identical();
     }
 }
