@@ -426,6 +426,9 @@ pub struct Resource {
     /// The payload bytes of the peer's writes submitted to the disk and not completed: at
     /// max-buffers pages the data socket is not read (`Resource::receive_full`).
     pub(crate) peer_write_bytes_submitted: u64,
+    /// The bytes of the peer's reads (its read and resync requests) submitted to the disk
+    /// and not completed: they count towards max-buffers too.
+    pub(crate) peer_read_bytes_submitted: u64,
     pub(crate) peer_reads: BTreeMap<u64, crate::replication::PeerRead>,
     pub(crate) next_peer_op: u64,
     /// Resync target: written resync ranges not yet flushed, and the ones being flushed.
@@ -499,6 +502,7 @@ impl Resource {
             lock_waiting: VecDeque::new(),
             peer_writes: BTreeMap::new(),
             peer_write_bytes_submitted: 0,
+            peer_read_bytes_submitted: 0,
             peer_reads: BTreeMap::new(),
             next_peer_op: 1,
             rs_unflushed: Vec::new(),

@@ -1450,19 +1450,21 @@ impl Resource {
         }
     }
 
-    /// DRBD's max-buffers on the receiving side: the peer's writes on the local disk hold that
-    /// many pages (4 KiB) at most before the data socket is read again. DRBD's receiver waits
-    /// for free pages the same way, and so the peer's sender blocks once the sockets' buffers
-    /// are full: a peer whose disk is slower than the Primary's (protocol A or B) slows the
-    /// Primary down instead of filling this node's memory. A write larger than the limit
-    /// still goes when nothing else is on the disk. Writes waiting for a lock do not count:
-    /// what releases their lock (a resync reply) may be behind them on the data socket.
+    /// DRBD's max-buffers on the receiving side: the peer's writes and reads on the local
+    /// disk hold that many pages (4 KiB) at most before the data socket is read again. DRBD's
+    /// receiver waits for free pages the same way, and so the peer's sender blocks once the
+    /// sockets' buffers are full: a peer whose disk is slower than the Primary's (protocol A
+    /// or B) slows the Primary down instead of filling this node's memory, and a peer's flood
+    /// of read requests waits for the disk. A request larger than the limit still goes when
+    /// nothing else is on the disk. Requests waiting for a lock do not count: what releases
+    /// their lock (a resync reply) may be behind them on the data socket.
     pub(crate) fn receive_full(&self) -> bool {
         let pages = self
             .peer
             .as_ref()
             .map_or(u64::MAX, |p| p.config.resync.max_buffers_pages.max(1));
-        self.peer_write_bytes_submitted >= pages.saturating_mul(4096)
+        self.peer_write_bytes_submitted + self.peer_read_bytes_submitted
+            >= pages.saturating_mul(4096)
     }
 
     /// Reads the data socket again once the peer's writes on the disk are below
@@ -2798,6 +2800,16 @@ impl Resource {
         assert_eq!(
             submitted, self.peer_write_bytes_submitted,
             "the count of the peer's write bytes on the disk"
+        );
+        let reading: u64 = self
+            .peer_reads
+            .values()
+            .filter(|r| r.submitted)
+            .map(|r| u64::from(r.len))
+            .sum();
+        assert_eq!(
+            reading, self.peer_read_bytes_submitted,
+            "the count of the peer's read bytes on the disk"
         );
         let Some(p) = self.peer.as_ref() else { return };
         if let Some(l) = p.link.as_ref() {

@@ -83,6 +83,8 @@ pub(crate) struct PeerRead {
     pub(crate) block_id: u64,
     pub(crate) resync: bool,
     pub(crate) lock: Option<u64>,
+    /// Submitted to the disk: its length counts in `Resource::peer_read_bytes_submitted`.
+    pub(crate) submitted: bool,
 }
 
 /// Something waiting for a range lock.
@@ -1145,6 +1147,7 @@ impl Resource {
                 block_id: r.block_id.0,
                 resync,
                 lock: None,
+                submitted: false,
             },
         );
         // Application reads too wait for the peer's writes received before them: with
@@ -1156,6 +1159,9 @@ impl Resource {
     }
 
     pub(crate) fn submit_peer_read(&mut self, id: u64) {
+        let pr = self.peer_reads.get_mut(&id).expect("peer read");
+        pr.submitted = true;
+        self.peer_read_bytes_submitted += u64::from(pr.len);
         let pr = &self.peer_reads[&id];
         let (offset, len) = (pr.sector * 512, pr.len);
         self.submit(
@@ -1168,6 +1174,9 @@ impl Resource {
 
     pub(crate) fn on_peer_read_done(&mut self, id: u64, result: Result<Option<Bytes>, DiskError>) {
         let pr = self.peer_reads.remove(&id).expect("peer read");
+        if pr.submitted {
+            self.peer_read_bytes_submitted -= u64::from(pr.len);
+        }
         self.unlock(pr.lock);
         let current = pr.link_gen == self.link_gen && self.link().is_some();
         match result {

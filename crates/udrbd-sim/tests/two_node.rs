@@ -683,6 +683,46 @@ fn a_peer_at_max_buffers_makes_the_primarys_writes_wait() {
     }
 }
 
+/// max-buffers bounds the peer's reads too: a diskless Primary reads through its peer,
+/// whose disk is frozen; the peer takes at most max-buffers pages of read requests onto its
+/// disk and leaves the rest in its socket. After the thaw every read completes.
+#[test]
+fn a_peer_at_max_buffers_takes_no_more_read_requests() {
+    const PAGES: u64 = 32;
+    for seed in SEEDS {
+        let mut options = ClusterOptions::default();
+        options.resync.max_buffers_pages = PAGES;
+        let mut c = in_sync_pair(seed, options);
+        c.must(0, primary(false));
+        c.must(0, AdminCommand::Detach { force: false });
+        c.disk(1).faults.frozen = true;
+        let blocks = data_bytes(&c) / BLOCK;
+        let ids: Vec<BlockRequestId> = (0..blocks)
+            .map(|i| c.submit_read(0, (i * 7 % blocks) * BLOCK, BLOCK as u32))
+            .collect();
+        c.run_for(secs(3));
+        // Its disk operations: the reads, and a meta-data write or two.
+        let on_disk = c.disk_in_flight(1);
+        check(
+            &c,
+            on_disk as u64 <= PAGES + 2,
+            &format!(
+                "the peer has {on_disk} operations on its disk, its reads at most max-buffers ({PAGES})"
+            ),
+        );
+        check(&c, c.receive_pauses() > 0, "the peer stopped reading");
+        c.disk(1).faults.frozen = false;
+        for id in &ids {
+            let result = c.wait(*id);
+            check(
+                &c,
+                matches!(&result, Ok(Some(d)) if d.len() == BLOCK as usize),
+                &format!("every read completes after the thaw: {result:?}"),
+            );
+        }
+    }
+}
+
 /// An in-sync pair with `options`, node 0 Primary; node 1's disk frozen, then the whole
 /// device (4 MiB less the meta-data) written on node 0 in 4 KiB writes in a scattered order
 /// (about 30 times DRBD's smallest max-buffers): the pair, the block count and the writes.
