@@ -423,12 +423,10 @@ pub struct Resource {
     /// The peer's writes and resync reads waiting for a range lock, in arrival order.
     pub(crate) lock_waiting: VecDeque<crate::replication::LockWaiter>,
     pub(crate) peer_writes: BTreeMap<u64, crate::replication::PeerWrite>,
-    /// The payload bytes of the peer's writes submitted to the disk and not completed: at
-    /// max-buffers pages the data socket is not read (`Resource::receive_full`).
-    pub(crate) peer_write_bytes_submitted: u64,
-    /// The bytes of the peer's reads (its read and resync requests) submitted to the disk
-    /// and not completed: they count towards max-buffers too.
-    pub(crate) peer_read_bytes_submitted: u64,
+    /// The bytes of the peer's requests on the disk (submitted, not completed): the payload
+    /// of its writes and the length of its reads (read and resync requests). At max-buffers
+    /// pages the data socket is not read (`Resource::receive_full`).
+    pub(crate) peer_bytes_on_disk: u64,
     pub(crate) peer_reads: BTreeMap<u64, crate::replication::PeerRead>,
     pub(crate) next_peer_op: u64,
     /// Resync target: written resync ranges not yet flushed, and the ones being flushed.
@@ -501,8 +499,7 @@ impl Resource {
             next_lock: 1,
             lock_waiting: VecDeque::new(),
             peer_writes: BTreeMap::new(),
-            peer_write_bytes_submitted: 0,
-            peer_read_bytes_submitted: 0,
+            peer_bytes_on_disk: 0,
             peer_reads: BTreeMap::new(),
             next_peer_op: 1,
             rs_unflushed: Vec::new(),

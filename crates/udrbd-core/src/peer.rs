@@ -106,7 +106,7 @@ pub(crate) struct Link {
     pub(crate) features: FeatureFlags,
     pub(crate) resolve_conflicts: bool,
     /// The data socket is not read (`PeerOutput::Receive { enabled: false }` went out): the
-    /// peer's writes on the disk hold max-buffers pages.
+    /// peer's requests on the disk hold max-buffers pages.
     pub(crate) receive_paused: bool,
     /// Bytes queued on / taken by the data socket.
     pub(crate) data_queued: u64,
@@ -1463,11 +1463,10 @@ impl Resource {
             .peer
             .as_ref()
             .map_or(u64::MAX, |p| p.config.resync.max_buffers_pages.max(1));
-        self.peer_write_bytes_submitted + self.peer_read_bytes_submitted
-            >= pages.saturating_mul(4096)
+        self.peer_bytes_on_disk >= pages.saturating_mul(4096)
     }
 
-    /// Reads the data socket again once the peer's writes on the disk are below
+    /// Reads the data socket again once the peer's requests on the disk are below
     /// max-buffers: first the frames already received, then, still below, the driver's.
     pub(crate) fn drive_receive(&mut self) {
         if !self.link().is_some_and(|l| l.receive_paused) || self.receive_full() {
@@ -2791,16 +2790,12 @@ impl Resource {
 
     /// Checks the peer's invariants (see the module doc).
     pub(crate) fn peer_invariants(&self) {
-        let submitted: u64 = self
+        let writing: u64 = self
             .peer_writes
             .values()
             .filter(|w| w.submitted)
             .map(|w| w.payload_bytes())
             .sum();
-        assert_eq!(
-            submitted, self.peer_write_bytes_submitted,
-            "the count of the peer's write bytes on the disk"
-        );
         let reading: u64 = self
             .peer_reads
             .values()
@@ -2808,8 +2803,9 @@ impl Resource {
             .map(|r| u64::from(r.len))
             .sum();
         assert_eq!(
-            reading, self.peer_read_bytes_submitted,
-            "the count of the peer's read bytes on the disk"
+            writing + reading,
+            self.peer_bytes_on_disk,
+            "the count of the bytes of the peer's requests on the disk"
         );
         let Some(p) = self.peer.as_ref() else { return };
         if let Some(l) = p.link.as_ref() {

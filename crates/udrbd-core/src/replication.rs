@@ -52,7 +52,7 @@ pub(crate) struct PeerWrite {
     pub(crate) extents: Option<(u32, u32)>,
     /// Whether those extents' references are held.
     pub(crate) holds_extents: bool,
-    /// Submitted to the disk: its payload counts in `Resource::peer_write_bytes_submitted`.
+    /// Submitted to the disk: its payload counts in `Resource::peer_bytes_on_disk`.
     pub(crate) submitted: bool,
 }
 
@@ -83,7 +83,7 @@ pub(crate) struct PeerRead {
     pub(crate) block_id: u64,
     pub(crate) resync: bool,
     pub(crate) lock: Option<u64>,
-    /// Submitted to the disk: its length counts in `Resource::peer_read_bytes_submitted`.
+    /// Submitted to the disk: its length counts in `Resource::peer_bytes_on_disk`.
     pub(crate) submitted: bool,
 }
 
@@ -892,7 +892,7 @@ impl Resource {
     pub(crate) fn submit_peer_write(&mut self, id: u64) {
         let pw = self.peer_writes.get_mut(&id).expect("peer write");
         pw.submitted = true;
-        self.peer_write_bytes_submitted += pw.payload_bytes();
+        self.peer_bytes_on_disk += pw.payload_bytes();
         let pw = &self.peer_writes[&id];
         let (offset, kind) = (pw.sector * 512, pw.op.clone());
         self.submit(OpPurpose::PeerWrite(id), DiskArea::Data, offset, kind);
@@ -901,7 +901,7 @@ impl Resource {
     pub(crate) fn on_peer_write_done(&mut self, id: u64, result: Result<Option<Bytes>, DiskError>) {
         let pw = self.peer_writes.remove(&id).expect("peer write");
         if pw.submitted {
-            self.peer_write_bytes_submitted -= pw.payload_bytes();
+            self.peer_bytes_on_disk -= pw.payload_bytes();
         }
         self.unlock(pw.lock);
         self.release_peer_write_extents(&pw);
@@ -1161,7 +1161,7 @@ impl Resource {
     pub(crate) fn submit_peer_read(&mut self, id: u64) {
         let pr = self.peer_reads.get_mut(&id).expect("peer read");
         pr.submitted = true;
-        self.peer_read_bytes_submitted += u64::from(pr.len);
+        self.peer_bytes_on_disk += u64::from(pr.len);
         let pr = &self.peer_reads[&id];
         let (offset, len) = (pr.sector * 512, pr.len);
         self.submit(
@@ -1175,7 +1175,7 @@ impl Resource {
     pub(crate) fn on_peer_read_done(&mut self, id: u64, result: Result<Option<Bytes>, DiskError>) {
         let pr = self.peer_reads.remove(&id).expect("peer read");
         if pr.submitted {
-            self.peer_read_bytes_submitted -= u64::from(pr.len);
+            self.peer_bytes_on_disk -= u64::from(pr.len);
         }
         self.unlock(pr.lock);
         let current = pr.link_gen == self.link_gen && self.link().is_some();
