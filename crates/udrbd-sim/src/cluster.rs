@@ -799,7 +799,7 @@ impl Cluster {
         &mut self.net
     }
 
-    /// Times an engine stopped reading a socket: its peer's writes on its disk held
+    /// Times an engine stopped reading a socket: its peer's requests on its disk held
     /// max-buffers pages.
     pub fn receive_pauses(&self) -> u64 {
         self.receive_pauses
@@ -1856,10 +1856,7 @@ impl Cluster {
                         let held: Vec<PeerInput> = s.held.drain(..).collect();
                         let net = s.net;
                         for input in held {
-                            if let (PeerInput::Received { bytes, .. }, Some(net)) = (&input, net) {
-                                self.consumed(node, net, bytes.len() as u64);
-                            }
-                            self.ready.push_back((node, Input::Peer(input)));
+                            self.hand_over(node, net, input);
                         }
                     }
                 }
@@ -1878,6 +1875,26 @@ impl Cluster {
                     }
                 }
             }
+        }
+    }
+
+    /// What the network brought for socket `id` of `node` (network connection `net`): held
+    /// while the engine does not read the socket, delivered otherwise.
+    fn arrive(&mut self, node: NodeId, id: ConnId, net: NetConnId, input: PeerInput) {
+        match self.nodes[usize::from(node)].sockets.get_mut(&id) {
+            Some(s) if s.paused => s.held.push_back(input),
+            _ => self.hand_over(node, Some(net), input),
+        }
+    }
+
+    /// Hands `input` to `node`'s engine; received bytes free room in the sender's socket.
+    fn hand_over(&mut self, node: NodeId, net: Option<NetConnId>, input: PeerInput) {
+        if let (PeerInput::Received { bytes, .. }, Some(net)) = (&input, net) {
+            let len = bytes.len() as u64;
+            self.ready.push_back((node, Input::Peer(input)));
+            self.consumed(node, net, len);
+        } else {
+            self.ready.push_back((node, Input::Peer(input)));
         }
     }
 
@@ -1985,33 +2002,18 @@ impl Cluster {
             NetEvent::ConnectFailed { node, conn } | NetEvent::Closed { node, conn } => {
                 let n = &mut self.nodes[usize::from(node)];
                 if let Some(&id) = n.from_net.get(&conn) {
-                    let closed = PeerInput::Closed { conn: id };
-                    match n.sockets.get_mut(&id) {
-                        Some(s) if s.paused => {
-                            s.closed_by_net = true;
-                            s.held.push_back(closed);
-                        }
-                        Some(s) => {
-                            s.closed_by_net = true;
-                            self.ready.push_back((node, Input::Peer(closed)));
-                        }
-                        None => self.ready.push_back((node, Input::Peer(closed))),
+                    if let Some(s) = n.sockets.get_mut(&id) {
+                        s.closed_by_net = true;
                     }
+                    self.arrive(node, id, conn, PeerInput::Closed { conn: id });
                 }
             }
             NetEvent::Received { node, conn, bytes } => {
-                let n = &mut self.nodes[usize::from(node)];
+                let n = &self.nodes[usize::from(node)];
                 if let Some(&id) = n.from_net.get(&conn)
-                    && let Some(s) = n.sockets.get_mut(&id).filter(|s| !s.closed_by_net)
+                    && n.sockets.get(&id).is_some_and(|s| !s.closed_by_net)
                 {
-                    let len = bytes.len() as u64;
-                    let received = PeerInput::Received { conn: id, bytes };
-                    if s.paused {
-                        s.held.push_back(received);
-                    } else {
-                        self.ready.push_back((node, Input::Peer(received)));
-                        self.consumed(node, conn, len);
-                    }
+                    self.arrive(node, id, conn, PeerInput::Received { conn: id, bytes });
                 }
             }
         }
