@@ -423,9 +423,12 @@ pub struct Resource {
     /// The peer's writes and resync reads waiting for a range lock, in arrival order.
     pub(crate) lock_waiting: VecDeque<crate::replication::LockWaiter>,
     pub(crate) peer_writes: BTreeMap<u64, crate::replication::PeerWrite>,
-    /// The bytes of the peer's requests on the disk (submitted, not completed): the payload
-    /// of its writes and the length of its reads (read and resync requests). At max-buffers
-    /// pages the data socket is not read (`Resource::receive_full`).
+    /// The bytes of the peer's requests held here (received, not completed): the payload of
+    /// its writes and the length of its reads (read and resync requests), submitted to the
+    /// disk or waiting for a lock. At max-buffers pages the data socket is not read
+    /// (`Resource::receive_full`).
+    pub(crate) peer_bytes_held: u64,
+    /// The part of `peer_bytes_held` submitted to the disk (not completed).
     pub(crate) peer_bytes_on_disk: u64,
     pub(crate) peer_reads: BTreeMap<u64, crate::replication::PeerRead>,
     pub(crate) next_peer_op: u64,
@@ -499,6 +502,7 @@ impl Resource {
             next_lock: 1,
             lock_waiting: VecDeque::new(),
             peer_writes: BTreeMap::new(),
+            peer_bytes_held: 0,
             peer_bytes_on_disk: 0,
             peer_reads: BTreeMap::new(),
             next_peer_op: 1,

@@ -106,7 +106,7 @@ pub(crate) struct Link {
     pub(crate) features: FeatureFlags,
     pub(crate) resolve_conflicts: bool,
     /// The data socket is not read (`PeerOutput::Receive { enabled: false }` went out): the
-    /// peer's requests on the disk hold max-buffers pages.
+    /// peer's requests held here take max-buffers pages (`Resource::receive_full`).
     pub(crate) receive_paused: bool,
     /// Bytes queued on / taken by the data socket.
     pub(crate) data_queued: u64,
@@ -1450,20 +1450,26 @@ impl Resource {
         }
     }
 
-    /// DRBD's max-buffers on the receiving side: the peer's writes and reads on the local
-    /// disk hold that many pages (4 KiB) at most before the data socket is read again. DRBD's
-    /// receiver waits for free pages the same way, and so the peer's sender blocks once the
-    /// sockets' buffers are full: a peer whose disk is slower than the Primary's (protocol A
-    /// or B) slows the Primary down instead of filling this node's memory, and a peer's flood
-    /// of read requests waits for the disk. A request larger than the limit still goes when
-    /// nothing else is on the disk. Requests waiting for a lock do not count: what releases
-    /// their lock (a resync reply) may be behind them on the data socket.
+    /// DRBD's max-buffers on the receiving side: the peer's writes and reads held here
+    /// (on the disk or waiting for a lock) take that many pages (4 KiB) at most before the
+    /// data socket is read again. DRBD's receiver waits for free pages the same way, and so
+    /// the peer's sender blocks once the sockets' buffers are full: a peer whose disk is
+    /// slower than the Primary's (protocol A or B) slows the Primary down instead of filling
+    /// this node's memory, and a peer's flood of read requests waits for the disk.
+    ///
+    /// Only while some of them are on the disk, whose completions free pages without the
+    /// data socket: requests waiting for a lock may wait for what is behind them on that
+    /// socket (a resync reply releases the lock of its request), and so with nothing on the
+    /// disk the socket is read whatever is held. That also lets a request larger than the
+    /// limit go. Waiting requests count all the same: a stream of writes to the blocks of a
+    /// write on a frozen disk all wait for its lock, and uncounted they were read without
+    /// bound (a CI run held 34 writes at max-buffers 32).
     pub(crate) fn receive_full(&self) -> bool {
         let pages = self
             .peer
             .as_ref()
             .map_or(u64::MAX, |p| p.config.resync.max_buffers_pages.max(1));
-        self.peer_bytes_on_disk >= pages.saturating_mul(4096)
+        self.peer_bytes_on_disk > 0 && self.peer_bytes_held >= pages.saturating_mul(4096)
     }
 
     /// Reads the data socket again once the peer's requests on the disk are below
@@ -2806,6 +2812,20 @@ impl Resource {
             writing + reading,
             self.peer_bytes_on_disk,
             "the count of the bytes of the peer's requests on the disk"
+        );
+        let held: u64 = self
+            .peer_writes
+            .values()
+            .map(|w| w.payload_bytes())
+            .sum::<u64>()
+            + self
+                .peer_reads
+                .values()
+                .map(|r| u64::from(r.len))
+                .sum::<u64>();
+        assert_eq!(
+            held, self.peer_bytes_held,
+            "the count of the bytes of the peer's requests held"
         );
         let Some(p) = self.peer.as_ref() else { return };
         if let Some(l) = p.link.as_ref() {

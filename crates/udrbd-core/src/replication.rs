@@ -868,7 +868,7 @@ impl Resource {
         let id = self.next_peer_op;
         self.next_peer_op += 1;
         let link_gen = self.link_gen;
-        self.peer_writes.insert(
+        self.insert_peer_write(
             id,
             PeerWrite {
                 link_gen,
@@ -889,6 +889,20 @@ impl Resource {
         Ok(())
     }
 
+    /// Takes in a received write (or resync reply): its payload counts in
+    /// `Resource::peer_bytes_held` until it completes.
+    fn insert_peer_write(&mut self, id: u64, pw: PeerWrite) {
+        self.peer_bytes_held += pw.payload_bytes();
+        self.peer_writes.insert(id, pw);
+    }
+
+    /// Takes in a read request of the peer: its length counts in
+    /// `Resource::peer_bytes_held` until it is answered.
+    fn insert_peer_read(&mut self, id: u64, pr: PeerRead) {
+        self.peer_bytes_held += u64::from(pr.len);
+        self.peer_reads.insert(id, pr);
+    }
+
     pub(crate) fn submit_peer_write(&mut self, id: u64) {
         let pw = self.peer_writes.get_mut(&id).expect("peer write");
         pw.submitted = true;
@@ -900,6 +914,7 @@ impl Resource {
 
     pub(crate) fn on_peer_write_done(&mut self, id: u64, result: Result<Option<Bytes>, DiskError>) {
         let pw = self.peer_writes.remove(&id).expect("peer write");
+        self.peer_bytes_held -= pw.payload_bytes();
         if pw.submitted {
             self.peer_bytes_on_disk -= pw.payload_bytes();
         }
@@ -1138,7 +1153,7 @@ impl Resource {
         let id = self.next_peer_op;
         self.next_peer_op += 1;
         let link_gen = self.link_gen;
-        self.peer_reads.insert(
+        self.insert_peer_read(
             id,
             PeerRead {
                 link_gen,
@@ -1174,6 +1189,7 @@ impl Resource {
 
     pub(crate) fn on_peer_read_done(&mut self, id: u64, result: Result<Option<Bytes>, DiskError>) {
         let pr = self.peer_reads.remove(&id).expect("peer read");
+        self.peer_bytes_held -= u64::from(pr.len);
         if pr.submitted {
             self.peer_bytes_on_disk -= u64::from(pr.len);
         }
@@ -1258,7 +1274,7 @@ impl Resource {
         let id = self.next_peer_op;
         self.next_peer_op += 1;
         let link_gen = self.link_gen;
-        self.peer_writes.insert(
+        self.insert_peer_write(
             id,
             PeerWrite {
                 link_gen,
