@@ -383,9 +383,10 @@ fn a_frozen_secondary_is_force_detached_reconnects_and_resyncs() {
 
 /// max-buffers on a Secondary whose disk freezes, under protocol A (where the Primary does
 /// not wait for the peer's disk): alice, the Secondary, stops reading her data socket once
-/// her writes on the disk hold max-buffers pages. The kernel's socket buffers fill, then
+/// the writes she holds take max-buffers pages. The kernel's socket buffers fill, then
 /// bob's send queue (sndbuf-size), and bob's writes wait instead of alice's memory growing.
-/// After the resume every write reaches alice's disk and the data areas are identical.
+/// Neither daemon's memory grows by more than 16 MiB. After the resume every write reaches
+/// alice's disk and the data areas are identical.
 #[test]
 fn a_secondary_with_a_frozen_disk_holds_at_most_max_buffers_of_writes() {
     const MAX_BUFFERS: u64 = 32;
@@ -403,6 +404,7 @@ fn a_secondary_with_a_frozen_disk_holds_at_most_max_buffers_of_writes() {
     pair.bob.ok(&["primary", PAIR_RESOURCE]);
     let uri = pair.bob.daemon.uri(PAIR_RESOURCE);
     let rss_before = pair.alice.daemon.rss_kib();
+    let bob_rss_before = pair.bob.daemon.rss_kib();
     let workload = Workload::start(pair.dir.path(), &uri, 8.0, 5, "write");
     std::thread::sleep(Duration::from_secs(1));
     disk.pause();
@@ -442,9 +444,11 @@ fn a_secondary_with_a_frozen_disk_holds_at_most_max_buffers_of_writes() {
         .as_u64()
         .unwrap_or(u64::MAX);
     let rss_paused = pair.alice.daemon.rss_kib();
+    let bob_rss_paused = pair.bob.daemon.rss_kib();
     println!(
         "alice frozen: {unacked} writes unacked (max-buffers {MAX_BUFFERS} pages), received \
-         {} then {} KiB a second later, RSS {rss_before} -> {rss_paused} KiB",
+         {} then {} KiB a second later, RSS {rss_before} -> {rss_paused} KiB; bob's RSS \
+         {bob_rss_before} -> {bob_rss_paused} KiB",
         received(&first),
         received(&second)
     );
@@ -461,6 +465,12 @@ fn a_secondary_with_a_frozen_disk_holds_at_most_max_buffers_of_writes() {
     assert!(
         rss_paused < rss_before + 16 * 1024,
         "alice's memory stays bounded: {rss_before} -> {rss_paused} KiB"
+    );
+    // And the sender's: bob queues at most sndbuf-size (1 MiB) beyond what his socket
+    // took, and his writes wait for room instead of piling up.
+    assert!(
+        bob_rss_paused < bob_rss_before + 16 * 1024,
+        "bob's memory stays bounded: {bob_rss_before} -> {bob_rss_paused} KiB"
     );
     disk.resume();
     let summary = workload.finish(|| pair.logs());
