@@ -1472,8 +1472,8 @@ impl Resource {
         self.peer_bytes_on_disk > 0 && self.peer_bytes_held >= pages.saturating_mul(4096)
     }
 
-    /// Reads the data socket again once the peer's requests on the disk are below
-    /// max-buffers: first the frames already received, then, still below, the driver's.
+    /// Reads the data socket again once [`Resource::receive_full`] no longer holds: first
+    /// the frames already received, then, if it still does not, the driver's.
     pub(crate) fn drive_receive(&mut self) {
         if !self.link().is_some_and(|l| l.receive_paused) || self.receive_full() {
             return;
