@@ -47,7 +47,7 @@ pub struct NetConfig {
     /// `use-rle`: compressed bitmap exchange.
     pub use_rle: bool,
     /// The resync controller's options (disk section: resync-rate, c-*; net: max-buffers,
-    /// which also bounds the peer's requests on the disk: see `Resource::receive_full`).
+    /// which also bounds the peer's requests held here: see `Resource::receive_full`).
     pub resync: ResyncControllerConfig,
     /// `connect --discard-my-data` (also settable per connect command).
     pub discard_my_data: bool,

@@ -632,7 +632,7 @@ fn protocols_b_and_c_wait_for_the_peer() {
 /// max-buffers on the receiving side (DRBD's receiver waiting for pages): under protocol A
 /// the Primary completes writes its peer has not written, and with the peer's disk frozen
 /// those would pile up in the peer's memory. The peer stops reading its data socket once
-/// its writes on the disk hold max-buffers pages; the rest waits in the network, and after
+/// the writes it holds take max-buffers pages; the rest waits in the network, and after
 /// the thaw everything is written and the replicas are identical.
 #[test]
 fn a_peer_with_a_frozen_disk_holds_at_most_max_buffers_of_writes() {

@@ -571,7 +571,7 @@ async fn reader_task(
     // lands in an aligned buffer of its own rather than partly in this one (to be copied).
     let mut header_next = false;
     loop {
-        // The engine holds max-buffers of the peer's requests on the disk: read nothing until
+        // The engine holds max-buffers of the peer's requests: read nothing until
         // it has room again (the socket's owner outlives this task).
         if receive.wait_for(|read| *read).await.is_err() {
             return;
