@@ -371,7 +371,7 @@ pub enum PeerOutput {
         data: Bytes,
     },
     /// Stop (`enabled: false`) or go on (`true`) reading the socket: the engine holds
-    /// max-buffers of the peer's requests on its disk (DRBD's receiver waiting for pages), so
+    /// max-buffers of the peer's requests (DRBD's receiver waiting for pages), so
     /// the bytes should wait in the socket and the peer's sender block. Bytes the driver read
     /// already may still be delivered. A socket starts enabled.
     Receive {
