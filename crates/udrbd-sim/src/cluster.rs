@@ -799,7 +799,7 @@ impl Cluster {
         &mut self.net
     }
 
-    /// Times an engine stopped reading a socket: its peer's requests on its disk held
+    /// Times an engine stopped reading a socket: the peer's requests it held took
     /// max-buffers pages.
     pub fn receive_pauses(&self) -> u64 {
         self.receive_pauses
@@ -1889,12 +1889,13 @@ impl Cluster {
 
     /// Hands `input` to `node`'s engine; received bytes free room in the sender's socket.
     fn hand_over(&mut self, node: NodeId, net: Option<NetConnId>, input: PeerInput) {
-        if let (PeerInput::Received { bytes, .. }, Some(net)) = (&input, net) {
-            let len = bytes.len() as u64;
-            self.ready.push_back((node, Input::Peer(input)));
+        let received = match (&input, net) {
+            (PeerInput::Received { bytes, .. }, Some(net)) => Some((net, bytes.len() as u64)),
+            _ => None,
+        };
+        self.ready.push_back((node, Input::Peer(input)));
+        if let Some((net, len)) = received {
             self.consumed(node, net, len);
-        } else {
-            self.ready.push_back((node, Input::Peer(input)));
         }
     }
 
