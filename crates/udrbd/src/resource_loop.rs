@@ -331,22 +331,25 @@ impl Shared {
     }
 }
 
+/// Whether `file` lives on a file system with one of `magics` (fstatfs's f_type).
+// f_type and the constants have architecture-dependent integer types.
+#[allow(clippy::unnecessary_cast)]
+fn on_file_system(file: &std::fs::File, magics: &[i64]) -> bool {
+    rustix::fs::fstatfs(file).is_ok_and(|s| magics.contains(&(s.f_type as i64)))
+}
+
 /// Whether `file` lives on tmpfs (its writes are memory copies that never wait for a device).
+#[allow(clippy::unnecessary_cast)]
 fn in_memory(file: &std::fs::File) -> bool {
-    // f_type and the constant have architecture-dependent integer types.
-    #[allow(clippy::unnecessary_cast)]
-    rustix::fs::fstatfs(file).is_ok_and(|s| s.f_type as i64 == libc::TMPFS_MAGIC as i64)
+    on_file_system(file, &[libc::TMPFS_MAGIC as i64])
 }
 
 /// Whether `file` lives on a file system whose writes may block a non-blocking submission
 /// (FUSE, NFS): see [`Backing::submit_async`].
+#[allow(clippy::unnecessary_cast)]
 fn may_block_submissions(file: &std::fs::File) -> bool {
     const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
-    #[allow(clippy::unnecessary_cast)]
-    rustix::fs::fstatfs(file).is_ok_and(|s| {
-        let t = s.f_type as i64;
-        t == FUSE_SUPER_MAGIC || t == libc::NFS_SUPER_MAGIC as i64
-    })
+    on_file_system(file, &[FUSE_SUPER_MAGIC, libc::NFS_SUPER_MAGIC as i64])
 }
 
 /// Runs the loop of one resource until shutdown. Blocks the calling thread.
