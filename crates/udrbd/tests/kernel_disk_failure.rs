@@ -1,0 +1,222 @@
+//! udrbd's failure handling under a real kernel DRBD 8.4.11 Primary (`shared/tools/kdrbd-vm`,
+//! harness in `kernelvm/mod.rs`): udrbd is the Secondary, on a backing disk that freezes on
+//! command (`blockstack/faulty_disk.rs`: nbdkit's pause filter behind nbdfuse).
+//!
+//! [`a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs`]: the kernel
+//! writes while udrbd's disk is frozen. udrbd's disk-timeout (3 s) detaches it within
+//! disk-timeout + 2 s; the writes it could not confirm make it reconnect diskless (as in the
+//! simulator's `frozen_secondary_disk_is_detached_by_disk_timeout`), so the kernel completes
+//! them on its own disk, records them out of sync, and its writer never hangs. After the disk
+//! thaws, `attach` resyncs from the kernel and both data areas end identical; the guest's
+//! kernel log shows no protocol error.
+//!
+//! The udrbd-to-udrbd versions of this scenario run in `daemon_disk_failure.rs` and in the
+//! simulator; here the other side is the kernel, which must accept udrbd's disconnect, its
+//! diskless reconnect and the resync that follows. Needs root (FUSE, and the kernel node's
+//! build), nbdkit with its python plugin, nbdfuse; about 300 MB of host memory for the guest.
+
+mod blockstack;
+mod kernelvm;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use blockstack::faulty_disk::FaultyDisk;
+use kernelvm::*;
+use support::*;
+
+/// The data area in KiB (the guest's 16 MiB brd less 40 KiB of internal meta-data; udrbd's
+/// 16 MiB image the same).
+const DATA_KIB: u64 = 16344;
+/// udrbd's `disk-timeout` in DRBD's tenths of a second.
+const DISK_TIMEOUT_DS: u64 = 30;
+
+/// Writes `count` blocks of random bytes from block `first` on the guest's `/dev/drbd0`, one
+/// `dd` (O_DIRECT) each; panics if one fails.
+fn guest_writes(vm: &KernelVm, first: u64, count: u64) {
+    let out = vm.exec(&format!(
+        "for i in $(seq {first} {}); do dd if=/dev/urandom of=/dev/drbd0 bs=4096 seek=$i \
+         count=1 oflag=direct 2>/dev/null || echo FAILED $i; done",
+        first + count - 1
+    ));
+    assert!(
+        !out.contains("FAILED"),
+        "a write on the kernel failed: {out}"
+    );
+}
+
+/// udrbd's `status --json` until `done` holds, polled every 100 ms; the time it took.
+fn wait_status(
+    d: &TestDaemon,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let s = status_json(d);
+        if done(&s) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "udrbd: no {what} after {limit:?}: {s}\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn disk_state(s: &serde_json::Value) -> &str {
+    s["devices"][0]["disk-state"].as_str().unwrap_or("?")
+}
+
+#[test]
+fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
+    require_root();
+    require_tool("nbdkit", "nbdkit");
+    require_tool("nbdfuse", "libnbd-bin");
+    ensure_vm_built();
+    let ports = Ports::both_ways(17480);
+    ports.check_free();
+    let t0 = Instant::now();
+    let len = DATA_KIB * 1024;
+
+    // udrbd's zeroed image behind the faulty disk; its config names the disk's FUSE file.
+    // (Dropped in reverse order: the daemon, the guest, the disk, then the directory.)
+    let mut u = Udrbd::prepare_with(
+        ports,
+        UdrbdOptions {
+            random: false,
+            net: "protocol C; connect-int 2; ping-int 10; ping-timeout 20; timeout 19;".into(),
+            disk: format!("c-plan-ahead 0; resync-rate 100M; disk-timeout {DISK_TIMEOUT_DS};"),
+            ..UdrbdOptions::default()
+        },
+    );
+    let image = u.disk.clone();
+    let disk = FaultyDisk::start(u.dir.path(), &image);
+    u.disk = disk.path();
+    u.write_config();
+    let vm = KernelVm::start_args(
+        &u.vm_dir(),
+        "kfrozen",
+        ports,
+        &[
+            "--size-mib",
+            "16",
+            "--role",
+            "primary",
+            "--net-opts",
+            "--connect-int=2",
+            "--disk-opts",
+            "--c-plan-ahead=0 --resync-rate=400M",
+        ],
+    );
+    let d = u.start();
+
+    // The kernel's initial full sync to udrbd, then writes replicated under protocol C.
+    vm.wait(
+        "cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    wait_status(&d, "UpToDate/UpToDate", WAIT, |s| {
+        disk_state(s) == "UpToDate" && json_peer_disk_state(s) == "UpToDate"
+    });
+    eprintln!("full sync from the kernel after {:.1?}", t0.elapsed());
+    guest_writes(&vm, 0, 16);
+    assert_eq!(
+        md5_hex(&read_head(&image, 16 * 4096)),
+        vm.exec("dd if=/dev/drbd0 bs=4096 count=16 iflag=direct 2>/dev/null | md5sum")
+            .split_whitespace()
+            .next()
+            .unwrap_or(""),
+        "the kernel's writes are not on udrbd's disk (protocol C)"
+    );
+
+    // Freeze udrbd's disk while the kernel writes 64 more blocks.
+    disk.pause();
+    let paused = Instant::now();
+    let writes_took = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let t = Instant::now();
+            guest_writes(&vm, 100, 64);
+            t.elapsed()
+        });
+        let limit = Duration::from_millis(DISK_TIMEOUT_DS * 100) + Duration::from_secs(2);
+        wait_status(&d, "Diskless", limit, |s| disk_state(s) == "Diskless");
+        let took = paused.elapsed();
+        println!("udrbd Diskless {took:?} after its disk froze (limit {limit:?})");
+        assert!(took <= limit, "udrbd detached after {took:?}");
+        let s = status_json(&d);
+        assert_eq!(
+            s["devices"][0]["udrbd-disk-failure-reason"].as_str(),
+            Some("disk-timeout"),
+            "{s}"
+        );
+        writer.join().expect("the guest's writer")
+    });
+    println!("the kernel's 64 writes took {writes_took:?} from the freeze");
+    // The writes waited for udrbd's detach and reconnect at most, not for the kernel's
+    // ko-count (7 x 6 s).
+    assert!(
+        writes_took < Duration::from_secs(30),
+        "the kernel's writes hung for {writes_took:?}\n{}",
+        d.log_text()
+    );
+    // udrbd is the kernel's diskless peer; the kernel holds what udrbd missed.
+    let proc_drbd = vm.wait(
+        "cs:Connected ro:Primary/Secondary ds:UpToDate/Diskless",
+        WAIT,
+        &|| d.log_text(),
+    );
+    let oos = parse_proc_counters(&proc_drbd).oos;
+    println!("kernel: {}", proc_drbd.trim());
+    assert!(
+        oos >= 64 * 4,
+        "the kernel's bitmap lacks the 64 blocks udrbd missed: oos:{oos}"
+    );
+    let s = status_json(&d);
+    assert_eq!(json_connection_state(&s), "Connected", "{s}");
+
+    // The disk thaws: once the stuck IO returned, attach; the kernel resyncs udrbd.
+    disk.resume();
+    wait_status(&d, "end of the stuck IO", Duration::from_secs(30), |s| {
+        s["devices"][0]["udrbd-stuck-ios"].is_null()
+    });
+    let sent_before = parse_proc_counters(&proc_drbd).ns;
+    let t_attach = Instant::now();
+    d.ok(&["attach", "r0"]);
+    vm.wait(
+        "cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    wait_status(&d, "UpToDate/UpToDate after the attach", WAIT, |s| {
+        disk_state(s) == "UpToDate" && json_peer_disk_state(s) == "UpToDate"
+    });
+    let proc_drbd = vm.proc_drbd();
+    println!(
+        "resynced in {:.1?}; kernel: {}",
+        t_attach.elapsed(),
+        proc_drbd.trim()
+    );
+    let k = parse_proc_counters(&proc_drbd);
+    assert_eq!(k.oos, 0, "{proc_drbd}");
+    // At least what udrbd missed went over (more if udrbd's own bitmap or activity log
+    // added blocks: that depends on which meta-data writes the freeze caught).
+    println!(
+        "the kernel resynced {} KiB ({oos} KiB missed)",
+        k.ns - sent_before
+    );
+    assert!(k.ns - sent_before >= oos, "{proc_drbd}");
+    assert_eq!(
+        vm.backing_md5(len),
+        md5_hex(&read_head(&image, len)),
+        "the data areas differ after the resync\n{}",
+        d.log_text()
+    );
+    vm.assert_clean_dmesg(&|| d.log_text());
+    eprintln!("total {:.1?}", t0.elapsed());
+    disk.clear_faults();
+}
