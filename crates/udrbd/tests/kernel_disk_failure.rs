@@ -10,7 +10,14 @@
 //! thaws, `attach` resyncs from the kernel and both data areas end identical; the guest's
 //! kernel log shows no protocol error.
 //!
-//! The udrbd-to-udrbd versions of this scenario run in `daemon_disk_failure.rs` and in the
+//! [`a_frozen_udrbd_primary_serves_its_io_through_the_kernel`]: the other way round, udrbd
+//! Primary and the kernel Secondary. udrbd's disk freezes under NBD writes and reads; the
+//! disk-timeout detaches it within disk-timeout + 2 s, the stuck requests complete (writes the
+//! kernel wrote, reads retried from the kernel), and every later request is served by the
+//! kernel's disk (P_DATA, P_DATA_REQUEST). After the thaw `attach` resyncs from the kernel
+//! and both data areas end identical.
+//!
+//! The udrbd-to-udrbd versions of these scenarios run in `daemon_disk_failure.rs` and in the
 //! simulator; here the other side is the kernel, which must accept udrbd's disconnect, its
 //! diskless reconnect and the resync that follows. Needs root (FUSE, and the kernel node's
 //! build), nbdkit with its python plugin, nbdfuse; about 300 MB of host memory for the guest.
@@ -19,6 +26,7 @@ mod blockstack;
 mod kernelvm;
 mod support;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use blockstack::faulty_disk::FaultyDisk;
@@ -65,6 +73,43 @@ fn wait_status(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The NBD client of the Primary test: `write FIRST COUNT TAG` writes block `FIRST + i` with
+/// [`tagged_block`]'s bytes, each acknowledged write reported as `ok i` (sync, in order);
+/// `read FIRST COUNT TAG` reads the blocks back and reports `mismatch i` for each that differs.
+const NBD_CLIENT: &str = r#"
+import hashlib, sys, nbd
+uri, mode, first, count, tag = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+def block(i):
+    return hashlib.sha256(f"{tag}:{i}".encode()).digest() * 128
+h = nbd.NBD()
+h.connect_uri(uri)
+for i in range(count):
+    at = (first + i) * 4096
+    if mode == "write":
+        h.pwrite(block(i), at)
+        print("ok", i, flush=True)
+    elif h.pread(4096, at) != block(i):
+        print("mismatch", i, flush=True)
+h.shutdown()
+"#;
+
+/// Runs [`NBD_CLIENT`] against udrbd's export; its output.
+fn nbd_client(d: &TestDaemon, mode: &str, first: u64, count: u64, tag: &str) -> String {
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", NBD_CLIENT, &d.uri("r0"), mode])
+        .args([first.to_string(), count.to_string(), tag.to_string()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "NBD {mode} failed: {out}{}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        d.log_text()
+    );
+    out
 }
 
 fn disk_state(s: &serde_json::Value) -> &str {
@@ -210,6 +255,161 @@ fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
         k.ns - sent_before
     );
     assert!(k.ns - sent_before >= oos, "{proc_drbd}");
+    assert_eq!(
+        vm.backing_md5(len),
+        md5_hex(&read_head(&image, len)),
+        "the data areas differ after the resync\n{}",
+        d.log_text()
+    );
+    vm.assert_clean_dmesg(&|| d.log_text());
+    eprintln!("total {:.1?}", t0.elapsed());
+    disk.clear_faults();
+}
+
+#[test]
+fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
+    require_root();
+    require_tool("nbdkit", "nbdkit");
+    require_tool("nbdfuse", "libnbd-bin");
+    require_libnbd();
+    ensure_vm_built();
+    let ports = Ports::both_ways(17485);
+    ports.check_free();
+    let t0 = Instant::now();
+    let len = DATA_KIB * 1024;
+
+    // udrbd's random image behind the faulty disk becomes the data (`primary --force`).
+    let mut u = Udrbd::prepare_with(
+        ports,
+        UdrbdOptions {
+            net: "protocol C; connect-int 2; ping-int 10; ping-timeout 20; timeout 19;".into(),
+            disk: format!("c-plan-ahead 0; resync-rate 100M; disk-timeout {DISK_TIMEOUT_DS};"),
+            ..UdrbdOptions::default()
+        },
+    );
+    let image = u.disk.clone();
+    let disk = FaultyDisk::start(u.dir.path(), &image);
+    u.disk = disk.path();
+    u.write_config();
+    let vm = KernelVm::start_args(
+        &u.vm_dir(),
+        "kfrozenp",
+        ports,
+        &[
+            "--size-mib",
+            "16",
+            "--net-opts",
+            "--connect-int=2",
+            "--disk-opts",
+            "--c-plan-ahead=0 --resync-rate=400M",
+        ],
+    );
+    let d = u.start();
+    d.ok(&[
+        "wait-connect",
+        "r0",
+        "--timeout",
+        &WAIT.as_secs().to_string(),
+    ]);
+    d.ok(&["primary", "r0", "--force"]);
+    vm.wait(
+        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    eprintln!("full sync to the kernel after {:.1?}", t0.elapsed());
+    // Blocks 0..64 written before the freeze (to be read back during it).
+    nbd_client(&d, "write", 0, 64, "before");
+
+    // Freeze udrbd's disk under 64 writes and the read-back of the first 64 blocks.
+    let k0 = parse_proc_counters(&vm.proc_drbd());
+    disk.pause();
+    let paused = Instant::now();
+    let (written, mismatches, io_took) = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let t = Instant::now();
+            let out = nbd_client(&d, "write", 1000, 64, "frozen");
+            (out, t.elapsed())
+        });
+        let reader = scope.spawn(|| nbd_client(&d, "read", 0, 64, "before"));
+        let limit = Duration::from_millis(DISK_TIMEOUT_DS * 100) + Duration::from_secs(2);
+        wait_status(&d, "Diskless", limit, |s| disk_state(s) == "Diskless");
+        let took = paused.elapsed();
+        println!("udrbd Diskless {took:?} after its disk froze (limit {limit:?})");
+        assert!(took <= limit, "udrbd detached after {took:?}");
+        let s = status_json(&d);
+        assert_eq!(
+            s["devices"][0]["udrbd-disk-failure-reason"].as_str(),
+            Some("disk-timeout"),
+            "{s}"
+        );
+        assert_eq!(s["devices"][0]["udrbd-served-by-peer"], true, "{s}");
+        let (written, took) = writer.join().expect("the NBD writer");
+        (written, reader.join().expect("the NBD reader"), took)
+    });
+    println!("64 writes through udrbd took {io_took:?} from the freeze");
+    assert_eq!(
+        written.lines().filter(|l| l.starts_with("ok ")).count(),
+        64,
+        "{written}"
+    );
+    assert!(
+        mismatches.is_empty(),
+        "reads during the freeze returned wrong data: {mismatches}"
+    );
+    // Served by the kernel's disk: udrbd is its diskless Primary peer.
+    vm.wait(
+        "cs:Connected ro:Secondary/Primary ds:UpToDate/Diskless",
+        WAIT,
+        &|| d.log_text(),
+    );
+    let mismatches = nbd_client(&d, "read", 1000, 64, "frozen");
+    assert!(
+        mismatches.is_empty(),
+        "read through the kernel: {mismatches}"
+    );
+    // Both read-backs (128 blocks) came from the kernel's disk: its `ns:` counts the replies.
+    let k1 = parse_proc_counters(&vm.proc_drbd());
+    println!(
+        "the kernel sent {} KiB, received {} KiB since the freeze",
+        k1.ns - k0.ns,
+        k1.nr - k0.nr
+    );
+    assert!(k1.ns - k0.ns >= 128 * 4, "kernel {k0:?} -> {k1:?}");
+    assert!(k1.nr - k0.nr >= 64 * 4, "kernel {k0:?} -> {k1:?}");
+    nbd_client(&d, "write", 2000, 16, "diskless");
+
+    // The disk thaws: once the stuck IO returned, attach; the kernel resyncs udrbd.
+    disk.resume();
+    wait_status(&d, "end of the stuck IO", Duration::from_secs(30), |s| {
+        s["devices"][0]["udrbd-stuck-ios"].is_null()
+    });
+    let k2 = parse_proc_counters(&vm.proc_drbd());
+    let t_attach = Instant::now();
+    d.ok(&["attach", "r0"]);
+    vm.wait(
+        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    wait_status(&d, "UpToDate/UpToDate after the attach", WAIT, |s| {
+        disk_state(s) == "UpToDate" && json_peer_disk_state(s) == "UpToDate"
+    });
+    let k3 = parse_proc_counters(&vm.proc_drbd());
+    println!(
+        "resynced {} KiB from the kernel in {:.1?}",
+        k3.ns - k2.ns,
+        t_attach.elapsed()
+    );
+    assert!(k3.ns > k2.ns, "no resync: kernel {k2:?} -> {k3:?}");
+    for (first, count, tag) in [
+        (0, 64, "before"),
+        (1000, 64, "frozen"),
+        (2000, 16, "diskless"),
+    ] {
+        let mismatches = nbd_client(&d, "read", first, count, tag);
+        assert!(mismatches.is_empty(), "{tag}: {mismatches}");
+    }
     assert_eq!(
         vm.backing_md5(len),
         md5_hex(&read_head(&image, len)),
