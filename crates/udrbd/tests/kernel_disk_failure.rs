@@ -116,23 +116,33 @@ fn disk_state(s: &serde_json::Value) -> &str {
     s["devices"][0]["disk-state"].as_str().unwrap_or("?")
 }
 
-#[test]
-fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
+/// udrbd on a faulty disk and a kernel guest, both running. Fields drop in order: the
+/// daemon, the guest, the disk (unmounted once nothing holds it), then the directory.
+struct Setup {
+    d: TestDaemon,
+    vm: KernelVm,
+    disk: FaultyDisk,
+    /// The image behind the faulty disk (read directly: nbdkit writes through to it).
+    image: std::path::PathBuf,
+    /// Holds the test's directory.
+    _u: Udrbd,
+}
+
+/// Ports from `base`; udrbd's image (random: its data will be the data; zeroed: it receives
+/// the kernel's) behind a faulty disk, with disk-timeout; the guest `name`, Primary if
+/// `kernel_primary`; then udrbd's daemon, which attaches and connects.
+fn start(base: u16, name: &str, kernel_primary: bool) -> Setup {
     require_root();
     require_tool("nbdkit", "nbdkit");
     require_tool("nbdfuse", "libnbd-bin");
+    require_libnbd();
     ensure_vm_built();
-    let ports = Ports::both_ways(17480);
+    let ports = Ports::both_ways(base);
     ports.check_free();
-    let t0 = Instant::now();
-    let len = DATA_KIB * 1024;
-
-    // udrbd's zeroed image behind the faulty disk; its config names the disk's FUSE file.
-    // (Dropped in reverse order: the daemon, the guest, the disk, then the directory.)
     let mut u = Udrbd::prepare_with(
         ports,
         UdrbdOptions {
-            random: false,
+            random: !kernel_primary,
             net: "protocol C; connect-int 2; ping-int 10; ping-timeout 20; timeout 19;".into(),
             disk: format!("c-plan-ahead 0; resync-rate 100M; disk-timeout {DISK_TIMEOUT_DS};"),
             ..UdrbdOptions::default()
@@ -140,24 +150,43 @@ fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
     );
     let image = u.disk.clone();
     let disk = FaultyDisk::start(u.dir.path(), &image);
+    // The config names the disk's FUSE file.
     u.disk = disk.path();
     u.write_config();
-    let vm = KernelVm::start_args(
-        &u.vm_dir(),
-        "kfrozen",
-        ports,
-        &[
-            "--size-mib",
-            "16",
-            "--role",
-            "primary",
+    let role: &[&str] = if kernel_primary {
+        &["--role", "primary"]
+    } else {
+        &[]
+    };
+    let args: Vec<&str> = ["--size-mib", "16"]
+        .into_iter()
+        .chain(role.iter().copied())
+        .chain([
             "--net-opts",
             "--connect-int=2",
             "--disk-opts",
             "--c-plan-ahead=0 --resync-rate=400M",
-        ],
-    );
+        ])
+        .collect();
+    let vm = KernelVm::start_args(&u.vm_dir(), name, ports, &args);
     let d = u.start();
+    Setup {
+        d,
+        vm,
+        disk,
+        image,
+        _u: u,
+    }
+}
+
+#[test]
+fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
+    let t0 = Instant::now();
+    let setup = start(17480, "kfrozen", true);
+    let len = DATA_KIB * 1024;
+    let Setup {
+        d, vm, disk, image, ..
+    } = &setup;
 
     // The kernel's initial full sync to udrbd, then writes replicated under protocol C.
     vm.wait(
@@ -165,13 +194,13 @@ fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
         WAIT,
         &|| d.log_text(),
     );
-    wait_status(&d, "UpToDate/UpToDate", WAIT, |s| {
+    wait_status(d, "UpToDate/UpToDate", WAIT, |s| {
         disk_state(s) == "UpToDate" && json_peer_disk_state(s) == "UpToDate"
     });
     eprintln!("full sync from the kernel after {:.1?}", t0.elapsed());
-    guest_writes(&vm, 0, 16);
+    guest_writes(vm, 0, 16);
     assert_eq!(
-        md5_hex(&read_head(&image, 16 * 4096)),
+        md5_hex(&read_head(image, 16 * 4096)),
         vm.exec("dd if=/dev/drbd0 bs=4096 count=16 iflag=direct 2>/dev/null | md5sum")
             .split_whitespace()
             .next()
@@ -185,15 +214,15 @@ fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
     let writes_took = std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
             let t = Instant::now();
-            guest_writes(&vm, 100, 64);
+            guest_writes(vm, 100, 64);
             t.elapsed()
         });
         let limit = Duration::from_millis(DISK_TIMEOUT_DS * 100) + Duration::from_secs(2);
-        wait_status(&d, "Diskless", limit, |s| disk_state(s) == "Diskless");
+        wait_status(d, "Diskless", limit, |s| disk_state(s) == "Diskless");
         let took = paused.elapsed();
         println!("udrbd Diskless {took:?} after its disk froze (limit {limit:?})");
         assert!(took <= limit, "udrbd detached after {took:?}");
-        let s = status_json(&d);
+        let s = status_json(d);
         assert_eq!(
             s["devices"][0]["udrbd-disk-failure-reason"].as_str(),
             Some("disk-timeout"),
@@ -221,12 +250,12 @@ fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
         oos >= 64 * 4,
         "the kernel's bitmap lacks the 64 blocks udrbd missed: oos:{oos}"
     );
-    let s = status_json(&d);
+    let s = status_json(d);
     assert_eq!(json_connection_state(&s), "Connected", "{s}");
 
     // The disk thaws: once the stuck IO returned, attach; the kernel resyncs udrbd.
     disk.resume();
-    wait_status(&d, "end of the stuck IO", Duration::from_secs(30), |s| {
+    wait_status(d, "end of the stuck IO", Duration::from_secs(30), |s| {
         s["devices"][0]["udrbd-stuck-ios"].is_null()
     });
     let sent_before = parse_proc_counters(&proc_drbd).ns;
@@ -237,7 +266,7 @@ fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
         WAIT,
         &|| d.log_text(),
     );
-    wait_status(&d, "UpToDate/UpToDate after the attach", WAIT, |s| {
+    wait_status(d, "UpToDate/UpToDate after the attach", WAIT, |s| {
         disk_state(s) == "UpToDate" && json_peer_disk_state(s) == "UpToDate"
     });
     let proc_drbd = vm.proc_drbd();
@@ -257,7 +286,7 @@ fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
     assert!(k.ns - sent_before >= oos, "{proc_drbd}");
     assert_eq!(
         vm.backing_md5(len),
-        md5_hex(&read_head(&image, len)),
+        md5_hex(&read_head(image, len)),
         "the data areas differ after the resync\n{}",
         d.log_text()
     );
@@ -268,43 +297,13 @@ fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
 
 #[test]
 fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
-    require_root();
-    require_tool("nbdkit", "nbdkit");
-    require_tool("nbdfuse", "libnbd-bin");
-    require_libnbd();
-    ensure_vm_built();
-    let ports = Ports::both_ways(17485);
-    ports.check_free();
     let t0 = Instant::now();
     let len = DATA_KIB * 1024;
-
-    // udrbd's random image behind the faulty disk becomes the data (`primary --force`).
-    let mut u = Udrbd::prepare_with(
-        ports,
-        UdrbdOptions {
-            net: "protocol C; connect-int 2; ping-int 10; ping-timeout 20; timeout 19;".into(),
-            disk: format!("c-plan-ahead 0; resync-rate 100M; disk-timeout {DISK_TIMEOUT_DS};"),
-            ..UdrbdOptions::default()
-        },
-    );
-    let image = u.disk.clone();
-    let disk = FaultyDisk::start(u.dir.path(), &image);
-    u.disk = disk.path();
-    u.write_config();
-    let vm = KernelVm::start_args(
-        &u.vm_dir(),
-        "kfrozenp",
-        ports,
-        &[
-            "--size-mib",
-            "16",
-            "--net-opts",
-            "--connect-int=2",
-            "--disk-opts",
-            "--c-plan-ahead=0 --resync-rate=400M",
-        ],
-    );
-    let d = u.start();
+    // udrbd's random data area becomes the data (`primary --force`).
+    let setup = start(17485, "kfrozenp", false);
+    let Setup {
+        d, vm, disk, image, ..
+    } = &setup;
     d.ok(&[
         "wait-connect",
         "r0",
@@ -319,7 +318,7 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
     );
     eprintln!("full sync to the kernel after {:.1?}", t0.elapsed());
     // Blocks 0..64 written before the freeze (to be read back during it).
-    nbd_client(&d, "write", 0, 64, "before");
+    nbd_client(d, "write", 0, 64, "before");
 
     // Freeze udrbd's disk under 64 writes and the read-back of the first 64 blocks.
     let k0 = parse_proc_counters(&vm.proc_drbd());
@@ -328,16 +327,16 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
     let (written, mismatches, io_took) = std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
             let t = Instant::now();
-            let out = nbd_client(&d, "write", 1000, 64, "frozen");
+            let out = nbd_client(d, "write", 1000, 64, "frozen");
             (out, t.elapsed())
         });
-        let reader = scope.spawn(|| nbd_client(&d, "read", 0, 64, "before"));
+        let reader = scope.spawn(|| nbd_client(d, "read", 0, 64, "before"));
         let limit = Duration::from_millis(DISK_TIMEOUT_DS * 100) + Duration::from_secs(2);
-        wait_status(&d, "Diskless", limit, |s| disk_state(s) == "Diskless");
+        wait_status(d, "Diskless", limit, |s| disk_state(s) == "Diskless");
         let took = paused.elapsed();
         println!("udrbd Diskless {took:?} after its disk froze (limit {limit:?})");
         assert!(took <= limit, "udrbd detached after {took:?}");
-        let s = status_json(&d);
+        let s = status_json(d);
         assert_eq!(
             s["devices"][0]["udrbd-disk-failure-reason"].as_str(),
             Some("disk-timeout"),
@@ -363,7 +362,7 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
         WAIT,
         &|| d.log_text(),
     );
-    let mismatches = nbd_client(&d, "read", 1000, 64, "frozen");
+    let mismatches = nbd_client(d, "read", 1000, 64, "frozen");
     assert!(
         mismatches.is_empty(),
         "read through the kernel: {mismatches}"
@@ -377,11 +376,11 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
     );
     assert!(k1.ns - k0.ns >= 128 * 4, "kernel {k0:?} -> {k1:?}");
     assert!(k1.nr - k0.nr >= 64 * 4, "kernel {k0:?} -> {k1:?}");
-    nbd_client(&d, "write", 2000, 16, "diskless");
+    nbd_client(d, "write", 2000, 16, "diskless");
 
     // The disk thaws: once the stuck IO returned, attach; the kernel resyncs udrbd.
     disk.resume();
-    wait_status(&d, "end of the stuck IO", Duration::from_secs(30), |s| {
+    wait_status(d, "end of the stuck IO", Duration::from_secs(30), |s| {
         s["devices"][0]["udrbd-stuck-ios"].is_null()
     });
     let k2 = parse_proc_counters(&vm.proc_drbd());
@@ -392,7 +391,7 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
         WAIT,
         &|| d.log_text(),
     );
-    wait_status(&d, "UpToDate/UpToDate after the attach", WAIT, |s| {
+    wait_status(d, "UpToDate/UpToDate after the attach", WAIT, |s| {
         disk_state(s) == "UpToDate" && json_peer_disk_state(s) == "UpToDate"
     });
     let k3 = parse_proc_counters(&vm.proc_drbd());
@@ -407,12 +406,12 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
         (1000, 64, "frozen"),
         (2000, 16, "diskless"),
     ] {
-        let mismatches = nbd_client(&d, "read", first, count, tag);
+        let mismatches = nbd_client(d, "read", first, count, tag);
         assert!(mismatches.is_empty(), "{tag}: {mismatches}");
     }
     assert_eq!(
         vm.backing_md5(len),
-        md5_hex(&read_head(&image, len)),
+        md5_hex(&read_head(image, len)),
         "the data areas differ after the resync\n{}",
         d.log_text()
     );
