@@ -112,6 +112,49 @@ fn nbd_client(d: &TestDaemon, mode: &str, first: u64, count: u64, tag: &str) -> 
     out
 }
 
+/// Waits until udrbd is Diskless by its disk-timeout, at most disk-timeout + 2 s after the
+/// freeze at `paused` (the bound is asserted and the time printed); its status then.
+fn diskless_by_disk_timeout(d: &TestDaemon, paused: Instant) -> serde_json::Value {
+    let limit = Duration::from_millis(DISK_TIMEOUT_DS * 100) + Duration::from_secs(2);
+    wait_status(d, "Diskless", limit, |s| disk_state(s) == "Diskless");
+    let took = paused.elapsed();
+    println!("udrbd Diskless {took:?} after its disk froze (limit {limit:?})");
+    assert!(took <= limit, "udrbd detached after {took:?}");
+    let s = status_json(d);
+    assert_eq!(
+        s["devices"][0]["udrbd-disk-failure-reason"].as_str(),
+        Some("disk-timeout"),
+        "{s}"
+    );
+    s
+}
+
+/// Resumes the disk, waits until udrbd's stuck IO returned, attaches it, and waits until the
+/// resync ends: the guest `Connected`, `roles` (its `ro:` field), `UpToDate/UpToDate`, and
+/// udrbd the same. The guest's counters before the attach and after the resync.
+fn thaw_and_attach(
+    d: &TestDaemon,
+    vm: &KernelVm,
+    disk: &FaultyDisk,
+    roles: &str,
+) -> (ProcCounters, ProcCounters) {
+    disk.resume();
+    wait_status(d, "end of the stuck IO", Duration::from_secs(30), |s| {
+        s["devices"][0]["udrbd-stuck-ios"].is_null()
+    });
+    let before = parse_proc_counters(&vm.proc_drbd());
+    d.ok(&["attach", "r0"]);
+    vm.wait(
+        &format!("cs:Connected {roles} ds:UpToDate/UpToDate"),
+        WAIT,
+        &|| d.log_text(),
+    );
+    wait_status(d, "UpToDate/UpToDate after the attach", WAIT, |s| {
+        disk_state(s) == "UpToDate" && json_peer_disk_state(s) == "UpToDate"
+    });
+    (before, parse_proc_counters(&vm.proc_drbd()))
+}
+
 fn disk_state(s: &serde_json::Value) -> &str {
     s["devices"][0]["disk-state"].as_str().unwrap_or("?")
 }
@@ -126,6 +169,21 @@ struct Setup {
     image: std::path::PathBuf,
     /// Holds the test's directory.
     _u: Udrbd,
+}
+
+impl Setup {
+    /// The end of each test: both data areas identical, no protocol error in the guest's
+    /// kernel log.
+    fn assert_identical_and_clean(&self, t0: Instant) {
+        assert_eq!(
+            self.vm.backing_md5(DATA_KIB * 1024),
+            md5_hex(&read_head(&self.image, DATA_KIB * 1024)),
+            "the data areas differ after the resync\n{}",
+            self.d.log_text()
+        );
+        self.vm.assert_clean_dmesg(&|| self.d.log_text());
+        eprintln!("total {:.1?}", t0.elapsed());
+    }
 }
 
 /// Ports from `base`; udrbd's image (random: its data will be the data; zeroed: it receives
@@ -183,7 +241,6 @@ fn start(base: u16, name: &str, kernel_primary: bool) -> Setup {
 fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
     let t0 = Instant::now();
     let setup = start(17480, "kfrozen", true);
-    let len = DATA_KIB * 1024;
     let Setup {
         d, vm, disk, image, ..
     } = &setup;
@@ -217,17 +274,7 @@ fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
             guest_writes(vm, 100, 64);
             t.elapsed()
         });
-        let limit = Duration::from_millis(DISK_TIMEOUT_DS * 100) + Duration::from_secs(2);
-        wait_status(d, "Diskless", limit, |s| disk_state(s) == "Diskless");
-        let took = paused.elapsed();
-        println!("udrbd Diskless {took:?} after its disk froze (limit {limit:?})");
-        assert!(took <= limit, "udrbd detached after {took:?}");
-        let s = status_json(d);
-        assert_eq!(
-            s["devices"][0]["udrbd-disk-failure-reason"].as_str(),
-            Some("disk-timeout"),
-            "{s}"
-        );
+        diskless_by_disk_timeout(d, paused);
         writer.join().expect("the guest's writer")
     });
     println!("the kernel's 64 writes took {writes_took:?} from the freeze");
@@ -253,57 +300,23 @@ fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
     let s = status_json(d);
     assert_eq!(json_connection_state(&s), "Connected", "{s}");
 
-    // The disk thaws: once the stuck IO returned, attach; the kernel resyncs udrbd.
-    disk.resume();
-    wait_status(d, "end of the stuck IO", Duration::from_secs(30), |s| {
-        s["devices"][0]["udrbd-stuck-ios"].is_null()
-    });
-    let sent_before = parse_proc_counters(&proc_drbd).ns;
-    let t_attach = Instant::now();
-    d.ok(&["attach", "r0"]);
-    vm.wait(
-        "cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate",
-        WAIT,
-        &|| d.log_text(),
-    );
-    wait_status(d, "UpToDate/UpToDate after the attach", WAIT, |s| {
-        disk_state(s) == "UpToDate" && json_peer_disk_state(s) == "UpToDate"
-    });
-    let proc_drbd = vm.proc_drbd();
-    println!(
-        "resynced in {:.1?}; kernel: {}",
-        t_attach.elapsed(),
-        proc_drbd.trim()
-    );
-    let k = parse_proc_counters(&proc_drbd);
-    assert_eq!(k.oos, 0, "{proc_drbd}");
+    // The disk thaws: attach, and the kernel resyncs udrbd.
+    let (before, after) = thaw_and_attach(d, vm, disk, "ro:Primary/Secondary");
+    assert_eq!(after.oos, 0, "kernel {after:?}");
     // At least what udrbd missed went over (more if udrbd's own bitmap or activity log
     // added blocks: that depends on which meta-data writes the freeze caught).
-    println!(
-        "the kernel resynced {} KiB ({oos} KiB missed)",
-        k.ns - sent_before
-    );
-    assert!(k.ns - sent_before >= oos, "{proc_drbd}");
-    assert_eq!(
-        vm.backing_md5(len),
-        md5_hex(&read_head(image, len)),
-        "the data areas differ after the resync\n{}",
-        d.log_text()
-    );
-    vm.assert_clean_dmesg(&|| d.log_text());
-    eprintln!("total {:.1?}", t0.elapsed());
-    disk.clear_faults();
+    let resynced = after.ns - before.ns;
+    println!("the kernel resynced {resynced} KiB ({oos} KiB missed)");
+    assert!(resynced >= oos, "kernel {before:?} -> {after:?}");
+    setup.assert_identical_and_clean(t0);
 }
 
 #[test]
 fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
     let t0 = Instant::now();
-    let len = DATA_KIB * 1024;
     // udrbd's random data area becomes the data (`primary --force`).
     let setup = start(17485, "kfrozenp", false);
-    let Setup {
-        d, vm, disk, image, ..
-    } = &setup;
+    let Setup { d, vm, disk, .. } = &setup;
     d.ok(&[
         "wait-connect",
         "r0",
@@ -331,17 +344,7 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
             (out, t.elapsed())
         });
         let reader = scope.spawn(|| nbd_client(d, "read", 0, 64, "before"));
-        let limit = Duration::from_millis(DISK_TIMEOUT_DS * 100) + Duration::from_secs(2);
-        wait_status(d, "Diskless", limit, |s| disk_state(s) == "Diskless");
-        let took = paused.elapsed();
-        println!("udrbd Diskless {took:?} after its disk froze (limit {limit:?})");
-        assert!(took <= limit, "udrbd detached after {took:?}");
-        let s = status_json(d);
-        assert_eq!(
-            s["devices"][0]["udrbd-disk-failure-reason"].as_str(),
-            Some("disk-timeout"),
-            "{s}"
-        );
+        let s = diskless_by_disk_timeout(d, paused);
         assert_eq!(s["devices"][0]["udrbd-served-by-peer"], true, "{s}");
         let (written, took) = writer.join().expect("the NBD writer");
         (written, reader.join().expect("the NBD reader"), took)
@@ -378,23 +381,9 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
     assert!(k1.nr - k0.nr >= 64 * 4, "kernel {k0:?} -> {k1:?}");
     nbd_client(d, "write", 2000, 16, "diskless");
 
-    // The disk thaws: once the stuck IO returned, attach; the kernel resyncs udrbd.
-    disk.resume();
-    wait_status(d, "end of the stuck IO", Duration::from_secs(30), |s| {
-        s["devices"][0]["udrbd-stuck-ios"].is_null()
-    });
-    let k2 = parse_proc_counters(&vm.proc_drbd());
+    // The disk thaws: attach, and the kernel resyncs udrbd.
     let t_attach = Instant::now();
-    d.ok(&["attach", "r0"]);
-    vm.wait(
-        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
-        WAIT,
-        &|| d.log_text(),
-    );
-    wait_status(d, "UpToDate/UpToDate after the attach", WAIT, |s| {
-        disk_state(s) == "UpToDate" && json_peer_disk_state(s) == "UpToDate"
-    });
-    let k3 = parse_proc_counters(&vm.proc_drbd());
+    let (k2, k3) = thaw_and_attach(d, vm, disk, "ro:Secondary/Primary");
     println!(
         "resynced {} KiB from the kernel in {:.1?}",
         k3.ns - k2.ns,
@@ -409,13 +398,5 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
         let mismatches = nbd_client(d, "read", first, count, tag);
         assert!(mismatches.is_empty(), "{tag}: {mismatches}");
     }
-    assert_eq!(
-        vm.backing_md5(len),
-        md5_hex(&read_head(image, len)),
-        "the data areas differ after the resync\n{}",
-        d.log_text()
-    );
-    vm.assert_clean_dmesg(&|| d.log_text());
-    eprintln!("total {:.1?}", t0.elapsed());
-    disk.clear_faults();
+    setup.assert_identical_and_clean(t0);
 }
