@@ -17,6 +17,11 @@
 //! kernel's disk (P_DATA, P_DATA_REQUEST). After the thaw `attach` resyncs from the kernel
 //! and both data areas end identical.
 //!
+//! [`read_and_write_errors_on_a_udrbd_primary_are_covered_by_the_kernel`]: udrbd Primary, its
+//! disk failing reads of a range, later writes of another (on-io-error detach): the failed
+//! read is answered from the kernel's disk, the failed write completes as the kernel wrote
+//! it, each error detaches udrbd's disk, and each re-attach resyncs to identical data areas.
+//!
 //! The udrbd-to-udrbd versions of these scenarios run in `daemon_disk_failure.rs` and in the
 //! simulator; here the other side is the kernel, which must accept udrbd's disconnect, its
 //! diskless reconnect and the resync that follows. Needs root (FUSE, and the kernel node's
@@ -129,16 +134,20 @@ fn diskless_by_disk_timeout(d: &TestDaemon, paused: Instant) -> serde_json::Valu
     s
 }
 
-/// Resumes the disk, waits until udrbd's stuck IO returned, attaches it, and waits until the
-/// resync ends: the guest `Connected`, `roles` (its `ro:` field), `UpToDate/UpToDate`, and
-/// udrbd the same. The guest's counters before the attach and after the resync.
-fn thaw_and_attach(
+/// Heals the disk (resumed, no faults), waits until udrbd's stuck IO returned, attaches it,
+/// and waits until the resync ends: the guest `Connected`, `roles` (its `ro:` field),
+/// `UpToDate/UpToDate`, and udrbd the same. The guest's counters before the attach and after
+/// the resync.
+fn heal_and_attach(
     d: &TestDaemon,
     vm: &KernelVm,
     disk: &FaultyDisk,
     roles: &str,
 ) -> (ProcCounters, ProcCounters) {
-    disk.resume();
+    if disk.is_paused() {
+        disk.resume();
+    }
+    disk.clear_faults();
     wait_status(d, "end of the stuck IO", Duration::from_secs(30), |s| {
         s["devices"][0]["udrbd-stuck-ios"].is_null()
     });
@@ -153,6 +162,23 @@ fn thaw_and_attach(
         disk_state(s) == "UpToDate" && json_peer_disk_state(s) == "UpToDate"
     });
     (before, parse_proc_counters(&vm.proc_drbd()))
+}
+
+/// udrbd `primary --force` once connected, and the full sync of its data to the kernel.
+fn primary_and_full_sync(d: &TestDaemon, vm: &KernelVm, t0: Instant) {
+    d.ok(&[
+        "wait-connect",
+        "r0",
+        "--timeout",
+        &WAIT.as_secs().to_string(),
+    ]);
+    d.ok(&["primary", "r0", "--force"]);
+    vm.wait(
+        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    eprintln!("full sync to the kernel after {:.1?}", t0.elapsed());
 }
 
 fn disk_state(s: &serde_json::Value) -> &str {
@@ -301,7 +327,7 @@ fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
     assert_eq!(json_connection_state(&s), "Connected", "{s}");
 
     // The disk thaws: attach, and the kernel resyncs udrbd.
-    let (before, after) = thaw_and_attach(d, vm, disk, "ro:Primary/Secondary");
+    let (before, after) = heal_and_attach(d, vm, disk, "ro:Primary/Secondary");
     assert_eq!(after.oos, 0, "kernel {after:?}");
     // At least what udrbd missed went over (more if udrbd's own bitmap or activity log
     // added blocks: that depends on which meta-data writes the freeze caught).
@@ -317,19 +343,7 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
     // udrbd's random data area becomes the data (`primary --force`).
     let setup = start(17485, "kfrozenp", false);
     let Setup { d, vm, disk, .. } = &setup;
-    d.ok(&[
-        "wait-connect",
-        "r0",
-        "--timeout",
-        &WAIT.as_secs().to_string(),
-    ]);
-    d.ok(&["primary", "r0", "--force"]);
-    vm.wait(
-        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
-        WAIT,
-        &|| d.log_text(),
-    );
-    eprintln!("full sync to the kernel after {:.1?}", t0.elapsed());
+    primary_and_full_sync(d, vm, t0);
     // Blocks 0..64 written before the freeze (to be read back during it).
     nbd_client(d, "write", 0, 64, "before");
 
@@ -383,7 +397,7 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
 
     // The disk thaws: attach, and the kernel resyncs udrbd.
     let t_attach = Instant::now();
-    let (k2, k3) = thaw_and_attach(d, vm, disk, "ro:Secondary/Primary");
+    let (k2, k3) = heal_and_attach(d, vm, disk, "ro:Secondary/Primary");
     println!(
         "resynced {} KiB from the kernel in {:.1?}",
         k3.ns - k2.ns,
@@ -395,6 +409,63 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
         (1000, 64, "frozen"),
         (2000, 16, "diskless"),
     ] {
+        let mismatches = nbd_client(d, "read", first, count, tag);
+        assert!(mismatches.is_empty(), "{tag}: {mismatches}");
+    }
+    setup.assert_identical_and_clean(t0);
+}
+
+/// udrbd Primary with the kernel Secondary; udrbd's disk fails reads of a range, later writes
+/// of another (on-io-error detach, the default). The failed read is served by the kernel
+/// (P_DATA_REQUEST) and the failed write completes as the kernel wrote it; each error detaches
+/// udrbd's disk, the kernel serves udrbd's IO meanwhile, and each re-attach resyncs to
+/// identical data areas.
+#[test]
+fn read_and_write_errors_on_a_udrbd_primary_are_covered_by_the_kernel() {
+    let t0 = Instant::now();
+    let setup = start(17490, "kioerr", false);
+    let Setup { d, vm, disk, .. } = &setup;
+    primary_and_full_sync(d, vm, t0);
+    let diskless = |reason: &str| {
+        let s = status_json(d);
+        assert_eq!(disk_state(&s), "Diskless", "{s}");
+        assert_eq!(
+            s["devices"][0]["udrbd-disk-failure-reason"].as_str(),
+            Some(reason),
+            "{s}"
+        );
+        assert_eq!(s["devices"][0]["udrbd-served-by-peer"], true, "{s}");
+        vm.wait(
+            "cs:Connected ro:Secondary/Primary ds:UpToDate/Diskless",
+            WAIT,
+            &|| d.log_text(),
+        );
+    };
+
+    // A read error: the 8 blocks come from the kernel, right.
+    nbd_client(d, "write", 500, 8, "read-error");
+    disk.fail_read_range(500 * 4096, 8 * 4096);
+    let k0 = parse_proc_counters(&vm.proc_drbd());
+    let mismatches = nbd_client(d, "read", 500, 8, "read-error");
+    assert!(mismatches.is_empty(), "after a read error: {mismatches}");
+    diskless("read error");
+    let k1 = parse_proc_counters(&vm.proc_drbd());
+    println!("the kernel sent {} KiB for the failed read", k1.ns - k0.ns);
+    assert!(k1.ns - k0.ns >= 8 * 4, "kernel {k0:?} -> {k1:?}");
+    let (k2, k3) = heal_and_attach(d, vm, disk, "ro:Secondary/Primary");
+    println!("resynced {} KiB after the read error", k3.ns - k2.ns);
+
+    // A write error: the write completes (the kernel wrote it) and reads back right.
+    disk.fail_write_range(3000 * 4096, 4 * 4096);
+    let written = nbd_client(d, "write", 3000, 4, "write-error");
+    assert_eq!(written.lines().count(), 4, "{written}");
+    diskless("write error");
+    let mismatches = nbd_client(d, "read", 3000, 4, "write-error");
+    assert!(mismatches.is_empty(), "after a write error: {mismatches}");
+    let (k4, k5) = heal_and_attach(d, vm, disk, "ro:Secondary/Primary");
+    println!("resynced {} KiB after the write error", k5.ns - k4.ns);
+    assert!(k5.ns - k4.ns >= 16, "kernel {k4:?} -> {k5:?}");
+    for (first, count, tag) in [(500, 8, "read-error"), (3000, 4, "write-error")] {
         let mismatches = nbd_client(d, "read", first, count, tag);
         assert!(mismatches.is_empty(), "{tag}: {mismatches}");
     }
