@@ -117,13 +117,37 @@ fn nbd_client(d: &TestDaemon, mode: &str, first: u64, count: u64, tag: &str) -> 
     out
 }
 
-/// Waits until udrbd is Diskless by its disk-timeout, at most disk-timeout + 2 s after the
-/// freeze at `paused` (the bound is asserted and the time printed); its status then.
+/// Waits until udrbd has data IO on the disk frozen at `paused`, then until it is Diskless by
+/// its disk-timeout: at most disk-timeout + 2 s after that IO was seen (the bound is asserted
+/// and the time printed; the IO may be older by one poll, 20 ms). Its status then.
 fn diskless_by_disk_timeout(d: &TestDaemon, paused: Instant) -> serde_json::Value {
+    // The first IO reaches the frozen disk when the writer gets to it (a guest's `dd` under
+    // TCG can take a while): disk-timeout counts from there.
+    let stuck = loop {
+        let s = status_json(d);
+        // Its own requests on the disk (a Primary), or the peer's not acked yet.
+        let on_disk = s["devices"][0]["lower-pending"].as_u64().unwrap_or(0)
+            + s["connections"][0]["peer_devices"][0]["unacked"]
+                .as_u64()
+                .unwrap_or(0);
+        if on_disk > 0 || disk_state(&s) != "UpToDate" {
+            break Instant::now();
+        }
+        assert!(
+            paused.elapsed() < WAIT,
+            "no IO reached the frozen disk: {s}\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let limit = Duration::from_millis(DISK_TIMEOUT_DS * 100) + Duration::from_secs(2);
     wait_status(d, "Diskless", limit, |s| disk_state(s) == "Diskless");
-    let took = paused.elapsed();
-    println!("udrbd Diskless {took:?} after its disk froze (limit {limit:?})");
+    let took = stuck.elapsed();
+    println!(
+        "udrbd Diskless {took:?} after IO was stuck on its frozen disk (limit {limit:?}; {:?} \
+         after the freeze)",
+        paused.elapsed()
+    );
     assert!(took <= limit, "udrbd detached after {took:?}");
     let s = status_json(d);
     assert_eq!(
