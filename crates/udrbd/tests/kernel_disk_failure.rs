@@ -31,7 +31,6 @@ mod blockstack;
 mod kernelvm;
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use blockstack::faulty_disk::FaultyDisk;
@@ -78,43 +77,6 @@ fn wait_status(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// The NBD client of the Primary test: `write FIRST COUNT TAG` writes block `FIRST + i` with
-/// [`tagged_block`]'s bytes, each acknowledged write reported as `ok i` (sync, in order);
-/// `read FIRST COUNT TAG` reads the blocks back and reports `mismatch i` for each that differs.
-const NBD_CLIENT: &str = r#"
-import hashlib, sys, nbd
-uri, mode, first, count, tag = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-def block(i):
-    return hashlib.sha256(f"{tag}:{i}".encode()).digest() * 128
-h = nbd.NBD()
-h.connect_uri(uri)
-for i in range(count):
-    at = (first + i) * 4096
-    if mode == "write":
-        h.pwrite(block(i), at)
-        print("ok", i, flush=True)
-    elif h.pread(4096, at) != block(i):
-        print("mismatch", i, flush=True)
-h.shutdown()
-"#;
-
-/// Runs [`NBD_CLIENT`] against udrbd's export; its output.
-fn nbd_client(d: &TestDaemon, mode: &str, first: u64, count: u64, tag: &str) -> String {
-    let o = Command::new("/usr/bin/python3")
-        .args(["-c", NBD_CLIENT, &d.uri("r0"), mode])
-        .args([first.to_string(), count.to_string(), tag.to_string()])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "NBD {mode} failed: {out}{}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        d.log_text()
-    );
-    out
 }
 
 /// Waits until udrbd has data IO on the disk frozen at `paused`, then until it is Diskless by
@@ -186,23 +148,6 @@ fn heal_and_attach(
         disk_state(s) == "UpToDate" && json_peer_disk_state(s) == "UpToDate"
     });
     (before, parse_proc_counters(&vm.proc_drbd()))
-}
-
-/// udrbd `primary --force` once connected, and the full sync of its data to the kernel.
-fn primary_and_full_sync(d: &TestDaemon, vm: &KernelVm, t0: Instant) {
-    d.ok(&[
-        "wait-connect",
-        "r0",
-        "--timeout",
-        &WAIT.as_secs().to_string(),
-    ]);
-    d.ok(&["primary", "r0", "--force"]);
-    vm.wait(
-        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
-        WAIT,
-        &|| d.log_text(),
-    );
-    eprintln!("full sync to the kernel after {:.1?}", t0.elapsed());
 }
 
 fn disk_state(s: &serde_json::Value) -> &str {
@@ -369,7 +314,7 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
     let Setup { d, vm, disk, .. } = &setup;
     primary_and_full_sync(d, vm, t0);
     // Blocks 0..64 written before the freeze (to be read back during it).
-    nbd_client(d, "write", 0, 64, "before");
+    nbd_tagged_blocks(d, "write", 0, 64, "before");
 
     // Freeze udrbd's disk under 64 writes and the read-back of the first 64 blocks.
     let k0 = parse_proc_counters(&vm.proc_drbd());
@@ -378,10 +323,10 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
     let (written, mismatches, io_took) = std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
             let t = Instant::now();
-            let out = nbd_client(d, "write", 1000, 64, "frozen");
+            let out = nbd_tagged_blocks(d, "write", 1000, 64, "frozen");
             (out, t.elapsed())
         });
-        let reader = scope.spawn(|| nbd_client(d, "read", 0, 64, "before"));
+        let reader = scope.spawn(|| nbd_tagged_blocks(d, "read", 0, 64, "before"));
         let s = diskless_by_disk_timeout(d, paused);
         assert_eq!(s["devices"][0]["udrbd-served-by-peer"], true, "{s}");
         let (written, took) = writer.join().expect("the NBD writer");
@@ -403,7 +348,7 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
         WAIT,
         &|| d.log_text(),
     );
-    let mismatches = nbd_client(d, "read", 1000, 64, "frozen");
+    let mismatches = nbd_tagged_blocks(d, "read", 1000, 64, "frozen");
     assert!(
         mismatches.is_empty(),
         "read through the kernel: {mismatches}"
@@ -417,7 +362,7 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
     );
     assert!(k1.ns - k0.ns >= 128 * 4, "kernel {k0:?} -> {k1:?}");
     assert!(k1.nr - k0.nr >= 64 * 4, "kernel {k0:?} -> {k1:?}");
-    nbd_client(d, "write", 2000, 16, "diskless");
+    nbd_tagged_blocks(d, "write", 2000, 16, "diskless");
 
     // The disk thaws: attach, and the kernel resyncs udrbd.
     let t_attach = Instant::now();
@@ -433,7 +378,7 @@ fn a_frozen_udrbd_primary_serves_its_io_through_the_kernel() {
         (1000, 64, "frozen"),
         (2000, 16, "diskless"),
     ] {
-        let mismatches = nbd_client(d, "read", first, count, tag);
+        let mismatches = nbd_tagged_blocks(d, "read", first, count, tag);
         assert!(mismatches.is_empty(), "{tag}: {mismatches}");
     }
     setup.assert_identical_and_clean(t0);
@@ -467,10 +412,10 @@ fn read_and_write_errors_on_a_udrbd_primary_are_covered_by_the_kernel() {
     };
 
     // A read error: the 8 blocks come from the kernel, right.
-    nbd_client(d, "write", 500, 8, "read-error");
+    nbd_tagged_blocks(d, "write", 500, 8, "read-error");
     disk.fail_read_range(500 * 4096, 8 * 4096);
     let k0 = parse_proc_counters(&vm.proc_drbd());
-    let mismatches = nbd_client(d, "read", 500, 8, "read-error");
+    let mismatches = nbd_tagged_blocks(d, "read", 500, 8, "read-error");
     assert!(mismatches.is_empty(), "after a read error: {mismatches}");
     diskless("read error");
     let k1 = parse_proc_counters(&vm.proc_drbd());
@@ -481,16 +426,16 @@ fn read_and_write_errors_on_a_udrbd_primary_are_covered_by_the_kernel() {
 
     // A write error: the write completes (the kernel wrote it) and reads back right.
     disk.fail_write_range(3000 * 4096, 4 * 4096);
-    let written = nbd_client(d, "write", 3000, 4, "write-error");
+    let written = nbd_tagged_blocks(d, "write", 3000, 4, "write-error");
     assert_eq!(written.lines().count(), 4, "{written}");
     diskless("write error");
-    let mismatches = nbd_client(d, "read", 3000, 4, "write-error");
+    let mismatches = nbd_tagged_blocks(d, "read", 3000, 4, "write-error");
     assert!(mismatches.is_empty(), "after a write error: {mismatches}");
     let (k4, k5) = heal_and_attach(d, vm, disk, "ro:Secondary/Primary");
     println!("resynced {} KiB after the write error", k5.ns - k4.ns);
     assert!(k5.ns - k4.ns >= 16, "kernel {k4:?} -> {k5:?}");
     for (first, count, tag) in [(500, 8, "read-error"), (3000, 4, "write-error")] {
-        let mismatches = nbd_client(d, "read", first, count, tag);
+        let mismatches = nbd_tagged_blocks(d, "read", first, count, tag);
         assert!(mismatches.is_empty(), "{tag}: {mismatches}");
     }
     setup.assert_identical_and_clean(t0);

@@ -106,24 +106,6 @@ fn udrbd_counters(d: &TestDaemon) -> (u64, u64, u64) {
     )
 }
 
-/// Waits until udrbd reports `cstate` and `dstate`.
-fn wait_udrbd(d: &TestDaemon, cstate: &str, dstate: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let c = d.ok(&["cstate", "r0"]).trim().to_string();
-        let ds = d.ok(&["dstate", "r0"]).trim().to_string();
-        if c == cstate && ds == dstate {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "udrbd is {c} {ds}, not {cstate} {dstate}, after {timeout:?}\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Runs a python script with libnbd against `uri`; the script's stdout is returned.
 fn nbd_python(uri: &str, script: &str, args: &[&str], context: &dyn Fn() -> String) -> String {
     let o = Command::new("/usr/bin/python3")

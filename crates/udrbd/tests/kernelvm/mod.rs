@@ -593,6 +593,81 @@ impl Udrbd {
     }
 }
 
+/// Waits until udrbd reports `cstate` and `dstate`.
+pub fn wait_udrbd(d: &TestDaemon, cstate: &str, dstate: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let c = d.ok(&["cstate", "r0"]).trim().to_string();
+        let ds = d.ok(&["dstate", "r0"]).trim().to_string();
+        if c == cstate && ds == dstate {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "udrbd is {c} {ds}, not {cstate} {dstate}, after {timeout:?}\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// udrbd `primary --force` once connected, and the full sync of its data to the kernel.
+pub fn primary_and_full_sync(d: &TestDaemon, vm: &KernelVm, t0: Instant) {
+    d.ok(&[
+        "wait-connect",
+        "r0",
+        "--timeout",
+        &WAIT.as_secs().to_string(),
+    ]);
+    d.ok(&["primary", "r0", "--force"]);
+    vm.wait(
+        "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
+        WAIT,
+        &|| d.log_text(),
+    );
+    eprintln!("full sync to the kernel after {:.1?}", t0.elapsed());
+}
+
+/// An NBD client of udrbd's export for tests that check blocks by content: `write FIRST COUNT
+/// TAG` writes block `FIRST + i` with the sha256 of `TAG:i` repeated (4 KiB), reports each
+/// acknowledged write as `ok i` (one at a time, in order) and flushes at the end; `read FIRST
+/// COUNT TAG` reads the blocks back and reports `mismatch i` for each that differs.
+const NBD_TAGGED_BLOCKS: &str = r#"
+import hashlib, sys, nbd
+uri, mode, first, count, tag = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+h = nbd.NBD()
+h.connect_uri(uri)
+for i in range(count):
+    block = hashlib.sha256(f"{tag}:{i}".encode()).digest() * 128
+    at = (first + i) * 4096
+    if mode == "write":
+        h.pwrite(block, at)
+        print("ok", i, flush=True)
+    elif h.pread(4096, at) != block:
+        print("mismatch", i, flush=True)
+if mode == "write":
+    h.flush()
+h.shutdown()
+"#;
+
+/// Runs [`NBD_TAGGED_BLOCKS`] against `d`'s export of r0 (`mode` is `write` or `read`); its
+/// output. Panics if the client fails.
+pub fn nbd_tagged_blocks(d: &TestDaemon, mode: &str, first: u64, count: u64, tag: &str) -> String {
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", NBD_TAGGED_BLOCKS, &d.uri("r0"), mode])
+        .args([first.to_string(), count.to_string(), tag.to_string()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "NBD {mode} failed: {out}{}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        d.log_text()
+    );
+    out
+}
+
 /// Writes `size` bytes to `path`: random ones, or zeroes (written, not sparse).
 pub fn fill_file(path: &Path, size: u64, random: bool) {
     let mut f = std::fs::File::create(path).unwrap();
