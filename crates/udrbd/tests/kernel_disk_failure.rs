@@ -170,12 +170,7 @@ impl Setup {
     /// The end of each test: both data areas identical, no protocol error in the guest's
     /// kernel log.
     fn assert_identical_and_clean(&self, t0: Instant) {
-        assert_eq!(
-            self.vm.backing_md5(DATA_KIB * 1024),
-            md5_hex(&read_head(&self.image, DATA_KIB * 1024)),
-            "the data areas differ after the resync\n{}",
-            self.d.log_text()
-        );
+        assert_same_data_areas(&self.vm, &self.image, DATA_KIB, &self.d);
         self.vm.assert_clean_dmesg(&|| self.d.log_text());
         eprintln!("total {:.1?}", t0.elapsed());
     }
@@ -189,31 +184,14 @@ fn start(base: u16, name: &str, kernel_primary: bool) -> Setup {
     require_tool("nbdkit", "nbdkit");
     require_tool("nbdfuse", "libnbd-bin");
     require_libnbd();
-    ensure_vm_built();
-    let ports = Ports::both_ways(base);
-    ports.check_free();
-    let mut u = Udrbd::prepare_with(
-        ports,
-        UdrbdOptions {
-            random: !kernel_primary,
-            net: "protocol C; connect-int 2; ping-int 10; ping-timeout 20; timeout 19;".into(),
-            disk: format!("c-plan-ahead 0; resync-rate 100M; disk-timeout {DISK_TIMEOUT_DS};"),
-            ..UdrbdOptions::default()
-        },
-    );
-    let image = u.disk.clone();
-    let disk = FaultyDisk::start(u.dir.path(), &image);
-    // The config names the disk's FUSE file.
-    u.disk = disk.path();
-    u.write_config();
     let role: &[&str] = if kernel_primary {
         &["--role", "primary"]
     } else {
         &[]
     };
-    let args: Vec<&str> = ["--size-mib", "16"]
-        .into_iter()
-        .chain(role.iter().copied())
+    let guest_args: Vec<&str> = role
+        .iter()
+        .copied()
         .chain([
             "--net-opts",
             "--connect-int=2",
@@ -221,7 +199,22 @@ fn start(base: u16, name: &str, kernel_primary: bool) -> Setup {
             "--c-plan-ahead=0 --resync-rate=400M",
         ])
         .collect();
-    let vm = KernelVm::start_args(&u.vm_dir(), name, ports, &args);
+    let (mut u, vm) = udrbd_and_guest(
+        base,
+        UdrbdOptions {
+            random: !kernel_primary,
+            net: "protocol C; connect-int 2; ping-int 10; ping-timeout 20; timeout 19;".into(),
+            disk: format!("c-plan-ahead 0; resync-rate 100M; disk-timeout {DISK_TIMEOUT_DS};"),
+            ..UdrbdOptions::default()
+        },
+        name,
+        &guest_args,
+    );
+    let image = u.disk.clone();
+    let disk = FaultyDisk::start(u.dir.path(), &image);
+    // The config names the disk's FUSE file.
+    u.disk = disk.path();
+    u.write_config();
     let d = u.start();
     Setup {
         d,

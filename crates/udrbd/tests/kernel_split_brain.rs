@@ -106,13 +106,7 @@ fn wait_in_sync_and_identical(u: &Udrbd, d: &TestDaemon, vm: &KernelVm) {
         &|| d.log_text(),
     );
     wait_udrbd(d, "Connected", "UpToDate/UpToDate", WAIT);
-    let len = DATA_KIB * 1024;
-    assert_eq!(
-        vm.backing_md5(len),
-        md5_hex(&u.data_area(len)),
-        "the data areas differ\n{}",
-        d.log_text()
-    );
+    assert_same_data_areas(vm, &u.disk, DATA_KIB, d);
 }
 
 const UNRESOLVED: &str = "Split-Brain detected but unresolved, dropping connection!";
@@ -170,24 +164,15 @@ fn log_count(d: &TestDaemon, what: &str) -> usize {
 fn split_brain_with_the_kernel_detected_resolved_both_ways_and_automatically() {
     require_root();
     require_libnbd();
-    ensure_vm_built();
-    let ports = Ports::both_ways(17500);
-    ports.check_free();
     let t0 = Instant::now();
-    let u = Udrbd::prepare_with(
-        ports,
+    let (u, vm) = udrbd_and_guest(
+        17500,
         UdrbdOptions {
             net: UDRBD_NET.into(),
             ..UdrbdOptions::default()
         },
-    );
-    let vm = KernelVm::start_args(
-        &u.vm_dir(),
         "ksplit",
-        ports,
         &[
-            "--size-mib",
-            "16",
             "--net-opts",
             KERNEL_NET,
             "--disk-opts",

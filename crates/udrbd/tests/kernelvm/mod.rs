@@ -611,8 +611,41 @@ pub fn wait_udrbd(d: &TestDaemon, cstate: &str, dstate: &str, timeout: Duration)
     }
 }
 
-/// udrbd `primary --force` once connected, and the full sync of its data to the kernel.
-pub fn primary_and_full_sync(d: &TestDaemon, vm: &KernelVm, t0: Instant) {
+/// The first `kib` KiB of the guest's backing device and of udrbd's backing file `image` (the
+/// data areas) are equal.
+pub fn assert_same_data_areas(vm: &KernelVm, image: &Path, kib: u64, d: &TestDaemon) {
+    assert_eq!(
+        vm.backing_md5(kib * 1024),
+        md5_hex(&read_head(image, kib * 1024)),
+        "the data areas differ\n{}",
+        d.log_text()
+    );
+}
+
+/// A test's two nodes, prepared from ports `base+1..base+4` (checked free): udrbd's node
+/// from `opts` (not started), and the guest `name` with a 16 MiB device and `guest_args` for
+/// `kdrbd-vm start` (started, waited for).
+pub fn udrbd_and_guest(
+    base: u16,
+    opts: UdrbdOptions,
+    name: &str,
+    guest_args: &[&str],
+) -> (Udrbd, KernelVm) {
+    ensure_vm_built();
+    let ports = Ports::both_ways(base);
+    ports.check_free();
+    let u = Udrbd::prepare_with(ports, opts);
+    let args: Vec<&str> = ["--size-mib", "16"]
+        .iter()
+        .chain(guest_args)
+        .copied()
+        .collect();
+    let vm = KernelVm::start_args(&u.vm_dir(), name, ports, &args);
+    (u, vm)
+}
+
+/// udrbd `primary --force` once connected (its data becomes the data).
+pub fn force_primary(d: &TestDaemon) {
     d.ok(&[
         "wait-connect",
         "r0",
@@ -620,6 +653,11 @@ pub fn primary_and_full_sync(d: &TestDaemon, vm: &KernelVm, t0: Instant) {
         &WAIT.as_secs().to_string(),
     ]);
     d.ok(&["primary", "r0", "--force"]);
+}
+
+/// udrbd `primary --force` once connected, and the full sync of its data to the kernel.
+pub fn primary_and_full_sync(d: &TestDaemon, vm: &KernelVm, t0: Instant) {
+    force_primary(d);
     vm.wait(
         "cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate",
         WAIT,

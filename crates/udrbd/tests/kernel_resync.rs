@@ -1,0 +1,146 @@
+//! A resync between udrbd and a real kernel DRBD 8.4.11 node (`shared/tools/kdrbd-vm`,
+//! harness in `kernelvm/mod.rs`) interrupted half-way resumes where it was, in both
+//! directions: the SyncTarget keeps what it received (its bitmap shrinks as blocks arrive)
+//! and the next handshake's bitmap exchange leaves only the rest to send.
+//!
+//! - [`an_interrupted_resync_from_the_kernel_resumes`]: the kernel is the SyncSource of a full
+//!   sync to udrbd, udrbd disconnects at about half-way and connects again.
+//! - [`an_interrupted_resync_to_the_kernel_resumes`]: udrbd is the SyncSource, the same cut.
+//!
+//! Each checks that the second resync covers at most what was left (the kernel's "Began resync
+//! ... will sync N KB" against udrbd's out-of-sync at the cut), that the whole transfer (the
+//! kernel's `ns:`/`nr:`) is less than 1.1 device sizes, and that the data areas end identical.
+//! The SyncSource runs at a fixed 2 MiB/s (16 MiB: ~8 s) so the cut lands mid-way.
+//!
+//! Needs root (the kernel node's build); about 300 MB of host memory per guest.
+
+mod kernelvm;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kernelvm::*;
+use support::*;
+
+/// The data area in KiB (the guest's 16 MiB brd less 40 KiB of internal meta-data).
+const DATA_KIB: u64 = 16344;
+const UDRBD_NET: &str = "protocol C; connect-int 2; ping-int 10; ping-timeout 20; timeout 19;";
+const KERNEL_NET: &str = "--connect-int=2";
+
+/// udrbd's out-of-sync KiB.
+fn out_of_sync_kib(d: &TestDaemon) -> u64 {
+    status_json(d)["connections"][0]["peer_devices"][0]["out-of-sync"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+/// Waits until the resync under way is between 40% and 60% done (udrbd's out-of-sync), then
+/// disconnects udrbd; the out-of-sync KiB at the cut.
+fn cut_half_way(d: &TestDaemon, vm: &KernelVm) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        let oos = out_of_sync_kib(d);
+        let cstate = d.ok(&["cstate", "r0"]);
+        if cstate.starts_with("Sync") && oos <= DATA_KIB * 6 / 10 {
+            d.ok(&["disconnect", "r0"]);
+            let at_cut = out_of_sync_kib(d);
+            println!(
+                "cut after {:.1?} with {oos} KiB of {DATA_KIB} left ({at_cut} at the disconnect)",
+                t0.elapsed()
+            );
+            assert!(
+                at_cut >= DATA_KIB * 3 / 10,
+                "the resync was almost over at the cut: {at_cut} KiB left"
+            );
+            vm.wait("cs:(WFConnection|StandAlone)", WAIT, &|| d.log_text());
+            return at_cut;
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "the resync did not get half-way: {oos} KiB out of sync\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `N` of each "Began resync as ROLE (will sync N KB" in the guest's dmesg.
+fn began_resync_kib(vm: &KernelVm, role: &str) -> Vec<u64> {
+    let marker = format!("Began resync as {role} (will sync ");
+    vm.exec("dmesg")
+        .lines()
+        .filter_map(|l| l.split_once(&marker))
+        .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// Connects udrbd again and waits for the end of the resync; then the checks of the module
+/// documentation (`role`: the kernel's, `at_cut`: udrbd's out-of-sync at the cut).
+fn resume_and_check(u: &Udrbd, d: &TestDaemon, vm: &KernelVm, role: &str, at_cut: u64) {
+    d.ok(&["connect", "r0"]);
+    vm.wait("ds:UpToDate/UpToDate", WAIT, &|| d.log_text());
+    wait_udrbd(d, "Connected", "UpToDate/UpToDate", WAIT);
+    let began = began_resync_kib(vm, role);
+    let k = parse_proc_counters(&vm.proc_drbd());
+    let moved = if role == "SyncSource" { k.ns } else { k.nr };
+    println!("the kernel as {role}: resyncs of {began:?} KiB, {moved} KiB moved in all");
+    assert_eq!(began.len(), 2, "expected two resyncs: {began:?}");
+    assert_eq!(began[0], DATA_KIB, "the first resync is a full sync");
+    // A block in flight at the cut may be counted on one side only: 1% of slack.
+    assert!(
+        began[1] <= at_cut + DATA_KIB / 100,
+        "the second resync ({} KiB) did not resume from the {at_cut} KiB left",
+        began[1]
+    );
+    assert!(
+        (DATA_KIB..DATA_KIB * 11 / 10).contains(&moved),
+        "{moved} KiB moved for a {DATA_KIB} KiB device"
+    );
+    assert_same_data_areas(vm, &u.disk, DATA_KIB, d);
+    vm.assert_clean_dmesg(&|| d.log_text());
+}
+
+#[test]
+fn an_interrupted_resync_from_the_kernel_resumes() {
+    require_root();
+    let (u, vm) = udrbd_and_guest(
+        17505,
+        UdrbdOptions {
+            random: false,
+            net: UDRBD_NET.into(),
+            ..UdrbdOptions::default()
+        },
+        "kresync-src",
+        &[
+            "--role",
+            "primary",
+            "--net-opts",
+            KERNEL_NET,
+            "--disk-opts",
+            "--c-plan-ahead=0 --resync-rate=2M",
+        ],
+    );
+    vm.exec("dd if=/dev/urandom of=/dev/drbd0 bs=24k count=681 oflag=direct 2>&1");
+    let d = u.start();
+    let at_cut = cut_half_way(&d, &vm);
+    resume_and_check(&u, &d, &vm, "SyncSource", at_cut);
+}
+
+#[test]
+fn an_interrupted_resync_to_the_kernel_resumes() {
+    require_root();
+    let (u, vm) = udrbd_and_guest(
+        17510,
+        UdrbdOptions {
+            net: UDRBD_NET.into(),
+            disk: "c-plan-ahead 0; resync-rate 2M;".into(),
+            ..UdrbdOptions::default()
+        },
+        "kresync-dst",
+        &["--net-opts", KERNEL_NET],
+    );
+    let d = u.start();
+    force_primary(&d);
+    let at_cut = cut_half_way(&d, &vm);
+    resume_and_check(&u, &d, &vm, "SyncTarget", at_cut);
+}
