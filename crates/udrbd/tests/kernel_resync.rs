@@ -39,9 +39,14 @@ fn out_of_sync_kib(d: &TestDaemon) -> u64 {
 fn cut_half_way(d: &TestDaemon, vm: &KernelVm) -> u64 {
     let t0 = Instant::now();
     loop {
-        let oos = out_of_sync_kib(d);
-        let cstate = d.ok(&["cstate", "r0"]);
-        if cstate.starts_with("Sync") && oos <= DATA_KIB * 6 / 10 {
+        // Both from one snapshot: the resync is under way and has this much left.
+        let s = status_json(d);
+        let peer_device = &s["connections"][0]["peer_devices"][0];
+        let oos = peer_device["out-of-sync"].as_u64().unwrap_or(u64::MAX);
+        let syncing = peer_device["replication-state"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Sync"));
+        if syncing && oos <= DATA_KIB * 6 / 10 {
             d.ok(&["disconnect", "r0"]);
             let at_cut = out_of_sync_kib(d);
             println!(

@@ -121,11 +121,21 @@ fn connect_into_split_brain(d: &TestDaemon, vm: &KernelVm) -> bool {
     let udrbd_before = log_count(d, UNRESOLVED);
     let dmesg_mark = vm.exec("dmesg").lines().count();
     d.ok(&["connect", "r0"]);
+    // udrbd was StandAlone before the connect too: its log says when the connect ended.
+    let t0 = Instant::now();
+    while log_count(d, UNRESOLVED) == udrbd_before {
+        assert!(
+            t0.elapsed() < WAIT,
+            "udrbd did not detect the split brain\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     wait_udrbd(d, "StandAlone", "UpToDate/DUnknown", WAIT);
     assert_eq!(
         log_count(d, UNRESOLVED),
         udrbd_before + 1,
-        "udrbd did not detect the split brain\n{}",
+        "{}",
         d.log_text()
     );
     // The kernel has settled once it is StandAlone or back in WFConnection after udrbd's

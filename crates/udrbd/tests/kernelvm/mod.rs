@@ -623,8 +623,8 @@ pub fn assert_same_data_areas(vm: &KernelVm, image: &Path, kib: u64, d: &TestDae
 }
 
 /// A test's two nodes, prepared from ports `base+1..base+4` (checked free): udrbd's node
-/// from `opts` (not started), and the guest `name` with a 16 MiB device and `guest_args` for
-/// `kdrbd-vm start` (started, waited for).
+/// from `opts` (not started), and the guest `name` with a [`SIZE_MIB`] device and
+/// `guest_args` for `kdrbd-vm start` (started, waited for).
 pub fn udrbd_and_guest(
     base: u16,
     opts: UdrbdOptions,
@@ -635,7 +635,8 @@ pub fn udrbd_and_guest(
     let ports = Ports::both_ways(base);
     ports.check_free();
     let u = Udrbd::prepare_with(ports, opts);
-    let args: Vec<&str> = ["--size-mib", "16"]
+    let size = SIZE_MIB.to_string();
+    let args: Vec<&str> = ["--size-mib", size.as_str()]
         .iter()
         .chain(guest_args)
         .copied()
