@@ -285,8 +285,9 @@ fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
         oos >= 64 * 4,
         "the kernel's bitmap lacks the 64 blocks udrbd missed: oos:{oos}"
     );
-    let s = status_json(d);
-    assert_eq!(json_connection_state(&s), "Connected", "{s}");
+    wait_status(d, "Connected to the kernel", WAIT, |s| {
+        json_connection_state(s) == "Connected"
+    });
 
     // The disk thaws: attach, and the kernel resyncs udrbd.
     let (before, after) = heal_and_attach(d, vm, disk, "ro:Primary/Secondary");
@@ -389,8 +390,9 @@ fn read_and_write_errors_on_a_udrbd_primary_are_covered_by_the_kernel() {
     let Setup { d, vm, disk, .. } = &setup;
     primary_and_full_sync(d, vm, t0);
     let diskless = |reason: &str| {
+        // The detach may still write its bitmap when the request it failed was answered.
+        wait_status(d, "Diskless", WAIT, |s| disk_state(s) == "Diskless");
         let s = status_json(d);
-        assert_eq!(disk_state(&s), "Diskless", "{s}");
         assert_eq!(
             s["devices"][0]["udrbd-disk-failure-reason"].as_str(),
             Some(reason),
