@@ -57,28 +57,6 @@ fn guest_writes(vm: &KernelVm, first: u64, count: u64) {
     );
 }
 
-/// udrbd's `status --json` until `done` holds, polled every 100 ms; the time it took.
-fn wait_status(
-    d: &TestDaemon,
-    what: &str,
-    limit: Duration,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        let s = status_json(d);
-        if done(&s) {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < limit,
-            "udrbd: no {what} after {limit:?}: {s}\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Waits until udrbd has data IO on the disk frozen at `paused`, then until it is Diskless by
 /// its disk-timeout: at most disk-timeout + 2 s after that IO was seen (the bound is asserted
 /// and the time printed; the IO may be older by one poll, 20 ms). Its status then.
@@ -92,7 +70,7 @@ fn diskless_by_disk_timeout(d: &TestDaemon, paused: Instant) -> serde_json::Valu
             + s["connections"][0]["peer_devices"][0]["unacked"]
                 .as_u64()
                 .unwrap_or(0);
-        if on_disk > 0 || disk_state(&s) != "UpToDate" {
+        if on_disk > 0 || json_disk_state(&s) != "UpToDate" {
             break Instant::now();
         }
         assert!(
@@ -103,7 +81,7 @@ fn diskless_by_disk_timeout(d: &TestDaemon, paused: Instant) -> serde_json::Valu
         std::thread::sleep(Duration::from_millis(20));
     };
     let limit = Duration::from_millis(DISK_TIMEOUT_DS * 100) + Duration::from_secs(2);
-    wait_status(d, "Diskless", limit, |s| disk_state(s) == "Diskless");
+    wait_status(d, "Diskless", limit, |s| json_disk_state(s) == "Diskless");
     let took = stuck.elapsed();
     println!(
         "udrbd Diskless {took:?} after IO was stuck on its frozen disk (limit {limit:?}; {:?} \
@@ -144,14 +122,13 @@ fn heal_and_attach(
         WAIT,
         &|| d.log_text(),
     );
-    wait_status(d, "UpToDate/UpToDate after the attach", WAIT, |s| {
-        disk_state(s) == "UpToDate" && json_peer_disk_state(s) == "UpToDate"
-    });
+    wait_status(
+        d,
+        "UpToDate/UpToDate after the attach",
+        WAIT,
+        json_up_to_date,
+    );
     (before, parse_proc_counters(&vm.proc_drbd()))
-}
-
-fn disk_state(s: &serde_json::Value) -> &str {
-    s["devices"][0]["disk-state"].as_str().unwrap_or("?")
 }
 
 /// udrbd on a faulty disk and a kernel guest, both running. Fields drop in order: the
@@ -239,9 +216,7 @@ fn a_frozen_udrbd_secondary_under_a_kernel_primary_detaches_and_resyncs() {
         WAIT,
         &|| d.log_text(),
     );
-    wait_status(d, "UpToDate/UpToDate", WAIT, |s| {
-        disk_state(s) == "UpToDate" && json_peer_disk_state(s) == "UpToDate"
-    });
+    wait_status(d, "UpToDate/UpToDate", WAIT, json_up_to_date);
     eprintln!("full sync from the kernel after {:.1?}", t0.elapsed());
     guest_writes(vm, 0, 16);
     assert_eq!(
@@ -391,7 +366,7 @@ fn read_and_write_errors_on_a_udrbd_primary_are_covered_by_the_kernel() {
     primary_and_full_sync(d, vm, t0);
     let diskless = |reason: &str| {
         // The detach may still write its bitmap when the request it failed was answered.
-        wait_status(d, "Diskless", WAIT, |s| disk_state(s) == "Diskless");
+        wait_status(d, "Diskless", WAIT, |s| json_disk_state(s) == "Diskless");
         let s = status_json(d);
         assert_eq!(
             s["devices"][0]["udrbd-disk-failure-reason"].as_str(),

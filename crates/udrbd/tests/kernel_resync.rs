@@ -27,9 +27,9 @@ const DATA_KIB: u64 = 16344;
 const UDRBD_NET: &str = "protocol C; connect-int 2; ping-int 10; ping-timeout 20; timeout 19;";
 const KERNEL_NET: &str = "--connect-int=2";
 
-/// udrbd's out-of-sync KiB.
-fn out_of_sync_kib(d: &TestDaemon) -> u64 {
-    status_json(d)["connections"][0]["peer_devices"][0]["out-of-sync"]
+/// The out-of-sync KiB of udrbd's `status --json` `s`.
+fn out_of_sync_kib(s: &serde_json::Value) -> u64 {
+    s["connections"][0]["peer_devices"][0]["out-of-sync"]
         .as_u64()
         .unwrap_or(u64::MAX)
 }
@@ -41,14 +41,13 @@ fn cut_half_way(d: &TestDaemon, vm: &KernelVm) -> u64 {
     loop {
         // Both from one snapshot: the resync is under way and has this much left.
         let s = status_json(d);
-        let peer_device = &s["connections"][0]["peer_devices"][0];
-        let oos = peer_device["out-of-sync"].as_u64().unwrap_or(u64::MAX);
-        let syncing = peer_device["replication-state"]
+        let oos = out_of_sync_kib(&s);
+        let syncing = s["connections"][0]["peer_devices"][0]["replication-state"]
             .as_str()
             .is_some_and(|r| r.starts_with("Sync"));
         if syncing && oos <= DATA_KIB * 6 / 10 {
             d.ok(&["disconnect", "r0"]);
-            let at_cut = out_of_sync_kib(d);
+            let at_cut = out_of_sync_kib(&status_json(d));
             println!(
                 "cut after {:.1?} with {oos} KiB of {DATA_KIB} left ({at_cut} at the disconnect)",
                 t0.elapsed()

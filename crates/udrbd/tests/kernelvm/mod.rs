@@ -635,13 +635,7 @@ pub fn udrbd_and_guest(
     let ports = Ports::both_ways(base);
     ports.check_free();
     let u = Udrbd::prepare_with(ports, opts);
-    let size = SIZE_MIB.to_string();
-    let args: Vec<&str> = ["--size-mib", size.as_str()]
-        .iter()
-        .chain(guest_args)
-        .copied()
-        .collect();
-    let vm = KernelVm::start_args(&u.vm_dir(), name, ports, &args);
+    let vm = KernelVm::start_with(&u.vm_dir(), name, ports, guest_args);
     (u, vm)
 }
 
@@ -738,6 +732,29 @@ pub fn read_head(path: &Path, len: u64) -> Vec<u8> {
 pub fn status_json(d: &TestDaemon) -> serde_json::Value {
     let v: serde_json::Value = serde_json::from_str(&d.ok(&["status", "r0", "--json"])).unwrap();
     v[0].clone()
+}
+
+/// Polls `d`'s `status --json` every 100 ms until `done` holds; panics with the status and
+/// the log after `limit`.
+pub fn wait_status(
+    d: &TestDaemon,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) {
+    let t0 = Instant::now();
+    loop {
+        let s = status_json(d);
+        if done(&s) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "udrbd: no {what} after {limit:?}: {s}\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// md5 (hex) of `bytes`, by the host's md5sum.
