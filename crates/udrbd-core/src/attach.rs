@@ -219,6 +219,7 @@ impl Resource {
             pages_in_flight: Default::default(),
             size_sect: size,
             usable_sect: usable,
+            grow_pending: None,
             al_ring: None,
             bitmap_pages_to_read: pages,
             // The disk may hold writes no flush has covered: those of an earlier attach that

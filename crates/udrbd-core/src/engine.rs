@@ -14,6 +14,9 @@
 //! - a bitmap page is never written twice at once (a late completion could otherwise leave
 //!   an older copy on disk);
 //! - while Primary with a disk, the durable superblock carries MDF_PRIMARY_IND;
+//! - the device fits its disk, and outside an attach the superblock's last agreed size is
+//!   the device's; a grow whose superblock is not yet durable (`Disk::grow_pending`) grew
+//!   the device, and no write past the old size goes to the disk before it is;
 //! - the disk is Negotiating exactly while an attach that completed on an established link
 //!   waits for the peer's answer (`attach_negotiation`), with no command pending.
 
@@ -211,6 +214,12 @@ pub(crate) struct Disk {
     pub(crate) size_sect: u64,
     /// What the disk can hold, in sectors (fixed at attach).
     pub(crate) usable_sect: u64,
+    /// A grow not yet durable: (the size the superblock on disk records, in sectors; the
+    /// superblock version that records the new one). Writes past the old size wait for that
+    /// version: a crash before it brought the node back at the old size, with acknowledged
+    /// writes past its end (DRBD's drbd_determine_dev_size writes the superblock before the
+    /// grown device takes writes).
+    pub(crate) grow_pending: Option<(u64, u64)>,
     /// The AL ring as read at attach (for the replay).
     pub(crate) al_ring: Option<Bytes>,
     /// Pages still to read at attach.
@@ -682,6 +691,13 @@ impl Resource {
         self.peer_invariants();
         if let Some(d) = &self.disk {
             assert!(d.size_sect <= d.usable_sect, "the device fits its disk");
+            if let Some((old, version)) = d.grow_pending {
+                assert!(old < d.size_sect, "a pending grow grew the device");
+                assert!(
+                    d.sb_durable < version && version <= d.sb_version,
+                    "a pending grow waits for a superblock version still to be written"
+                );
+            }
             if !matches!(self.pending, Some((_, Pending::Attach(_)))) {
                 assert_eq!(
                     d.sb.la_size_sect, d.size_sect,
@@ -1111,6 +1127,9 @@ impl Resource {
                     d.sb_in_flight = false;
                     if c.result.is_ok() {
                         d.sb_durable = d.sb_durable.max(version);
+                        if d.grow_pending.is_some_and(|(_, v)| v <= d.sb_durable) {
+                            d.grow_pending = None;
+                        }
                     }
                 }
                 if c.result.is_err() {

@@ -1676,6 +1676,11 @@ impl Resource {
             d.size_sect = agreed;
             d.sb.la_size_sect = agreed;
             d.sb_version += 1;
+            // Until this version is durable, the superblock on disk says the size a grow
+            // started from (an earlier grow's, if that is still being written): writes past
+            // it wait (`within_durable_size`). A shrink to within it needs no wait.
+            let durable_size = d.grow_pending.map_or(current, |(old, _)| old);
+            d.grow_pending = (agreed > durable_size).then_some((durable_size, d.sb_version));
             if agreed > current {
                 // Grown: what the device did not cover may differ between the disks (DRBD's
                 // drbd_bm_resize with set_new_bits): the resync brings it.

@@ -134,7 +134,7 @@ impl Resource {
                 && self.local_disk_writable()
                 && self.disk_state != DiskState::Failed
                 && !overlaps_blocked
-                && !self.peer_write_extents_active(id)
+                && (!self.within_durable_size(range.1) || !self.peer_write_extents_active(id))
             {
                 blocked.push(range);
                 continue;

@@ -329,7 +329,11 @@ impl Resource {
             let (offset, len) = written_range(&self.requests[&id].request).expect("a write");
             let (start, end) = (offset, offset + len);
             let overlaps_blocked = blocked.iter().any(|&(s, e)| s < end && start < e);
-            if overlaps_blocked || self.range_locked(start, end) || !self.hold_extents(id) {
+            if overlaps_blocked
+                || self.range_locked(start, end)
+                || !self.within_durable_size(end)
+                || !self.hold_extents(id)
+            {
                 blocked.push((start, end));
                 continue;
             }
@@ -347,6 +351,16 @@ impl Resource {
                 blocked.push((start, end));
             }
         }
+    }
+
+    /// Whether a write ending at byte `end` may go to the local disk: not past the size the
+    /// superblock on disk records while a grow's superblock is still being written (see
+    /// `Disk::grow_pending`).
+    pub(crate) fn within_durable_size(&self, end: u64) -> bool {
+        let Some(d) = self.disk.as_ref() else {
+            return true;
+        };
+        d.grow_pending.is_none_or(|(old, _)| end <= old * 512)
     }
 
     /// Takes the references on a waiting write's extents; false if the AL is full (nothing is

@@ -45,6 +45,9 @@ struct Cluster {
     /// Rewrites the packets alice sends bob: see [`GrowBeforeBitmap`].
     grow_before_bitmap: Option<GrowBeforeBitmap>,
     disk_ops: VecDeque<(usize, DiskOp)>,
+    /// The node whose superblock writes are held back (not executed) in `held_disk_ops`.
+    hold_superblock_of: Option<usize>,
+    held_disk_ops: Vec<(usize, DiskOp)>,
     cut: usize,
 }
 
@@ -94,6 +97,8 @@ impl Cluster {
             partitioned: false,
             grow_before_bitmap: None,
             disk_ops: VecDeque::new(),
+            hold_superblock_of: None,
+            held_disk_ops: Vec::new(),
             cut: 0,
         };
         for i in 0..2 {
@@ -200,6 +205,10 @@ impl Cluster {
             return true;
         }
         if let Some((i, op)) = self.disk_ops.pop_front() {
+            if self.hold_superblock_of == Some(i) && op.area == DiskArea::Superblock {
+                self.held_disk_ops.push((i, op));
+                return true;
+            }
             let c = self.nodes[i].disk.execute(&op);
             self.now = Instant(self.now.0 + 1_000);
             self.nodes[i].engine.handle(self.now, Input::Disk(c));
@@ -754,12 +763,24 @@ impl Cluster {
 
     /// One of bob's sockets to alice.
     fn a_socket_of_bob(&self) -> ConnId {
+        self.a_socket_of(1)
+    }
+
+    /// One of node `i`'s sockets to its peer.
+    fn a_socket_of(&self, i: usize) -> ConnId {
         let (&(_, conn), _) = self
             .links
             .iter()
-            .find(|((n, _), _)| *n == 1)
-            .expect("a socket of bob");
+            .find(|((n, _), _)| *n == i)
+            .expect("a socket of the node");
         conn
+    }
+
+    /// Executes the superblock writes held back (`hold_superblock_of`) and holds no more.
+    fn release_superblock_writes(&mut self) {
+        self.hold_superblock_of = None;
+        self.disk_ops
+            .extend(std::mem::take(&mut self.held_disk_ops));
     }
 
     /// Bob receives bytes that are no DRBD packet on `conn`: a protocol error that breaks
@@ -961,6 +982,102 @@ fn a_device_a_smaller_peer_shrank_grows_back_with_a_larger_one() {
     );
 }
 
+/// Node `i` (connected, settled) receives a P_SIZES of a peer disk of `sectors` sectors, as
+/// a connected peer's resize sends it.
+fn peer_disk_resized(c: &mut Cluster, i: usize, sectors: u64) {
+    let conn = c.a_socket_of(i);
+    let sizes = Packet::Sizes(udrbd_wire::Sizes {
+        d_size: sectors,
+        c_size: sectors,
+        max_bio_size: 1 << 20,
+        ..Default::default()
+    });
+    c.partitioned = true;
+    c.inject(i, conn, &sizes);
+    c.settle();
+}
+
+/// A grown device takes writes past its old size only once the superblock that records the
+/// new size is durable, as DRBD's drbd_determine_dev_size writes it before the grown device
+/// takes IO. Before, the superblock write went out beside the first writes past the old
+/// end: after a crash in between, the node came back at its old size, with acknowledged
+/// writes past its end (until a handshake grew it again; a node promoted alone never
+/// served them). Node `grower` shrinks to 1024 sectors with a peer's P_SIZES, then grows
+/// back to the whole disk with its superblock writes held; alice writes the last block.
+fn writes_past_a_grow_wait_for_its_superblock(grower: usize) {
+    let mut c = synced_pair();
+    let full = c.status(grower).size_bytes;
+    let full_sectors = full / 512;
+    if grower == 0 {
+        // A Primary is never shrunk.
+        c.command(0, AdminCommand::Secondary).unwrap();
+    }
+    c.settle();
+    peer_disk_resized(&mut c, grower, 1024);
+    assert_eq!(c.status(grower).size_bytes, 1024 * 512, "shrunk");
+    if grower == 0 {
+        c.command(0, AdminCommand::Primary { force: false })
+            .unwrap();
+        c.settle();
+    }
+    c.hold_superblock_of = Some(grower);
+    peer_disk_resized(&mut c, grower, full_sectors);
+    assert_eq!(c.status(grower).size_bytes, full, "grown");
+    let last = full - 4096;
+    let id = c.request(0, |id| BlockRequest::Write {
+        id,
+        offset: last,
+        data: Bytes::from(pattern(9, 4096)),
+        fua: false,
+    });
+    c.settle();
+    assert!(
+        !c.held_disk_ops.is_empty(),
+        "the grown size's superblock write is held"
+    );
+    assert!(
+        !c.nodes[0].completions.contains_key(&id),
+        "the write past the old size waits for the grown size to be durable"
+    );
+    assert_ne!(
+        &c.nodes[grower].disk.volatile[last as usize..full as usize],
+        &pattern(9, 4096)[..],
+        "nothing past the old size is written before the grown size is durable"
+    );
+    // A write within the old size does not wait.
+    c.write(0, 0, pattern(8, 4096)).unwrap();
+    c.release_superblock_writes();
+    c.wait(0, id).unwrap();
+    c.settle();
+    for node in 0..2 {
+        assert_eq!(
+            &c.nodes[node].disk.volatile[last as usize..full as usize],
+            &pattern(9, 4096)[..]
+        );
+    }
+    // The superblock on disk records the grown size: a crash now brings it back whole.
+    assert_eq!(durable_la_size(&c, grower), full);
+}
+
+/// The last agreed size (bytes) in the superblock on node `i`'s disk of SIZE bytes, as a
+/// crash would leave it.
+fn durable_la_size(c: &Cluster, i: usize) -> u64 {
+    let layout = udrbd_meta::Layout::internal(SIZE, udrbd_meta::AlGeometry::DEFAULT).unwrap();
+    let at = layout.superblock_byte() as usize;
+    let sb = udrbd_meta::Superblock::decode(&c.nodes[i].disk.durable[at..at + 4096]).unwrap();
+    sb.la_size_sect * 512
+}
+
+#[test]
+fn a_grown_secondary_writes_past_its_old_size_once_the_grown_size_is_durable() {
+    writes_past_a_grow_wait_for_its_superblock(1);
+}
+
+#[test]
+fn a_grown_primary_writes_past_its_old_size_once_the_grown_size_is_durable() {
+    writes_past_a_grow_wait_for_its_superblock(0);
+}
+
 /// Bob's disk replaced by a fresh one half the size, attached while StandAlone.
 fn give_bob_a_smaller_disk(c: &mut Cluster) {
     c.command(1, AdminCommand::Detach { force: false }).unwrap();
@@ -1130,12 +1247,7 @@ fn an_attach_keeps_the_size_last_agreed_with_a_smaller_peer() {
     let mut c = pair_of_different_sizes();
     let agreed = c.status(0).size_bytes;
     c.settle();
-    let la_on_disk = |c: &Cluster| {
-        let layout = udrbd_meta::Layout::internal(SIZE, udrbd_meta::AlGeometry::DEFAULT).unwrap();
-        let at = layout.superblock_byte() as usize;
-        let sb = udrbd_meta::Superblock::decode(&c.nodes[0].disk.durable[at..at + 4096]).unwrap();
-        sb.la_size_sect * 512
-    };
+    let la_on_disk = |c: &Cluster| durable_la_size(c, 0);
     assert_eq!(
         la_on_disk(&c),
         agreed,
