@@ -408,6 +408,9 @@ pub struct Resource {
     /// belongs to data that was given up: it fails rather than start late, or be served by
     /// the peer (`start_waiting_writes`, `serve_without_local_disk`).
     pub(crate) data_generation: u64,
+    /// `pause-sync` is in force (DRBD's user_isp): a resync stays PausedSyncS/T until
+    /// `resume-sync`. Kept across connections, as DRBD keeps it in the device state.
+    pub(crate) user_isp: bool,
     /// Writes waiting for activity-log extents (references held, or none held when busy).
     pub(crate) al_waiting: VecDeque<BlockRequestId>,
     /// Application requests that arrived during an administrative detach, not yet looked at
@@ -495,6 +498,7 @@ impl Resource {
             stale_ops: BTreeMap::new(),
             requests: BTreeMap::new(),
             data_generation: 0,
+            user_isp: false,
             al_waiting: VecDeque::new(),
             held_requests: VecDeque::new(),
             outputs: VecDeque::new(),
@@ -557,6 +561,8 @@ impl Resource {
             AdminCommand::Connect { .. }
                 | AdminCommand::Disconnect
                 | AdminCommand::Detach { force: true }
+                | AdminCommand::PauseSync
+                | AdminCommand::ResumeSync
         );
         // An attach negotiating with the peer is a transient state too (DRBD's
         // D_NEGOTIATING): a command that changes the disk's state waits for its end.

@@ -18,6 +18,10 @@
 //!    Connected --> WFSyncUUID --P_SYNC_UUID--> SyncTarget     (the side to be overwritten)
 //!    Connected --> SyncSource (sends P_SYNC_UUID)             (the other side)
 //!
+//!  pause-sync here (user_isp) or on the peer (its P_STATE's user_isp/aftr_isp, our
+//!  peer_isp): SyncSource <--> PausedSyncS, SyncTarget <--> PausedSyncT, also for a resync
+//!  that starts while paused; a paused SyncTarget sends no new resync requests.
+//!
 //!  A socket error, a protocol error or a ping timeout in any connected state: NetworkFailure
 //!  / ProtocolError / Timeout, the connection's loose ends are tied (unacknowledged writes
 //!  marked out of sync), then WFConnection again.
@@ -26,7 +30,8 @@
 //! Invariants (checked by [`Resource::invariants`]): a link exists exactly in the states from
 //! WFReportParams up; the setup machine runs exactly in WFConnection; the peer's role and disk
 //! are Unknown/DUnknown without a link; every resync request in flight lies inside the
-//! bitmap; the epochs awaiting a barrier ack are in order.
+//! bitmap; the epochs awaiting a barrier ack are in order; a resync is PausedSyncS/T exactly
+//! while paused here or by the peer.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -108,6 +113,8 @@ pub(crate) struct Link {
     /// The data socket is not read (`PeerOutput::Receive { enabled: false }` went out): the
     /// peer's requests held here take max-buffers pages (`Resource::receive_full`).
     pub(crate) receive_paused: bool,
+    /// The peer paused the resync (its P_STATE's user_isp or aftr_isp: DRBD's peer_isp).
+    pub(crate) peer_isp: bool,
     /// Bytes queued on / taken by the data socket.
     pub(crate) data_queued: u64,
     pub(crate) data_sent: u64,
@@ -413,7 +420,10 @@ impl Resource {
         if self.peer.is_none()
             && !matches!(
                 cmd,
-                AdminCommand::NewCurrentUuid { .. } | AdminCommand::Outdate
+                AdminCommand::NewCurrentUuid { .. }
+                    | AdminCommand::Outdate
+                    | AdminCommand::PauseSync
+                    | AdminCommand::ResumeSync
             )
         {
             return refuse(StateChangeError::NoNetConfig);
@@ -463,6 +473,31 @@ impl Resource {
                 self.disk_state = DiskState::Outdated;
                 self.update_md_flags();
                 self.state_changed();
+                Ok(None)
+            }
+            AdminCommand::PauseSync => {
+                // DRBD's drbd_adm_pause_sync: NS(user_isp, 1), ERR_PAUSE_IS_SET when it is.
+                if self.user_isp {
+                    return Err(CommandError::PauseIsSet);
+                }
+                self.user_isp = true;
+                self.user_isp_changed();
+                Ok(None)
+            }
+            AdminCommand::ResumeSync => {
+                if !self.user_isp {
+                    // Still paused by the peer: DRBD says so (ERR_PIC_PEER_DEP).
+                    let paused_by_peer = self.peer.as_ref().is_some_and(|p| {
+                        matches!(p.conn, ConnState::PausedSyncS | ConnState::PausedSyncT)
+                    });
+                    return Err(if paused_by_peer {
+                        CommandError::PausedByPeer
+                    } else {
+                        CommandError::PauseIsClear
+                    });
+                }
+                self.user_isp = false;
+                self.user_isp_changed();
                 Ok(None)
             }
             _ => unreachable!("not a peer command"),
@@ -931,6 +966,7 @@ impl Resource {
             features,
             resolve_conflicts,
             receive_paused: false,
+            peer_isp: false,
             data_queued: queued,
             data_sent: sent,
             got_protocol: false,
@@ -1096,6 +1132,71 @@ impl Resource {
         }
     }
 
+    /// `pause-sync` or `resume-sync` took effect: the resync pauses or continues, and a
+    /// connected peer hears of it (DRBD's after_state_ch sends the state when user_isp
+    /// changes), so that its side of the resync pauses too (its peer_isp).
+    fn user_isp_changed(&mut self) {
+        self.state_changed();
+        self.apply_sync_pause();
+        if self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.conn >= ConnState::Connected)
+        {
+            self.send_state();
+        }
+    }
+
+    /// Whether a resync may not run now: paused here (`pause-sync`) or by the peer.
+    pub(crate) fn sync_paused(&self) -> bool {
+        self.user_isp || self.link().is_some_and(|l| l.peer_isp)
+    }
+
+    /// Moves a running resync between SyncSource/SyncTarget and PausedSyncS/PausedSyncT as
+    /// the pause flags say (DRBD's sanitize_state). A paused SyncTarget sends no new resync
+    /// requests (what is in flight completes); the pause does not count in the resync's
+    /// rate and ETA (DRBD's rs_paused).
+    pub(crate) fn apply_sync_pause(&mut self) {
+        let paused = self.sync_paused();
+        let Some(conn) = self.peer.as_ref().map(|p| p.conn) else {
+            return;
+        };
+        let to = match (conn, paused) {
+            (ConnState::SyncSource, true) => ConnState::PausedSyncS,
+            (ConnState::SyncTarget, true) => ConnState::PausedSyncT,
+            (ConnState::PausedSyncS, false) => ConnState::SyncSource,
+            (ConnState::PausedSyncT, false) => ConnState::SyncTarget,
+            _ => return,
+        };
+        let now = self.now;
+        if let Some(r) = self
+            .peer
+            .as_mut()
+            .and_then(|p| p.link.as_mut())
+            .and_then(|l| l.resync.as_mut())
+        {
+            if paused {
+                r.controller.pause(now);
+            } else {
+                r.controller.resume(now);
+            }
+        }
+        self.set_conn(to);
+        self.log(
+            LogLevel::Info,
+            if paused {
+                "Resync suspended"
+            } else {
+                "Syncer continues."
+            }
+            .to_string(),
+        );
+        if !paused {
+            // The target asks for the next blocks at once, as DRBD's resync timer.
+            self.timers.set(Timer::ResyncStep, now);
+        }
+    }
+
     fn send_state_as(&mut self, conn: ConnState) {
         let Some(p) = self.peer.as_ref() else { return };
         if p.link.is_none() {
@@ -1115,8 +1216,8 @@ impl Resource {
             pdsk: p.peer_disk,
             susp: false,
             aftr_isp: false,
-            peer_isp: false,
-            user_isp: false,
+            peer_isp: p.link.as_ref().is_some_and(|l| l.peer_isp),
+            user_isp: self.user_isp,
             susp_nod: false,
             susp_fen: false,
         };
@@ -1523,7 +1624,15 @@ impl Resource {
             Packet::SyncParam89(_) | Packet::SyncParam(_) => {}
             Packet::Sizes(sizes) => self.receive_sizes(sizes)?,
             Packet::Uuids(u) => self.receive_uuids(u),
-            Packet::State(state) => self.receive_state(state)?,
+            Packet::State(state) => {
+                // DRBD's receive_state: peer_isp := the peer's aftr_isp | user_isp.
+                let peer_isp = state.aftr_isp || state.user_isp;
+                if std::mem::replace(&mut self.link_mut().peer_isp, peer_isp) != peer_isp {
+                    self.state_changed();
+                }
+                self.receive_state(state)?;
+                self.apply_sync_pause();
+            }
             Packet::StateChgReq(req) => self.receive_state_change_request(req),
             Packet::ConnStChgReq(req) => {
                 self.send(
@@ -2461,6 +2570,8 @@ impl Resource {
         );
         if total == 0 {
             self.resync_finished_source();
+        } else {
+            self.apply_sync_pause();
         }
     }
 
@@ -2506,6 +2617,7 @@ impl Resource {
             LogLevel::Info,
             format!("Began resync as SyncTarget (will sync {} KB)", total * 4),
         );
+        self.apply_sync_pause();
     }
 
     fn begin_resync(&mut self, source: bool, total_bits: u64) {
@@ -2760,7 +2872,7 @@ impl Resource {
                 total_sectors: r.total_bits * udrbd_meta::SECTORS_PER_BIT,
                 left_sectors: left * udrbd_meta::SECTORS_PER_BIT,
                 elapsed_ms: self.now.since(r.started).as_millis() as u64,
-                paused_ms: 0,
+                paused_ms: marks.paused_for(self.now).as_millis() as u64,
                 dt0_ms: self.now.since(r.started).as_millis() as u64,
                 db0_sectors: r.total_bits.saturating_sub(left) * udrbd_meta::SECTORS_PER_BIT,
                 dt1_ms: self.now.since(last.time).as_millis().max(1) as u64,
@@ -2795,12 +2907,25 @@ impl Resource {
             rs_in_flight_sectors: rs,
             resync,
             split_brain: p.split_brain,
+            sync_paused_by_user: self.user_isp,
+            sync_paused_by_peer: link.is_some_and(|l| l.peer_isp),
             last_error: p.last_error.clone(),
         })
     }
 
     /// Checks the peer's invariants (see the module doc).
     pub(crate) fn peer_invariants(&self) {
+        if let Some(p) = self.peer.as_ref() {
+            match p.conn {
+                ConnState::SyncSource | ConnState::SyncTarget => {
+                    assert!(!self.sync_paused(), "a paused resync runs as {:?}", p.conn)
+                }
+                ConnState::PausedSyncS | ConnState::PausedSyncT => {
+                    assert!(self.sync_paused(), "an unpaused resync stays {:?}", p.conn)
+                }
+                _ => {}
+            }
+        }
         let writing: u64 = self
             .peer_writes
             .values()

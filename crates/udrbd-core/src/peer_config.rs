@@ -113,6 +113,10 @@ pub struct PeerStatus {
     pub resync: Option<ResyncStatus>,
     /// The last handshake saw a split brain it did not resolve.
     pub split_brain: bool,
+    /// `pause-sync` is in force here (`resync-suspended:user`).
+    pub sync_paused_by_user: bool,
+    /// The peer paused the resync (`resync-suspended:peer`).
+    pub sync_paused_by_peer: bool,
     /// Why the last connection ended or failed, if it did.
     pub last_error: Option<String>,
 }

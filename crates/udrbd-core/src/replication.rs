@@ -1317,7 +1317,8 @@ impl Resource {
 
     fn source_maybe_finished(&mut self) {
         let conn = self.peer.as_ref().map(|p| p.conn);
-        if conn == Some(ConnState::SyncSource)
+        // Also while paused: the acknowledgements of what was in flight may end it.
+        if matches!(conn, Some(ConnState::SyncSource | ConnState::PausedSyncS))
             && self.disk.is_some()
             && self.resync_bits_left() == 0
         {
@@ -1365,7 +1366,10 @@ impl Resource {
     }
 
     fn target_maybe_finished(&mut self) {
-        let target = self.peer.as_ref().map(|p| p.conn) == Some(ConnState::SyncTarget);
+        let target = matches!(
+            self.peer.as_ref().map(|p| p.conn),
+            Some(ConnState::SyncTarget | ConnState::PausedSyncT)
+        );
         if !target {
             return;
         }
@@ -1380,6 +1384,21 @@ impl Resource {
     /// One 100 ms step of the resync (DRBD's `make_resync_request`).
     pub(crate) fn resync_step(&mut self) {
         let now = self.now;
+        if self
+            .peer
+            .as_ref()
+            .is_some_and(|p| matches!(p.conn, ConnState::PausedSyncS | ConnState::PausedSyncT))
+        {
+            // Paused: no new requests and no rate marks (the pause is not part of the
+            // resync's time); what was in flight completes. `apply_sync_pause` steps again at
+            // once when it continues.
+            self.timers.set(
+                Timer::ResyncStep,
+                now.plus(crate::resync_controller::SLEEP_TIME),
+            );
+            self.target_maybe_finished();
+            return;
+        }
         let left = self.resync_bits_left();
         let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) else {
             return;

@@ -523,6 +523,15 @@ impl SyncMarks {
         }
     }
 
+    /// Time spent paused by `now` (DRBD's rs_paused), a pause under way included.
+    pub fn paused_for(&self, now: Instant) -> Duration {
+        if self.paused {
+            self.paused_for + now.since(self.marks[self.last].time)
+        } else {
+            self.paused_for
+        }
+    }
+
     /// The most recent mark.
     pub fn last(&self) -> SyncMark {
         self.marks[self.last]

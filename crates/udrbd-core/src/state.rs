@@ -170,6 +170,13 @@ pub enum CommandError {
     /// ERR_* 151: the command needs the resource StandAlone (`new-current-uuid` while a
     /// connection is configured, other than to skip the initial sync).
     NeedStandAlone,
+    /// ERR_* 134: `pause-sync` while it is in force.
+    PauseIsSet,
+    /// ERR_* 135: `resume-sync` while no `pause-sync` is in force.
+    PauseIsClear,
+    /// ERR_* 157: `resume-sync` while no `pause-sync` is in force here, and the resync is
+    /// paused by the peer.
+    PausedByPeer,
 }
 
 impl CommandError {
@@ -183,6 +190,9 @@ impl CommandError {
             CommandError::NoDiskConfig => Some(138),
             CommandError::DataNotCurrent { .. } => Some(150),
             CommandError::NeedStandAlone => Some(151),
+            CommandError::PauseIsSet => Some(134),
+            CommandError::PauseIsClear => Some(135),
+            CommandError::PausedByPeer => Some(157),
             _ => None,
         }
     }
@@ -228,6 +238,14 @@ impl std::fmt::Display for CommandError {
                  (Can only attach to data with current UUID={exposed:016X})"
             ),
             CommandError::NeedStandAlone => write!(f, "Failure: (151) Need to be StandAlone"),
+            CommandError::PauseIsSet => write!(f, "Failure: (134) Sync-pause flag is already set"),
+            CommandError::PauseIsClear => {
+                write!(f, "Failure: (135) Sync-pause flag is already cleared")
+            }
+            CommandError::PausedByPeer => write!(
+                f,
+                "Failure: (157) Sync-pause flag is already cleared.\nNote: Resync pause caused by the peer node."
+            ),
         }
     }
 }

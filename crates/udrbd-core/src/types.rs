@@ -262,6 +262,11 @@ pub enum AdminCommand {
     },
     /// Mark the local data Outdated (not while connected).
     Outdate,
+    /// Pause the resync (`pause-sync`, DRBD's user_isp): now and any that starts later, until
+    /// `resume-sync`; the peer pauses its side too.
+    PauseSync,
+    /// Let the resync continue (`resume-sync`), unless the peer paused it as well.
+    ResumeSync,
 }
 
 /// Something the driver should know or report.

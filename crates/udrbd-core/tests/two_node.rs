@@ -371,7 +371,12 @@ fn full_sync_from_alice(c: &mut Cluster) {
 
 /// Two fresh nodes, alice filled with data and forced Primary: a full sync makes them equal.
 fn synced_pair() -> Cluster {
-    let mut c = Cluster::new(|_, _| {});
+    synced_pair_with(|_, _| {})
+}
+
+/// [`synced_pair`] of nodes `configure` configured.
+fn synced_pair_with(configure: impl Fn(usize, &mut ResourceConfig)) -> Cluster {
+    let mut c = Cluster::new(configure);
     let size = c.status(0).size_bytes as usize;
     let random: Vec<u8> = pattern(7, size);
     c.nodes[0].disk.poke(0, &random);
@@ -1344,4 +1349,116 @@ fn a_device_that_grows_before_the_peers_bitmap_takes_the_bitmap_for_the_new_size
     assert_eq!(c.status(1).size_bytes, full, "bob grew back");
     assert_eq!(c.data_area(0), c.data_area(1));
     assert_eq!(&c.data_area(1)[65536..69632], &pattern(7, 4096)[..]);
+}
+
+// ---- pause-sync / resume-sync --------------------------------------------------------------
+
+impl Cluster {
+    /// Lets `d` of simulated time pass (timers fire, nothing else is asked of the nodes).
+    fn idle_for(&mut self, d: Duration) {
+        let end = self.now.plus(d);
+        self.run_until(d + Duration::from_secs(2), |c| c.now >= end);
+    }
+
+    fn out_of_sync(&self, i: usize) -> u64 {
+        self.status(i).out_of_sync_bytes
+    }
+}
+
+/// `pause-sync` (DRBD's user_isp) holds a resync that starts while it is in force on both
+/// sides (PausedSyncS / PausedSyncT, the peer paused by our P_STATE's user_isp), refuses to be
+/// set twice (ERR_PAUSE_IS_SET), and `resume-sync` on the other side names the peer's pause
+/// (ERR_PIC_PEER_DEP); the resync runs once no side pauses it.
+#[test]
+fn pause_sync_holds_a_resync_on_both_sides_until_both_resume() {
+    let mut c = synced_pair();
+    c.command(0, AdminCommand::Disconnect).unwrap();
+    c.settle();
+    for i in 0..64u64 {
+        c.write(0, i * 65536, pattern(i as u8, 4096)).unwrap();
+    }
+    c.command(1, AdminCommand::PauseSync).unwrap();
+    assert_eq!(
+        c.command(1, AdminCommand::PauseSync),
+        Err(CommandError::PauseIsSet)
+    );
+    c.command(
+        0,
+        AdminCommand::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    c.run_until(Duration::from_secs(30), |c| {
+        c.conn(0) == ConnState::PausedSyncS && c.conn(1) == ConnState::PausedSyncT
+    });
+    c.idle_for(Duration::from_secs(5));
+    assert_eq!(c.conn(0), ConnState::PausedSyncS);
+    assert_eq!(c.conn(1), ConnState::PausedSyncT);
+    assert_eq!(c.out_of_sync(0), 64 * 4096, "nothing resynced while paused");
+    assert_eq!(c.out_of_sync(1), 64 * 4096);
+    let (a, b) = (c.status(0).peer.unwrap(), c.status(1).peer.unwrap());
+    assert!(!a.sync_paused_by_user && a.sync_paused_by_peer);
+    assert!(b.sync_paused_by_user && !b.sync_paused_by_peer);
+    assert_eq!(
+        c.command(0, AdminCommand::ResumeSync),
+        Err(CommandError::PausedByPeer)
+    );
+    // Alice pauses too: bob's resume leaves it paused by alice.
+    c.command(0, AdminCommand::PauseSync).unwrap();
+    c.command(1, AdminCommand::ResumeSync).unwrap();
+    c.idle_for(Duration::from_secs(2));
+    assert_eq!(c.conn(0), ConnState::PausedSyncS);
+    assert_eq!(c.conn(1), ConnState::PausedSyncT);
+    assert_eq!(c.out_of_sync(1), 64 * 4096);
+    c.command(0, AdminCommand::ResumeSync).unwrap();
+    c.run_until(Duration::from_secs(30), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected) && c.status(1).disk == DiskState::UpToDate
+    });
+    assert_eq!(c.out_of_sync(0), 0);
+    assert_eq!(c.data_area(0), c.data_area(1));
+    assert_eq!(
+        c.command(0, AdminCommand::ResumeSync),
+        Err(CommandError::PauseIsClear)
+    );
+}
+
+/// A running resync paused on its source stops where it is (the target sends no new
+/// requests), and its paused time is left out of its elapsed time (DRBD's rs_paused); it
+/// ends after `resume-sync`.
+#[test]
+fn a_running_resync_paused_on_the_source_stops_and_resumes() {
+    // 1 MiB/s: a full sync of the 8 MiB runs for about 8 s.
+    let mut c = synced_pair_with(|_, config| {
+        config.net.as_mut().unwrap().resync.resync_rate_kib_per_sec = 1024;
+    });
+    c.command(0, AdminCommand::InvalidateRemote).unwrap();
+    c.run_until(Duration::from_secs(30), |c| {
+        c.conn(1) == ConnState::SyncTarget && c.out_of_sync(1) < SIZE / 2
+    });
+    c.command(0, AdminCommand::PauseSync).unwrap();
+    c.run_until(Duration::from_secs(5), |c| {
+        c.conn(1) == ConnState::PausedSyncT
+    });
+    c.idle_for(Duration::from_secs(1));
+    let left = c.out_of_sync(1);
+    assert!(left > 0);
+    c.idle_for(Duration::from_secs(10));
+    assert_eq!(c.out_of_sync(1), left, "the paused target requested more");
+    assert_eq!(c.out_of_sync(0), left);
+    c.command(0, AdminCommand::ResumeSync).unwrap();
+    c.run_until(Duration::from_secs(5), |c| {
+        c.conn(1) == ConnState::SyncTarget
+    });
+    let resync = c.status(1).peer.unwrap().resync.unwrap();
+    assert!(
+        resync.paused_ms >= 10_000,
+        "paused {} ms of {} ms",
+        resync.paused_ms,
+        resync.elapsed_ms
+    );
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected) && c.status(1).disk == DiskState::UpToDate
+    });
+    assert_eq!(c.data_area(0), c.data_area(1));
 }

@@ -285,6 +285,8 @@ pub struct SwarmCounts {
     pub disk_failures: u64,
     /// Resyncs that completed (a target reached Connected).
     pub resyncs: u64,
+    /// Times a resync target went PausedSyncT (`pause-sync` on either node).
+    pub sync_pauses: u64,
     /// Promotions of a node while its peer was down or unreachable.
     pub failovers: u64,
     /// Split brains detected.
@@ -302,7 +304,7 @@ pub struct SwarmCounts {
 impl SwarmCounts {
     /// Adds `other` to `self`.
     pub fn add(&mut self, o: &SwarmCounts) {
-        let pairs: [(&mut u64, u64); 31] = [
+        let pairs: [(&mut u64, u64); 32] = [
             (&mut self.seeds, o.seeds),
             (&mut self.unequal_disks, o.unequal_disks),
             (&mut self.tuned, o.tuned),
@@ -328,6 +330,7 @@ impl SwarmCounts {
             (&mut self.io_errors, o.io_errors),
             (&mut self.disk_failures, o.disk_failures),
             (&mut self.resyncs, o.resyncs),
+            (&mut self.sync_pauses, o.sync_pauses),
             (&mut self.failovers, o.failovers),
             (&mut self.split_brains, o.split_brains),
             (&mut self.bitmap_checks, o.bitmap_checks),
@@ -347,7 +350,7 @@ impl std::fmt::Display for SwarmCounts {
             f,
             "seeds {} (unequal disks {}, tuned {}) ops {} requests {} (ok {}, failed {}, reads checked {}) commands {} (refused {}) | \
              crashes {} torn-writes {} lost-writes {} | partitions {} one-way {} resets {} stalls {} net-changes {} | clock-jumps {} | \
-             freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} failovers {} split-brains {} | \
+             freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} sync-pauses {} failovers {} split-brains {} | \
              bitmap-checks {} durable-blocks {} receive-pauses {} | steps {} simulated {:.1}s",
             self.seeds,
             self.unequal_disks,
@@ -373,6 +376,7 @@ impl std::fmt::Display for SwarmCounts {
             self.io_errors,
             self.disk_failures,
             self.resyncs,
+            self.sync_pauses,
             self.failovers,
             self.split_brains,
             self.bitmap_checks,
@@ -1547,6 +1551,9 @@ impl Run {
         if s.disk == DiskState::Failed && before.disk != DiskState::Failed {
             self.counts.disk_failures += 1;
         }
+        if s.conn == Some(ConnState::PausedSyncT) && before.conn != Some(ConnState::PausedSyncT) {
+            self.counts.sync_pauses += 1;
+        }
     }
 
     fn on_command_done(&mut self, node: NodeId, id: CommandId, result: Result<(), CommandError>) {
@@ -1618,7 +1625,7 @@ impl Run {
 
     fn admin(&mut self) {
         let node = self.below(2) as NodeId;
-        let cmd = match self.below(14) {
+        let cmd = match self.below(15) {
             0 | 1 => AdminCommand::Primary { force: false },
             2 | 3 => AdminCommand::Secondary,
             4 | 5 => AdminCommand::Connect {
@@ -1636,9 +1643,12 @@ impl Run {
                 },
                 _ => AdminCommand::Outdate,
             },
-            _ => AdminCommand::Connect {
+            13 => AdminCommand::Connect {
                 discard_my_data: self.below(4) == 0,
             },
+            // A resync paused for a while: the liveness phase resumes it.
+            _ if self.below(2) == 0 => AdminCommand::PauseSync,
+            _ => AdminCommand::ResumeSync,
         };
         self.start(node, cmd);
     }
@@ -2004,6 +2014,18 @@ impl Run {
                     1
                 };
             self.wipe(node);
+            return;
+        }
+        let mut resumed = false;
+        for node in NODES {
+            let st = &status[usize::from(node)];
+            if self.c.is_up(node) && st.peer.as_ref().is_some_and(|p| p.sync_paused_by_user) {
+                // A paused resync never ends: the operator resumes it.
+                self.start(node, AdminCommand::ResumeSync);
+                resumed = true;
+            }
+        }
+        if resumed {
             return;
         }
         if status.iter().all(|s| s.role == Role::Primary) {

@@ -17,7 +17,8 @@ use crate::offline::{self, CreateOptions, MetaTarget, OfflineError, RestoreOptio
 /// The exit codes of offline and online verbs, for `udrbd help`.
 fn help_footer() -> String {
     format!(
-        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, connect, disconnect, invalidate,\ninvalidate-remote, new-current-uuid, outdate, role, cstate, dstate RESOURCE, wait-connect,\nstatus, events) exit like drbdsetup:\n   5  wait-connect timed out; refused: disk state lower than Outdated (-16)\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  16  refused: can not resync without local disk (-4)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
+        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, connect, disconnect, invalidate,\ninvalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync, role, cstate, dstate
+RESOURCE, wait-connect,\nstatus, events) exit like drbdsetup:\n   5  wait-connect timed out; refused: disk state lower than Outdated (-16)\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  16  refused: can not resync without local disk (-4)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
         ExitCode::help_table()
     )
 }
@@ -221,6 +222,19 @@ pub enum Verb {
     },
     /// Mark the local data Outdated (not while connected).
     Outdate {
+        /// Resource name.
+        resource: String,
+    },
+    /// Pause the resync (PausedSyncS/T on both nodes) until resume-sync; also one that starts
+    /// later.
+    #[command(name = "pause-sync")]
+    PauseSync {
+        /// Resource name.
+        resource: String,
+    },
+    /// Let a resync paused by pause-sync continue.
+    #[command(name = "resume-sync")]
+    ResumeSync {
         /// Resource name.
         resource: String,
     },
@@ -432,6 +446,8 @@ pub fn run(
         Verb::Invalidate { resource } => simple(g, "invalidate", &resource, out)?,
         Verb::InvalidateRemote { resource } => simple(g, "invalidate-remote", &resource, out)?,
         Verb::Outdate { resource } => simple(g, "outdate", &resource, out)?,
+        Verb::PauseSync { resource } => simple(g, "pause-sync", &resource, out)?,
+        Verb::ResumeSync { resource } => simple(g, "resume-sync", &resource, out)?,
         Verb::Role { resource } => simple(g, "role", &resource, out)?,
         Verb::Cstate { resource } => simple(g, "cstate", &resource, out)?,
         Verb::WaitConnect { resource, timeout } => {

@@ -17,8 +17,8 @@ pub const CONTROL_SOCKET: &str = "udrbd.sock";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlRequest {
     /// The verb: up, down, attach, detach, primary, secondary, connect, disconnect,
-    /// invalidate, invalidate-remote, new-current-uuid, outdate, role, cstate, dstate,
-    /// wait-connect, status, events.
+    /// invalidate, invalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync,
+    /// role, cstate, dstate, wait-connect, status, events.
     pub verb: String,
     /// The resource (`None`: all, for status).
     pub resource: Option<String>,

@@ -392,7 +392,11 @@ fn connection_view(peer: &udrbd_core::PeerStatus, out_of_sync_kib: u64) -> sf::C
             replication_state,
             peer_disk_state: disk_state_view(peer.peer_disk),
             peer_client: false,
-            resync_suspended: sf::ResyncSuspended::default(),
+            resync_suspended: sf::ResyncSuspended {
+                user: peer.sync_paused_by_user,
+                peer: peer.sync_paused_by_peer,
+                ..Default::default()
+            },
             received_kib: peer.received_kib,
             sent_kib: peer.sent_kib,
             out_of_sync_kib,
@@ -572,6 +576,8 @@ mod tests {
             rs_in_flight_sectors: 64,
             resync: None,
             split_brain: false,
+            sync_paused_by_user: false,
+            sync_paused_by_peer: false,
             last_error: None,
         }
     }

@@ -689,6 +689,8 @@ fn admin_command(request: &ControlRequest) -> Option<AdminCommand> {
             clear_bitmap: request.clear_bitmap,
         },
         "outdate" => AdminCommand::Outdate,
+        "pause-sync" => AdminCommand::PauseSync,
+        "resume-sync" => AdminCommand::ResumeSync,
         _ => return None,
     })
 }

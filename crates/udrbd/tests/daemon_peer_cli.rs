@@ -193,6 +193,8 @@ fn help_lists_the_peer_verbs() {
         "invalidate-remote",
         "new-current-uuid",
         "outdate",
+        "pause-sync",
+        "resume-sync",
         "role",
         "cstate",
         "wait-connect",
@@ -203,4 +205,83 @@ fn help_lists_the_peer_verbs() {
             "{verb} missing from --help:\n{help}"
         );
     }
+}
+
+/// `pause-sync` and `resume-sync` as drbdadm's: the initial full sync, started while bob's
+/// pause is in force, waits as PausedSyncS/PausedSyncT (`status` and `events` say why:
+/// `resync-suspended:user` on bob, `peer` on alice), a second pause and a resume on the side
+/// that did not pause fail with DRBD's codes, and bob's resume lets it run to UpToDate.
+#[test]
+fn pause_sync_holds_the_initial_sync_until_resume_sync() {
+    let p = Pair::start(PairOptions::default());
+    let (a, b) = (&p.alice, &p.bob);
+    p.wait_connected(20);
+    let events = EventsStream::start(a);
+    b.ok(&["pause-sync", "r0"]);
+    events.wait_for_change("resync-suspended:peer", |l| {
+        l.starts_with("change peer-device ") && l.contains("resync-suspended:peer")
+    });
+    let o = b.cli(&["pause-sync", "r0"]);
+    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Failure: (134) Sync-pause flag is already set"),
+        "{}",
+        stderr(&o)
+    );
+    a.ok(&["primary", "r0", "--force"]);
+    let paused = |s: &serde_json::Value, state: &str| json_replication_state(s) == state;
+    a.wait_for("PausedSyncS", Duration::from_secs(20), |s| {
+        paused(s, "PausedSyncS")
+    });
+    b.wait_for("PausedSyncT", Duration::from_secs(20), |s| {
+        paused(s, "PausedSyncT")
+    });
+    assert_eq!(a.cstate(), "PausedSyncS");
+    assert_eq!(b.cstate(), "PausedSyncT");
+    let suspended = |n: &Node| {
+        n.status_json()["connections"][0]["peer_devices"][0]["resync-suspended"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(suspended(a), "peer");
+    assert_eq!(suspended(b), "user");
+    let text = a.ok(&["status", "r0"]);
+    assert!(
+        text.contains("replication:PausedSyncS") && text.contains("resync-suspended:peer"),
+        "{text}"
+    );
+    events.wait_for_change("PausedSyncS", |l| {
+        l.starts_with("change peer-device ") && l.contains("replication:PausedSyncS")
+    });
+    let oos = |n: &Node| {
+        n.status_json()["connections"][0]["peer_devices"][0]["out-of-sync"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = oos(b);
+    assert!(before > 0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(oos(b), before, "the paused resync moved");
+    assert_eq!(b.cstate(), "PausedSyncT");
+    // Resuming on alice, who did not pause: DRBD's ERR_PIC_PEER_DEP.
+    let o = a.cli(&["resume-sync", "r0"]);
+    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Failure: (157) Sync-pause flag is already cleared."),
+        "{}",
+        stderr(&o)
+    );
+    b.ok(&["resume-sync", "r0"]);
+    p.wait_up_to_date(Duration::from_secs(30));
+    assert_eq!(suspended(a), "no");
+    let o = b.cli(&["resume-sync", "r0"]);
+    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Failure: (135) Sync-pause flag is already cleared"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(p.logs().contains("Resync suspended"), "{}", p.logs());
+    assert!(p.logs().contains("Syncer continues."), "{}", p.logs());
 }
