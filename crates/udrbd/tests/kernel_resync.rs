@@ -6,6 +6,8 @@
 //! - [`an_interrupted_resync_from_the_kernel_resumes`]: the kernel is the SyncSource of a full
 //!   sync to udrbd, udrbd disconnects at about half-way and connects again.
 //! - [`an_interrupted_resync_to_the_kernel_resumes`]: udrbd is the SyncSource, the same cut.
+//! - [`pause_sync_on_either_side_holds_a_resync_with_the_kernel`]: `pause-sync` on udrbd, then
+//!   on the kernel, holds the resync on both sides until `resume-sync`.
 //!
 //! Each checks that the second resync covers at most what was left (the kernel's "Began resync
 //! ... will sync N KB" against udrbd's out-of-sync at the cut), that the whole transfer (the
@@ -147,4 +149,86 @@ fn an_interrupted_resync_to_the_kernel_resumes() {
     force_primary(&d);
     let at_cut = cut_half_way(&d, &vm);
     resume_and_check(&u, &d, &vm, "SyncTarget", at_cut);
+}
+
+/// The replication state and `resync-suspended` of udrbd's `status --json` `s`.
+fn replication_and_suspended(s: &serde_json::Value) -> (String, String) {
+    let pd = &s["connections"][0]["peer_devices"][0];
+    (
+        pd["replication-state"].as_str().unwrap_or("").to_string(),
+        pd["resync-suspended"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// Asserts that neither side's out-of-sync moves for 3 s (after 1 s for what was in flight);
+/// returns udrbd's.
+fn assert_held(d: &TestDaemon, vm: &KernelVm, what: &str) -> u64 {
+    std::thread::sleep(Duration::from_secs(1));
+    let (udrbd, kernel) = (out_of_sync_kib(&status_json(d)), vm.counters().oos);
+    std::thread::sleep(Duration::from_secs(3));
+    let (udrbd2, kernel2) = (out_of_sync_kib(&status_json(d)), vm.counters().oos);
+    println!(
+        "{what}: udrbd {udrbd} -> {udrbd2} KiB, the kernel {kernel} -> {kernel2} KiB out of sync"
+    );
+    assert!(udrbd > 0, "{what}: the resync ended before the pause");
+    assert_eq!(udrbd2, udrbd, "{what}: udrbd's resync moved while paused");
+    assert_eq!(
+        kernel2, kernel,
+        "{what}: the kernel's resync moved while paused"
+    );
+    udrbd
+}
+
+/// `pause-sync` on either side holds a resync between udrbd and the kernel on both (DRBD's
+/// user_isp, seen by the other side as peer_isp in P_STATE), and `resume-sync` lets it end.
+/// udrbd is the SyncSource of a full sync at 2 MiB/s: udrbd's pause makes the kernel
+/// PausedSyncT with its peer_isp flag (`/proc/drbd` `r-p`); the kernel's own pause makes udrbd
+/// PausedSyncS with `resync-suspended:peer`, where `resume-sync` names the peer's pause (157).
+#[test]
+fn pause_sync_on_either_side_holds_a_resync_with_the_kernel() {
+    require_root();
+    let (u, vm) = udrbd_and_guest(
+        17515,
+        UdrbdOptions {
+            net: UDRBD_NET.into(),
+            disk: "c-plan-ahead 0; resync-rate 2M;".into(),
+            ..UdrbdOptions::default()
+        },
+        "kresync-pause",
+        &["--net-opts", KERNEL_NET],
+    );
+    let d = u.start();
+    force_primary(&d);
+    wait_status(&d, "the resync under way", WAIT, |s| {
+        replication_and_suspended(s).0 == "SyncSource" && out_of_sync_kib(s) < DATA_KIB * 9 / 10
+    });
+    // udrbd pauses: the kernel's resync waits for it.
+    d.ok(&["pause-sync", "r0"]);
+    vm.wait(r"cs:PausedSyncT .* C r-p", WAIT, &|| d.log_text());
+    let (repl, suspended) = replication_and_suspended(&status_json(&d));
+    assert_eq!((repl.as_str(), suspended.as_str()), ("PausedSyncS", "user"));
+    let held = assert_held(&d, &vm, "paused by udrbd");
+    d.ok(&["resume-sync", "r0"]);
+    vm.wait(r"cs:SyncTarget .* C r---", WAIT, &|| d.log_text());
+    wait_status(&d, "progress after resume-sync", WAIT, |s| {
+        out_of_sync_kib(s) < held
+    });
+    // The kernel pauses: udrbd's side waits for it.
+    vm.exec("drbdsetup-84 pause-sync 0 2>&1");
+    wait_status(&d, "PausedSyncS paused by the kernel", WAIT, |s| {
+        replication_and_suspended(s) == ("PausedSyncS".into(), "peer".into())
+    });
+    let o = d.cli(&["resume-sync", "r0"]);
+    assert_eq!(o.status.code(), Some(10));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Failure: (157)"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_held(&d, &vm, "paused by the kernel");
+    vm.exec("drbdsetup-84 resume-sync 0 2>&1");
+    vm.wait("ds:UpToDate/UpToDate", WAIT, &|| d.log_text());
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    assert_same_data_areas(&vm, &u.disk, DATA_KIB, &d);
+    vm.assert_clean_dmesg(&|| d.log_text());
 }
