@@ -87,6 +87,13 @@ fn swarm_ci_range() {
     for (what, count) in minimums {
         assert!(count >= 300, "only {count} {what} over the CI range");
     }
+    // The operator pauses resyncs (`pause-sync`) and the liveness phase resumes them.
+    assert!(
+        totals.sync_pauses >= totals.seeds / 10,
+        "only {} paused resyncs over {} seeds",
+        totals.sync_pauses,
+        totals.seeds
+    );
     // A quarter of the seeds run disks of different sizes.
     assert!(
         totals.unequal_disks >= totals.seeds / 8,
