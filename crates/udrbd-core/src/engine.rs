@@ -361,6 +361,8 @@ pub struct Status {
     pub io_errors: u64,
     /// Application IO is served by the peer (no usable local disk).
     pub served_by_peer: bool,
+    /// `suspend-io` is in force: new application IO waits (`suspended:user`).
+    pub suspended_by_user: bool,
     /// A detach in progress: its step (`waiting-for-io`, `writing-bitmap`,
     /// `writing-full-sync-flag`, `clearing-al`, `writing-superblock`, `releasing`).
     pub detach_step: Option<&'static str>,
@@ -411,6 +413,9 @@ pub struct Resource {
     /// `pause-sync` is in force (DRBD's user_isp): a resync stays PausedSyncS/T until
     /// `resume-sync`. Kept across connections, as DRBD keeps it in the device state.
     pub(crate) user_isp: bool,
+    /// `suspend-io` is in force (DRBD's susp): new application IO is held until
+    /// `resume-io`; what is in flight completes.
+    pub(crate) user_susp: bool,
     /// Writes waiting for activity-log extents (references held, or none held when busy).
     pub(crate) al_waiting: VecDeque<BlockRequestId>,
     /// Application requests that arrived during an administrative detach, not yet looked at
@@ -499,6 +504,7 @@ impl Resource {
             requests: BTreeMap::new(),
             data_generation: 0,
             user_isp: false,
+            user_susp: false,
             al_waiting: VecDeque::new(),
             held_requests: VecDeque::new(),
             outputs: VecDeque::new(),
@@ -563,6 +569,8 @@ impl Resource {
                 | AdminCommand::Detach { force: true }
                 | AdminCommand::PauseSync
                 | AdminCommand::ResumeSync
+                | AdminCommand::SuspendIo
+                | AdminCommand::ResumeIo
         );
         // An attach negotiating with the peer is a transient state too (DRBD's
         // D_NEGOTIATING): a command that changes the disk's state waits for its end.
@@ -581,6 +589,23 @@ impl Resource {
             AdminCommand::Primary { force } => self.start_primary(id, force),
             AdminCommand::Secondary => self.start_secondary(),
             AdminCommand::Down => self.start_down(),
+            AdminCommand::SuspendIo | AdminCommand::ResumeIo => {
+                // DRBD's NS(susp, 1/0): a request for the state it is in does nothing and
+                // succeeds. The peer sees the flag in our P_STATE.
+                let suspend = cmd == AdminCommand::SuspendIo;
+                if self.user_susp != suspend {
+                    self.user_susp = suspend;
+                    self.state_changed();
+                    if self
+                        .peer
+                        .as_ref()
+                        .is_some_and(|p| p.conn >= crate::state::ConnState::Connected)
+                    {
+                        self.send_state();
+                    }
+                }
+                Ok(None)
+            }
             other => self.start_peer_command(id, other),
         };
         match started {
@@ -643,6 +668,7 @@ impl Resource {
             served_by_peer: self.role == Role::Primary
                 && !(self.disk_state == DiskState::UpToDate && self.disk.is_some())
                 && self.peer_serves(),
+            suspended_by_user: self.user_susp,
             generation: self.disk.as_ref().map(|d| (d.sb.uuids, d.sb.flags)),
             statistics: self.statistics,
             busy_with: self.pending.as_ref().map(|(_, p)| match p {

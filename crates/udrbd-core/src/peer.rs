@@ -1214,7 +1214,7 @@ impl Resource {
             conn,
             disk,
             pdsk: p.peer_disk,
-            susp: false,
+            susp: self.user_susp,
             aftr_isp: false,
             peer_isp: p.link.as_ref().is_some_and(|l| l.peer_isp),
             user_isp: self.user_isp,

@@ -145,10 +145,12 @@ impl Resource {
     /// knew to resync when the disk came back: the peer marked nothing and made no new data
     /// generation, so that disk, attached again, served the old data (swarm seed 16).
     pub(crate) fn holds_application_io(&self) -> bool {
-        matches!(
-            self.pending,
-            Some((id, crate::engine::Pending::Detach(_))) if id != CommandId(0)
-        )
+        // `suspend-io` holds it as well, until `resume-io`.
+        self.user_susp
+            || matches!(
+                self.pending,
+                Some((id, crate::engine::Pending::Detach(_))) if id != CommandId(0)
+            )
     }
 
     /// Looks at the requests held during an administrative detach once it is over.

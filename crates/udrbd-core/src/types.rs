@@ -267,6 +267,10 @@ pub enum AdminCommand {
     PauseSync,
     /// Let the resync continue (`resume-sync`), unless the peer paused it as well.
     ResumeSync,
+    /// Hold new application IO (`suspend-io`, DRBD's susp); what is in flight completes.
+    SuspendIo,
+    /// Let held application IO go on (`resume-io`).
+    ResumeIo,
 }
 
 /// Something the driver should know or report.

@@ -399,3 +399,47 @@ fn meta_data_writes_make_completed_writes_durable() {
     n.command(AdminCommand::Primary { force: true }).unwrap();
     assert_eq!(n.read(MIB, 4096), vec![7u8; 4096]);
 }
+
+/// `suspend-io` (DRBD's susp) holds new application IO, while a write already in flight
+/// completes; `resume-io` lets the held requests go on, in order. Both are idempotent, as
+/// DRBD's (a request for the state it is in succeeds).
+#[test]
+fn suspend_io_holds_new_requests_until_resume_io() {
+    let mut n = Node::new(64 * MIB);
+    n.attach().unwrap();
+    n.command(AdminCommand::Primary { force: true }).unwrap();
+    n.write(0, 1, 4096);
+    // A write in flight (its disk operation not yet executed) when the IO is suspended.
+    n.hold = true;
+    let in_flight = n.write(0, 2, 4096);
+    assert_eq!(n.result(in_flight), None);
+    n.command(AdminCommand::SuspendIo).unwrap();
+    n.command(AdminCommand::SuspendIo).unwrap();
+    assert!(n.engine.status().suspended_by_user);
+    n.hold = false;
+    n.drain();
+    assert_eq!(n.result(in_flight), Some(&Ok(None)), "in flight: completes");
+    let write = n.write(8192, 3, 4096);
+    let read = n.request(|id| BlockRequest::Read {
+        id,
+        offset: 0,
+        len: 4096,
+    });
+    let flush = n.request(|id| BlockRequest::Flush { id });
+    for id in [write, read, flush] {
+        assert_eq!(n.result(id), None, "held while suspended");
+    }
+    assert_eq!(n.engine.status().upper_pending, 3);
+    assert!(n.queued.is_empty(), "no disk operation for a held request");
+    n.command(AdminCommand::ResumeIo).unwrap();
+    assert!(!n.engine.status().suspended_by_user);
+    assert_eq!(n.result(write), Some(&Ok(None)));
+    assert_eq!(
+        n.result(read),
+        Some(&Ok(Some(Bytes::from(vec![2u8; 4096])))),
+        "the held read sees the write that was in flight"
+    );
+    assert_eq!(n.result(flush), Some(&Ok(None)));
+    assert_eq!(n.read(8192, 4096), vec![3u8; 4096]);
+    n.command(AdminCommand::ResumeIo).unwrap();
+}

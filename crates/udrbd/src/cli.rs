@@ -17,8 +17,8 @@ use crate::offline::{self, CreateOptions, MetaTarget, OfflineError, RestoreOptio
 /// The exit codes of offline and online verbs, for `udrbd help`.
 fn help_footer() -> String {
     format!(
-        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, connect, disconnect, invalidate,\ninvalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync, role, cstate, dstate
-RESOURCE, wait-connect,\nstatus, events) exit like drbdsetup:\n   5  wait-connect timed out; refused: disk state lower than Outdated (-16)\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  16  refused: can not resync without local disk (-4)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
+        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, connect, disconnect, invalidate,\ninvalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync, suspend-io, resume-io,
+role, cstate, dstate RESOURCE, wait-connect,\nstatus, events) exit like drbdsetup:\n   5  wait-connect timed out; refused: disk state lower than Outdated (-16)\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  16  refused: can not resync without local disk (-4)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
         ExitCode::help_table()
     )
 }
@@ -238,6 +238,19 @@ pub enum Verb {
         /// Resource name.
         resource: String,
     },
+    /// Hold new IO on the device (e.g. for a snapshot of the backing device) until resume-io;
+    /// IO in flight completes.
+    #[command(name = "suspend-io")]
+    SuspendIo {
+        /// Resource name.
+        resource: String,
+    },
+    /// Let IO held by suspend-io go on.
+    #[command(name = "resume-io")]
+    ResumeIo {
+        /// Resource name.
+        resource: String,
+    },
     /// Print the roles: local/peer (e.g. Primary/Secondary).
     Role {
         /// Resource name.
@@ -448,6 +461,8 @@ pub fn run(
         Verb::Outdate { resource } => simple(g, "outdate", &resource, out)?,
         Verb::PauseSync { resource } => simple(g, "pause-sync", &resource, out)?,
         Verb::ResumeSync { resource } => simple(g, "resume-sync", &resource, out)?,
+        Verb::SuspendIo { resource } => simple(g, "suspend-io", &resource, out)?,
+        Verb::ResumeIo { resource } => simple(g, "resume-io", &resource, out)?,
         Verb::Role { resource } => simple(g, "role", &resource, out)?,
         Verb::Cstate { resource } => simple(g, "cstate", &resource, out)?,
         Verb::WaitConnect { resource, timeout } => {

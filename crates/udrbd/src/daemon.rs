@@ -276,7 +276,10 @@ pub fn resource_view(engine: &Resource, resource: &ResolvedResource) -> sf::Reso
         name: s.name,
         node_id: 0,
         role: role_view(s.role),
-        suspended: sf::Suspended::default(),
+        suspended: sf::Suspended {
+            user: s.suspended_by_user,
+            ..Default::default()
+        },
         force_io_failures: false,
         write_ordering: sf::WriteOrdering::Flush,
         device,

@@ -691,6 +691,8 @@ fn admin_command(request: &ControlRequest) -> Option<AdminCommand> {
         "outdate" => AdminCommand::Outdate,
         "pause-sync" => AdminCommand::PauseSync,
         "resume-sync" => AdminCommand::ResumeSync,
+        "suspend-io" => AdminCommand::SuspendIo,
+        "resume-io" => AdminCommand::ResumeIo,
         _ => return None,
     })
 }

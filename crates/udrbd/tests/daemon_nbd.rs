@@ -645,3 +645,69 @@ fn tcp_listener_on_loopback_only() {
     );
     wait_closed(&f.daemon);
 }
+
+/// `suspend-io` holds an NBD client's write (it does not complete, `status` says
+/// `suspended:user` and counts it in upper-pending) until `resume-io`; then it completes and
+/// reads back.
+#[test]
+fn suspend_io_holds_a_client_write_until_resume_io() {
+    require_tool("qemu-io", "qemu-utils");
+    let f = primary(64 << 20, "");
+    let d = &f.daemon;
+    d.ok(&["suspend-io", "r0"]);
+    let text = d.ok(&["status", "r0"]);
+    assert!(text.contains("r0 role:Primary suspended:user"), "{text}");
+    let mut writer = Command::new("qemu-io")
+        .args(["-f", "raw", &d.uri("r0"), "-c", "write -P 0x77 1M 64k"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = |d: &TestDaemon| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&d.ok(&["status", "r0", "--json"])).unwrap()[0]
+            .clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(d)["devices"][0]["upper-pending"].as_u64() != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the write never reached the daemon: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        writer.try_wait().unwrap().is_none(),
+        "the write completed while IO was suspended"
+    );
+    assert_eq!(status(d)["suspended-user"], true);
+    d.ok(&["resume-io", "r0"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = writer.try_wait().unwrap() {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = writer.kill();
+            let _ = writer.wait();
+            panic!(
+                "the write did not complete after resume-io: {}",
+                d.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success());
+    assert!(!d.ok(&["status", "r0"]).contains("suspended:"));
+    let out = run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        &d.uri("r0"),
+        "-c",
+        "read -P 0x77 1M 64k",
+    ]));
+    assert!(!out.contains("failed"), "{out}");
+    wait_closed(d);
+}
