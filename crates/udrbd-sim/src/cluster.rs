@@ -224,6 +224,8 @@ pub struct NodeStatus {
     pub io_errors: u64,
     /// Application IO is served by the peer (no usable local disk).
     pub served_by_peer: bool,
+    /// `suspend-io` holds new application IO.
+    pub suspended_by_user: bool,
     /// Generation UUIDs and flags, if attached.
     pub generation: Option<(GenerationUuids, MdFlags)>,
     /// KiB read from the local disk.
@@ -254,6 +256,7 @@ impl NodeStatus {
             disk_failure: st.disk_failure,
             io_errors: st.io_errors,
             served_by_peer: st.served_by_peer,
+            suspended_by_user: st.suspended_by_user,
             generation: st.generation,
             read_kib: st.statistics.read_kib,
             written_kib: st.statistics.written_kib,

@@ -287,6 +287,8 @@ pub struct SwarmCounts {
     pub resyncs: u64,
     /// Times a resync target went PausedSyncT (`pause-sync` on either node).
     pub sync_pauses: u64,
+    /// `suspend-io` commands that held application IO.
+    pub io_suspends: u64,
     /// Promotions of a node while its peer was down or unreachable.
     pub failovers: u64,
     /// Split brains detected.
@@ -304,7 +306,7 @@ pub struct SwarmCounts {
 impl SwarmCounts {
     /// Adds `other` to `self`.
     pub fn add(&mut self, o: &SwarmCounts) {
-        let pairs: [(&mut u64, u64); 32] = [
+        let pairs: [(&mut u64, u64); 33] = [
             (&mut self.seeds, o.seeds),
             (&mut self.unequal_disks, o.unequal_disks),
             (&mut self.tuned, o.tuned),
@@ -331,6 +333,7 @@ impl SwarmCounts {
             (&mut self.disk_failures, o.disk_failures),
             (&mut self.resyncs, o.resyncs),
             (&mut self.sync_pauses, o.sync_pauses),
+            (&mut self.io_suspends, o.io_suspends),
             (&mut self.failovers, o.failovers),
             (&mut self.split_brains, o.split_brains),
             (&mut self.bitmap_checks, o.bitmap_checks),
@@ -350,7 +353,7 @@ impl std::fmt::Display for SwarmCounts {
             f,
             "seeds {} (unequal disks {}, tuned {}) ops {} requests {} (ok {}, failed {}, reads checked {}) commands {} (refused {}) | \
              crashes {} torn-writes {} lost-writes {} | partitions {} one-way {} resets {} stalls {} net-changes {} | clock-jumps {} | \
-             freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} sync-pauses {} failovers {} split-brains {} | \
+             freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} sync-pauses {} io-suspends {} failovers {} split-brains {} | \
              bitmap-checks {} durable-blocks {} receive-pauses {} | steps {} simulated {:.1}s",
             self.seeds,
             self.unequal_disks,
@@ -377,6 +380,7 @@ impl std::fmt::Display for SwarmCounts {
             self.disk_failures,
             self.resyncs,
             self.sync_pauses,
+            self.io_suspends,
             self.failovers,
             self.split_brains,
             self.bitmap_checks,
@@ -1570,6 +1574,9 @@ impl Run {
             self.counts.commands_refused += 1;
             return;
         }
+        if pending.cmd == AdminCommand::SuspendIo {
+            self.counts.io_suspends += 1;
+        }
         if pending.cmd == (AdminCommand::Primary { force: false }) {
             // (5) A promotion DRBD grants: UpToDate data here or at a connected peer, and no
             // connected Primary peer. `last` is the state before the promotion took effect.
@@ -1646,9 +1653,14 @@ impl Run {
             13 => AdminCommand::Connect {
                 discard_my_data: self.below(4) == 0,
             },
-            // A resync paused for a while: the liveness phase resumes it.
-            _ if self.below(2) == 0 => AdminCommand::PauseSync,
-            _ => AdminCommand::ResumeSync,
+            // A resync paused, or application IO held, for a while: the liveness phase
+            // resumes them.
+            _ => match self.below(4) {
+                0 => AdminCommand::PauseSync,
+                1 => AdminCommand::ResumeSync,
+                2 => AdminCommand::SuspendIo,
+                _ => AdminCommand::ResumeIo,
+            },
         };
         self.start(node, cmd);
     }
@@ -2022,6 +2034,11 @@ impl Run {
             if self.c.is_up(node) && st.peer.as_ref().is_some_and(|p| p.sync_paused_by_user) {
                 // A paused resync never ends: the operator resumes it.
                 self.start(node, AdminCommand::ResumeSync);
+                resumed = true;
+            }
+            if self.c.is_up(node) && st.suspended_by_user {
+                // Held IO never completes: the operator resumes it.
+                self.start(node, AdminCommand::ResumeIo);
                 resumed = true;
             }
         }

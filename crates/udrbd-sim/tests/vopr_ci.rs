@@ -87,11 +87,18 @@ fn swarm_ci_range() {
     for (what, count) in minimums {
         assert!(count >= 300, "only {count} {what} over the CI range");
     }
-    // The operator pauses resyncs (`pause-sync`) and the liveness phase resumes them.
+    // The operator pauses resyncs (`pause-sync`) and holds IO (`suspend-io`); the liveness
+    // phase resumes both.
     assert!(
         totals.sync_pauses >= totals.seeds / 10,
         "only {} paused resyncs over {} seeds",
         totals.sync_pauses,
+        totals.seeds
+    );
+    assert!(
+        totals.io_suspends >= totals.seeds / 2,
+        "only {} suspend-io over {} seeds",
+        totals.io_suspends,
         totals.seeds
     );
     // A quarter of the seeds run disks of different sizes.
