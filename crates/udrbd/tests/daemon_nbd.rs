@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -415,23 +415,30 @@ fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> (bool, String, Stri
         })
     };
     let (out, err) = (read_all(Box::new(out)), read_all(Box::new(err)));
+    let Some(status) = exit_within(&mut child, timeout) else {
+        panic!(
+            "{cmd:?} did not finish within {timeout:?}: {}{}",
+            out.join().unwrap(),
+            err.join().unwrap()
+        );
+    };
+    (status.success(), out.join().unwrap(), err.join().unwrap())
+}
+
+/// Waits up to `timeout` for `child` to exit; kills it and returns None if it does not.
+fn exit_within(child: &mut std::process::Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait().unwrap() {
-            break status;
+            return Some(status);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "{cmd:?} did not finish within {timeout:?}: {}{}",
-                out.join().unwrap(),
-                err.join().unwrap()
-            );
+            return None;
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
-    (status.success(), out.join().unwrap(), err.join().unwrap())
+    }
 }
 
 /// Runs one case of the python helper; returns its JSON result.
@@ -684,21 +691,12 @@ fn suspend_io_holds_a_client_write_until_resume_io() {
     );
     assert_eq!(status(d)["suspended-user"], true);
     d.ok(&["resume-io", "r0"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(exit) = writer.try_wait().unwrap() {
-            break exit;
-        }
-        if Instant::now() > deadline {
-            let _ = writer.kill();
-            let _ = writer.wait();
-            panic!(
-                "the write did not complete after resume-io: {}",
-                d.log_text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = exit_within(&mut writer, Duration::from_secs(20)).unwrap_or_else(|| {
+        panic!(
+            "the write did not complete after resume-io: {}",
+            d.log_text()
+        )
+    });
     assert!(exit.success());
     assert!(!d.ok(&["status", "r0"]).contains("suspended:"));
     let out = run_ok(Command::new("qemu-io").args([
