@@ -634,6 +634,13 @@ impl Resource {
         if self.openers > 0 {
             return Err(CommandError::StateChange(StateChangeError::DeviceInUse));
         }
+        if self.user_isp || self.user_susp {
+            // DRBD's down deletes the device and its state: the next up starts with no
+            // pause-sync or suspend-io in force (no opener: no IO is held).
+            self.user_isp = false;
+            self.user_susp = false;
+            self.state_changed();
+        }
         if self
             .peer
             .as_ref()

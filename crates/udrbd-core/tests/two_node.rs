@@ -1421,6 +1421,10 @@ fn pause_sync_holds_a_resync_on_both_sides_until_both_resume() {
         c.command(0, AdminCommand::ResumeSync),
         Err(CommandError::PauseIsClear)
     );
+    // `down` ends a pause-sync, as DRBD's deletes the device's state with it.
+    c.command(1, AdminCommand::PauseSync).unwrap();
+    c.command(1, AdminCommand::Down).unwrap();
+    assert!(!c.status(1).peer.unwrap().sync_paused_by_user);
 }
 
 /// A running resync paused on its source stops where it is (the target sends no new
