@@ -17,8 +17,7 @@ use crate::offline::{self, CreateOptions, MetaTarget, OfflineError, RestoreOptio
 /// The exit codes of offline and online verbs, for `udrbd help`.
 fn help_footer() -> String {
     format!(
-        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, connect, disconnect, invalidate,\ninvalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync, suspend-io, resume-io,
-role, cstate, dstate RESOURCE, wait-connect,\nstatus, events) exit like drbdsetup:\n   5  wait-connect timed out; refused: disk state lower than Outdated (-16)\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  16  refused: can not resync without local disk (-4)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
+        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, connect, disconnect, invalidate,\ninvalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync, suspend-io, resume-io,\nrole, cstate, dstate RESOURCE, wait-connect, status, events) exit like drbdsetup:\n   5  wait-connect timed out; refused: disk state lower than Outdated (-16)\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  16  refused: can not resync without local disk (-4)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
         ExitCode::help_table()
     )
 }
