@@ -955,15 +955,7 @@ fn a_device_a_smaller_peer_shrank_grows_back_with_a_larger_one() {
     let full = c.status(1).size_bytes;
     c.settle();
     let conn = c.a_socket_of_bob();
-    let small = Packet::Sizes(udrbd_wire::Sizes {
-        d_size: 1024,
-        c_size: 1024,
-        max_bio_size: 1 << 20,
-        ..Default::default()
-    });
-    c.partitioned = true;
-    c.inject(1, conn, &small);
-    c.settle();
+    peer_disk_resized(&mut c, 1, 1024);
     assert_eq!(
         c.status(1).size_bytes,
         1024 * 512,

@@ -13,6 +13,12 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A refused verb: drbdsetup's exit code 10 and `text` (e.g. `Failure: (151) ...`) on stderr.
+fn assert_failure(o: &std::process::Output, text: &str) {
+    assert_eq!(o.status.code(), Some(10), "{}", stderr(o));
+    assert!(stderr(o).contains(text), "{}", stderr(o));
+}
+
 /// A pair whose daemons start idle (`--no-up`): nothing attached, nothing connecting.
 fn idle_pair() -> Pair {
     Pair::start(PairOptions {
@@ -121,12 +127,7 @@ fn disconnect_connect_and_outdate() {
     // A new data generation only StandAlone (drbdsetup's ERR_CONNECTED), unless it skips
     // the initial sync of a connected pair.
     let o = a.cli(&["new-current-uuid", "r0"]);
-    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("Failure: (151) Need to be StandAlone"),
-        "{}",
-        stderr(&o)
-    );
+    assert_failure(&o, "Failure: (151) Need to be StandAlone");
     a.ok(&["disconnect", "r0"]);
     assert_eq!(a.cstate(), "StandAlone");
     a.ok(&["new-current-uuid", "r0"]);
@@ -222,12 +223,7 @@ fn pause_sync_holds_the_initial_sync_until_resume_sync() {
         l.starts_with("change peer-device ") && l.contains("resync-suspended:peer")
     });
     let o = b.cli(&["pause-sync", "r0"]);
-    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("Failure: (134) Sync-pause flag is already set"),
-        "{}",
-        stderr(&o)
-    );
+    assert_failure(&o, "Failure: (134) Sync-pause flag is already set");
     a.ok(&["primary", "r0", "--force"]);
     let paused = |s: &serde_json::Value, state: &str| json_replication_state(s) == state;
     a.wait_for("PausedSyncS", Duration::from_secs(20), |s| {
@@ -266,22 +262,12 @@ fn pause_sync_holds_the_initial_sync_until_resume_sync() {
     assert_eq!(b.cstate(), "PausedSyncT");
     // Resuming on alice, who did not pause: DRBD's ERR_PIC_PEER_DEP.
     let o = a.cli(&["resume-sync", "r0"]);
-    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("Failure: (157) Sync-pause flag is already cleared."),
-        "{}",
-        stderr(&o)
-    );
+    assert_failure(&o, "Failure: (157) Sync-pause flag is already cleared.");
     b.ok(&["resume-sync", "r0"]);
     p.wait_up_to_date(Duration::from_secs(30));
     assert_eq!(suspended(a), "no");
     let o = b.cli(&["resume-sync", "r0"]);
-    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("Failure: (135) Sync-pause flag is already cleared"),
-        "{}",
-        stderr(&o)
-    );
+    assert_failure(&o, "Failure: (135) Sync-pause flag is already cleared");
     assert!(p.logs().contains("Resync suspended"), "{}", p.logs());
     assert!(p.logs().contains("Syncer continues."), "{}", p.logs());
 }
