@@ -595,14 +595,7 @@ impl Resource {
                 let suspend = cmd == AdminCommand::SuspendIo;
                 if self.user_susp != suspend {
                     self.user_susp = suspend;
-                    self.state_changed();
-                    if self
-                        .peer
-                        .as_ref()
-                        .is_some_and(|p| p.conn >= crate::state::ConnState::Connected)
-                    {
-                        self.send_state();
-                    }
+                    self.user_flags_changed();
                 }
                 Ok(None)
             }

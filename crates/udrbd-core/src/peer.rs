@@ -481,7 +481,7 @@ impl Resource {
                     return Err(CommandError::PauseIsSet);
                 }
                 self.user_isp = true;
-                self.user_isp_changed();
+                self.user_flags_changed();
                 Ok(None)
             }
             AdminCommand::ResumeSync => {
@@ -497,7 +497,7 @@ impl Resource {
                     });
                 }
                 self.user_isp = false;
-                self.user_isp_changed();
+                self.user_flags_changed();
                 Ok(None)
             }
             _ => unreachable!("not a peer command"),
@@ -1132,10 +1132,11 @@ impl Resource {
         }
     }
 
-    /// `pause-sync` or `resume-sync` took effect: the resync pauses or continues, and a
-    /// connected peer hears of it (DRBD's after_state_ch sends the state when user_isp
-    /// changes), so that its side of the resync pauses too (its peer_isp).
-    fn user_isp_changed(&mut self) {
+    /// `pause-sync`, `resume-sync`, `suspend-io` or `resume-io` took effect: the resync pauses
+    /// or continues, and a connected peer hears of it in our P_STATE (DRBD's after_state_ch
+    /// sends the state when user_isp changes), so that its side of the resync pauses too
+    /// (its peer_isp).
+    pub(crate) fn user_flags_changed(&mut self) {
         self.state_changed();
         self.apply_sync_pause();
         if self
