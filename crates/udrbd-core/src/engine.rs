@@ -416,6 +416,12 @@ pub struct Resource {
     /// `suspend-io` is in force (DRBD's susp): new application IO is held until
     /// `resume-io`; what is in flight completes.
     pub(crate) user_susp: bool,
+    /// Where the next online verify starts, sectors (DRBD's ov_start_sector): where the last
+    /// one stopped, 0 once one reached the end, or the `--start` of the running one.
+    pub(crate) ov_start_sector: u64,
+    /// Where the running (or next) online verify stops, sectors (`--stop`; DRBD's
+    /// ov_stop_sector).
+    pub(crate) ov_stop_sector: u64,
     /// Writes waiting for activity-log extents (references held, or none held when busy).
     pub(crate) al_waiting: VecDeque<BlockRequestId>,
     /// Application requests that arrived during an administrative detach, not yet looked at
@@ -532,6 +538,8 @@ impl Resource {
             disk_errors: DiskErrors::default(),
             exposed_uuid: None,
             op_started: VecDeque::new(),
+            ov_start_sector: 0,
+            ov_stop_sector: u64::MAX,
         };
         resource.init_peer();
         resource

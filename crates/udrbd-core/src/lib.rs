@@ -37,9 +37,11 @@ pub mod state;
 pub mod sync_decision;
 pub mod timer;
 pub mod types;
+pub mod verify;
 
 pub use engine::{DiskFailure, OnIoError, Resource, ResourceConfig, Statistics, Status};
 pub use mutation::Mutation;
-pub use peer_config::{NetConfig, PeerStatus, ResyncStatus};
+pub use peer_config::{NetConfig, PeerStatus, ResyncStatus, VerifyStatus};
 pub use state::{CommandError, ConnState, DiskState, Role, StateChangeError};
 pub use types::*;
+pub use verify::{UnknownVerifyAlg, VerifyAlg};

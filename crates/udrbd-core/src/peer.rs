@@ -181,6 +181,12 @@ pub(crate) struct Link {
     /// Resync: sectors of replies received since the controller's last step.
     pub(crate) rs_sect_in: u64,
     pub(crate) resync: Option<Resync>,
+    /// An online verify running on this link (see crate::verify).
+    pub(crate) verify: Option<crate::verify::Verify>,
+    /// Source: P_OV_REQUESTs of a verify that ended before they were answered, sector →
+    /// how many: their answers are dropped (the kernel answers with ID_SYNCER, so nothing
+    /// else tells them from a later verify's).
+    pub(crate) stale_ov_replies: BTreeMap<u64, u32>,
 }
 
 impl Link {
@@ -237,6 +243,8 @@ pub(crate) enum StateRequest {
     Invalidate,
     /// `invalidate-remote`: conn StartingSyncS.
     InvalidateRemote,
+    /// `verify`: conn VerifyS (the peer goes VerifyT).
+    Verify,
 }
 
 /// What a block id of ours stands for.
@@ -429,6 +437,10 @@ impl Resource {
             return refuse(StateChangeError::NoNetConfig);
         }
         match cmd {
+            AdminCommand::Verify {
+                start_sector,
+                stop_sector,
+            } => self.verify_command(id, start_sector, stop_sector),
             AdminCommand::Connect { discard_my_data } => {
                 let p = self.peer.as_mut().expect("checked");
                 if p.conn != ConnState::StandAlone {
@@ -635,7 +647,7 @@ impl Resource {
 
     /// Sends a cluster-wide state change (P_STATE_CHG_REQ) and remembers it; the command
     /// waits in [`Pending::PeerApproval`].
-    fn request_from_peer(&mut self, id: CommandId, request: StateRequest) {
+    pub(crate) fn request_from_peer(&mut self, id: CommandId, request: StateRequest) {
         let (fields, val) = match request {
             StateRequest::Primary { force: false } => (
                 &[StateField::Role][..],
@@ -654,6 +666,10 @@ impl Resource {
             StateRequest::InvalidateRemote => (
                 &[StateField::Conn][..],
                 StateWord(0).with_field(StateField::Conn, ConnState::StartingSyncS as u32),
+            ),
+            StateRequest::Verify => (
+                &[StateField::Conn][..],
+                StateWord(0).with_field(StateField::Conn, ConnState::VerifyS as u32),
             ),
         };
         self.link_mut().state_request = Some((id, request));
@@ -677,6 +693,7 @@ impl Resource {
             StateRequest::InvalidateRemote => self
                 .invalidate_remote_allowed()
                 .map(|()| self.apply_invalidate_remote()),
+            StateRequest::Verify => self.verify_allowed().map(|()| self.start_verify(true)),
             StateRequest::Primary { .. } => unreachable!("see continue_primary"),
         };
         if result.is_err() && self.link().is_some() {
@@ -997,6 +1014,8 @@ impl Resource {
             sent_with_bitmap: BTreeSet::new(),
             rs_sect_in: 0,
             resync: None,
+            verify: None,
+            stale_ov_replies: BTreeMap::new(),
         });
         self.set_conn(ConnState::WfReportParams);
         self.log(
@@ -1027,7 +1046,9 @@ impl Resource {
         let r = &c.resync;
         let sync_params = SyncParams {
             resync_rate: r.resync_rate_kib_per_sec as u32,
-            verify_alg: udrbd_wire::AlgName::NONE,
+            verify_alg: c.verify_alg.map_or(udrbd_wire::AlgName::NONE, |a| {
+                udrbd_wire::AlgName::new(a.name().as_bytes()).expect("a short name")
+            }),
             csums_alg: udrbd_wire::AlgName::NONE,
             controller: Some(udrbd_wire::ResyncController {
                 c_plan_ahead: r.c_plan_ahead_tenths as u32,
@@ -1322,6 +1343,8 @@ impl Resource {
         if p.link.is_none() || p.conn <= ConnState::Connected {
             return;
         }
+        self.verify_aborted();
+        let p = self.peer.as_mut().expect("checked");
         let link = p.link.as_mut().expect("checked");
         let was_resyncing = link.resync.take().is_some();
         link.bm_receiver = None;
@@ -1391,6 +1414,9 @@ impl Resource {
         self.flushes_may_complete();
         if link.resync.is_some() {
             self.log(LogLevel::Warn, "resync interrupted".to_string());
+        }
+        if let Some(v) = &link.verify {
+            self.verify_lost_with_link(v);
         }
         self.release_rs_request_locks();
     }
@@ -1622,7 +1648,10 @@ impl Resource {
                 self.timers.stop(Timer::PingAck);
             }
             Packet::Protocol(params) => self.receive_protocol(params)?,
-            Packet::SyncParam89(_) | Packet::SyncParam(_) => {}
+            Packet::SyncParam89(params) => self.receive_sync_params(params.verify_alg)?,
+            Packet::SyncParam(params) => {
+                self.receive_sync_params(params.verify_alg.unwrap_or(udrbd_wire::AlgName::NONE))?
+            }
             Packet::Sizes(sizes) => self.receive_sizes(sizes)?,
             Packet::Uuids(u) => self.receive_uuids(u),
             Packet::State(state) => {
@@ -1661,6 +1690,21 @@ impl Resource {
                 ));
             }
             other => self.on_replication_packet(socket, other)?,
+        }
+        Ok(())
+    }
+
+    /// P_SYNC_PARAM: the verify-alg must be the same on both nodes, as DRBD's
+    /// receive_SyncParam demands while the connection is being set up ("Different
+    /// verify-alg settings", StandAlone). The resync-rate options are each node's own.
+    fn receive_sync_params(&mut self, peer_alg: udrbd_wire::AlgName) -> Result<(), String> {
+        let ours = self.peer.as_ref().expect("peer").config.verify_alg;
+        let ours = ours.map_or("", |a| a.name());
+        if peer_alg.as_bytes() != ours.as_bytes() && !self.link_mut().handshake_done {
+            let peer = String::from_utf8_lossy(peer_alg.as_bytes()).into_owned();
+            return Err(self.incompatible(&format!(
+                "Different verify-alg settings. me=\"{ours}\" peer=\"{peer}\""
+            )));
         }
         Ok(())
     }
@@ -2056,11 +2100,15 @@ impl Resource {
             {
                 self.resync_finished_source();
             }
+            // The source's verify reached its stop sector (or its end): "explicit verify
+            // finished notification" in DRBD's receive_state.
+            (ConnState::VerifyT, ConnState::Connected) => self.verify_finished(),
             (
                 ConnState::SyncSource
                 | ConnState::PausedSyncS
                 | ConnState::SyncTarget
-                | ConnState::PausedSyncT,
+                | ConnState::PausedSyncT
+                | ConnState::VerifyS,
                 ConnState::Connected,
             ) => {
                 // The peer ended the resync without finishing it (it is detaching).
@@ -2082,7 +2130,7 @@ impl Resource {
     /// abort_resync ended any resync, and entering one again behind it (the peer's state
     /// after an invalidate) left the node in WFSyncUUID once its disk was gone (found by
     /// the swarm, seed 376).
-    fn disk_takes_part_in_resync(&self) -> bool {
+    pub(crate) fn disk_takes_part_in_resync(&self) -> bool {
         self.disk.is_some()
             && self.disk_state >= DiskState::Inconsistent
             && !matches!(self.pending, Some((_, Pending::Detach(_))))
@@ -2713,6 +2761,20 @@ impl Resource {
                 None if source => self.become_full_sync_source(),
                 None => self.become_full_sync_target(true),
             }
+        } else if wanted_conn == Some(ConnState::VerifyT as u32) {
+            // The peer's `verify` (it is VerifyS, this node VerifyT).
+            let error = if own_request && resolve {
+                Some(CommandError::StateChange(
+                    StateChangeError::ConcurrentStateChange,
+                ))
+            } else {
+                self.verify_allowed().err()
+            };
+            match error {
+                Some(CommandError::StateChange(e)) => retcode = e.code(),
+                Some(_) => retcode = StateChangeError::Unknown.code(),
+                None => self.start_verify(false),
+            }
         } else if peer_field != 0 && val.field(StateField::Peer) == Role::Primary as u32 {
             if self.role == Role::Primary {
                 retcode = StateChangeError::TwoPrimaries.code();
@@ -2739,9 +2801,9 @@ impl Resource {
         match StateChangeError::from_code(reply.retcode) {
             None => match request {
                 StateRequest::Primary { force } => self.continue_primary(id, force),
-                StateRequest::Invalidate | StateRequest::InvalidateRemote => {
-                    self.continue_resync_request(id, request)
-                }
+                StateRequest::Invalidate
+                | StateRequest::InvalidateRemote
+                | StateRequest::Verify => self.continue_resync_request(id, request),
             },
             Some(e) => {
                 if matches!(&self.pending, Some((p, Pending::PeerApproval)) if *p == id) {
@@ -2824,6 +2886,7 @@ impl Resource {
                     );
                 }
             }
+            Timer::ResyncStep if self.verify().is_some() => self.verify_step(),
             Timer::ResyncStep => self.resync_step(),
             Timer::BitmapWriteout | Timer::DiskTimeout => unreachable!("handled by the engine"),
         }
@@ -2879,7 +2942,26 @@ impl Resource {
                 dt1_ms: self.now.since(last.time).as_millis().max(1) as u64,
                 db1_sectors: last.bits_left.saturating_sub(left) * udrbd_meta::SECTORS_PER_BIT,
                 want_kib_per_sec: r.controller.rate_kib_per_sec(),
+                verify: None,
             }
+        });
+        let resync = resync.or_else(|| {
+            let v = self.verify()?;
+            let marks = v.controller.marks();
+            let last = marks.last();
+            let sectors = udrbd_meta::SECTORS_PER_BIT;
+            Some(ResyncStatus {
+                total_sectors: v.total_bits * sectors,
+                left_sectors: v.left_bits * sectors,
+                elapsed_ms: self.now.since(v.started).as_millis() as u64,
+                paused_ms: 0,
+                dt0_ms: self.now.since(v.started).as_millis() as u64,
+                db0_sectors: (v.total_bits - v.left_bits) * sectors,
+                dt1_ms: self.now.since(last.time).as_millis().max(1) as u64,
+                db1_sectors: last.bits_left.saturating_sub(v.left_bits) * sectors,
+                want_kib_per_sec: v.controller.rate_kib_per_sec(),
+                verify: self.verify_status(),
+            })
         });
         let (ap, pending) = link.map_or((0, 0), |l| {
             let ap: u64 = l
@@ -2890,9 +2972,16 @@ impl Resource {
                     SentRequest::Read { .. } => 0,
                 })
                 .sum();
-            (ap, l.sent.len() as u32 + l.rs_requests.len() as u32)
+            // DRBD's pending: ap_pending + rs_pending, which counts a verify's requests.
+            let ov = l.verify.as_ref().map_or(0, |v| v.requests.len());
+            (ap, (l.sent.len() + l.rs_requests.len() + ov) as u32)
         });
-        let rs: u64 = link.map_or(0, |l| l.rs_requests.values().map(|b| b / 512).sum());
+        let rs: u64 = link.map_or(0, |l| {
+            let ov: u64 = l.verify.as_ref().map_or(0, |v| {
+                v.requests.values().map(|b| u64::from(*b) / 512).sum()
+            });
+            l.rs_requests.values().map(|b| b / 512).sum::<u64>() + ov
+        });
         Some(PeerStatus {
             name: p.config.peer_name.clone(),
             own_address: p.config.own_address,
@@ -2916,6 +3005,7 @@ impl Resource {
 
     /// Checks the peer's invariants (see the module doc).
     pub(crate) fn peer_invariants(&self) {
+        self.verify_invariants();
         if let Some(p) = self.peer.as_ref() {
             match p.conn {
                 ConnState::SyncSource | ConnState::SyncTarget => {

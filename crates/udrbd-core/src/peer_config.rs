@@ -53,6 +53,8 @@ pub struct NetConfig {
     pub discard_my_data: bool,
     /// Start connecting when the resource is created (the daemon's `up`).
     pub connect_at_start: bool,
+    /// verify-alg: online verify's digest (none: `verify` is refused).
+    pub verify_alg: Option<crate::verify::VerifyAlg>,
 }
 
 impl NetConfig {
@@ -78,6 +80,7 @@ impl NetConfig {
             resync: ResyncControllerConfig::default(),
             discard_my_data: false,
             connect_at_start: true,
+            verify_alg: None,
         }
     }
 }
@@ -142,4 +145,20 @@ pub struct ResyncStatus {
     pub db1_sectors: u64,
     /// The controller's current target rate, KiB/s.
     pub want_kib_per_sec: u64,
+    /// The online verify's counters, while a verify runs (the fields above then count
+    /// blocks verified).
+    pub verify: Option<VerifyStatus>,
+}
+
+/// Online-verify counters (sectors), as DRBD's ov_* fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerifyStatus {
+    /// Where the verify started (ov-start-sector).
+    pub start_sector: u64,
+    /// Where it stops (ov-stop-sector; u64::MAX: the end).
+    pub stop_sector: u64,
+    /// How far it got (ov-position).
+    pub position: u64,
+    /// Sectors still to verify (ov-left).
+    pub left_sectors: u64,
 }

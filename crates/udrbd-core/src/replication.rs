@@ -81,10 +81,24 @@ pub(crate) struct PeerRead {
     pub(crate) sector: u64,
     pub(crate) len: u32,
     pub(crate) block_id: u64,
-    pub(crate) resync: bool,
+    pub(crate) kind: PeerReadKind,
     pub(crate) lock: Option<u64>,
     /// Submitted to the disk: its length counts in `Resource::peer_bytes_on_disk`.
     pub(crate) submitted: bool,
+}
+
+/// What a read for the peer answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PeerReadKind {
+    /// P_DATA_REQUEST: answered with P_DATA_REPLY.
+    Application,
+    /// P_RS_DATA_REQUEST: answered with P_RS_DATA_REPLY.
+    Resync,
+    /// P_OV_REQUEST (this node is VerifyT): answered with P_OV_REPLY, the block's digest.
+    VerifyRequest,
+    /// This node's own block for a P_OV_REPLY (this node is VerifyS): compared with the
+    /// peer's digest it carried.
+    VerifyCompare(Digest),
 }
 
 /// Something waiting for a range lock.
@@ -641,8 +655,15 @@ impl Resource {
                 self.finish_recv_epochs();
                 Ok(())
             }
-            Packet::DataRequest(r) => self.receive_read_request(r, false),
-            Packet::RsDataRequest(r) => self.receive_read_request(r, true),
+            Packet::DataRequest(r) => self.receive_read_request(r, PeerReadKind::Application),
+            Packet::RsDataRequest(r) => self.receive_read_request(r, PeerReadKind::Resync),
+            Packet::OvRequest(r) => self.receive_read_request(r, PeerReadKind::VerifyRequest),
+            Packet::OvReply(r) => self.receive_ov_reply(r),
+            Packet::OvResult(a) => {
+                peer_range(a.sector, u64::from(a.blksize))?;
+                self.receive_ov_result(a.sector, a.blksize, a.block_id);
+                Ok(())
+            }
             Packet::RsDataReply(p) => self.receive_resync_reply(p),
             // A block id answers only the kind of request it stands for; a reply that does
             // not match leaves the entry in place, so that the connection's teardown still
@@ -743,6 +764,12 @@ impl Resource {
                     Ok(())
                 }
             },
+            Packet::NegRsDReply(a)
+                if a.block_id == BlockId::SYNCER
+                    && self.verify_request_failed(a.sector, a.blksize) =>
+            {
+                Ok(())
+            }
             Packet::NegRsDReply(a) | Packet::RsCancel(a) => {
                 if !self.answers_current_resync(a.block_id) {
                     // A request of an aborted resync (see `Resync::request_tag`).
@@ -1128,7 +1155,11 @@ impl Resource {
         }
     }
 
-    fn receive_read_request(&mut self, r: WireBlockRequest, resync: bool) -> Result<(), String> {
+    fn receive_read_request(
+        &mut self,
+        r: WireBlockRequest,
+        kind: PeerReadKind,
+    ) -> Result<(), String> {
         let len = r.blksize;
         if len == 0 || len > crate::peer::MAX_BIO_SIZE || !len.is_multiple_of(512) {
             return Err(format!("read request of {len} bytes"));
@@ -1139,17 +1170,36 @@ impl Resource {
         if start + u64::from(len) > size && readable {
             return Err(format!("read request beyond the end (sector {})", r.sector));
         }
-        if !readable {
+        let verify_alg = self.peer.as_ref().and_then(|p| p.config.verify_alg);
+        if !readable || (kind == PeerReadKind::VerifyRequest && verify_alg.is_none()) {
             let seq = self.next_seq();
             let ack = ack_for(r.sector, r.block_id.0, len, seq);
-            let packet = if resync {
-                Packet::NegRsDReply(ack)
-            } else {
+            let packet = if kind == PeerReadKind::Application {
                 Packet::NegDReply(ack)
+            } else {
+                Packet::NegRsDReply(ack)
             };
             self.send(Socket::Meta, &packet);
             return Ok(());
         }
+        if kind == PeerReadKind::VerifyRequest {
+            self.verify_request_received(r.sector);
+        }
+        self.queue_peer_read(r.sector, len, r.block_id.0, kind);
+        Ok(())
+    }
+
+    /// A read for the peer (or for a verify's comparison) waits behind the peer's writes
+    /// received before it. Application reads too: with protocol A/B a diskless Primary's
+    /// write completed before this node wrote it, and a read of its blocks that overtook it
+    /// returned the old data (swarm seed 3767).
+    pub(crate) fn queue_peer_read(
+        &mut self,
+        sector: u64,
+        len: u32,
+        block_id: u64,
+        kind: PeerReadKind,
+    ) {
         let id = self.next_peer_op;
         self.next_peer_op += 1;
         let link_gen = self.link_gen;
@@ -1157,20 +1207,16 @@ impl Resource {
             id,
             PeerRead {
                 link_gen,
-                sector: r.sector,
+                sector,
                 len,
-                block_id: r.block_id.0,
-                resync,
+                block_id,
+                kind,
                 lock: None,
                 submitted: false,
             },
         );
-        // Application reads too wait for the peer's writes received before them: with
-        // protocol A/B a diskless Primary's write completed before this node wrote it, and
-        // a read of its blocks that overtook it returned the old data (swarm seed 3767).
         self.lock_waiting.push_back(LockWaiter::PeerRead(id));
         self.start_lock_waiters();
-        Ok(())
     }
 
     pub(crate) fn submit_peer_read(&mut self, id: u64) {
@@ -1195,8 +1241,23 @@ impl Resource {
         }
         self.unlock(pr.lock);
         let current = pr.link_gen == self.link_gen && self.link().is_some();
-        match result {
-            Ok(data) => {
+        let offset = pr.sector * 512;
+        match (result, pr.kind) {
+            (Ok(data), PeerReadKind::VerifyCompare(digest)) => {
+                self.statistics.read_kib += u64::from(pr.len) / 1024;
+                if current {
+                    let data = data.unwrap_or_default();
+                    self.compare_verified_block(pr.sector, pr.len, digest, Some(&data));
+                }
+            }
+            (Ok(data), PeerReadKind::VerifyRequest) => {
+                self.statistics.read_kib += u64::from(pr.len) / 1024;
+                if current {
+                    let data = data.unwrap_or_default();
+                    self.answer_ov_request(pr.sector, pr.len, Some(&data));
+                }
+            }
+            (Ok(data), kind) => {
                 self.statistics.read_kib += u64::from(pr.len) / 1024;
                 if current {
                     let data = data.unwrap_or_default();
@@ -1212,34 +1273,51 @@ impl Resource {
                         digest: Digest::EMPTY,
                         data,
                     };
-                    let packet = if pr.resync {
-                        self.link_mut()
-                            .rs_replies
-                            .push((pr.sector * 512, u64::from(pr.len)));
+                    let resync = kind == PeerReadKind::Resync;
+                    let packet = if resync {
+                        self.link_mut().rs_replies.push((offset, u64::from(pr.len)));
                         Packet::RsDataReply(packet)
                     } else {
                         Packet::DataReply(packet)
                     };
                     self.send(Socket::Data, &packet);
-                    if pr.resync && self.config.mutation == Some(Mutation::ClearBitBeforeWriteAck) {
+                    if resync && self.config.mutation == Some(Mutation::ClearBitBeforeWriteAck) {
                         // Mutation: in sync as soon as the data is sent, not at P_RS_WRITE_ACK.
-                        self.clear_in_sync(pr.sector * 512, u64::from(pr.len));
+                        self.clear_in_sync(offset, u64::from(pr.len));
                         self.source_maybe_finished();
                     }
                 }
             }
-            Err(_) => {
+            (Err(_), PeerReadKind::VerifyCompare(digest)) => {
+                // compare_verified_block marks the block and reports the error.
                 if current {
-                    let seq = self.next_seq();
-                    let ack = ack_for(pr.sector, pr.block_id, pr.len, seq);
-                    let packet = if pr.resync {
-                        Packet::NegRsDReply(ack)
-                    } else {
-                        Packet::NegDReply(ack)
-                    };
-                    self.send(Socket::Meta, &packet);
+                    self.compare_verified_block(pr.sector, pr.len, digest, None);
+                } else {
+                    self.mark_out_of_sync(offset, u64::from(pr.len));
+                    self.local_io_error(LocalIoError::Read);
                 }
-                self.mark_out_of_sync(pr.sector * 512, u64::from(pr.len));
+            }
+            (Err(_), kind) => {
+                if current {
+                    match kind {
+                        // DRBD's w_e_end_ov_req: a zeroed digest, which the source's
+                        // comparison finds different.
+                        PeerReadKind::VerifyRequest => {
+                            self.answer_ov_request(pr.sector, pr.len, None)
+                        }
+                        _ => {
+                            let seq = self.next_seq();
+                            let ack = ack_for(pr.sector, pr.block_id, pr.len, seq);
+                            let packet = if kind == PeerReadKind::Resync {
+                                Packet::NegRsDReply(ack)
+                            } else {
+                                Packet::NegDReply(ack)
+                            };
+                            self.send(Socket::Meta, &packet);
+                        }
+                    }
+                }
+                self.mark_out_of_sync(offset, u64::from(pr.len));
                 self.local_io_error(LocalIoError::Read);
             }
         }

@@ -333,6 +333,7 @@ impl Resource {
             let overlaps_blocked = blocked.iter().any(|&(s, e)| s < end && start < e);
             if overlaps_blocked
                 || self.range_locked(start, end)
+                || self.verify_holds(start, end)
                 || !self.within_durable_size(end)
                 || !self.hold_extents(id)
             {

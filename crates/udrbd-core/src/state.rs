@@ -33,6 +33,8 @@ pub enum StateChangeError {
     FailedByPeer,
     /// -13: the command needs a net configuration.
     NoNetConfig,
+    /// -14: online verify needs a verify-alg.
+    NoVerifyAlg,
     /// -15: the command needs a connection.
     NeedConnection,
     /// -16: the disk state is lower than Outdated.
@@ -62,6 +64,7 @@ impl StateChangeError {
             StateChangeError::AlreadyStandAlone => -9,
             StateChangeError::FailedByPeer => -10,
             StateChangeError::NoNetConfig => -13,
+            StateChangeError::NoVerifyAlg => -14,
             StateChangeError::NeedConnection => -15,
             StateChangeError::LowerThanOutdated => -16,
             StateChangeError::ConcurrentStateChange => -19,
@@ -89,6 +92,7 @@ impl StateChangeError {
             -9 => StateChangeError::AlreadyStandAlone,
             -10 => StateChangeError::FailedByPeer,
             -13 => StateChangeError::NoNetConfig,
+            -14 => StateChangeError::NoVerifyAlg,
             -15 => StateChangeError::NeedConnection,
             -16 => StateChangeError::LowerThanOutdated,
             -19 => StateChangeError::ConcurrentStateChange,
@@ -117,6 +121,7 @@ impl StateChangeError {
             StateChangeError::AlreadyStandAlone => "Can not disconnect a StandAlone device",
             StateChangeError::FailedByPeer => "State change was refused by peer node",
             StateChangeError::NoNetConfig => "Have no net/connection configuration",
+            StateChangeError::NoVerifyAlg => "Need a verify algorithm to start online verify",
             StateChangeError::NeedConnection => "Need a connection to start verify or resync",
             StateChangeError::LowerThanOutdated => "Disk state is lower than outdated",
             StateChangeError::ConcurrentStateChange => {

@@ -271,6 +271,15 @@ pub enum AdminCommand {
     SuspendIo,
     /// Let held application IO go on (`resume-io`).
     ResumeIo,
+    /// Online verify (`verify`): compare every block's digest (verify-alg) with the peer's,
+    /// from `start_sector` (default: where the last run stopped) up to `stop_sector`; the
+    /// blocks that differ are marked out of sync on both nodes.
+    Verify {
+        /// `--start`, sectors (rounded down to a 4 KiB block).
+        start_sector: Option<u64>,
+        /// `--stop`, sectors.
+        stop_sector: Option<u64>,
+    },
 }
 
 /// Something the driver should know or report.

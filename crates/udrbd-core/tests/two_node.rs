@@ -1458,3 +1458,308 @@ fn a_running_resync_paused_on_the_source_stops_and_resumes() {
     });
     assert_eq!(c.data_area(0), c.data_area(1));
 }
+
+// ---- online verify ---------------------------------------------------------------------
+
+impl Cluster {
+    fn logs(&self, i: usize) -> Vec<String> {
+        self.nodes[i]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Log { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn logged(&self, i: usize, text: &str) -> bool {
+        self.logs(i).iter().any(|m| m.contains(text))
+    }
+
+    /// Runs `verify` on node `i` and waits until both nodes are Connected again.
+    fn verify(&mut self, i: usize, start_sector: Option<u64>, stop_sector: Option<u64>) {
+        self.command(
+            i,
+            AdminCommand::Verify {
+                start_sector,
+                stop_sector,
+            },
+        )
+        .unwrap();
+        assert_eq!(self.conn(i), ConnState::VerifyS);
+        self.run_until(Duration::from_secs(60), |c| {
+            (0..2).all(|j| c.conn(j) == ConnState::Connected)
+        });
+    }
+}
+
+fn with_verify_alg(alg: &str) -> impl Fn(usize, &mut ResourceConfig) + '_ {
+    move |_, config| {
+        config.net.as_mut().unwrap().verify_alg = Some(VerifyAlg::new(alg).unwrap());
+    }
+}
+
+/// `verify` compares every block of the pair: nothing on an in-sync pair; blocks changed
+/// behind the replication's back (written to one backing disk directly) are found, logged
+/// as runs, marked on both nodes, reported to the out-of-sync handler, and resynced by the
+/// next connection.
+#[test]
+fn online_verify_finds_exactly_the_blocks_that_differ_and_a_reconnect_resyncs_them() {
+    let mut c = synced_pair_with(with_verify_alg("crc32c"));
+    c.verify(0, None, None);
+    assert!(c.logged(0, "Starting Online Verify from sector 0"));
+    assert!(c.logged(1, "Online Verify start sector: 0"));
+    assert!(c.logged(0, "Online verify done"), "{:?}", c.logs(0));
+    assert!(c.logged(1, "Online verify done"), "{:?}", c.logs(1));
+    assert_eq!((c.out_of_sync(0), c.out_of_sync(1)), (0, 0));
+    assert!(c.handlers(0).is_empty() && c.handlers(1).is_empty());
+
+    // Behind the replication's back: blocks 10 and 11 and block 1000 of bob's disk.
+    c.nodes[1].disk.poke(10 * 4096, &pattern(99, 8192));
+    c.nodes[1].disk.poke(1000 * 4096 + 100, b"bit rot");
+    c.verify(1, None, None);
+    for i in 0..2 {
+        assert_eq!(c.out_of_sync(i), 3 * 4096, "node {i}: {:?}", c.logs(i));
+        assert!(c.logged(i, "Online verify found 3 4k block out of sync!"));
+        assert!(c.logged(i, "Out of sync: start=80, size=16 (sectors)"));
+        assert!(c.logged(i, "Out of sync: start=8000, size=8 (sectors)"));
+        assert_eq!(c.handlers(i), ["out-of-sync"]);
+        assert_eq!(c.status(i).disk, DiskState::UpToDate);
+    }
+    assert_ne!(c.data_area(0), c.data_area(1));
+    // DRBD's recipe: disconnect and connect; the Primary's new data generation makes the
+    // reconnect resync the marked blocks.
+    c.command(0, AdminCommand::Disconnect).unwrap();
+    c.settle();
+    c.command(
+        0,
+        AdminCommand::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected && c.out_of_sync(i) == 0)
+            && c.status(1).disk == DiskState::UpToDate
+    });
+    assert_eq!(c.data_area(0), c.data_area(1));
+    c.verify(0, None, None);
+    assert_eq!((c.out_of_sync(0), c.out_of_sync(1)), (0, 0));
+}
+
+/// Application writes during a verify, from either side: a write to a block whose digest
+/// is being compared waits for the comparison, and both sides read blocks in the order of
+/// the data stream, so a verify of an in-sync pair under writes finds nothing.
+#[test]
+fn a_verify_under_writes_finds_an_in_sync_pair_in_sync() {
+    for source in [0, 1] {
+        let mut c = synced_pair_with(|i, config| {
+            with_verify_alg("sha1")(i, config);
+            // 2 MiB/s: the verify of 8 MiB runs for about 4 s.
+            config.net.as_mut().unwrap().resync.resync_rate_kib_per_sec = 2048;
+        });
+        let id = c.nodes[source].engine.command(
+            c.now,
+            AdminCommand::Verify {
+                start_sector: None,
+                stop_sector: None,
+            },
+        );
+        c.drain(source);
+        let mut n = 0u64;
+        let mut seen_verify = false;
+        while !seen_verify || (0..2).any(|i| c.conn(i) != ConnState::Connected) {
+            seen_verify |= c.conn(source) == ConnState::VerifyS;
+            // Right after a step of the verify sent its requests.
+            c.run_until(Duration::from_secs(5), |c| {
+                c.conn(source) != ConnState::VerifyS || c.status(source).peer.unwrap().pending > 0
+            });
+            // Writes just ahead of the verify's position and behind it, in flight together.
+            let position = c
+                .status(source)
+                .peer
+                .unwrap()
+                .resync
+                .and_then(|r| r.verify)
+                .map_or(0, |v| v.position);
+            let near = (position * 512 / 4096 + n % 7) % (SIZE / 4096 - 64);
+            let a = c.request(0, |id| BlockRequest::Write {
+                id,
+                offset: near * 4096,
+                data: Bytes::from(pattern(n as u8, 4096)),
+                fua: false,
+            });
+            let b = c.request(0, |id| BlockRequest::Write {
+                id,
+                offset: ((n * 37) % (SIZE / 4096 - 64)) * 4096,
+                data: Bytes::from(pattern(n as u8 ^ 0x55, 8192)),
+                fua: false,
+            });
+            c.wait(0, a).unwrap();
+            c.wait(0, b).unwrap();
+            n += 1;
+            assert!(
+                n < 100_000,
+                "the verify did not end: {:?} {:?} {:?}",
+                c.conn(0),
+                c.conn(1),
+                c.status(source).peer.unwrap().resync
+            );
+        }
+        assert!(
+            c.nodes[source]
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::CommandDone { id: d, result: Ok(()) } if *d == id))
+        );
+        assert!(n > 20, "only {n} writes during the verify");
+        c.settle();
+        assert_eq!(c.data_area(0), c.data_area(1));
+        for i in 0..2 {
+            assert_eq!(
+                c.out_of_sync(i),
+                0,
+                "source {source}, node {i}: {:?}",
+                c.logs(i)
+            );
+            assert!(c.logged(i, "Online verify done"));
+        }
+    }
+}
+
+/// `--stop` ends the verify at its stop sector on both nodes (the target learns it from the
+/// source's P_STATE); the next verify starts there, and one cut short by a disconnect
+/// resumes where it got to, as DRBD's ov_start_sector.
+#[test]
+fn a_verify_stops_at_its_stop_sector_and_the_next_one_resumes_where_the_last_stopped() {
+    let mut c = synced_pair_with(|i, config| {
+        with_verify_alg("sha256")(i, config);
+        config.net.as_mut().unwrap().resync.resync_rate_kib_per_sec = 1024;
+    });
+    c.verify(0, None, Some(1024));
+    assert!(c.logged(0, "Online verify done"));
+    assert!(c.logged(1, "Online verify done"));
+    // The next one continues at sector 1024; its status says where it is.
+    c.command(
+        0,
+        AdminCommand::Verify {
+            start_sector: None,
+            stop_sector: None,
+        },
+    )
+    .unwrap();
+    assert!(c.logged(0, "Starting Online Verify from sector 1024"));
+    c.run_until(Duration::from_secs(10), |c| {
+        c.conn(1) == ConnState::VerifyT
+            && c.status(1).peer.unwrap().resync.is_some_and(|r| {
+                r.verify.is_some_and(|v| v.start_sector == 1024) && r.left_sectors < r.total_sectors
+            })
+    });
+    assert!(c.logged(1, "Online Verify start sector: 1024"));
+    let r = c.status(0).peer.unwrap().resync.unwrap();
+    let v = r.verify.unwrap();
+    assert_eq!(
+        r.total_sectors,
+        c.status(0).size_bytes.div_ceil(4096) * 8 - 1024
+    );
+    assert_eq!((v.start_sector, v.stop_sector), (1024, u64::MAX));
+    c.run_until(Duration::from_secs(30), |c| {
+        c.status(0)
+            .peer
+            .unwrap()
+            .resync
+            .and_then(|r| r.verify)
+            .is_some_and(|v| v.position >= 4096)
+    });
+    c.command(0, AdminCommand::Disconnect).unwrap();
+    c.settle();
+    let reached = c
+        .logs(0)
+        .iter()
+        .find_map(|m| {
+            m.strip_prefix("Online Verify reached sector ")
+                .map(|s| s.parse::<u64>().unwrap())
+        })
+        .expect("the aborted verify logs where it got to");
+    assert!(
+        (1024..c.status(0).size_bytes / 512).contains(&reached),
+        "{reached}"
+    );
+    assert_eq!(reached % 8, 0);
+    c.command(
+        0,
+        AdminCommand::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    c.wait_connected();
+    c.verify(0, None, None);
+    assert!(c.logged(0, &format!("Starting Online Verify from sector {reached}")));
+    // A verify that reached the end starts again at 0.
+    c.command(
+        0,
+        AdminCommand::Verify {
+            start_sector: None,
+            stop_sector: Some(8),
+        },
+    )
+    .unwrap();
+    let starts = c
+        .logs(0)
+        .into_iter()
+        .filter(|m| m.starts_with("Starting Online Verify"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        starts.last().unwrap(),
+        "Starting Online Verify from sector 0"
+    );
+    c.wait_connected();
+}
+
+/// What `verify` refuses, with DRBD's codes: no verify-alg (SS_NO_VERIFY_ALG), no
+/// connection, a resync running; and two nodes with
+/// different verify-algs do not connect ("Different verify-alg settings", StandAlone).
+#[test]
+fn verify_is_refused_without_a_verify_alg_a_connection_or_while_a_resync_runs() {
+    let err = |e| Err(CommandError::StateChange(e));
+    let verify = AdminCommand::Verify {
+        start_sector: None,
+        stop_sector: None,
+    };
+    let mut c = synced_pair();
+    assert_eq!(
+        c.command(1, verify.clone()),
+        err(StateChangeError::NoVerifyAlg)
+    );
+    assert_eq!(c.conn(1), ConnState::Connected);
+
+    let mut c = synced_pair_with(with_verify_alg("crc32c"));
+    c.command(0, AdminCommand::InvalidateRemote).unwrap();
+    assert_eq!(
+        c.command(0, verify.clone()),
+        err(StateChangeError::ResyncRunning)
+    );
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected)
+    });
+    c.command(1, AdminCommand::Disconnect).unwrap();
+    assert_eq!(
+        c.command(1, verify.clone()),
+        err(StateChangeError::NeedConnection)
+    );
+
+    let mut c = Cluster::new(|i, config| {
+        with_verify_alg(["crc32c", "sha1"][i])(i, config);
+    });
+    c.connect_both();
+    c.run_until(Duration::from_secs(30), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::StandAlone)
+    });
+    let error = c.status(0).peer.unwrap().last_error.unwrap();
+    assert!(
+        error.contains("Different verify-alg settings. me=\"crc32c\" peer=\"sha1\""),
+        "{error}"
+    );
+}

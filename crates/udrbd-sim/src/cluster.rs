@@ -152,6 +152,8 @@ pub struct ClusterOptions {
     pub journal: bool,
     /// A last word on each node's configuration.
     pub configure: Option<fn(NodeId, &mut ResourceConfig)>,
+    /// Both nodes' verify-alg (none: `verify` is refused).
+    pub verify_alg: Option<udrbd_core::VerifyAlg>,
 }
 
 impl Default for ClusterOptions {
@@ -187,6 +189,7 @@ impl Default for ClusterOptions {
             journal: false,
             invariants_every_step: true,
             configure: None,
+            verify_alg: None,
         }
     }
 }
@@ -649,6 +652,7 @@ impl Cluster {
             net.ko_count = o.ko_count;
             net.max_epoch_size = o.max_epoch_size;
             net.sndbuf_size = o.sndbuf_size;
+            net.verify_alg = o.verify_alg;
             net.connect_at_start = false;
             net
         });

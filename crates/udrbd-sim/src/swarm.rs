@@ -289,6 +289,8 @@ pub struct SwarmCounts {
     pub sync_pauses: u64,
     /// `suspend-io` commands that held application IO.
     pub io_suspends: u64,
+    /// Online verifies started (a node went VerifyS).
+    pub verifies: u64,
     /// Promotions of a node while its peer was down or unreachable.
     pub failovers: u64,
     /// Split brains detected.
@@ -306,7 +308,7 @@ pub struct SwarmCounts {
 impl SwarmCounts {
     /// Adds `other` to `self`.
     pub fn add(&mut self, o: &SwarmCounts) {
-        let pairs: [(&mut u64, u64); 33] = [
+        let pairs: [(&mut u64, u64); 34] = [
             (&mut self.seeds, o.seeds),
             (&mut self.unequal_disks, o.unequal_disks),
             (&mut self.tuned, o.tuned),
@@ -334,6 +336,7 @@ impl SwarmCounts {
             (&mut self.resyncs, o.resyncs),
             (&mut self.sync_pauses, o.sync_pauses),
             (&mut self.io_suspends, o.io_suspends),
+            (&mut self.verifies, o.verifies),
             (&mut self.failovers, o.failovers),
             (&mut self.split_brains, o.split_brains),
             (&mut self.bitmap_checks, o.bitmap_checks),
@@ -353,7 +356,7 @@ impl std::fmt::Display for SwarmCounts {
             f,
             "seeds {} (unequal disks {}, tuned {}) ops {} requests {} (ok {}, failed {}, reads checked {}) commands {} (refused {}) | \
              crashes {} torn-writes {} lost-writes {} | partitions {} one-way {} resets {} stalls {} net-changes {} | clock-jumps {} | \
-             freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} sync-pauses {} io-suspends {} failovers {} split-brains {} | \
+             freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} sync-pauses {} io-suspends {} verifies {} failovers {} split-brains {} | \
              bitmap-checks {} durable-blocks {} receive-pauses {} | steps {} simulated {:.1}s",
             self.seeds,
             self.unequal_disks,
@@ -381,6 +384,7 @@ impl std::fmt::Display for SwarmCounts {
             self.resyncs,
             self.sync_pauses,
             self.io_suspends,
+            self.verifies,
             self.failovers,
             self.split_brains,
             self.bitmap_checks,
@@ -769,6 +773,8 @@ impl Run {
             on_io_error: params.on_io_error,
             journal: true,
             limit: Duration::from_secs(600),
+            // Every digest in turn (drawn from the seed alone: nothing else moves).
+            verify_alg: Some(udrbd_core::VerifyAlg::ALL[(seed % 4) as usize]),
             ..ClusterOptions::default()
         };
         if let Some(t) = params.tuning {
@@ -1558,6 +1564,9 @@ impl Run {
         if s.conn == Some(ConnState::PausedSyncT) && before.conn != Some(ConnState::PausedSyncT) {
             self.counts.sync_pauses += 1;
         }
+        if s.conn == Some(ConnState::VerifyS) && before.conn != Some(ConnState::VerifyS) {
+            self.counts.verifies += 1;
+        }
     }
 
     fn on_command_done(&mut self, node: NodeId, id: CommandId, result: Result<(), CommandError>) {
@@ -1654,12 +1663,20 @@ impl Run {
                 discard_my_data: self.below(4) == 0,
             },
             // A resync paused, or application IO held, for a while: the liveness phase
-            // resumes them.
-            _ => match self.below(4) {
+            // resumes them. An online verify, from where the last one stopped or from a
+            // random block, to the end or a random stop.
+            _ => match self.below(5) {
                 0 => AdminCommand::PauseSync,
                 1 => AdminCommand::ResumeSync,
                 2 => AdminCommand::SuspendIo,
-                _ => AdminCommand::ResumeIo,
+                3 => AdminCommand::ResumeIo,
+                _ => {
+                    let sectors = self.params.device_mib << 11;
+                    AdminCommand::Verify {
+                        start_sector: (self.below(2) == 0).then(|| self.below(sectors)),
+                        stop_sector: (self.below(2) == 0).then(|| self.below(sectors)),
+                    }
+                }
             },
         };
         self.start(node, cmd);
@@ -1995,6 +2012,68 @@ impl Run {
         self.check_idle();
         self.c.check_identical();
         self.read_back();
+        if self.below(3) == 0 {
+            self.verify_check();
+        }
+    }
+
+    /// (4) Online verify, at the end of a third of the runs: one byte of the Secondary's
+    /// disk is changed behind the replication's back; a verify of the whole device from
+    /// either node must find that block, and only it, on both nodes (nothing the run left
+    /// behind is taken for a difference, nothing is missed), and a reconnect from the Primary
+    /// resyncs it.
+    fn verify_check(&mut self) {
+        let primary = self.primary().unwrap_or(0);
+        let victim = Self::peer(primary);
+        let block = self.below(self.blocks);
+        let offset = block * BLOCK + self.below(BLOCK);
+        let byte = self.c.disk(victim).current(offset, 1)[0];
+        self.c.disk(victim).poke(offset, &[!byte]);
+        let source = self.below(2) as NodeId;
+        self.set_op(format!(
+            "liveness: verify from node {source}, block {block} of node {victim} changed"
+        ));
+        let verify = AdminCommand::Verify {
+            start_sector: Some(0),
+            stop_sector: None,
+        };
+        if let Err(e) = self.c.command(source, verify) {
+            self.fail(
+                Checker::Convergence,
+                &format!("verify refused on an in-sync pair: {e}"),
+            );
+        }
+        self.counts.verifies += 1;
+        self.c
+            .run_until("the verify's end", Duration::from_secs(600), |c| {
+                c.all_connected()
+            });
+        // The source's P_STATE (data socket) that ends the target's verify may overtake its
+        // last P_OV_RESULTs (meta socket): they land in the next moments.
+        self.c.run_for(Duration::from_secs(2));
+        self.drain();
+        for node in NODES {
+            let found = self.c.status(node).out_of_sync_bytes;
+            if found != BLOCK {
+                self.fail(
+                    Checker::Convergence,
+                    &format!(
+                        "the verify left {found} bytes out of sync on node {node}; block {block} alone differs"
+                    ),
+                );
+            }
+        }
+        self.set_op("liveness: reconnect after the verify".into());
+        self.c.must(primary, AdminCommand::Disconnect);
+        self.c.must(
+            primary,
+            AdminCommand::Connect {
+                discard_my_data: false,
+            },
+        );
+        self.c.wait_in_sync(Duration::from_secs(600));
+        self.drain();
+        self.c.check_identical();
     }
 
     fn converged(&self) -> bool {

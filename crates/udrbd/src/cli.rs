@@ -17,7 +17,7 @@ use crate::offline::{self, CreateOptions, MetaTarget, OfflineError, RestoreOptio
 /// The exit codes of offline and online verbs, for `udrbd help`.
 fn help_footer() -> String {
     format!(
-        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, connect, disconnect, invalidate,\ninvalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync, suspend-io, resume-io,\nrole, cstate, dstate RESOURCE, wait-connect, status, events) exit like drbdsetup:\n   5  wait-connect timed out; refused: disk state lower than Outdated (-16)\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  16  refused: can not resync without local disk (-4)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
+        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, connect, disconnect, invalidate,\ninvalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync, suspend-io, resume-io,\nverify, role, cstate, dstate RESOURCE, wait-connect, status, events) exit like drbdsetup:\n   5  wait-connect timed out; refused: disk state lower than Outdated (-16)\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  16  refused: can not resync without local disk (-4)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
         ExitCode::help_table()
     )
 }
@@ -250,6 +250,19 @@ pub enum Verb {
         /// Resource name.
         resource: String,
     },
+    /// Online verify: compare every block with the peer's by digest (net verify-alg); the
+    /// blocks that differ are marked out of sync on both nodes (disconnect and connect to
+    /// resync them). Returns once the verify started; `status` shows its progress.
+    Verify {
+        /// Resource name.
+        resource: String,
+        /// First sector to verify (default: where the last verify stopped, or 0).
+        #[arg(long, short = 's')]
+        start: Option<u64>,
+        /// Sector to stop at (default: the end of the device).
+        #[arg(long, short = 'S')]
+        stop: Option<u64>,
+    },
     /// Print the roles: local/peer (e.g. Primary/Secondary).
     Role {
         /// Resource name.
@@ -462,6 +475,16 @@ pub fn run(
         Verb::ResumeSync { resource } => simple(g, "resume-sync", &resource, out)?,
         Verb::SuspendIo { resource } => simple(g, "suspend-io", &resource, out)?,
         Verb::ResumeIo { resource } => simple(g, "resume-io", &resource, out)?,
+        Verb::Verify {
+            resource,
+            start,
+            stop,
+        } => {
+            let mut r = ControlRequest::new("verify", Some(&resource));
+            r.start_sector = start;
+            r.stop_sector = stop;
+            online(g, r, out)?;
+        }
         Verb::Role { resource } => simple(g, "role", &resource, out)?,
         Verb::Cstate { resource } => simple(g, "cstate", &resource, out)?,
         Verb::WaitConnect { resource, timeout } => {

@@ -18,7 +18,7 @@ pub const CONTROL_SOCKET: &str = "udrbd.sock";
 pub struct ControlRequest {
     /// The verb: up, down, attach, detach, primary, secondary, connect, disconnect,
     /// invalidate, invalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync,
-    /// suspend-io, resume-io, role, cstate, dstate, wait-connect, status, events.
+    /// suspend-io, resume-io, verify, role, cstate, dstate, wait-connect, status, events.
     pub verb: String,
     /// The resource (`None`: all, for status).
     pub resource: Option<String>,
@@ -46,6 +46,12 @@ pub struct ControlRequest {
     /// `wait-connect --timeout S` (none: wait forever).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// `verify --start SECTOR` (none: where the last verify stopped).
+    #[serde(default)]
+    pub start_sector: Option<u64>,
+    /// `verify --stop SECTOR` (none: the end of the device).
+    #[serde(default)]
+    pub stop_sector: Option<u64>,
 }
 
 impl ControlRequest {
@@ -62,6 +68,8 @@ impl ControlRequest {
             discard_my_data: false,
             clear_bitmap: false,
             timeout_secs: None,
+            start_sector: None,
+            stop_sector: None,
         }
     }
 }

@@ -374,7 +374,13 @@ fn connection_view(peer: &udrbd_core::PeerStatus, out_of_sync_kib: u64) -> sf::C
         rs_dt1_ms: r.dt1_ms,
         rs_db1_sectors: r.db1_sectors,
         want_kib_per_sec: r.want_kib_per_sec,
-        verify: None,
+        verify: r.verify.map(|v| sf::VerifyProgress {
+            ov_start_sector: v.start_sector,
+            ov_stop_sector: v.stop_sector,
+            ov_position: v.position,
+            ov_left: v.left_sectors,
+            ov_skipped: 0,
+        }),
     });
     sf::ConnectionView {
         name: peer.name.clone(),
@@ -674,6 +680,7 @@ mod tests {
             dt1_ms: 3_000,
             db1_sectors: 3 * 32 * 2048,
             want_kib_per_sec: 32 * 1024,
+            verify: None,
         });
         let v = view(Some(&p), 512 * 1024);
         let text = sf::status_text_all(std::slice::from_ref(&v), false, false, 80);

@@ -53,6 +53,12 @@ pub fn net_config(resource: &ResolvedResource) -> Result<NetConfig, String> {
         .map_err(|e| format!("{}: {e}", resource.name))?;
     c.discard_my_data = false;
     c.connect_at_start = false;
+    c.verify_alg = net
+        .verify_alg
+        .as_deref()
+        .map(udrbd_core::VerifyAlg::new)
+        .transpose()
+        .map_err(|e| format!("{}: {e}", resource.name))?;
     Ok(c)
 }
 
@@ -244,5 +250,17 @@ mod tests {
         assert!(e.starts_with("r0: cram-hmac-alg must be"), "{e}");
         let c = net_config(&resolve("  net { shared-secret x; }\n", "alice")).unwrap();
         assert!(c.cram_hmac.is_none());
+    }
+
+    #[test]
+    fn verify_alg_names_the_digest_and_an_unknown_one_is_an_error() {
+        let c = net_config(&resolve("  net { verify-alg sha256; }\n", "alice")).unwrap();
+        assert_eq!(c.verify_alg, Some(udrbd_core::VerifyAlg::Sha256));
+        assert_eq!(net_config(&resolve("", "alice")).unwrap().verify_alg, None);
+        let e = net_config(&resolve("  net { verify-alg md5; }\n", "alice")).unwrap_err();
+        assert_eq!(
+            e,
+            "r0: verify-alg \"md5\" is not supported (udrbd computes crc32c, sha1, sha256 and sha512)"
+        );
     }
 }

@@ -693,6 +693,10 @@ fn admin_command(request: &ControlRequest) -> Option<AdminCommand> {
         "resume-sync" => AdminCommand::ResumeSync,
         "suspend-io" => AdminCommand::SuspendIo,
         "resume-io" => AdminCommand::ResumeIo,
+        "verify" => AdminCommand::Verify {
+            start_sector: request.start_sector,
+            stop_sector: request.stop_sector,
+        },
         _ => return None,
     })
 }

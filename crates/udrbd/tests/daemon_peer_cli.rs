@@ -196,6 +196,7 @@ fn help_lists_the_peer_verbs() {
         "outdate",
         "pause-sync",
         "resume-sync",
+        "verify",
         "role",
         "cstate",
         "wait-connect",
@@ -270,4 +271,81 @@ fn pause_sync_holds_the_initial_sync_until_resume_sync() {
     assert_failure(&o, "Failure: (135) Sync-pause flag is already cleared");
     assert!(p.logs().contains("Resync suspended"), "{}", p.logs());
     assert!(p.logs().contains("Syncer continues."), "{}", p.logs());
+}
+
+/// `verify` between two daemons: a block changed on bob's backing file behind the
+/// replication's back is found (`status` shows VerifyS/VerifyT with its progress while it
+/// runs, then `out-of-sync:4` on both nodes and DRBD's log lines); a second `verify` while one
+/// runs is refused with DRBD's -8; disconnect and connect on the Primary resync the block.
+#[test]
+fn verify_finds_a_block_changed_behind_the_replication_and_a_reconnect_resyncs_it() {
+    use std::io::{Seek, SeekFrom, Write};
+    let p = Pair::start(PairOptions {
+        net: format!("{} verify-alg crc32c;", PairOptions::default().net),
+        disk: "c-plan-ahead 0; resync-rate 16M;".into(),
+        ..PairOptions::default()
+    });
+    let (a, b) = (&p.alice, &p.bob);
+    p.wait_connected(20);
+    // Two zeroed disks: skip the initial sync.
+    a.ok(&["new-current-uuid", "r0", "--clear-bitmap"]);
+    p.wait_up_to_date(Duration::from_secs(20));
+    a.ok(&["primary", "r0"]);
+    let block = 5 << 20;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&b.disk)
+        .unwrap();
+    f.seek(SeekFrom::Start(block)).unwrap();
+    f.write_all(b"changed behind the replication's back")
+        .unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let events = EventsStream::start(a);
+    a.ok(&["verify", "r0"]);
+    let text = a.ok(&["status", "r0"]);
+    assert!(
+        text.contains("replication:VerifyS") && text.contains("done:"),
+        "{text}"
+    );
+    let o = a.cli(&["verify", "r0"]);
+    assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("(-8) Can not start OV/resync since it is already active"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(b.cstate(), "VerifyT");
+    events.wait_for_change("VerifyS", |l| {
+        l.starts_with("change peer-device ") && l.contains("replication:VerifyS")
+    });
+    p.wait_for_both("the verify's end", Duration::from_secs(30), |_, s| {
+        json_replication_state(s) == "Established"
+    });
+    for n in p.nodes() {
+        let oos = n.status_json()["connections"][0]["peer_devices"][0]["out-of-sync"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(oos, 4, "{}: {}", n.name, p.logs());
+        assert!(
+            n.daemon
+                .log_text()
+                .contains("Online verify found 1 4k block out of sync!"),
+            "{}",
+            p.logs()
+        );
+        assert!(n.daemon.log_text().contains(&format!(
+            "Out of sync: start={}, size=8 (sectors)",
+            block / 512
+        )));
+    }
+    assert_ne!(
+        a.data_checksum(64 << 20 >> 1),
+        b.data_checksum(64 << 20 >> 1)
+    );
+    a.ok(&["disconnect", "r0"]);
+    a.ok(&["connect", "r0"]);
+    p.wait_connected(20);
+    p.wait_up_to_date(Duration::from_secs(30));
+    assert_eq!(a.data_checksum(32 << 20), b.data_checksum(32 << 20));
 }

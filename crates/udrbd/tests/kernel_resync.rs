@@ -232,3 +232,104 @@ fn pause_sync_on_either_side_holds_a_resync_with_the_kernel() {
     assert_same_data_areas(&vm, &u.disk, DATA_KIB, &d);
     vm.assert_clean_dmesg(&|| d.log_text());
 }
+
+/// Online verify with the kernel, both ways (verify-alg crc32c on both nodes). Blocks of
+/// udrbd's backing file are changed behind the replication's back:
+/// - `drbdsetup verify` in the guest (the kernel VerifyS, udrbd VerifyT) finds the block at
+///   4 MiB on both nodes (the kernel's P_OV_RESULT marks it on udrbd);
+/// - udrbd's `verify --start --stop` (udrbd VerifyS) finds the block at 6 MiB within its range
+///   and not the one at 10 MiB beyond it; the kernel, which does not know the stop sector,
+///   ends its VerifyT on udrbd's P_STATE;
+/// - disconnect and connect on udrbd, the Primary, resync exactly the marked blocks.
+#[test]
+fn online_verify_with_the_kernel_finds_changed_blocks_both_ways() {
+    use std::io::{Seek, SeekFrom, Write};
+    require_root();
+    let (u, vm) = udrbd_and_guest(
+        17520,
+        UdrbdOptions {
+            net: format!("{UDRBD_NET} verify-alg crc32c;"),
+            ..UdrbdOptions::default()
+        },
+        "kresync-verify",
+        &["--net-opts", "--connect-int=2 --verify-alg=crc32c"],
+    );
+    let d = u.start();
+    force_primary(&d);
+    vm.wait("ds:UpToDate/UpToDate", WAIT, &|| d.log_text());
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    let change = |at_mib: u64| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&u.disk)
+            .unwrap();
+        f.seek(SeekFrom::Start(at_mib << 20)).unwrap();
+        f.write_all(b"changed behind the replication's back")
+            .unwrap();
+        f.sync_all().unwrap();
+    };
+    let oos_both = || (out_of_sync_kib(&status_json(&d)), vm.counters().oos);
+    let verify_done = |what: &str| {
+        vm.wait("cs:Connected ", WAIT, &|| d.log_text());
+        wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+        // The last results may trail the end of the run by a moment.
+        std::thread::sleep(Duration::from_secs(1));
+        println!("{what}: out of sync (udrbd, kernel) {:?} KiB", oos_both());
+    };
+
+    // The kernel verifies: udrbd answers its P_OV_REQUESTs.
+    change(4);
+    vm.exec("drbdsetup-84 verify 0 2>&1");
+    verify_done("kernel's verify");
+    assert_eq!(oos_both(), (4, 4), "{}", d.log_text());
+    let dmesg = vm.exec("dmesg");
+    assert!(
+        dmesg.contains("Out of sync: start=8192, size=8 (sectors)"),
+        "{dmesg}"
+    );
+    assert!(
+        dmesg.contains("Online verify found 1 4k block out of sync!"),
+        "{dmesg}"
+    );
+    assert!(
+        d.log_text()
+            .contains("Online verify found 1 4k block out of sync!"),
+        "{}",
+        d.log_text()
+    );
+
+    // udrbd verifies sectors 8192..16384 (4..8 MiB): the block at 6 MiB, not the one at 10.
+    change(6);
+    change(10);
+    d.ok(&["verify", "r0", "--start", "8192", "--stop", "16384"]);
+    verify_done("udrbd's verify");
+    assert_eq!(oos_both(), (8, 8), "{}", d.log_text());
+    let log = d.log_text();
+    assert!(
+        log.contains("Starting Online Verify from sector 8192"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Out of sync: start=12288, size=8 (sectors)"),
+        "{log}"
+    );
+    assert!(!log.contains("start=20480"), "{log}");
+    let dmesg = vm.exec("dmesg");
+    assert!(
+        dmesg.contains("Online Verify start sector: 8192"),
+        "{dmesg}"
+    );
+
+    // Repair: the Primary's reconnect resyncs the marked blocks. The block at 10 MiB was
+    // not verified and stays different.
+    d.ok(&["disconnect", "r0"]);
+    vm.wait("cs:(WFConnection|StandAlone)", WAIT, &|| d.log_text());
+    d.ok(&["connect", "r0"]);
+    vm.wait("ds:UpToDate/UpToDate", WAIT, &|| d.log_text());
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    assert_eq!(oos_both(), (0, 0));
+    d.ok(&["verify", "r0", "--start", "0"]);
+    verify_done("the last verify");
+    assert_eq!(oos_both(), (4, 4), "only the block at 10 MiB is left");
+    vm.assert_clean_dmesg(&|| d.log_text());
+}

@@ -506,7 +506,7 @@ pub static OPTIONS: &[OptionSpec] = &[
 
     // net: the engine's NetConfig takes protocol through use-rle (engine_config.rs); the driver
     // takes sndbuf-size, rcvbuf-size and connect-int for its sockets. Features not built yet
-    // (dual primaries, checksum-based resync, online verify, data integrity, pull-ahead) accept
+    // (dual primaries, checksum-based resync, data integrity, pull-ahead) accept
     // only their "off" value; tuning knobs without meaning here are ignored.
     spec(S::Net, "protocol", ValueKind::Choice(Protocol::WORDS), Some("C"), Yes, |o, v| o.net.protocol = v.word()),
     spec(S::Net, "cram-hmac-alg", HASH, None, Yes, |o, v| o.net.cram_hmac_alg = v.text()),
@@ -529,7 +529,7 @@ pub static OPTIONS: &[OptionSpec] = &[
     spec(S::Net, "rcvbuf-size", num(Bytes, 0, 10 << 20), Some("0"), Yes, |o, v| o.net.rcvbuf_size_bytes = v.number()),
     spec(S::Net, "unplug-watermark", num(Count, 1, 131_072), Some("128"), Ignored, |o, v| o.net.unplug_watermark = v.count()),
     spec(S::Net, "csums-alg", HASH, None, NotYet, |o, v| o.net.csums_alg = v.text()),
-    spec(S::Net, "verify-alg", HASH, None, NotYet, |o, v| o.net.verify_alg = v.text()),
+    spec(S::Net, "verify-alg", HASH, None, Yes, |o, v| o.net.verify_alg = v.text()),
     spec(S::Net, "data-integrity-alg", HASH, None, NotYet, |o, v| o.net.data_integrity_alg = v.text()),
     spec(S::Net, "use-rle", FLAG, Some("yes"), Yes, |o, v| o.net.use_rle = v.flag()),
     spec(S::Net, "tcp-cork", FLAG, Some("yes"), Ignored, |o, v| o.net.tcp_cork = v.flag()),
