@@ -356,15 +356,10 @@ impl Resource {
     pub(crate) fn receive_ov_reply(&mut self, reply: DigestRequest) -> Result<(), String> {
         let sector = reply.request.sector;
         let len = reply.request.blksize;
-        let link = self.link_mut();
-        if let Some(n) = link.stale_ov_replies.get_mut(&sector) {
-            // A request of a verify that ended before its answer came.
-            *n -= 1;
-            if *n == 0 {
-                link.stale_ov_replies.remove(&sector);
-            }
+        if self.stale_ov_answer(sector) {
             return Ok(());
         }
+        let link = self.link_mut();
         let Some(v) = link.verify.as_mut().filter(|v| v.source) else {
             return Err(format!("P_OV_REPLY for sector {sector} without a verify"));
         };
@@ -383,6 +378,20 @@ impl Resource {
             crate::replication::PeerReadKind::VerifyCompare(reply.digest),
         );
         Ok(())
+    }
+
+    /// Whether an answer for `sector` belongs to a request of a verify that ended before
+    /// the answer came (it is then counted off and dropped).
+    fn stale_ov_answer(&mut self, sector: u64) -> bool {
+        let stale = &mut self.link_mut().stale_ov_replies;
+        let Some(n) = stale.get_mut(&sector) else {
+            return false;
+        };
+        *n -= 1;
+        if *n == 0 {
+            stale.remove(&sector);
+        }
+        true
     }
 
     /// Target: the digest of a block read for the source (or zeros if the read failed).
@@ -504,14 +513,10 @@ impl Resource {
     /// Source: the peer could not read a block it was asked for (P_NEG_RS_DREPLY): its copy
     /// is not good, so the block counts as out of sync. Whether the answer was ours to take.
     pub(crate) fn verify_request_failed(&mut self, sector: u64, len: u32) -> bool {
-        let link = self.link_mut();
-        if let Some(n) = link.stale_ov_replies.get_mut(&sector) {
-            *n -= 1;
-            if *n == 0 {
-                link.stale_ov_replies.remove(&sector);
-            }
+        if self.stale_ov_answer(sector) {
             return true;
         }
+        let link = self.link_mut();
         let Some(v) = link.verify.as_mut().filter(|v| v.source) else {
             return false;
         };
