@@ -56,6 +56,8 @@ pub struct HostileCounts {
     /// Times a node entered Connected while the tampering was on (it reconnected after the
     /// tampering broke a connection, or kept one).
     pub connects: u64,
+    /// Times a node entered VerifyS (an online verify ran over the altering network).
+    pub verifies: u64,
     /// Log lines naming a protocol error (a packet the engine refused).
     pub protocol_errors: u64,
     /// What the network did.
@@ -74,6 +76,7 @@ impl HostileCounts {
         self.requests_ok += o.requests_ok;
         self.commands += o.commands;
         self.connects += o.connects;
+        self.verifies += o.verifies;
         self.protocol_errors += o.protocol_errors;
         self.tamper.add(&o.tamper);
         self.receive_pauses += o.receive_pauses;
@@ -86,7 +89,7 @@ impl std::fmt::Display for HostileCounts {
         let t = &self.tamper;
         write!(
             f,
-            "seeds {} | requests {} ok {} | commands {} | connects {} protocol-errors {} | \
+            "seeds {} | requests {} ok {} | commands {} | connects {} verifies {} protocol-errors {} | \
              packets {} altered {} (field {} command {} length {} dropped {} duplicated {} replayed {}) | \
              receive-pauses {} | simulated {:.1}s",
             self.seeds,
@@ -94,6 +97,7 @@ impl std::fmt::Display for HostileCounts {
             self.requests_ok,
             self.commands,
             self.connects,
+            self.verifies,
             self.protocol_errors,
             t.seen,
             t.altered(),
@@ -171,6 +175,7 @@ impl Run {
                 resync,
                 // The cluster's own limit is for honest runs; here the run judges progress.
                 limit: Duration::from_secs(3600),
+                verify_alg: Some(udrbd_core::VerifyAlg::Crc32c),
                 ..ClusterOptions::default()
             },
         );
@@ -239,6 +244,10 @@ impl Run {
                 .iter()
                 .filter(|(_, s)| s.conn == Some(ConnState::Connected))
                 .count() as u64;
+            self.counts.verifies += self.c.history(n)[before[i]..]
+                .iter()
+                .filter(|(_, s)| s.conn == Some(ConnState::VerifyS))
+                .count() as u64;
         }
     }
 
@@ -304,11 +313,16 @@ impl Run {
             9 | 10 => self.c.attach_command(),
             11 => AdminCommand::Invalidate,
             12 => AdminCommand::InvalidateRemote,
-            _ => match self.below(2) {
+            _ => match self.below(3) {
                 0 => AdminCommand::NewCurrentUuid {
                     clear_bitmap: self.below(2) == 0,
                 },
-                _ => AdminCommand::Outdate,
+                1 => AdminCommand::Outdate,
+                // An online verify: altered P_OV_REQUEST / REPLY / RESULT packets.
+                _ => AdminCommand::Verify {
+                    start_sector: None,
+                    stop_sector: None,
+                },
             },
         };
         self.counts.commands += 1;

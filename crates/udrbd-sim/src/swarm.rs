@@ -2043,7 +2043,6 @@ impl Run {
                 &format!("verify refused on an in-sync pair: {e}"),
             );
         }
-        self.counts.verifies += 1;
         self.c
             .run_until("the verify's end", Duration::from_secs(600), |c| {
                 c.all_connected()

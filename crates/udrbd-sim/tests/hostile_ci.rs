@@ -53,6 +53,7 @@ fn hostile_ci_range() {
         ("protocol errors named", totals.protocol_errors),
         ("requests that succeeded", totals.requests_ok / 100),
         ("connects while tampering", totals.connects / 10),
+        ("online verifies over the altering network", totals.verifies),
     ];
     for (what, count) in minimums {
         assert!(count >= 50, "only {count} {what} over the CI range");

@@ -89,7 +89,7 @@ fn swarm_ci_range() {
     }
     // Per seed: a quarter of the seeds run disks of different sizes, half their own net and
     // resync options; the operator pauses resyncs (`pause-sync`) and holds IO
-    // (`suspend-io`), which the liveness phase resumes.
+    // (`suspend-io`), which the liveness phase resumes, and run online verifies.
     let per_seed = [
         (
             "seeds with disks of different sizes",
@@ -103,6 +103,8 @@ fn swarm_ci_range() {
         ),
         ("paused resyncs", totals.sync_pauses, 10),
         ("suspend-io commands", totals.io_suspends, 2),
+        // A third of the seeds end with a verify check, a few verify on the way.
+        ("online verifies", totals.verifies, 5),
     ];
     for (what, count, one_in) in per_seed {
         assert!(
