@@ -624,6 +624,27 @@ impl Resource {
         id
     }
 
+    /// `adjust`: new disk options; disk-timeout and on-io-error take effect at once (a
+    /// shorter disk-timeout also for the operations already on the disk).
+    pub fn change_disk_options(
+        &mut self,
+        now: Instant,
+        disk_timeout: Option<Duration>,
+        on_io_error: OnIoError,
+    ) {
+        self.now = now;
+        self.config.disk_timeout = disk_timeout;
+        self.config.on_io_error = on_io_error;
+        self.timers.stop(Timer::DiskTimeout);
+        self.progress();
+    }
+
+    /// `adjust`: the activity log's size for the next attach (the one attached keeps its
+    /// size).
+    pub fn set_al_extents(&mut self, al_extents: u16) {
+        self.config.al_extents = al_extents;
+    }
+
     /// The next output, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()

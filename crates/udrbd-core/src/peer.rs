@@ -536,6 +536,53 @@ impl Resource {
         self.go_standalone();
     }
 
+    /// `adjust`: new net options. Those the handshake agreed on
+    /// ([`NetConfig::handshake_changes`]) change only while StandAlone; the others (timeouts,
+    /// ko-count, ping, connect-int, max-buffers, max-epoch-size, sndbuf-size, use-rle and the
+    /// resync controller's options) change at once, also for a resync or verify under way.
+    /// As DRBD's disk-options, new resync options go to a connected peer in P_SYNC_PARAM.
+    pub fn change_net_options(
+        &mut self,
+        now: Instant,
+        new: NetConfig,
+    ) -> Result<(), Vec<&'static str>> {
+        self.now = now;
+        let Some(p) = self.peer.as_mut() else {
+            return Err(vec!["the peer (this resource has none)"]);
+        };
+        let needs_reconnect = p.config.handshake_changes(&new);
+        if !needs_reconnect.is_empty() && p.conn != ConnState::StandAlone {
+            return Err(needs_reconnect);
+        }
+        let resync_changed = p.config.resync != new.resync;
+        let ping_changed = p.config.ping_int != new.ping_int;
+        let discard_my_data = p.config.discard_my_data;
+        p.config = NetConfig {
+            discard_my_data,
+            ..new
+        };
+        self.config.net = Some(p.config.clone());
+        let config = p.config.resync;
+        if let Some(link) = p.link.as_mut() {
+            if let Some(r) = link.resync.as_mut() {
+                r.controller.set_config(config);
+            }
+            if let Some(v) = link.verify.as_mut() {
+                v.controller.set_config(config);
+            }
+        }
+        if ping_changed && self.link().is_some() {
+            let ping_int = self.peer.as_ref().expect("peer").config.ping_int;
+            self.timers.set(Timer::Ping, now.plus(ping_int));
+        }
+        if resync_changed && self.link().is_some_and(|l| l.handshake_done) {
+            self.send_sync_params();
+        }
+        self.log(LogLevel::Info, "net options changed".to_string());
+        self.progress();
+        Ok(())
+    }
+
     /// `invalidate`. Connected, it is a cluster-wide state change, as in DRBD (conn
     /// StartingSyncT, P_STATE_CHG_REQ): nothing changes here before the peer agreed. Applied
     /// at once on both nodes of a pair, each became Inconsistent and waited in WFBitMapT for
@@ -1043,6 +1090,16 @@ impl Resource {
             two_primaries: false,
             integrity_alg: Some(udrbd_wire::AlgName::NONE),
         };
+        self.send(Socket::Data, &Packet::Protocol(protocol));
+        self.send_sync_params();
+        self.send_sizes();
+        self.send_uuids(0);
+        self.send_state_as(ConnState::WfConnection);
+    }
+
+    /// P_SYNC_PARAM89: the resync options and the verify-alg.
+    fn send_sync_params(&mut self) {
+        let c = &self.peer.as_ref().expect("peer").config;
         let r = &c.resync;
         let sync_params = SyncParams {
             resync_rate: r.resync_rate_kib_per_sec as u32,
@@ -1057,11 +1114,7 @@ impl Resource {
                 c_max_rate: r.c_max_rate_kib_per_sec as u32,
             }),
         };
-        self.send(Socket::Data, &Packet::Protocol(protocol));
         self.send(Socket::Data, &Packet::SyncParam89(sync_params));
-        self.send_sizes();
-        self.send_uuids(0);
-        self.send_state_as(ConnState::WfConnection);
     }
 
     fn send_sizes(&mut self) {

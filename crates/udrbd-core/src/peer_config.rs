@@ -86,6 +86,36 @@ impl NetConfig {
 }
 
 /// The peer as `status` shows it.
+impl NetConfig {
+    /// The options that differ between `self` and `new` and that the handshake agreed on
+    /// with the peer, or that name the peer (its name and both addresses): changed, they
+    /// take effect at the next connection. The others change at once
+    /// ([`crate::Resource::change_net_options`]).
+    pub fn handshake_changes(&self, new: &NetConfig) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |differs: bool, what: &'static str| {
+            if differs {
+                changed.push(what);
+            }
+        };
+        check(self.own_name != new.own_name, "the node's name");
+        check(self.peer_name != new.peer_name, "the peer's name");
+        check(self.own_address != new.own_address, "address");
+        check(self.peer_address != new.peer_address, "the peer's address");
+        check(self.protocol != new.protocol, "protocol");
+        check(
+            self.cram_hmac != new.cram_hmac,
+            "cram-hmac-alg/shared-secret",
+        );
+        check(
+            self.split_brain != new.split_brain,
+            "after-sb-*/rr-conflict",
+        );
+        check(self.verify_alg != new.verify_alg, "verify-alg");
+        changed
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerStatus {
     /// The peer's host name.

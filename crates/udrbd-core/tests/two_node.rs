@@ -1763,3 +1763,60 @@ fn verify_is_refused_without_a_verify_alg_a_connection_or_while_a_resync_runs() 
         "{error}"
     );
 }
+
+// ---- adjust --------------------------------------------------------------------------------
+
+/// `adjust`'s engine side: a new resync-rate takes effect on a resync under way (on the
+/// target, which pulls); a handshake option (protocol, verify-alg) is refused while connected,
+/// naming the options, and taken while StandAlone.
+#[test]
+fn net_options_change_at_once_and_handshake_options_wait_for_a_new_connection() {
+    let mut c = synced_pair_with(|_, config| {
+        config.net.as_mut().unwrap().resync.resync_rate_kib_per_sec = 256;
+    });
+    c.command(0, AdminCommand::InvalidateRemote).unwrap();
+    c.idle_for(Duration::from_secs(2));
+    assert_eq!(c.conn(1), ConnState::SyncTarget);
+    assert!(
+        c.out_of_sync(1) > SIZE / 2,
+        "256 KiB/s: most of 8 MiB is left"
+    );
+    let mut net = c.nodes[1].engine.config().net.clone().unwrap();
+    net.resync.resync_rate_kib_per_sec = 400_000;
+    c.nodes[1]
+        .engine
+        .change_net_options(c.now, net.clone())
+        .unwrap();
+    c.drain(1);
+    c.run_until(Duration::from_secs(3), |c| {
+        c.conn(1) == ConnState::Connected && c.status(1).disk == DiskState::UpToDate
+    });
+    assert_eq!(
+        c.nodes[1]
+            .engine
+            .config()
+            .net
+            .as_ref()
+            .unwrap()
+            .resync
+            .resync_rate_kib_per_sec,
+        400_000
+    );
+    let mut handshake = net.clone();
+    handshake.protocol = udrbd_wire::WireProtocol::A;
+    handshake.verify_alg = Some(VerifyAlg::Crc32c);
+    assert_eq!(
+        c.nodes[1]
+            .engine
+            .change_net_options(c.now, handshake.clone()),
+        Err(vec!["protocol", "verify-alg"])
+    );
+    c.command(1, AdminCommand::Disconnect).unwrap();
+    c.nodes[1]
+        .engine
+        .change_net_options(c.now, handshake)
+        .unwrap();
+    c.drain(1);
+    let config = c.nodes[1].engine.config().net.clone().unwrap();
+    assert_eq!(config.verify_alg, Some(VerifyAlg::Crc32c));
+}

@@ -17,7 +17,7 @@ use crate::offline::{self, CreateOptions, MetaTarget, OfflineError, RestoreOptio
 /// The exit codes of offline and online verbs, for `udrbd help`.
 fn help_footer() -> String {
     format!(
-        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, connect, disconnect, invalidate,\ninvalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync, suspend-io, resume-io,\nverify, role, cstate, dstate RESOURCE, wait-connect, status, events) exit like drbdsetup:\n   5  wait-connect timed out; refused: disk state lower than Outdated (-16)\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  16  refused: can not resync without local disk (-4)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
+        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, connect, disconnect, invalidate,\ninvalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync, suspend-io, resume-io,\nverify, adjust, role, cstate, dstate RESOURCE, wait-connect, status, events) exit like drbdsetup:\n   5  wait-connect timed out; refused: disk state lower than Outdated (-16)\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  16  refused: can not resync without local disk (-4)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
         ExitCode::help_table()
     )
 }
@@ -247,6 +247,13 @@ pub enum Verb {
     /// Let IO held by suspend-io go on.
     #[command(name = "resume-io")]
     ResumeIo {
+        /// Resource name.
+        resource: String,
+    },
+    /// Apply the configuration file as it is now: disk and net options, handlers; reconnect
+    /// for changed handshake options (protocol, cram-hmac-alg, after-sb-*, verify-alg,
+    /// addresses); then attach and connect as `up`.
+    Adjust {
         /// Resource name.
         resource: String,
     },
@@ -485,6 +492,7 @@ pub fn run(
             r.stop_sector = stop;
             online(g, r, out)?;
         }
+        Verb::Adjust { resource } => simple(g, "adjust", &resource, out)?,
         Verb::Role { resource } => simple(g, "role", &resource, out)?,
         Verb::Cstate { resource } => simple(g, "cstate", &resource, out)?,
         Verb::WaitConnect { resource, timeout } => {

@@ -18,7 +18,7 @@ pub const CONTROL_SOCKET: &str = "udrbd.sock";
 pub struct ControlRequest {
     /// The verb: up, down, attach, detach, primary, secondary, connect, disconnect,
     /// invalidate, invalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync,
-    /// suspend-io, resume-io, verify, role, cstate, dstate, wait-connect, status, events.
+    /// suspend-io, resume-io, verify, adjust, role, cstate, dstate, wait-connect, status, events.
     pub verb: String,
     /// The resource (`None`: all, for status).
     pub resource: Option<String>,

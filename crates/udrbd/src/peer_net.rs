@@ -212,6 +212,11 @@ impl PeerNet {
         }
     }
 
+    /// New socket settings (`adjust`), for the sockets made from now on.
+    pub fn set_options(&mut self, options: SocketOptions) {
+        self.options = options;
+    }
+
     /// Executes one output of the engine.
     pub fn execute(&mut self, out: PeerOutput) {
         match out {

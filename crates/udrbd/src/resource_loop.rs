@@ -379,6 +379,14 @@ pub fn run(
     );
 }
 
+fn on_io_error(policy: crate::config::OnIoError) -> udrbd_core::OnIoError {
+    match policy {
+        crate::config::OnIoError::PassOn => udrbd_core::OnIoError::PassOn,
+        crate::config::OnIoError::Detach => udrbd_core::OnIoError::Detach,
+        crate::config::OnIoError::CallLocalIoError => udrbd_core::OnIoError::CallLocalIoError,
+    }
+}
+
 async fn run_loop(
     resource: ResolvedResource,
     run_dir: PathBuf,
@@ -390,11 +398,7 @@ async fn run_loop(
     let (disk_tx, disk_rx) = unbounded_channel();
     let mut config = ResourceConfig::new(&resource.name, resource.minor);
     config.al_extents = resource.options.disk.al_extents as u16;
-    config.on_io_error = match resource.options.disk.on_io_error {
-        crate::config::OnIoError::PassOn => udrbd_core::OnIoError::PassOn,
-        crate::config::OnIoError::Detach => udrbd_core::OnIoError::Detach,
-        crate::config::OnIoError::CallLocalIoError => udrbd_core::OnIoError::CallLocalIoError,
-    };
+    config.on_io_error = on_io_error(resource.options.disk.on_io_error);
     let disk_timeout = resource.options.disk.disk_timeout;
     config.disk_timeout = (!disk_timeout.is_zero()).then_some(disk_timeout);
     // The daemon checked the mapping before it started the loops.
@@ -612,35 +616,8 @@ async fn control(shared: &SharedRef, request: ControlRequest) -> ControlReply {
         return reply;
     }
     let result = match request.verb.as_str() {
-        "up" => {
-            // drbdadm up: attach (if there is a disk and it is not attached), then connect
-            // (if the peer is StandAlone).
-            let s = shared.borrow().engine.status();
-            let has_disk = shared.borrow().resource.disk.is_some();
-            if s.disk == DiskState::Diskless && has_disk {
-                match attach(shared).await {
-                    Ok(Ok(())) => {}
-                    Err(reply) => return reply,
-                    Ok(Err(e)) => return command_error_reply(&name, e),
-                }
-            }
-            let standalone = shared
-                .borrow()
-                .engine
-                .status()
-                .peer
-                .is_some_and(|p| p.conn == ConnState::StandAlone);
-            if !standalone {
-                return ControlReply::ok(String::new());
-            }
-            run_command(
-                shared,
-                AdminCommand::Connect {
-                    discard_my_data: false,
-                },
-            )
-            .await
-        }
+        "up" => return up(shared, &name).await,
+        "adjust" => return adjust(shared, &name).await,
         "attach" => match attach(shared).await {
             Ok(r) => Ok(r),
             Err(reply) => return reply,
@@ -667,6 +644,134 @@ async fn control(shared: &SharedRef, request: ControlRequest) -> ControlReply {
         Ok(Err(e)) => command_error_reply(&name, e),
         Err(_) => ControlReply::error(format!("{name}: the resource loop stopped"), 20),
     }
+}
+
+/// drbdadm up: attach (if there is a disk and it is not attached), then connect (if the peer
+/// is StandAlone).
+async fn up(shared: &SharedRef, name: &str) -> ControlReply {
+    let s = shared.borrow().engine.status();
+    let has_disk = shared.borrow().resource.disk.is_some();
+    if s.disk == DiskState::Diskless && has_disk {
+        match attach(shared).await {
+            Ok(Ok(())) => {}
+            Err(reply) => return reply,
+            Ok(Err(e)) => return command_error_reply(name, e),
+        }
+    }
+    let standalone = shared
+        .borrow()
+        .engine
+        .status()
+        .peer
+        .is_some_and(|p| p.conn == ConnState::StandAlone);
+    if !standalone {
+        return ControlReply::ok(String::new());
+    }
+    let connect = AdminCommand::Connect {
+        discard_my_data: false,
+    };
+    match run_command(shared, connect).await {
+        Ok(Ok(())) => ControlReply::ok(String::new()),
+        Ok(Err(e)) => command_error_reply(name, e),
+        Err(_) => ControlReply::error(format!("{name}: the resource loop stopped"), 20),
+    }
+}
+
+/// drbdadm adjust: the resource as the configuration file says now. The file is read again;
+/// the `disk` options (disk-timeout, on-io-error; al-extents at the next attach) and the `net`
+/// options change at once, `handlers` for the next call, the socket options for the next
+/// connection. Net options the handshake agreed on (protocol, cram-hmac-alg, the after-sb
+/// policies, verify-alg, the addresses) need a new connection: a connected resource
+/// disconnects and connects again (DRBD changes some of them on a live connection). Then it
+/// is brought up as `up` does. What cannot change under a running resource (its backing disk
+/// while attached, its minor, its NBD export) is refused with the way to change it.
+async fn adjust(shared: &SharedRef, name: &str) -> ControlReply {
+    let (path, node, old) = {
+        let s = shared.borrow();
+        (
+            s.config_path.clone(),
+            s.resource.node.clone(),
+            s.resource.clone(),
+        )
+    };
+    let new = match crate::config::Config::load(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.resource_for_node(name, &node).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => return ControlReply::error(format!("{name}: adjust: {e}"), 10),
+    };
+    let net = match crate::engine_config::net_config(&new) {
+        Ok(net) => net,
+        Err(e) => return ControlReply::error(format!("adjust: {e}"), 10),
+    };
+    let attached = shared.borrow().engine.status().disk != DiskState::Diskless;
+    let refuse = |what: &str, how: &str| {
+        ControlReply::error(format!("{name}: adjust: {what} changed; {how}"), 10)
+    };
+    if attached && (old.disk != new.disk || old.meta_disk != new.meta_disk) {
+        return refuse("the backing disk", "detach it first, then adjust");
+    }
+    if old.minor != new.minor || old.device != new.device {
+        return refuse(
+            "the device",
+            "take the resource down and restart the daemon",
+        );
+    }
+    if old.options.nbd != new.options.nbd {
+        return refuse("the nbd section", "restart the daemon");
+    }
+    let mut output = String::new();
+    {
+        let mut s = shared.borrow_mut();
+        let now = s.now();
+        let disk = &new.options.disk;
+        let disk_timeout = (!disk.disk_timeout.is_zero()).then_some(disk.disk_timeout);
+        s.engine
+            .change_disk_options(now, disk_timeout, on_io_error(disk.on_io_error));
+        if attached && old.options.disk.al_extents != disk.al_extents {
+            output.push_str(&format!(
+                "{name}: al-extents {} takes effect at the next attach\n",
+                disk.al_extents
+            ));
+        }
+        s.engine.set_al_extents(disk.al_extents as u16);
+        s.net.set_options(crate::peer_net::socket_options(&new));
+        s.resource = new;
+        s.pump();
+    }
+    let reconnect = {
+        let mut s = shared.borrow_mut();
+        let now = s.now();
+        let r = s.engine.change_net_options(now, net.clone());
+        s.pump();
+        r.err()
+    };
+    if let Some(changed) = reconnect {
+        output.push_str(&format!(
+            "{name}: {} changed: reconnecting\n",
+            changed.join(", ")
+        ));
+        match run_command(shared, AdminCommand::Disconnect).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return command_error_reply(name, e),
+            Err(_) => return ControlReply::error(format!("{name}: the resource loop stopped"), 20),
+        }
+        let mut s = shared.borrow_mut();
+        let now = s.now();
+        if let Err(still) = s.engine.change_net_options(now, net) {
+            return ControlReply::error(
+                format!("{name}: adjust: {} could not change", still.join(", ")),
+                10,
+            );
+        }
+        s.pump();
+    }
+    let reply = up(shared, name).await;
+    if !reply.ok {
+        return reply;
+    }
+    ControlReply::ok(output)
 }
 
 /// The engine command of a verb that maps to exactly one.

@@ -349,3 +349,92 @@ fn verify_finds_a_block_changed_behind_the_replication_and_a_reconnect_resyncs_i
     p.wait_up_to_date(Duration::from_secs(30));
     assert_eq!(a.data_checksum(32 << 20), b.data_checksum(32 << 20));
 }
+
+/// `adjust` as drbdadm's: the configuration file is read again and applied to the running
+/// resource. A new verify-alg (a handshake option) reconnects, after which `verify` works; a
+/// typo in the file is refused with its place and the resource keeps running; a changed
+/// backing disk of an attached resource is refused; `adjust` of a resource that is down
+/// brings it up.
+#[test]
+fn adjust_applies_the_changed_configuration_to_the_running_resource() {
+    let opts = PairOptions::default();
+    let p = Pair::start(opts.clone());
+    let (a, b) = (&p.alice, &p.bob);
+    p.wait_connected(20);
+    a.ok(&["new-current-uuid", "r0", "--clear-bitmap"]);
+    p.wait_up_to_date(Duration::from_secs(20));
+    let o = a.cli(&["verify", "r0"]);
+    assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("(-14) Need a verify algorithm"),
+        "{}",
+        stderr(&o)
+    );
+
+    let rewrite = |opts: &PairOptions| {
+        write_pair_config(
+            p.dir.path(),
+            opts,
+            (&a.disk, a.address),
+            (&b.disk, b.address),
+        );
+    };
+    let mut changed = opts.clone();
+    changed.net = format!("{} verify-alg sha1; ko-count 3;", opts.net);
+    changed.disk = "c-plan-ahead 0; resync-rate 50M; disk-timeout 600;".into();
+    rewrite(&changed);
+    let out = a.ok(&["adjust", "r0"]);
+    assert!(out.contains("verify-alg changed: reconnecting"), "{out}");
+    b.ok(&["adjust", "r0"]);
+    p.wait_connected(20);
+    p.wait_up_to_date(Duration::from_secs(20));
+    a.ok(&["verify", "r0"]);
+    p.wait_for_both("the verify's end", Duration::from_secs(30), |_, s| {
+        json_replication_state(s) == "Established"
+    });
+    assert!(
+        a.daemon.log_text().contains("Online verify done"),
+        "{}",
+        p.logs()
+    );
+    // Nothing changed: adjust does nothing visible, and keeps the connection.
+    assert_eq!(a.ok(&["adjust", "r0"]), "");
+    assert_eq!(a.cstate(), "Connected");
+
+    // A typo: refused with its place; the resource runs on.
+    let mut typo = changed.clone();
+    typo.net = format!("{} ping-intt 3;", changed.net);
+    rewrite(&typo);
+    let o = a.cli(&["adjust", "r0"]);
+    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("r0.res:2:") && stderr(&o).contains("ping-intt"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(a.cstate(), "Connected");
+
+    // Another backing disk for an attached resource: refused.
+    let other = p.dir.path().join("other.img");
+    write_pair_config(
+        p.dir.path(),
+        &changed,
+        (&other, a.address),
+        (&b.disk, b.address),
+    );
+    let o = a.cli(&["adjust", "r0"]);
+    assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the backing disk changed; detach it first"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Down, then adjust: up again.
+    rewrite(&changed);
+    b.ok(&["down", "r0"]);
+    assert_eq!(b.cstate(), "StandAlone");
+    b.ok(&["adjust", "r0"]);
+    p.wait_connected(20);
+    p.wait_up_to_date(Duration::from_secs(20));
+}
