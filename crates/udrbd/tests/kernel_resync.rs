@@ -333,3 +333,38 @@ fn online_verify_with_the_kernel_finds_changed_blocks_both_ways() {
     assert_eq!(oos_both(), (4, 4), "only the block at 10 MiB is left");
     vm.assert_clean_dmesg(&|| d.log_text());
 }
+
+/// `adjust` of udrbd's resync-rate during a resync to the kernel: udrbd sends its new resync
+/// options in P_SYNC_PARAM on the live connection, as DRBD's disk-options does, and the
+/// kernel, the SyncTarget that paces the resync, takes them (`want:` in its `/proc/drbd`).
+#[test]
+fn adjust_sends_a_new_resync_rate_that_the_kernel_target_takes() {
+    require_root();
+    let (mut u, vm) = udrbd_and_guest(
+        17525,
+        UdrbdOptions {
+            net: UDRBD_NET.into(),
+            disk: "c-plan-ahead 0; resync-rate 1M;".into(),
+            ..UdrbdOptions::default()
+        },
+        "kresync-adjust",
+        &[
+            "--net-opts",
+            KERNEL_NET,
+            "--disk-opts",
+            "--c-plan-ahead=0 --resync-rate=1M",
+        ],
+    );
+    let d = u.start();
+    force_primary(&d);
+    vm.wait(r"want: 1,024 K/sec", WAIT, &|| d.log_text());
+    u.opts.disk = "c-plan-ahead 0; resync-rate 3M;".into();
+    u.write_config();
+    assert_eq!(d.ok(&["adjust", "r0"]), "");
+    assert_eq!(d.ok(&["cstate", "r0"]).trim(), "SyncSource", "no reconnect");
+    vm.wait(r"want: 3,072 K/sec", WAIT, &|| d.log_text());
+    vm.wait("ds:UpToDate/UpToDate", WAIT, &|| d.log_text());
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    assert_same_data_areas(&vm, &u.disk, DATA_KIB, &d);
+    vm.assert_clean_dmesg(&|| d.log_text());
+}
