@@ -2699,6 +2699,17 @@ impl Resource {
         if conn != ConnState::WfSyncUuid {
             return Err(format!("P_SYNC_UUID in {conn:?}"));
         }
+        if self.link().is_some_and(|l| l.peer_uuids.is_none()) {
+            // The source's UUIDs never came (its disk attached while the connection was
+            // being set up, after it had sent its handshake without them): the target could
+            // not take the source's current UUID at the end, and the two in-sync disks kept
+            // unrelated generations; the next handshake refused them as "Unrelated data"
+            // (swarm seed 2636, found by the verify check's reconnect). DRBD's target only
+            // gets here after a handshake with the peer's UUIDs: a new connection runs one.
+            return Err(
+                "P_SYNC_UUID from a peer whose UUIDs are not known here: reconnecting".to_string(),
+            );
+        }
         self.start_resync_target(uuid);
         Ok(())
     }

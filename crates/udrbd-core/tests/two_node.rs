@@ -1820,3 +1820,90 @@ fn net_options_change_at_once_and_handshake_options_wait_for_a_new_connection() 
     let config = c.nodes[1].engine.config().net.clone().unwrap();
     assert_eq!(config.verify_alg, Some(VerifyAlg::Crc32c));
 }
+
+/// Swarm seed 2636: bob's disk finished attaching while the connection was being set up,
+/// after bob had sent its handshake without P_UUIDS (a disk still attaching has none to
+/// send). Bob's handshake made it SyncSource, and alice took its P_SYNC_UUID without ever
+/// having bob's UUIDs: at the end of the resync she could not take the source's current UUID,
+/// and two in-sync disks kept unrelated generations ("Unrelated data" at the next
+/// connection). A P_SYNC_UUID from a peer whose UUIDs are unknown now reconnects, and the new
+/// handshake has them.
+#[test]
+fn a_disk_that_attaches_during_the_handshake_leaves_related_generations() {
+    let mut c = synced_pair();
+    // Bob moves on alone as Primary, then leaves with its disk.
+    c.command(0, AdminCommand::Secondary).unwrap();
+    c.command(1, AdminCommand::Primary { force: false })
+        .unwrap();
+    c.command(0, AdminCommand::Disconnect).unwrap();
+    c.settle();
+    c.write(1, 12 * 4096, pattern(42, 4096)).unwrap();
+    c.command(1, AdminCommand::Secondary).unwrap();
+    c.command(1, AdminCommand::Disconnect).unwrap();
+    c.command(1, AdminCommand::Detach { force: false }).unwrap();
+    // Bob's attach waits for its superblock while the two connect.
+    c.hold_superblock_of = Some(1);
+    let attach = c.nodes[1].engine.command(c.now, attach());
+    c.drain(1);
+    for i in 0..2 {
+        let connect = AdminCommand::Connect {
+            discard_my_data: false,
+        };
+        c.nodes[i].engine.command(c.now, connect);
+        c.drain(i);
+    }
+    c.run_until(Duration::from_secs(30), |c| {
+        c.conn(1) == ConnState::WfReportParams
+    });
+    // Alice's handshake is held back; bob's attach completes in WFReportParams.
+    let in_flight = std::mem::take(&mut c.queue);
+    c.partitioned = true;
+    c.release_superblock_writes();
+    c.run_until(Duration::from_secs(30), |c| {
+        c.nodes[1]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::CommandDone { id, result: Ok(()) } if *id == attach))
+    });
+    assert_eq!(c.conn(1), ConnState::WfReportParams);
+    c.partitioned = false;
+    let held = std::mem::take(&mut c.held);
+    c.queue.extend(in_flight);
+    c.queue.extend(held);
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected && c.out_of_sync(i) == 0)
+            && (0..2).all(|i| c.status(i).disk == DiskState::UpToDate)
+    });
+    assert_eq!(c.data_area(0), c.data_area(1));
+    // The target took the source's current UUID at the end of the resync.
+    let current = |c: &Cluster, i: usize| c.status(i).generation.unwrap().0.current & !1;
+    assert_eq!(
+        current(&c, 0),
+        current(&c, 1),
+        "the in-sync disks' generations"
+    );
+    // So a new connection finds the two in sync, without a resync.
+    let resyncs = |c: &Cluster| {
+        c.logs(1)
+            .iter()
+            .filter(|m| m.starts_with("Began resync"))
+            .count()
+    };
+    let before = resyncs(&c);
+    c.command(0, AdminCommand::Disconnect).unwrap();
+    c.settle();
+    c.command(
+        0,
+        AdminCommand::Connect {
+            discard_my_data: false,
+        },
+    )
+    .unwrap();
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected)
+            || c.status(0).peer.unwrap().last_error.is_some()
+    });
+    assert_eq!(c.status(0).peer.unwrap().last_error, None);
+    assert_eq!((c.out_of_sync(0), c.out_of_sync(1)), (0, 0));
+    assert_eq!(resyncs(&c), before, "no resync between in-sync disks");
+}

@@ -2075,8 +2075,16 @@ impl Run {
         self.c.check_identical();
     }
 
+    /// In sync, nothing outstanding, and no IO held by `suspend-io` (with nothing in flight
+    /// a suspended pair looked converged, and the read-back's first read waited for ever:
+    /// swarm seed 2768).
     fn converged(&self) -> bool {
-        self.inflight.is_empty() && self.commands.is_empty() && self.c.all_in_sync()
+        self.inflight.is_empty()
+            && self.commands.is_empty()
+            && self.c.all_in_sync()
+            && NODES
+                .iter()
+                .all(|&n| !self.c.is_up(n) || !self.c.status(n).suspended_by_user)
     }
 
     /// What an operator does to bring the pair back: attach, connect, resolve a split brain
