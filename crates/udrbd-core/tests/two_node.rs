@@ -1473,6 +1473,19 @@ impl Cluster {
             .collect()
     }
 
+    /// `disconnect`, then `connect` on node `i` (both commands done).
+    fn reconnect(&mut self, i: usize) {
+        self.command(i, AdminCommand::Disconnect).unwrap();
+        self.settle();
+        self.command(
+            i,
+            AdminCommand::Connect {
+                discard_my_data: false,
+            },
+        )
+        .unwrap();
+    }
+
     fn logged(&self, i: usize, text: &str) -> bool {
         self.logs(i).iter().any(|m| m.contains(text))
     }
@@ -1530,15 +1543,7 @@ fn online_verify_finds_exactly_the_blocks_that_differ_and_a_reconnect_resyncs_th
     assert_ne!(c.data_area(0), c.data_area(1));
     // DRBD's recipe: disconnect and connect; the Primary's new data generation makes the
     // reconnect resync the marked blocks.
-    c.command(0, AdminCommand::Disconnect).unwrap();
-    c.settle();
-    c.command(
-        0,
-        AdminCommand::Connect {
-            discard_my_data: false,
-        },
-    )
-    .unwrap();
+    c.reconnect(0);
     c.run_until(Duration::from_secs(60), |c| {
         (0..2).all(|i| c.conn(i) == ConnState::Connected && c.out_of_sync(i) == 0)
             && c.status(1).disk == DiskState::UpToDate
@@ -1890,15 +1895,7 @@ fn a_disk_that_attaches_during_the_handshake_leaves_related_generations() {
             .count()
     };
     let before = resyncs(&c);
-    c.command(0, AdminCommand::Disconnect).unwrap();
-    c.settle();
-    c.command(
-        0,
-        AdminCommand::Connect {
-            discard_my_data: false,
-        },
-    )
-    .unwrap();
+    c.reconnect(0);
     c.run_until(Duration::from_secs(60), |c| {
         (0..2).all(|i| c.conn(i) == ConnState::Connected)
             || c.status(0).peer.unwrap().last_error.is_some()
