@@ -58,6 +58,27 @@ pub struct ResourceConfig {
     pub mutation: Option<crate::Mutation>,
 }
 
+/// The `disk` options the engine takes from the configuration (the resync options are the
+/// peer's: [`crate::NetConfig::resync`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskOptions {
+    /// Activity-log extents.
+    pub al_extents: u16,
+    /// What a local IO error does.
+    pub on_io_error: OnIoError,
+    /// disk-timeout (`None`: off).
+    pub disk_timeout: Option<Duration>,
+}
+
+impl ResourceConfig {
+    /// Takes these disk options.
+    pub fn set_disk_options(&mut self, options: DiskOptions) {
+        self.al_extents = options.al_extents;
+        self.on_io_error = options.on_io_error;
+        self.disk_timeout = options.disk_timeout;
+    }
+}
+
 /// The `on-io-error` policy of the `disk` section (drbd-v08-facts.md §5.4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OnIoError {
@@ -624,25 +645,14 @@ impl Resource {
         id
     }
 
-    /// `adjust`: new disk options; disk-timeout and on-io-error take effect at once (a
-    /// shorter disk-timeout also for the operations already on the disk).
-    pub fn change_disk_options(
-        &mut self,
-        now: Instant,
-        disk_timeout: Option<Duration>,
-        on_io_error: OnIoError,
-    ) {
+    /// `adjust`: new disk options. disk-timeout and on-io-error take effect at once (a
+    /// shorter disk-timeout also for the operations already on the disk); al-extents at the
+    /// next attach (the activity log attached keeps its size).
+    pub fn change_disk_options(&mut self, now: Instant, options: DiskOptions) {
         self.now = now;
-        self.config.disk_timeout = disk_timeout;
-        self.config.on_io_error = on_io_error;
+        self.config.set_disk_options(options);
         self.timers.stop(Timer::DiskTimeout);
         self.progress();
-    }
-
-    /// `adjust`: the activity log's size for the next attach (the one attached keeps its
-    /// size).
-    pub fn set_al_extents(&mut self, al_extents: u16) {
-        self.config.al_extents = al_extents;
     }
 
     /// The next output, if any.

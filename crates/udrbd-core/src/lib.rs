@@ -39,7 +39,9 @@ pub mod timer;
 pub mod types;
 pub mod verify;
 
-pub use engine::{DiskFailure, OnIoError, Resource, ResourceConfig, Statistics, Status};
+pub use engine::{
+    DiskFailure, DiskOptions, OnIoError, Resource, ResourceConfig, Statistics, Status,
+};
 pub use mutation::Mutation;
 pub use peer_config::{NetConfig, PeerStatus, ResyncStatus, VerifyStatus};
 pub use state::{CommandError, ConnState, DiskState, Role, StateChangeError};

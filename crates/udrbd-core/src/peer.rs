@@ -1469,7 +1469,7 @@ impl Resource {
             self.log(LogLevel::Warn, "resync interrupted".to_string());
         }
         if let Some(v) = &link.verify {
-            self.verify_lost_with_link(v);
+            self.note_verify_reached(v);
         }
         self.release_rs_request_locks();
     }
@@ -2989,42 +2989,48 @@ impl Resource {
 
     // ---- status ------------------------------------------------------------------------
 
+    /// The counters of a resync or verify run: `total_bits` since `started`, `left_bits` to
+    /// go, the rates from its controller's sync marks.
+    fn run_status(
+        &self,
+        controller: &ResyncController,
+        started: Instant,
+        total_bits: u64,
+        left_bits: u64,
+    ) -> ResyncStatus {
+        let sectors = udrbd_meta::SECTORS_PER_BIT;
+        let marks = controller.marks();
+        let last = marks.last();
+        ResyncStatus {
+            total_sectors: total_bits * sectors,
+            left_sectors: left_bits * sectors,
+            elapsed_ms: self.now.since(started).as_millis() as u64,
+            paused_ms: marks.paused_for(self.now).as_millis() as u64,
+            dt0_ms: self.now.since(started).as_millis() as u64,
+            db0_sectors: total_bits.saturating_sub(left_bits) * sectors,
+            dt1_ms: self.now.since(last.time).as_millis().max(1) as u64,
+            db1_sectors: last.bits_left.saturating_sub(left_bits) * sectors,
+            want_kib_per_sec: controller.rate_kib_per_sec(),
+            verify: None,
+        }
+    }
+
     pub(crate) fn peer_status(&self) -> Option<PeerStatus> {
         let p = self.peer.as_ref()?;
         let link = p.link.as_ref();
         let resync = link.and_then(|l| l.resync.as_ref()).map(|r| {
-            let left = self.resync_bits_left();
-            let marks = r.controller.marks();
-            let last = marks.last();
-            ResyncStatus {
-                total_sectors: r.total_bits * udrbd_meta::SECTORS_PER_BIT,
-                left_sectors: left * udrbd_meta::SECTORS_PER_BIT,
-                elapsed_ms: self.now.since(r.started).as_millis() as u64,
-                paused_ms: marks.paused_for(self.now).as_millis() as u64,
-                dt0_ms: self.now.since(r.started).as_millis() as u64,
-                db0_sectors: r.total_bits.saturating_sub(left) * udrbd_meta::SECTORS_PER_BIT,
-                dt1_ms: self.now.since(last.time).as_millis().max(1) as u64,
-                db1_sectors: last.bits_left.saturating_sub(left) * udrbd_meta::SECTORS_PER_BIT,
-                want_kib_per_sec: r.controller.rate_kib_per_sec(),
-                verify: None,
-            }
+            self.run_status(
+                &r.controller,
+                r.started,
+                r.total_bits,
+                self.resync_bits_left(),
+            )
         });
         let resync = resync.or_else(|| {
             let v = self.verify()?;
-            let marks = v.controller.marks();
-            let last = marks.last();
-            let sectors = udrbd_meta::SECTORS_PER_BIT;
             Some(ResyncStatus {
-                total_sectors: v.total_bits * sectors,
-                left_sectors: v.left_bits * sectors,
-                elapsed_ms: self.now.since(v.started).as_millis() as u64,
-                paused_ms: 0,
-                dt0_ms: self.now.since(v.started).as_millis() as u64,
-                db0_sectors: (v.total_bits - v.left_bits) * sectors,
-                dt1_ms: self.now.since(last.time).as_millis().max(1) as u64,
-                db1_sectors: last.bits_left.saturating_sub(v.left_bits) * sectors,
-                want_kib_per_sec: v.controller.rate_kib_per_sec(),
                 verify: self.verify_status(),
+                ..self.run_status(&v.controller, v.started, v.total_bits, v.left_bits)
             })
         });
         let (ap, pending) = link.map_or((0, 0), |l| {

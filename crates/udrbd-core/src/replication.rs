@@ -1242,23 +1242,23 @@ impl Resource {
         self.unlock(pr.lock);
         let current = pr.link_gen == self.link_gen && self.link().is_some();
         let offset = pr.sector * 512;
+        if result.is_ok() {
+            self.statistics.read_kib += u64::from(pr.len) / 1024;
+        }
         match (result, pr.kind) {
             (Ok(data), PeerReadKind::VerifyCompare(digest)) => {
-                self.statistics.read_kib += u64::from(pr.len) / 1024;
                 if current {
                     let data = data.unwrap_or_default();
                     self.compare_verified_block(pr.sector, pr.len, digest, Some(&data));
                 }
             }
             (Ok(data), PeerReadKind::VerifyRequest) => {
-                self.statistics.read_kib += u64::from(pr.len) / 1024;
                 if current {
                     let data = data.unwrap_or_default();
                     self.answer_ov_request(pr.sector, pr.len, Some(&data));
                 }
             }
             (Ok(data), kind) => {
-                self.statistics.read_kib += u64::from(pr.len) / 1024;
                 if current {
                     let data = data.unwrap_or_default();
                     self.peer.as_mut().expect("peer").sent_bytes += data.len() as u64;

@@ -581,12 +581,9 @@ impl Resource {
         self.note_verify_reached(&v);
     }
 
-    /// The link that ran a verify is gone.
-    pub(crate) fn verify_lost_with_link(&mut self, v: &Verify) {
-        self.note_verify_reached(v);
-    }
-
-    fn note_verify_reached(&mut self, v: &Verify) {
+    /// A verify that ended unfinished (also with its link): the next one continues where it
+    /// got to.
+    pub(crate) fn note_verify_reached(&mut self, v: &Verify) {
         if v.left_bits > 0 && v.start_sector.is_some() {
             let reached = self.reached_sector(v);
             self.ov_start_sector = reached;

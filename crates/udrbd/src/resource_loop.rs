@@ -379,11 +379,16 @@ pub fn run(
     );
 }
 
-fn on_io_error(policy: crate::config::OnIoError) -> udrbd_core::OnIoError {
-    match policy {
-        crate::config::OnIoError::PassOn => udrbd_core::OnIoError::PassOn,
-        crate::config::OnIoError::Detach => udrbd_core::OnIoError::Detach,
-        crate::config::OnIoError::CallLocalIoError => udrbd_core::OnIoError::CallLocalIoError,
+/// The engine's disk options of a `disk` section (disk-timeout 0 is off).
+fn disk_options(disk: &crate::config::DiskOptions) -> udrbd_core::DiskOptions {
+    udrbd_core::DiskOptions {
+        al_extents: disk.al_extents as u16,
+        on_io_error: match disk.on_io_error {
+            crate::config::OnIoError::PassOn => udrbd_core::OnIoError::PassOn,
+            crate::config::OnIoError::Detach => udrbd_core::OnIoError::Detach,
+            crate::config::OnIoError::CallLocalIoError => udrbd_core::OnIoError::CallLocalIoError,
+        },
+        disk_timeout: (!disk.disk_timeout.is_zero()).then_some(disk.disk_timeout),
     }
 }
 
@@ -397,10 +402,7 @@ async fn run_loop(
 ) {
     let (disk_tx, disk_rx) = unbounded_channel();
     let mut config = ResourceConfig::new(&resource.name, resource.minor);
-    config.al_extents = resource.options.disk.al_extents as u16;
-    config.on_io_error = on_io_error(resource.options.disk.on_io_error);
-    let disk_timeout = resource.options.disk.disk_timeout;
-    config.disk_timeout = (!disk_timeout.is_zero()).then_some(disk_timeout);
+    config.set_disk_options(disk_options(&resource.options.disk));
     // The daemon checked the mapping before it started the loops.
     config.net = match crate::engine_config::net_config(&resource) {
         Ok(net) => Some(net),
@@ -726,16 +728,13 @@ async fn adjust(shared: &SharedRef, name: &str) -> ControlReply {
         let mut s = shared.borrow_mut();
         let now = s.now();
         let disk = &new.options.disk;
-        let disk_timeout = (!disk.disk_timeout.is_zero()).then_some(disk.disk_timeout);
-        s.engine
-            .change_disk_options(now, disk_timeout, on_io_error(disk.on_io_error));
+        s.engine.change_disk_options(now, disk_options(disk));
         if attached && old.options.disk.al_extents != disk.al_extents {
             output.push_str(&format!(
                 "{name}: al-extents {} takes effect at the next attach\n",
                 disk.al_extents
             ));
         }
-        s.engine.set_al_extents(disk.al_extents as u16);
         s.net.set_options(crate::peer_net::socket_options(&new));
         s.resource = new;
         s.pump();
