@@ -847,7 +847,7 @@ impl Resource {
                     self.on_epoch_flushed(link_gen, through, eio())
                 }
                 OpPurpose::ResyncFlush => self.on_resync_flushed(eio()),
-                OpPurpose::MdPreflush => {}
+                OpPurpose::MdPreflush | OpPurpose::Capacity => {}
                 OpPurpose::ReadSuperblock
                 | OpPurpose::ReadActivityLog
                 | OpPurpose::ReadBitmap { .. }
@@ -947,6 +947,11 @@ impl Resource {
             } => self.disk.as_ref().is_none_or(|d| d.sb_durable >= v),
             Pending::Detach(step) => self.drive_detach(step),
             Pending::PeerApproval => false,
+            Pending::Resize(resize) => {
+                // It ends itself (`end_resize`), also for a peer's resize (command id 0).
+                self.drive_resize(id, resize);
+                return;
+            }
         };
         if done && self.pending.as_ref().is_some_and(|(p, _)| *p == id) {
             self.pending = None;

@@ -191,6 +191,8 @@ pub(crate) enum OpPurpose {
     /// meta-data with FLUSH|FUA (md-flushes), so data writes that completed before a
     /// meta-data write are durable with it.
     MdPreflush,
+    /// Asking the backing device for its size (`resize`).
+    Capacity,
 }
 
 /// Attach, detach and the other commands that take several steps.
@@ -211,6 +213,8 @@ pub(crate) enum Pending {
     Detach(crate::attach::DetachStep),
     /// A cluster-wide state change waits for the peer's P_STATE_CHG_REPLY.
     PeerApproval,
+    /// An online resize: `resize`, or a peer's larger disk (command id 0).
+    Resize(crate::resize::Resize),
 }
 
 /// The attached disk: meta-data in memory and its write state.
@@ -618,6 +622,20 @@ impl Resource {
             AdminCommand::Primary { force } => self.start_primary(id, force),
             AdminCommand::Secondary => self.start_secondary(),
             AdminCommand::Down => self.start_down(),
+            AdminCommand::Resize {
+                assume_peer_has_space,
+                assume_clean,
+            } => self.start_resize(
+                if assume_peer_has_space {
+                    crate::resize::DDSF_FORCED
+                } else {
+                    0
+                } | if assume_clean {
+                    crate::resize::DDSF_NO_RESYNC
+                } else {
+                    0
+                },
+            ),
             AdminCommand::SuspendIo | AdminCommand::ResumeIo => {
                 // DRBD's NS(susp, 1/0): a request for the state it is in does nothing and
                 // succeeds. The peer sees the flag in our P_STATE.
@@ -709,6 +727,7 @@ impl Resource {
                 Pending::Secondary { .. } => "demoting",
                 Pending::Detach(_) => "detaching",
                 Pending::PeerApproval => "waiting for the peer",
+                Pending::Resize(_) => "resizing",
             }),
             peer: self.peer_status(),
         }
@@ -753,6 +772,7 @@ impl Resource {
     /// Checks every invariant of the module doc; panics on a violation (a bug).
     pub fn invariants(&self) {
         self.peer_invariants();
+        self.resize_invariants();
         if let Some(d) = &self.disk {
             assert!(d.size_sect <= d.usable_sect, "the device fits its disk");
             if let Some((old, version)) = d.grow_pending {
@@ -1211,6 +1231,7 @@ impl Resource {
                 self.on_epoch_flushed(link_gen, through, c.result)
             }
             OpPurpose::ResyncFlush => self.on_resync_flushed(c.result),
+            OpPurpose::Capacity => self.on_capacity(c.result),
             OpPurpose::MdPreflush => {
                 if c.result.is_err() {
                     // Part of a meta-data write in DRBD: a meta-data error, which detaches.
@@ -1445,7 +1466,9 @@ impl Resource {
     /// Writes every dirty bitmap page that is not already being written.
     pub(crate) fn write_dirty_pages(&mut self) {
         let Some(d) = self.disk.as_ref() else { return };
-        if !self.bitmap_loaded() {
+        // A resize moving the meta-data writes nothing at the new place before the
+        // superblock that names it is durable.
+        if !self.bitmap_loaded() || self.resize_holds_bitmap() {
             return;
         }
         // While Failed only the detach writes the bitmap (once: a failed page is not retried).

@@ -32,6 +32,7 @@ mod peer;
 pub mod peer_config;
 mod replication;
 mod requests;
+mod resize;
 pub mod resync_controller;
 pub mod state;
 pub mod sync_decision;

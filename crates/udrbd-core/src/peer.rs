@@ -126,6 +126,10 @@ pub(crate) struct Link {
     pub(crate) handshake_done: bool,
     /// The agreed device size, sectors.
     pub(crate) agreed_size_sect: u64,
+    /// This node's `resize` sent P_SIZES and waits for the peer's answer; true if the
+    /// device grew already (DRBD's RESIZE_PENDING): the answer starts the resync of the
+    /// new part.
+    pub(crate) resize_pending: Option<bool>,
     pub(crate) peer_max_bio: u32,
     /// Per-connection sequence number of P_DATA and acks.
     pub(crate) seq: u32,
@@ -1038,6 +1042,7 @@ impl Resource {
             peer_uuids: None,
             handshake_done: false,
             agreed_size_sect: 0,
+            resize_pending: None,
             peer_max_bio: MAX_BIO_SIZE,
             seq: 0,
             ping_sent: false,
@@ -1118,6 +1123,13 @@ impl Resource {
     }
 
     fn send_sizes(&mut self) {
+        self.send_sizes_flags(false, 0);
+    }
+
+    /// P_SIZES with `dds_flags` (resize's DDSF_*); `trigger_reply` sends c_size 0, which a
+    /// connected peer answers with its own P_SIZES (DRBD's drbd_send_sizes(.., 1, ..) of
+    /// `resize`).
+    pub(crate) fn send_sizes_flags(&mut self, trigger_reply: bool, dds_flags: u16) {
         // As DRBD (get_ldev_if_state(D_NEGOTIATING)): a disk still attaching, or failed,
         // is not offered.
         // d_size is what the disk can hold, c_size what the device is now (DRBD's
@@ -1132,13 +1144,14 @@ impl Resource {
             .as_ref()
             .and_then(|p| p.link.as_ref())
             .is_some_and(|l| l.features.contains(FeatureFlags::WSAME));
+        let c_size = if trigger_reply { 0 } else { c_size };
         let sizes = Sizes {
             d_size,
             u_size: 0,
             c_size,
             max_bio_size: MAX_BIO_SIZE,
             queue_order_type: 0,
-            dds_flags: 0,
+            dds_flags,
             queue_limits: wsame.then_some(udrbd_wire::QueueLimits {
                 physical_block_size: 4096,
                 logical_block_size: 512,
@@ -1842,6 +1855,30 @@ impl Resource {
         let link = self.link_mut();
         link.peer_sizes = Some(sizes);
         link.peer_max_bio = sizes.max_bio_size.clamp(4096, MAX_BIO_SIZE);
+        let handshake_done = link.handshake_done;
+        if handshake_done && matches!(self.pending, Some((_, Pending::Resize(_)))) {
+            // A resize under way takes the latest sizes when its own part is done.
+            return Ok(());
+        }
+        if handshake_done
+            && let Some((usable, _)) = own
+            && sizes.d_size > usable
+            && self.start_peer_resize(sizes.dds_flags)
+        {
+            // The peer's disk grew past this one: this one may have grown too. Its size is
+            // asked for first; the sizes are taken when the resize is done.
+            return Ok(());
+        }
+        self.apply_peer_sizes(sizes, false)
+    }
+
+    /// The size agreement with the peer's P_SIZES (DRBD's drbd_determine_dev_size from
+    /// receive_sizes). After the handshake: a peer's `resize` (c_size 0) or this disk's new
+    /// size (`measured`) is answered with this node's P_SIZES, and a device that grew while
+    /// Connected resyncs its new part.
+    pub(crate) fn apply_peer_sizes(&mut self, sizes: Sizes, measured: bool) -> Result<(), String> {
+        let own = self.disk.as_ref().map(|d| (d.usable_sect, d.size_sect));
+        let link = self.link_mut();
         let agreed = match (own, sizes.d_size) {
             (Some((_, current)), 0) => current,
             (Some((usable, _)), peer) => usable.min(peer),
@@ -1876,27 +1913,37 @@ impl Resource {
             self.go_standalone();
             return Ok(());
         }
-        if agreed != current {
-            // The new size is the last agreed one (la_size_sect), written to the superblock
-            // as DRBD's drbd_determine_dev_size does: the next attach starts from it.
-            let d = self.disk.as_mut().expect("attached");
-            d.size_sect = agreed;
-            d.sb.la_size_sect = agreed;
-            d.sb_version += 1;
-            // Until this version is durable, the superblock on disk says the size a grow
-            // started from (an earlier grow's, if that is still being written): writes past
-            // it wait (`within_durable_size`). A shrink to within it needs no wait.
-            let durable_size = d.grow_pending.map_or(current, |(old, _)| old);
-            d.grow_pending = (agreed > durable_size).then_some((durable_size, d.sb_version));
-            if agreed > current {
-                // Grown: what the device did not cover may differ between the disks (DRBD's
-                // drbd_bm_resize with set_new_bits): the resync brings it.
-                self.mark_out_of_sync(current * 512, (agreed - current) * 512);
+        // The new size is the last agreed one (la_size_sect), written to the superblock as
+        // DRBD's drbd_determine_dev_size does: the next attach starts from it.
+        let no_resync = sizes.dds_flags & crate::resize::DDSF_NO_RESYNC != 0;
+        self.set_device_size(agreed, !no_resync);
+        if !handshake_done {
+            return Ok(());
+        }
+        if sizes.c_size == 0 || measured {
+            // The peer's `resize` waits for this node's sizes (DRBD answers a c_size that
+            // differs from its own, or a disk whose size changed).
+            self.send_sizes_flags(false, sizes.dds_flags);
+        }
+        // The answer to this node's `resize`, or a peer's `resize` (or this disk measured
+        // anew) that grew the device: DRBD's RESIZE_PENDING, or a grow while Connected.
+        // A P_SIZES of neither kind (an attach on a connected peer) starts nothing here.
+        let answered = self.link_mut().resize_pending.take();
+        let grew = agreed > current;
+        let connected = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.conn == ConnState::Connected);
+        let resized = answered.is_some() || sizes.c_size == 0 || measured;
+        if (answered == Some(true) || (grew && connected)) && resized {
+            if no_resync {
+                self.log(
+                    LogLevel::Info,
+                    "Resync of new storage suppressed with --assume-clean".to_string(),
+                );
+            } else {
+                self.resync_after_online_grow();
             }
-            self.log(
-                LogLevel::Info,
-                format!("size of the device: {current} -> {agreed} sectors"),
-            );
         }
         Ok(())
     }
@@ -2641,7 +2688,7 @@ impl Resource {
         Ok(())
     }
 
-    fn start_resync_source(&mut self) {
+    pub(crate) fn start_resync_source(&mut self) {
         if self.disk_state > DiskState::Inconsistent && self.disk_state < DiskState::UpToDate {
             // The handshake found this side's data the newer (a crashed Primary's, rule 40):
             // a SyncSource's disk is UpToDate, as DRBD's sanitize_state makes it. Left

@@ -401,11 +401,15 @@ impl Resource {
     /// Drives the activity-log writer: prepare a transaction, write the evicted extents' bitmap
     /// pages, then the transaction block with FUA.
     pub(crate) fn drive_activity_log(&mut self) {
-        if self.disk_state == DiskState::Failed {
+        if self.disk_state == DiskState::Failed || self.resize_holds_activity_log() {
             return;
         }
+        let holds_new = self.resize_holds_new_al_transactions();
         let Some(d) = self.disk.as_mut() else { return };
         if matches!(d.al_writer, AlWriter::Idle) {
+            if holds_new {
+                return;
+            }
             let Some(prepared) = d.al.prepare_transaction() else {
                 return;
             };

@@ -182,6 +182,15 @@ pub enum CommandError {
     /// ERR_* 157: `resume-sync` while no `pause-sync` is in force here, and the resync is
     /// paused by the peer.
     PausedByPeer,
+    /// ERR_* 130: `resize` while a resync or verify runs.
+    ResizeDuringResync,
+    /// ERR_* 131: `resize` of two connected Secondaries.
+    ResizeNeedsPrimary,
+    /// ERR_* 170: the backing device is smaller than the device (or its meta-data would
+    /// have to move down).
+    ImplicitShrink,
+    /// The backing device's size could not be read.
+    BackingSizeUnknown,
 }
 
 impl CommandError {
@@ -198,6 +207,9 @@ impl CommandError {
             CommandError::PauseIsSet => Some(134),
             CommandError::PauseIsClear => Some(135),
             CommandError::PausedByPeer => Some(157),
+            CommandError::ResizeDuringResync => Some(130),
+            CommandError::ResizeNeedsPrimary => Some(131),
+            CommandError::ImplicitShrink => Some(170),
             _ => None,
         }
     }
@@ -251,6 +263,19 @@ impl std::fmt::Display for CommandError {
                 f,
                 "Failure: (157) Sync-pause flag is already cleared.\nNote: Resync pause caused by the peer node."
             ),
+            CommandError::ResizeDuringResync => {
+                write!(f, "Failure: (130) Resize not allowed during resync.")
+            }
+            CommandError::ResizeNeedsPrimary => {
+                write!(f, "Failure: (131) Need one Primary node to resize.")
+            }
+            CommandError::ImplicitShrink => write!(
+                f,
+                "Failure: (170) Implicit device shrinking not allowed. See kernel log."
+            ),
+            CommandError::BackingSizeUnknown => {
+                write!(f, "Failure: the backing device's size could not be read")
+            }
         }
     }
 }

@@ -84,6 +84,9 @@ pub enum DiskOpKind {
         /// Length in bytes.
         len: u64,
     },
+    /// Report the device's current size in bytes, as 8 little-endian bytes of data
+    /// (`resize`: the backing device may have grown). Reads and writes nothing.
+    Capacity,
 }
 
 /// A disk operation for the driver to execute. The engine keeps no buffer of it: `data` is
@@ -279,6 +282,14 @@ pub enum AdminCommand {
         start_sector: Option<u64>,
         /// `--stop`, sectors.
         stop_sector: Option<u64>,
+    },
+    /// Online grow (`resize`): the backing device is measured again, internal meta-data
+    /// moves to its new end, and the device grows to what both disks hold.
+    Resize {
+        /// `--assume-peer-has-space`: StandAlone, grow to this disk's size.
+        assume_peer_has_space: bool,
+        /// `--assume-clean`: the new part needs no resync.
+        assume_clean: bool,
     },
 }
 

@@ -1904,3 +1904,258 @@ fn a_disk_that_attaches_during_the_handshake_leaves_related_generations() {
     assert_eq!((c.out_of_sync(0), c.out_of_sync(1)), (0, 0));
     assert_eq!(resyncs(&c), before, "no resync between in-sync disks");
 }
+
+// ---- online resize ---------------------------------------------------------------------
+
+const GROWN: u64 = 16 << 20;
+
+fn resize(assume_peer_has_space: bool, assume_clean: bool) -> AdminCommand {
+    AdminCommand::Resize {
+        assume_peer_has_space,
+        assume_clean,
+    }
+}
+
+/// The superblock at the end of node `i`'s disk as a crash would leave it, checked against
+/// the internal layout for the disk's current size.
+fn durable_superblock(c: &Cluster, i: usize) -> udrbd_meta::Superblock {
+    let disk = &c.nodes[i].disk.durable;
+    let layout =
+        udrbd_meta::Layout::internal(disk.len() as u64, udrbd_meta::AlGeometry::DEFAULT).unwrap();
+    let at = layout.superblock_byte() as usize;
+    let sb = udrbd_meta::Superblock::decode(&disk[at..at + 4096]).unwrap();
+    sb.check_layout(&layout).unwrap();
+    sb
+}
+
+fn grown_usable_bytes() -> u64 {
+    let layout = udrbd_meta::Layout::internal(GROWN, udrbd_meta::AlGeometry::DEFAULT).unwrap();
+    (layout.max_data_sect & !7) * 512
+}
+
+/// `lvextend` on both nodes, then `resize` on the Primary (or the Secondary): internal
+/// meta-data moves to the new end of both disks, both devices grow, and the new part is
+/// resynced from the Primary. The moved meta-data is what an attach reads.
+fn both_disks_grow_and_resize_on(node: usize) {
+    let mut c = synced_pair();
+    let old = c.status(0).size_bytes;
+    c.settle();
+    for i in 0..2 {
+        c.nodes[i].disk.grow(GROWN);
+    }
+    c.command(node, resize(false, false)).unwrap();
+    let new = grown_usable_bytes();
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| {
+            c.status(i).size_bytes == new
+                && c.conn(i) == ConnState::Connected
+                && c.status(i).out_of_sync_bytes == 0
+                && c.status(i).disk == DiskState::UpToDate
+        })
+    });
+    c.settle();
+    for i in 0..2 {
+        assert!(c.logged(i, "md moved"), "node {i}: {:?}", c.logs(i));
+        assert!(c.logged(i, "Resync of new storage after online grow"));
+        let sb = durable_superblock(&c, i);
+        assert_eq!(
+            sb.la_size_sect * 512,
+            new,
+            "node {i} recorded the grown size"
+        );
+        assert!(
+            !sb.flags.has(udrbd_meta::superblock::MdFlags::FULL_SYNC)
+                && !sb.flags.has(udrbd_meta::superblock::MdFlags::AL_DISABLED),
+            "the move's flags are cleared"
+        );
+    }
+    // The Primary was the source: bob's new part (his old meta-data among it) is alice's.
+    assert!(c.logged(0, "Began resync as SyncSource"));
+    assert!(c.logged(1, "Began resync as SyncTarget"));
+    assert_eq!(c.data_area(0), c.data_area(1));
+    assert!(new > old);
+    // The grown part takes writes, replicated.
+    c.write(0, new - 4096, pattern(5, 4096)).unwrap();
+    c.settle();
+    assert_eq!(
+        &c.nodes[1].disk.volatile[(new - 4096) as usize..new as usize],
+        &pattern(5, 4096)[..]
+    );
+    // Bob detaches and attaches again: the meta-data at the new end is his.
+    c.command(1, AdminCommand::Detach { force: false }).unwrap();
+    c.command(1, attach_of(GROWN)).unwrap();
+    c.run_until(Duration::from_secs(60), |c| {
+        c.status(1).disk == DiskState::UpToDate && c.conn(1) == ConnState::Connected
+    });
+    assert_eq!(c.status(1).size_bytes, new);
+    assert_eq!(c.status(1).out_of_sync_bytes, 0);
+}
+
+#[test]
+fn resize_on_the_primary_moves_the_meta_data_grows_both_and_resyncs_the_new_part() {
+    both_disks_grow_and_resize_on(0);
+}
+
+#[test]
+fn resize_on_the_secondary_grows_both_and_the_primary_is_the_source() {
+    both_disks_grow_and_resize_on(1);
+}
+
+/// Writes go on while the meta-data moves, and the activity log at the new place names the
+/// extents in use: a crash of the Primary right after the move marks them at the next
+/// attach (as the ring the move wrote is replayed).
+#[test]
+fn the_activity_log_written_at_the_new_place_covers_the_extents_in_use() {
+    let mut c = synced_pair();
+    c.settle();
+    for i in 0..2 {
+        c.nodes[i].disk.grow(GROWN);
+    }
+    // Writes in two extents, one of them in flight during the resize.
+    c.write(0, 0, pattern(1, 4096)).unwrap();
+    let id = c.request(0, |id| BlockRequest::Write {
+        id,
+        offset: 5 << 20,
+        data: Bytes::from(pattern(2, 4096)),
+        fua: false,
+    });
+    c.command(0, resize(false, false)).unwrap();
+    c.wait(0, id).unwrap();
+    c.settle();
+    let disk = &c.nodes[0].disk.durable;
+    let layout = udrbd_meta::Layout::internal(GROWN, udrbd_meta::AlGeometry::DEFAULT).unwrap();
+    let ring: Vec<_> = (0..layout.al.ring_blocks())
+        .map(|p| {
+            let at = layout.al_position_byte(p) as usize;
+            udrbd_meta::activity_log::AlTransaction::decode(&disk[at..at + 4096])
+        })
+        .collect();
+    let replay = udrbd_meta::activity_log::replay(&ring, layout.al, true);
+    let udrbd_meta::activity_log::ReplayOutcome::Active { extents, .. } = replay.outcome else {
+        panic!("the moved ring replays nothing: {replay:?}");
+    };
+    let in_use: Vec<u32> = [0u64, 5 << 20]
+        .iter()
+        .map(|&b| udrbd_meta::activity_log::extent_of_sector(b / 512))
+        .collect();
+    for e in in_use {
+        assert!(
+            extents.contains(&e),
+            "extent {e} not in the moved ring {extents:?}"
+        );
+    }
+    assert!(replay.warnings.is_empty(), "{:?}", replay.warnings);
+}
+
+/// StandAlone, `resize` moves the meta-data of a grown disk but keeps the device's size
+/// (the peer's disk is unknown); `--assume-peer-has-space` grows it, and the peer, grown
+/// and resized the same way, resyncs the new part at the next connect.
+#[test]
+fn a_standalone_resize_grows_only_with_assume_peer_has_space() {
+    let mut c = synced_pair();
+    let old = c.status(0).size_bytes;
+    for i in 0..2 {
+        c.command(i, AdminCommand::Disconnect).unwrap();
+        c.nodes[i].disk.grow(GROWN);
+    }
+    c.command(0, resize(false, false)).unwrap();
+    assert_eq!(
+        c.status(0).size_bytes,
+        old,
+        "no peer agreed: the size stays"
+    );
+    assert_eq!(durable_superblock(&c, 0).la_size_sect * 512, old);
+    c.command(0, resize(true, false)).unwrap();
+    c.settle();
+    let new = grown_usable_bytes();
+    assert_eq!(c.status(0).size_bytes, new);
+    assert!(c.logged(0, "Resize while not connected was forced by the user!"));
+    assert_eq!(
+        c.status(0).out_of_sync_bytes,
+        new - old,
+        "the new part is marked"
+    );
+    c.write(0, new - 4096, pattern(6, 4096)).unwrap();
+    c.command(1, resize(true, false)).unwrap();
+    c.connect_both();
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| {
+            c.conn(i) == ConnState::Connected
+                && c.status(i).out_of_sync_bytes == 0
+                && c.status(i).disk == DiskState::UpToDate
+        })
+    });
+    assert_eq!(c.status(1).size_bytes, new);
+    assert_eq!(c.data_area(0), c.data_area(1));
+}
+
+/// `--assume-clean`: the new part is taken as it is, on both nodes, without a resync.
+#[test]
+fn resize_assume_clean_skips_the_resync_of_the_new_part() {
+    let mut c = synced_pair();
+    c.settle();
+    let resyncs_before: Vec<usize> = (0..2)
+        .map(|i| {
+            c.logs(i)
+                .iter()
+                .filter(|m| m.contains("Began resync"))
+                .count()
+        })
+        .collect();
+    for i in 0..2 {
+        c.nodes[i].disk.grow(GROWN);
+    }
+    c.command(0, resize(false, true)).unwrap();
+    let new = grown_usable_bytes();
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.status(i).size_bytes == new)
+    });
+    c.settle();
+    for (i, before) in resyncs_before.into_iter().enumerate() {
+        assert_eq!(c.conn(i), ConnState::Connected);
+        assert_eq!(c.status(i).out_of_sync_bytes, 0);
+        let resyncs = c
+            .logs(i)
+            .iter()
+            .filter(|m| m.contains("Began resync"))
+            .count();
+        assert_eq!(resyncs, before, "node {i} resynced");
+    }
+    assert!(c.logged(1, "Resync of new storage suppressed with --assume-clean"));
+}
+
+/// DRBD's refusals: two connected Secondaries (131), a resync running (130), no disk (138),
+/// a backing device smaller than the device (170).
+#[test]
+fn resize_is_refused_as_drbd_refuses_it() {
+    let mut c = synced_pair();
+    c.command(0, AdminCommand::Secondary).unwrap();
+    c.settle();
+    let e = c.command(0, resize(false, false)).unwrap_err();
+    assert_eq!(e, CommandError::ResizeNeedsPrimary);
+    assert_eq!(e.err_code(), Some(131));
+    c.command(0, AdminCommand::Primary { force: false })
+        .unwrap();
+    c.command(1, AdminCommand::Invalidate).unwrap();
+    assert!(matches!(
+        c.conn(0),
+        ConnState::SyncSource | ConnState::WfBitMapS
+    ));
+    assert_eq!(
+        c.command(0, resize(false, false)),
+        Err(CommandError::ResizeDuringResync)
+    );
+    c.run_until(Duration::from_secs(60), |c| {
+        c.conn(0) == ConnState::Connected && c.status(1).disk == DiskState::UpToDate
+    });
+    let size = c.status(1).size_bytes as usize;
+    c.nodes[1].disk.reported_size = Some(SIZE - (1 << 20));
+    let e = c.command(1, resize(false, false)).unwrap_err();
+    assert_eq!(e.err_code(), Some(170));
+    assert_eq!(c.status(1).size_bytes as usize, size, "nothing changed");
+    c.command(1, AdminCommand::Detach { force: false }).unwrap();
+    assert_eq!(
+        c.command(1, resize(false, false)),
+        Err(CommandError::NoDiskConfig)
+    );
+}

@@ -711,6 +711,46 @@ impl ActivityLog {
         }
     }
 
+    /// Restarts the ring at transaction 0, for a ring written anew at another place (the
+    /// meta-data moved with a grown device): returns the whole ring's bytes. The first
+    /// blocks are update transactions without updates whose context windows carry every
+    /// slot's durable extent; the other blocks are INITIALIZED, as create-md writes them. A
+    /// replay of that ring finds the active set as it is now. Changes queued stay queued for
+    /// the next transaction; references are kept.
+    ///
+    /// Panics with a transaction in flight (its outcome would be lost).
+    pub fn restart_ring(&mut self) -> Vec<u8> {
+        assert!(
+            self.in_flight.is_none(),
+            "ring restarted under a transaction"
+        );
+        let blocks = self.geometry.ring_blocks();
+        let windows = self.slots.len().div_ceil(AL_CONTEXT_PER_TRANSACTION) as u64;
+        assert!(windows <= blocks, "more context windows than ring blocks");
+        let initialized = AlTransaction::initialized().encode();
+        let mut ring = vec![0u8; (blocks * BLOCK_4K) as usize];
+        for position in 0..blocks {
+            let block = if position < windows {
+                let start = position as usize * AL_CONTEXT_PER_TRANSACTION;
+                let mut tr =
+                    AlTransaction::empty_update(position as u32, self.al_extents(), start as u16);
+                for i in 0..AL_CONTEXT_PER_TRANSACTION {
+                    if let Some(s) = self.slots.get(start + i) {
+                        tr.context[i] = s.committed;
+                    }
+                }
+                tr.encode()
+            } else {
+                initialized.clone()
+            };
+            let at = (self.geometry.block_of_position(position) * BLOCK_4K) as usize;
+            ring[at..at + BLOCK_4K as usize].copy_from_slice(&block[..]);
+        }
+        self.next_tr_number = windows as u32;
+        self.context_start = 0;
+        ring
+    }
+
     /// Extents of the durable active set plus those pending (what the ring may name after a
     /// crash, and everything a write may currently touch).
     pub fn extents(&self) -> BTreeSet<u32> {
@@ -1019,6 +1059,54 @@ mod tests {
                 al.committed_extents().into_iter().collect::<Vec<_>>()
             );
         }
+    }
+
+    /// A ring restarted at another place (a resize moved the meta-data) replays to the
+    /// active set as it was, over more than one context window and on a striped ring, and
+    /// the transactions after it replay on top.
+    #[test]
+    fn a_restarted_ring_replays_to_the_same_active_set() {
+        let g = AlGeometry::from_options(2, 64).unwrap();
+        let decode = |bytes: &[u8]| -> Vec<Result<AlTransaction, AlBlockError>> {
+            (0..g.ring_blocks())
+                .map(|p| {
+                    let at = (g.block_of_position(p) * BLOCK_4K) as usize;
+                    AlTransaction::decode(&bytes[at..at + BLOCK_4K as usize])
+                })
+                .collect()
+        };
+        let mut al = ActivityLog::new(g, 1500, 77);
+        for e in 0..1400u32 {
+            let extent = e * 3 + 1;
+            assert_ne!(al.activate(extent), Activation::Busy);
+            if e % 2 == 0 {
+                al.release(extent);
+            }
+            if al.queued.len() == AL_UPDATES_PER_TRANSACTION {
+                al.prepare_transaction().unwrap();
+                al.transaction_written();
+            }
+        }
+        // One change still queued: it stays for the next transaction.
+        assert_eq!(al.activate(9_999), Activation::Pending);
+        let committed = al.committed_extents();
+        let mut ring = al.restart_ring();
+        al.invariants();
+        let r = replay(&decode(&ring), g, true);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert_eq!(active(&r), committed.iter().copied().collect::<Vec<_>>());
+        let t = al.prepare_transaction().unwrap();
+        assert_eq!(t.transaction.tr_number, 2, "after the two context windows");
+        let at = (g.block_of_position(t.ring_position) * BLOCK_4K) as usize;
+        ring[at..at + BLOCK_4K as usize].copy_from_slice(&t.transaction.encode()[..]);
+        al.transaction_written();
+        let r = replay(&decode(&ring), g, true);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert_eq!(
+            active(&r),
+            al.committed_extents().into_iter().collect::<Vec<_>>()
+        );
+        assert!(active(&r).contains(&9_999));
     }
 
     fn sha256_hex(data: &[u8]) -> String {

@@ -43,6 +43,25 @@ impl Bitmap {
         }
     }
 
+    /// The bitmap for a device grown to `bits` bits (DRBD's drbd_bm_resize): the bits it has
+    /// are kept, the new ones are set when `set_new_bits` (their blocks were never in sync),
+    /// and every page is dirty, as the whole bitmap goes to a new place on the disk.
+    /// A smaller `bits` drops the bits past it.
+    pub fn resized(&self, bits: u64, set_new_bits: bool) -> Bitmap {
+        let mut grown = Bitmap::new(bits);
+        let kept = self.words.len().min(grown.words.len());
+        grown.words[..kept].copy_from_slice(&self.words[..kept]);
+        if let Some(last) = kept.checked_sub(1) {
+            grown.words[last] &= grown.valid_mask(last);
+        }
+        grown.set_count = grown.words.iter().map(|w| u64::from(w.count_ones())).sum();
+        if set_new_bits && bits > self.bits {
+            grown.set_range(self.bits..bits);
+        }
+        grown.mark_all_dirty();
+        grown
+    }
+
     /// Number of bits.
     pub fn bits(&self) -> u64 {
         self.bits
@@ -289,6 +308,25 @@ fn mask(lo: u64, hi: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    /// A grown bitmap keeps its bits, sets the new ones only if asked, and is all dirty.
+    #[test]
+    fn resized_keeps_the_bits_and_dirties_every_page() {
+        let mut b = Bitmap::new(100);
+        b.set_range(3..5);
+        b.set_range(97..100);
+        let grown = b.resized(BITS_PER_PAGE + 10, false);
+        grown.invariants();
+        assert_eq!(grown.count(), 5);
+        assert!(grown.test(99) && !grown.test(100));
+        assert_eq!(grown.dirty_count(), 2);
+        let marked = b.resized(200, true);
+        marked.invariants();
+        assert_eq!(marked.count(), 5 + 100);
+        let shrunk = marked.resized(98, false);
+        shrunk.invariants();
+        assert_eq!(shrunk.count(), 3);
+    }
+
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeSet;

@@ -320,6 +320,14 @@ impl Superblock {
         AlGeometry::from_superblock(self.al_stripes, self.al_stripe_size_4k)
     }
 
+    /// Records `layout`'s meta-data geometry (the fields [`Superblock::check_layout`]
+    /// compares): the meta-data moved or grew with its device.
+    pub fn set_layout(&mut self, layout: &Layout) {
+        self.md_size_sect = layout.md_size_sect as u32;
+        self.al_offset = layout.al_offset_sect as i32;
+        self.bm_offset = layout.bm_offset_sect as i32;
+    }
+
     /// Checks the stored offsets against the layout computed for the device, as drbdmeta's
     /// validity check does (a mismatch means "no meta-data" there).
     pub fn check_layout(&self, layout: &Layout) -> Result<(), LayoutMismatch> {

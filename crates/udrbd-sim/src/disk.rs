@@ -136,6 +136,13 @@ impl SimDisk {
         self.durable.len() as u64
     }
 
+    /// The device grows to `size` bytes (an `lvextend`): the new part reads as zeros.
+    pub fn grow(&mut self, size: u64) {
+        assert!(size >= self.size(), "a disk only grows");
+        self.durable.resize(size as usize, 0);
+        self.cache.resize(size as usize, 0);
+    }
+
     /// Writes bytes straight into the durable image (setting up a disk, e.g. create-md).
     pub fn poke(&mut self, offset: u64, data: &[u8]) {
         let at = offset as usize;
@@ -204,7 +211,7 @@ impl SimDisk {
             DiskOpKind::Read { len } => (u64::from(*len), false),
             DiskOpKind::Write { data, .. } => (data.len() as u64, true),
             DiskOpKind::Discard { len } | DiskOpKind::WriteZeroes { len } => (*len, true),
-            DiskOpKind::Flush => (0, false),
+            DiskOpKind::Flush | DiskOpKind::Capacity => (0, false),
         };
         let (op_area, offset) = (op.area, op.offset);
         self.stats.completed += 1;
@@ -216,6 +223,9 @@ impl SimDisk {
             }
             DiskOpKind::Read { len } => Ok(Some(Bytes::copy_from_slice(
                 &self.cache[at..at + *len as usize],
+            ))),
+            DiskOpKind::Capacity => Ok(Some(Bytes::copy_from_slice(
+                &(self.durable.len() as u64).to_le_bytes(),
             ))),
             DiskOpKind::Write { .. }
             | DiskOpKind::Discard { .. }

@@ -159,6 +159,10 @@ pub fn execute(device: &MetaDevice, op: &DiskOp) -> Result<Option<Bytes>, DiskEr
             op.offset,
             *len,
         ),
+        DiskOpKind::Capacity => device
+            .current_size_bytes()
+            .map(|size| Some(Bytes::copy_from_slice(&size.to_le_bytes())))
+            .map_err(errno),
     }
 }
 

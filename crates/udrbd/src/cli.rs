@@ -17,7 +17,7 @@ use crate::offline::{self, CreateOptions, MetaTarget, OfflineError, RestoreOptio
 /// The exit codes of offline and online verbs, for `udrbd help`.
 fn help_footer() -> String {
     format!(
-        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, connect, disconnect, invalidate,\ninvalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync, suspend-io, resume-io,\nverify, adjust, role, cstate, dstate RESOURCE, wait-connect, status, events) exit like drbdsetup:\n   5  wait-connect timed out; refused: disk state lower than Outdated (-16)\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  16  refused: can not resync without local disk (-4)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
+        "{}\nOnline verbs (up, down, attach, detach, primary, secondary, connect, disconnect, invalidate,\ninvalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync, suspend-io, resume-io,\nverify, resize, adjust, role, cstate, dstate RESOURCE, wait-connect, status, events) exit like drbdsetup:\n   5  wait-connect timed out; refused: disk state lower than Outdated (-16)\n  10  failure (Failure: (N) ...)\n  11  state change refused (State change failed: (N) ...)\n  16  refused: can not resync without local disk (-4)\n  17  refused: need access to UpToDate data (-2)\n  20  local problem (e.g. the daemon is not running)\n",
         ExitCode::help_table()
     )
 }
@@ -270,6 +270,19 @@ pub enum Verb {
         #[arg(long, short = 'S')]
         stop: Option<u64>,
     },
+    /// Online grow, after the backing devices grew (lvextend, truncate): internal
+    /// meta-data moves to the new end of the backing device, and the device grows to what
+    /// both disks hold; the new part is resynced from the Primary. Run it on one node.
+    Resize {
+        /// Resource name.
+        resource: String,
+        /// Grow while StandAlone, trusting that the peer's disk grew as well.
+        #[arg(long)]
+        assume_peer_has_space: bool,
+        /// The new part needs no resync (both disks hold the same there, e.g. zeros).
+        #[arg(long)]
+        assume_clean: bool,
+    },
     /// Print the roles: local/peer (e.g. Primary/Secondary).
     Role {
         /// Resource name.
@@ -490,6 +503,16 @@ pub fn run(
             let mut r = ControlRequest::new("verify", Some(&resource));
             r.start_sector = start;
             r.stop_sector = stop;
+            online(g, r, out)?;
+        }
+        Verb::Resize {
+            resource,
+            assume_peer_has_space,
+            assume_clean,
+        } => {
+            let mut r = ControlRequest::new("resize", Some(&resource));
+            r.assume_peer_has_space = assume_peer_has_space;
+            r.assume_clean = assume_clean;
             online(g, r, out)?;
         }
         Verb::Adjust { resource } => simple(g, "adjust", &resource, out)?,

@@ -18,7 +18,8 @@ pub const CONTROL_SOCKET: &str = "udrbd.sock";
 pub struct ControlRequest {
     /// The verb: up, down, attach, detach, primary, secondary, connect, disconnect,
     /// invalidate, invalidate-remote, new-current-uuid, outdate, pause-sync, resume-sync,
-    /// suspend-io, resume-io, verify, adjust, role, cstate, dstate, wait-connect, status, events.
+    /// suspend-io, resume-io, verify, resize, adjust, role, cstate, dstate, wait-connect, status,
+    /// events.
     pub verb: String,
     /// The resource (`None`: all, for status).
     pub resource: Option<String>,
@@ -52,6 +53,12 @@ pub struct ControlRequest {
     /// `verify --stop SECTOR` (none: the end of the device).
     #[serde(default)]
     pub stop_sector: Option<u64>,
+    /// `resize --assume-peer-has-space`.
+    #[serde(default)]
+    pub assume_peer_has_space: bool,
+    /// `resize --assume-clean`.
+    #[serde(default)]
+    pub assume_clean: bool,
 }
 
 impl ControlRequest {
@@ -70,6 +77,8 @@ impl ControlRequest {
             timeout_secs: None,
             start_sector: None,
             stop_sector: None,
+            assume_peer_has_space: false,
+            assume_clean: false,
         }
     }
 }

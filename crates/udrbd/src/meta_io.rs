@@ -170,6 +170,16 @@ impl MetaDevice {
         self.size_bytes
     }
 
+    /// The device's size in bytes now (`resize`: it may have grown since it was opened).
+    pub fn current_size_bytes(&self) -> std::io::Result<u64> {
+        let meta = self.file.metadata()?;
+        if meta.file_type().is_block_device() {
+            block_device_size(&self.file)
+        } else {
+            Ok(meta.len())
+        }
+    }
+
     /// Whether IO bypasses the page cache.
     pub fn is_direct(&self) -> bool {
         self.direct

@@ -146,8 +146,10 @@ impl Shared {
                         inline_done.push(DiskCompletion { id: op.id, result });
                         continue;
                     }
+                    // The size of the backing device (`resize`) is no io_uring operation.
+                    let capacity = matches!(op.kind, udrbd_core::DiskOpKind::Capacity);
                     match self.uring.as_mut() {
-                        Some(ring) if !fua => ring.push(op, backing),
+                        Some(ring) if !fua && !capacity => ring.push(op, backing),
                         _ => self.pool.submit(op, backing, self.disk_tx.clone()),
                     }
                 }
@@ -800,6 +802,10 @@ fn admin_command(request: &ControlRequest) -> Option<AdminCommand> {
         "verify" => AdminCommand::Verify {
             start_sector: request.start_sector,
             stop_sector: request.stop_sector,
+        },
+        "resize" => AdminCommand::Resize {
+            assume_peer_has_space: request.assume_peer_has_space,
+            assume_clean: request.assume_clean,
         },
         _ => return None,
     })

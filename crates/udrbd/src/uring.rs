@@ -139,6 +139,7 @@ impl Uring {
                 .offset(entry.op.offset)
                 .mode(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
                 .build(),
+            DiskOpKind::Capacity => unreachable!("the backing size is read by an IO thread"),
         };
         self.in_flight.insert(key, entry);
         let sqe = if backing_async {

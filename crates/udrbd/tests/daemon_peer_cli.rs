@@ -438,3 +438,96 @@ fn adjust_applies_the_changed_configuration_to_the_running_resource() {
     p.wait_connected(20);
     p.wait_up_to_date(Duration::from_secs(20));
 }
+
+/// The device size in KiB `status --json` reports.
+fn json_size_kib(status: &serde_json::Value) -> u64 {
+    status["devices"][0]["size"].as_u64().unwrap()
+}
+
+/// `resize` as drbdadm's, after both backing files grew (`truncate`, as an `lvextend`): the
+/// meta-data moves to the new end of both files, both devices grow, and the new part is
+/// resynced from the Primary while the device serves NBD. A new NBD client sees the grown
+/// size; drbd-utils' drbdmeta reads the moved meta-data of a node that went down.
+#[test]
+fn resize_grows_the_device_after_both_backing_files_grew() {
+    require_tool("qemu-io", "qemu-utils");
+    require_tool("nbdinfo", "libnbd-bin");
+    require_tool("drbdmeta", "drbd-utils");
+    let opts = PairOptions::default();
+    let p = Pair::start(opts.clone());
+    let (a, b) = (&p.alice, &p.bob);
+    p.wait_connected(20);
+    a.ok(&["new-current-uuid", "r0", "--clear-bitmap"]);
+    p.wait_up_to_date(Duration::from_secs(20));
+    a.ok(&["primary", "r0"]);
+    let old_kib = json_size_kib(&a.status_json());
+    run_ok(std::process::Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        &a.daemon.uri("r0"),
+        "-c",
+        "write -P 0x11 0 1M",
+    ]));
+    let o = a.cli(&["resize", "nosuch"]);
+    assert_eq!(stderr(&o), "nosuch: No such resource\n");
+    let grown = opts.size + (32 << 20);
+    for n in p.nodes() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&n.disk)
+            .unwrap()
+            .set_len(grown)
+            .unwrap();
+    }
+    a.ok(&["resize", "r0"]);
+    let layout = udrbd_meta::Layout::internal(grown, udrbd_meta::AlGeometry::DEFAULT).unwrap();
+    let new_kib = (layout.max_data_sect & !7) / 2;
+    p.wait_for_both(
+        "the grown device in sync",
+        Duration::from_secs(30),
+        |_, s| json_size_kib(s) == new_kib && json_up_to_date(s),
+    );
+    assert!(new_kib > old_kib + (31 << 10), "{old_kib} -> {new_kib}");
+    for n in p.nodes() {
+        let log = n.daemon.log_text();
+        assert!(log.contains("md moved"), "{}", p.logs());
+        assert!(log.contains("Resync of new storage after online grow"));
+    }
+    let uri = a.daemon.uri("r0");
+    let size = run_ok(std::process::Command::new("nbdinfo").args(["--size", &uri]));
+    assert_eq!(size.trim(), (new_kib * 1024).to_string());
+    let last = format!("{}", new_kib * 1024 - (1 << 20));
+    let out = run_ok(std::process::Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        &uri,
+        "-c",
+        &format!("write -P 0x22 {last} 1M"),
+        "-c",
+        &format!("read -P 0x22 {last} 1M"),
+        "-c",
+        "read -P 0x11 0 1M",
+    ]));
+    assert!(!out.contains("failed"), "{out}");
+    p.wait_up_to_date(Duration::from_secs(20));
+    assert_eq!(
+        a.data_checksum(new_kib * 1024),
+        b.data_checksum(new_kib * 1024)
+    );
+    // The moved meta-data is what drbdmeta finds at the end of the file.
+    b.ok(&["down", "r0"]);
+    let dump = run_ok(
+        std::process::Command::new("drbdmeta")
+            .args(["--force", "0", "v08"])
+            .arg(&b.disk)
+            .args(["internal", "dump-md"]),
+    );
+    assert!(
+        dump.contains(&format!("la-size-sect {};", new_kib * 2)),
+        "{dump}"
+    );
+    b.ok(&["up", "r0"]);
+    p.wait_connected(20);
+    p.wait_up_to_date(Duration::from_secs(20));
+    assert_eq!(json_size_kib(&b.status_json()), new_kib);
+}

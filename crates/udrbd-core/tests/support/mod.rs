@@ -15,6 +15,8 @@ pub struct MemDisk {
     /// Written but not yet durable ranges.
     pub unflushed: Vec<(usize, usize)>,
     pub fail_data_writes: bool,
+    /// The size `Capacity` reports instead of the image's (a device that shrank).
+    pub reported_size: Option<u64>,
 }
 
 impl MemDisk {
@@ -24,6 +26,7 @@ impl MemDisk {
             volatile: vec![0; size as usize],
             unflushed: Vec::new(),
             fail_data_writes: false,
+            reported_size: None,
         }
     }
 
@@ -73,8 +76,20 @@ impl MemDisk {
                 self.unflushed.push((at, n));
                 Ok(None)
             }
+            DiskOpKind::Capacity => Ok(Some(Bytes::copy_from_slice(
+                &self
+                    .reported_size
+                    .unwrap_or(self.durable.len() as u64)
+                    .to_le_bytes(),
+            ))),
         };
         DiskCompletion { id: op.id, result }
+    }
+
+    /// The device grows (an `lvextend`): the new part reads as zeros.
+    pub fn grow(&mut self, size: u64) {
+        self.durable.resize(size as usize, 0);
+        self.volatile.resize(size as usize, 0);
     }
 
     /// Power cut: only the durable image survives.
