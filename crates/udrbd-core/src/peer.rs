@@ -130,6 +130,11 @@ pub(crate) struct Link {
     /// device grew already (DRBD's RESIZE_PENDING): the answer starts the resync of the
     /// new part.
     pub(crate) resize_pending: Option<bool>,
+    /// The disk size (d_size) this node's last P_SIZES on this link offered: what the
+    /// peer agrees with. A resize that ends during the handshake changes the disk after it
+    /// was offered; the handshake still agrees on the size offered (the peer computes the
+    /// same minimum), the larger disk goes with the next P_SIZES.
+    pub(crate) offered_d_size: Option<u64>,
     pub(crate) peer_max_bio: u32,
     /// Per-connection sequence number of P_DATA and acks.
     pub(crate) seq: u32,
@@ -1043,6 +1048,7 @@ impl Resource {
             handshake_done: false,
             agreed_size_sect: 0,
             resize_pending: None,
+            offered_d_size: None,
             peer_max_bio: MAX_BIO_SIZE,
             seq: 0,
             ping_sent: false,
@@ -1145,6 +1151,9 @@ impl Resource {
             .and_then(|p| p.link.as_ref())
             .is_some_and(|l| l.features.contains(FeatureFlags::WSAME));
         let c_size = if trigger_reply { 0 } else { c_size };
+        if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
+            link.offered_d_size = Some(d_size);
+        }
         let sizes = Sizes {
             d_size,
             u_size: 0,
@@ -1659,6 +1668,14 @@ impl Resource {
     /// write on a frozen disk all wait for its lock, and uncounted they were read without
     /// bound (a CI run held 34 writes at max-buffers 32).
     pub(crate) fn receive_full(&self) -> bool {
+        // A resize a peer's P_SIZES started holds the data socket, as DRBD's receiver is
+        // busy in receive_sizes until its disk is measured and its meta-data moved: the
+        // packets behind that P_SIZES (a P_STATE that starts a bitmap exchange, say) wait
+        // for the size it agrees on. Handled at once, they ran the bitmap exchange on the
+        // old size while the peer used the new one, and it never ended (swarm seed 2529).
+        if matches!(&self.pending, Some((_, Pending::Resize(r))) if !r.initiator) {
+            return true;
+        }
         let pages = self
             .peer
             .as_ref()
@@ -1856,11 +1873,12 @@ impl Resource {
         link.peer_sizes = Some(sizes);
         link.peer_max_bio = sizes.max_bio_size.clamp(4096, MAX_BIO_SIZE);
         let handshake_done = link.handshake_done;
-        if handshake_done && matches!(self.pending, Some((_, Pending::Resize(_)))) {
-            // A resize under way takes the latest sizes when its own part is done.
-            return Ok(());
-        }
+        let connected = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.conn == ConnState::Connected);
         if handshake_done
+            && connected
             && let Some((usable, _)) = own
             && sizes.d_size > usable
             && self.start_peer_resize(sizes.dds_flags)
@@ -1877,7 +1895,23 @@ impl Resource {
     /// size (`measured`) is answered with this node's P_SIZES, and a device that grew while
     /// Connected resyncs its new part.
     pub(crate) fn apply_peer_sizes(&mut self, sizes: Sizes, measured: bool) -> Result<(), String> {
-        let own = self.disk.as_ref().map(|d| (d.usable_sect, d.size_sect));
+        // During the handshake the peer computes its minimum from the disk this node
+        // offered (`Link::offered_d_size`), so this node does too: a resize that ended after
+        // the offer does not count yet, and a disk that was still attaching then (offered
+        // as 0) agrees as a diskless node does, as DRBD's receive_sizes without get_ldev.
+        // Either way the two nodes agreed on different sizes before, and their bitmap
+        // exchanges, covering different sizes, never ended (swarm seeds 2412, 2714).
+        let link = self.link_mut();
+        let offered = if link.handshake_done {
+            None
+        } else {
+            link.offered_d_size
+        };
+        let own = match (self.disk.as_ref(), offered) {
+            (None, _) | (Some(_), Some(0)) => None,
+            (Some(d), Some(o)) => Some((o.min(d.usable_sect), d.size_sect)),
+            (Some(d), None) => Some((d.usable_sect, d.size_sect)),
+        };
         let link = self.link_mut();
         let agreed = match (own, sizes.d_size) {
             (Some((_, current)), 0) => current,
@@ -2256,6 +2290,22 @@ impl Resource {
         });
         self.disk_state = DiskState::Negotiating;
         self.link_mut().peer_uuids = None;
+        // The size agreement with the peer's disk as it last announced it (DRBD's attach
+        // runs drbd_determine_dev_size with the peer's p_size): the peer computes the same
+        // minimum from the P_SIZES below. Without it a disk attached at its last agreed size
+        // kept it while the peer, larger, grew to this disk's size: the two bitmap
+        // exchanges then covered different sizes and never ended (swarm seed 2412, the
+        // peer's disk grown by a resize).
+        if let Some(sizes) = self
+            .link()
+            .and_then(|l| l.peer_sizes)
+            .filter(|s| s.d_size != 0)
+        {
+            let _ = self.apply_peer_sizes(sizes, false);
+            if self.link().is_none() {
+                return;
+            }
+        }
         self.send_sizes();
         self.send_uuids(0);
         self.send_state();

@@ -177,10 +177,18 @@ impl Resource {
         };
         let d = self.disk.as_ref().expect("a resize keeps its disk");
         let layout = match d.layout.kind {
-            MetaDiskKind::Internal => match Layout::internal(bytes, d.layout.al) {
-                Ok(l) => l,
-                Err(_) => return self.end_resize(id, resize, Err(CommandError::ImplicitShrink)),
-            },
+            MetaDiskKind::Internal => {
+                match Layout::internal(bytes, d.layout.al) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        self.log(
+                        LogLevel::Error,
+                        format!("resize: no meta-data layout for a backing device of {bytes} bytes: {e}"),
+                    );
+                        return self.end_resize(id, resize, Err(CommandError::ImplicitShrink));
+                    }
+                }
+            }
             // External meta-data stays where it is; the bitmap it holds limits the data.
             MetaDiskKind::FlexExternal | MetaDiskKind::Indexed(_) => d.layout,
         };
@@ -319,7 +327,15 @@ impl Resource {
             }
             self.finish_command(id, result);
         } else {
-            let sizes = self.link().and_then(|l| l.peer_sizes);
+            // Only on the connection that asked, idle: a new connection's handshake took
+            // the sizes already (this disk's new size goes with the next one), and a size
+            // that changed under a bitmap exchange or a resync would not match it.
+            let connected = self.link().is_some_and(|l| l.handshake_done)
+                && self
+                    .peer
+                    .as_ref()
+                    .is_some_and(|p| p.conn == ConnState::Connected);
+            let sizes = self.link().and_then(|l| l.peer_sizes).filter(|_| connected);
             let measured = self
                 .disk
                 .as_ref()
@@ -366,7 +382,7 @@ impl Resource {
         }
         if connected {
             if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
-                link.agreed_size_sect = size.max(link.agreed_size_sect);
+                link.agreed_size_sect = size;
                 link.resize_pending = Some(grew);
             }
             self.send_uuids(0);

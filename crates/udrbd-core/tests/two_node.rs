@@ -1835,7 +1835,30 @@ fn net_options_change_at_once_and_handshake_options_wait_for_a_new_connection() 
 /// handshake has them.
 #[test]
 fn a_disk_that_attaches_during_the_handshake_leaves_related_generations() {
+    attach_during_the_handshake(false);
+}
+
+/// As [`a_disk_that_attaches_during_the_handshake_leaves_related_generations`], with both
+/// disks grown and their meta-data moved by a StandAlone `resize` first, so that each disk
+/// holds more than the device: the pair ends in sync at one size, the grown one, which the
+/// reconnect's handshake (bob's disk offered this time) agrees on.
+#[test]
+fn a_disk_that_attaches_during_the_handshake_with_grown_disks_ends_at_one_size() {
+    attach_during_the_handshake(true);
+}
+
+fn attach_during_the_handshake(grown: bool) {
     let mut c = synced_pair();
+    let size = c.status(0).size_bytes;
+    if grown {
+        for i in 0..2 {
+            c.command(i, AdminCommand::Disconnect).unwrap();
+            c.nodes[i].disk.grow(GROWN);
+            c.command(i, resize(false, false)).unwrap();
+        }
+        c.connect_both();
+        c.wait_connected();
+    }
     // Bob moves on alone as Primary, then leaves with its disk.
     c.command(0, AdminCommand::Secondary).unwrap();
     c.command(1, AdminCommand::Primary { force: false })
@@ -1848,7 +1871,9 @@ fn a_disk_that_attaches_during_the_handshake_leaves_related_generations() {
     c.command(1, AdminCommand::Detach { force: false }).unwrap();
     // Bob's attach waits for its superblock while the two connect.
     c.hold_superblock_of = Some(1);
-    let attach = c.nodes[1].engine.command(c.now, attach());
+    let attach = c.nodes[1]
+        .engine
+        .command(c.now, attach_of(if grown { GROWN } else { SIZE }));
     c.drain(1);
     for i in 0..2 {
         let connect = AdminCommand::Connect {
@@ -1880,6 +1905,12 @@ fn a_disk_that_attaches_during_the_handshake_leaves_related_generations() {
             && (0..2).all(|i| c.status(i).disk == DiskState::UpToDate)
     });
     assert_eq!(c.data_area(0), c.data_area(1));
+    // Grown, the reconnect (below) offers bob's whole disk: both grow, both the same.
+    let size = if grown { grown_usable_bytes() } else { size };
+    assert_eq!(
+        (c.status(0).size_bytes, c.status(1).size_bytes),
+        (size, size)
+    );
     // The target took the source's current UUID at the end of the resync.
     let current = |c: &Cluster, i: usize| c.status(i).generation.unwrap().0.current & !1;
     assert_eq!(
@@ -2158,4 +2189,126 @@ fn resize_is_refused_as_drbd_refuses_it() {
         c.command(1, resize(false, false)),
         Err(CommandError::NoDiskConfig)
     );
+}
+
+/// A disk attached while connected agrees on the size with the peer's disk as the peer last
+/// announced it, as DRBD's attach does, and the peer computes the same from the P_SIZES
+/// that follows: here both disks hold more than the device (grown, their meta-data moved by
+/// a StandAlone `resize`), so both devices grow when alice's disk comes back. Before, alice
+/// kept her last agreed size while bob grew to hers, and their bitmap exchanges, of
+/// different sizes, never ended (swarm seed 2412).
+#[test]
+fn a_disk_attached_while_connected_agrees_on_the_size_with_the_peer() {
+    let mut c = synced_pair();
+    let old = c.status(0).size_bytes;
+    for i in 0..2 {
+        c.command(i, AdminCommand::Disconnect).unwrap();
+        c.nodes[i].disk.grow(GROWN);
+        c.command(i, resize(false, false)).unwrap();
+        assert_eq!(c.status(i).size_bytes, old, "StandAlone: the size stays");
+    }
+    c.command(0, AdminCommand::Secondary).unwrap();
+    c.command(0, AdminCommand::Detach { force: false }).unwrap();
+    c.connect_both();
+    c.wait_connected();
+    c.command(0, attach_of(GROWN)).unwrap();
+    let new = grown_usable_bytes();
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| {
+            c.conn(i) == ConnState::Connected
+                && c.status(i).disk == DiskState::UpToDate
+                && c.status(i).out_of_sync_bytes == 0
+        })
+    });
+    assert_eq!((c.status(0).size_bytes, c.status(1).size_bytes), (new, new));
+    assert_eq!(c.data_area(0), c.data_area(1));
+}
+
+/// Swarm seed 2714: a disk that finished attaching during the handshake, after its node had
+/// offered no disk (d_size 0), agreed on the size with its whole disk while the peer, from
+/// the offer, kept its device's size; the two bitmap exchanges covered different sizes and
+/// never ended. Here alice (the older data) attaches while the two connect, both disks
+/// grown and their meta-data moved first (each holds more than the device), and bob, the
+/// Primary with newer data, is the source. Alice now agrees as the diskless node she
+/// offered to be.
+#[test]
+fn a_disk_attaching_in_the_handshake_agrees_on_the_size_as_offered_by_the_target() {
+    let mut c = synced_pair();
+    // Bob becomes the Primary, then the two part; each disk grows and its meta-data moves.
+    c.command(0, AdminCommand::Secondary).unwrap();
+    c.command(1, AdminCommand::Primary { force: false })
+        .unwrap();
+    for i in 0..2 {
+        c.command(i, AdminCommand::Disconnect).unwrap();
+        c.nodes[i].disk.grow(GROWN);
+        c.command(i, resize(false, false)).unwrap();
+    }
+    let size = c.status(0).size_bytes;
+    c.write(1, 12 * 4096, pattern(42, 4096)).unwrap();
+    c.command(0, AdminCommand::Detach { force: false }).unwrap();
+    c.hold_superblock_of = Some(0);
+    let attach = c.nodes[0].engine.command(c.now, attach_of(GROWN));
+    c.drain(0);
+    for i in 0..2 {
+        let connect = AdminCommand::Connect {
+            discard_my_data: false,
+        };
+        c.nodes[i].engine.command(c.now, connect);
+        c.drain(i);
+    }
+    c.run_until(Duration::from_secs(30), |c| {
+        c.conn(0) == ConnState::WfReportParams
+    });
+    let in_flight = std::mem::take(&mut c.queue);
+    c.partitioned = true;
+    c.release_superblock_writes();
+    c.run_until(Duration::from_secs(30), |c| {
+        c.nodes[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::CommandDone { id, result: Ok(()) } if *id == attach))
+    });
+    c.partitioned = false;
+    let held = std::mem::take(&mut c.held);
+    c.queue.extend(in_flight);
+    c.queue.extend(held);
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected && c.out_of_sync(i) == 0)
+            && (0..2).all(|i| c.status(i).disk == DiskState::UpToDate)
+    });
+    let sizes = (c.status(0).size_bytes, c.status(1).size_bytes);
+    assert!(sizes.0 == sizes.1 && sizes.0 >= size, "{sizes:?}");
+    assert_eq!(c.data_area(0), c.data_area(1));
+}
+
+/// A connected peer's P_SIZES that names a disk larger than this one makes this node
+/// measure its own (it may have grown too); the packets behind it wait for the size it
+/// agrees on, as DRBD's receiver does. Here bob's disk, grown and its meta-data moved,
+/// attaches to a connected Primary whose disk grew but was not measured: alice measures
+/// hers, moves her meta-data, and both devices grow. (Swarm seed 2529 hung in the bitmap
+/// exchange that bob's P_STATE started while alice measured, on devices of different sizes;
+/// this script does not reach that interleaving, the seed does.)
+#[test]
+fn the_packets_behind_a_larger_peer_disk_wait_until_this_disk_is_measured() {
+    let mut c = synced_pair();
+    for i in 0..2 {
+        c.command(i, AdminCommand::Disconnect).unwrap();
+        c.nodes[i].disk.grow(GROWN);
+    }
+    c.command(1, resize(false, false)).unwrap();
+    c.command(1, AdminCommand::Detach { force: false }).unwrap();
+    c.connect_both();
+    c.wait_connected();
+    c.command(1, attach_of(GROWN)).unwrap();
+    let new = grown_usable_bytes();
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| {
+            c.conn(i) == ConnState::Connected
+                && c.status(i).disk == DiskState::UpToDate
+                && c.status(i).out_of_sync_bytes == 0
+                && c.status(i).size_bytes == new
+        })
+    });
+    assert!(c.logged(0, "md moved"), "alice measured her disk");
+    assert_eq!(c.data_area(0), c.data_area(1));
 }

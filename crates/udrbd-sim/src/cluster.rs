@@ -419,6 +419,8 @@ struct Node {
     clock_offset: u64,
     /// Blocks a data write to this node's disk ever failed on.
     failed_write_blocks: BTreeSet<u64>,
+    /// The sizes this node's disk had before it grew (`grow_disks`), oldest first.
+    grown_from: Vec<u64>,
 }
 
 impl Node {
@@ -580,6 +582,7 @@ impl Cluster {
                 history: Vec::new(),
                 clock_offset: 0,
                 failed_write_blocks: BTreeSet::new(),
+                grown_from: Vec::new(),
             });
             c.boot(i as NodeId);
         }
@@ -719,7 +722,7 @@ impl Cluster {
 
     /// `attach` of node `i`'s whole simulated disk with internal meta-data.
     pub fn attach_command_of(&self, node: NodeId) -> AdminCommand {
-        let size = self.options.disk_bytes(node);
+        let size = self.md_disk_bytes(node);
         AdminCommand::Attach(AttachParams {
             data_device_bytes: size,
             meta_device_bytes: size,
@@ -881,15 +884,46 @@ impl Cluster {
     /// The data area of node `i`'s disk as a read would see it now (after a crash: the
     /// durable image).
     pub fn data_area(&self, node: NodeId) -> &[u8] {
+        // The data area of the disk as created: a grown disk's new part (and its old
+        // meta-data) is compared by `assert_same_data` up to the device's size.
         let disk = &self.nodes[usize::from(node)].disk;
-        let layout = Layout::internal(disk.size(), AlGeometry::DEFAULT).expect("layout");
+        let created = self.options.disk_bytes(node);
+        let layout = Layout::internal(created, AlGeometry::DEFAULT).expect("layout");
         disk.current(0, (layout.max_data_sect * SECTOR) as usize)
     }
 
-    /// Node `i`'s meta-data layout (internal meta-data, default activity-log geometry).
+    /// Node `i`'s meta-data layout (internal meta-data, default activity-log geometry), where
+    /// its durable image holds the meta-data ([`Cluster::md_disk_bytes`]).
     pub fn layout(&self, node: NodeId) -> Layout {
-        let disk = &self.nodes[usize::from(node)].disk;
-        Layout::internal(disk.size(), AlGeometry::DEFAULT).expect("layout")
+        Layout::internal(self.md_disk_bytes(node), AlGeometry::DEFAULT).expect("layout")
+    }
+
+    /// The disk size whose internal meta-data node `i`'s durable image holds: the disk's size,
+    /// or, after `grow_disks` and before a `resize` moved the meta-data (or with the move's
+    /// first superblock not yet durable), the size it had before. What an attach finds;
+    /// an operator whose attach finds nothing at the new end shrinks the device back, as
+    /// with DRBD.
+    pub fn md_disk_bytes(&self, node: NodeId) -> u64 {
+        let n = &self.nodes[usize::from(node)];
+        let sizes = std::iter::once(n.disk.size()).chain(n.grown_from.iter().rev().copied());
+        for size in sizes {
+            let layout = Layout::internal(size, AlGeometry::DEFAULT).expect("layout");
+            let block = n.disk.durable(layout.superblock_byte(), 4096);
+            if Superblock::decode(block).is_ok_and(|sb| sb.check_layout(&layout).is_ok()) {
+                return size;
+            }
+        }
+        n.disk.size()
+    }
+
+    /// Both disks grow by `bytes` (an `lvextend` on both nodes); `resize` moves the
+    /// meta-data and grows the device.
+    pub fn grow_disks(&mut self, bytes: u64) {
+        for n in &mut self.nodes {
+            let size = n.disk.size();
+            n.grown_from.push(size);
+            n.disk.grow(size + bytes);
+        }
     }
 
     /// The superblock in node `i`'s durable image (what survives a power cut).
@@ -2159,7 +2193,16 @@ impl Cluster {
 
     /// Fails the run unless nodes `a` and `b` hold the same data.
     pub fn assert_same_data(&self, a: NodeId, b: NodeId) {
-        let (x, y) = (self.data_area(a), self.data_area(b));
+        // The whole device, a grown part included.
+        let size = if self.is_up(a) && self.is_up(b) {
+            self.status(a).size_bytes.min(self.status(b).size_bytes) as usize
+        } else {
+            self.data_area(a).len().min(self.data_area(b).len())
+        };
+        let (x, y) = (
+            self.nodes[usize::from(a)].disk.current(0, size),
+            self.nodes[usize::from(b)].disk.current(0, size),
+        );
         if let Some(at) = x.iter().zip(y).position(|(p, q)| p != q) {
             let differing = x
                 .chunks(4096)

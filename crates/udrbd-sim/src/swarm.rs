@@ -291,6 +291,8 @@ pub struct SwarmCounts {
     pub io_suspends: u64,
     /// Online verifies started (a node went VerifyS).
     pub verifies: u64,
+    /// Devices that grew (`resize` after both disks grew), counted per node.
+    pub grows: u64,
     /// Promotions of a node while its peer was down or unreachable.
     pub failovers: u64,
     /// Split brains detected.
@@ -305,10 +307,13 @@ pub struct SwarmCounts {
     pub simulated_ns: u64,
 }
 
+/// How much the swarm's disks grow at most, in total (bytes).
+const MAX_GROWTH: u64 = 12 << 20;
+
 impl SwarmCounts {
     /// Adds `other` to `self`.
     pub fn add(&mut self, o: &SwarmCounts) {
-        let pairs: [(&mut u64, u64); 34] = [
+        let pairs: [(&mut u64, u64); 35] = [
             (&mut self.seeds, o.seeds),
             (&mut self.unequal_disks, o.unequal_disks),
             (&mut self.tuned, o.tuned),
@@ -337,6 +342,7 @@ impl SwarmCounts {
             (&mut self.sync_pauses, o.sync_pauses),
             (&mut self.io_suspends, o.io_suspends),
             (&mut self.verifies, o.verifies),
+            (&mut self.grows, o.grows),
             (&mut self.failovers, o.failovers),
             (&mut self.split_brains, o.split_brains),
             (&mut self.bitmap_checks, o.bitmap_checks),
@@ -356,7 +362,7 @@ impl std::fmt::Display for SwarmCounts {
             f,
             "seeds {} (unequal disks {}, tuned {}) ops {} requests {} (ok {}, failed {}, reads checked {}) commands {} (refused {}) | \
              crashes {} torn-writes {} lost-writes {} | partitions {} one-way {} resets {} stalls {} net-changes {} | clock-jumps {} | \
-             freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} sync-pauses {} io-suspends {} verifies {} failovers {} split-brains {} | \
+             freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} sync-pauses {} io-suspends {} verifies {} grows {} failovers {} split-brains {} | \
              bitmap-checks {} durable-blocks {} receive-pauses {} | steps {} simulated {:.1}s",
             self.seeds,
             self.unequal_disks,
@@ -385,6 +391,7 @@ impl std::fmt::Display for SwarmCounts {
             self.sync_pauses,
             self.io_suspends,
             self.verifies,
+            self.grows,
             self.failovers,
             self.split_brains,
             self.bitmap_checks,
@@ -691,6 +698,10 @@ struct Run {
     busy_read: BTreeMap<u64, u32>,
     commands: BTreeMap<(NodeId, CommandId), PendingCommand>,
     last: [Snapshot; 2],
+    /// Per node: the device size last seen (bytes), to count grows.
+    sizes: [u64; 2],
+    /// How much both disks grew (bytes), bounded by `MAX_GROWTH`.
+    grown: u64,
     /// Per node: the snapshot before `last` (the state a promotion was granted in).
     previous: [Snapshot; 2],
     /// Per node: incremented whenever its connection is lost (a write is mirrored only if it
@@ -826,6 +837,8 @@ impl Run {
             commands: BTreeMap::new(),
             last,
             previous: last,
+            sizes: [0; 2],
+            grown: 0,
             link_epoch: [0, 0],
             down_since: [None, None],
             op: String::new(),
@@ -1452,6 +1465,13 @@ impl Run {
 
     fn on_state(&mut self, node: NodeId, s: Snapshot) {
         let i = usize::from(node);
+        if self.c.is_up(node) {
+            let size = self.c.status(node).size_bytes;
+            if self.grown > 0 && size > self.sizes[i] && self.sizes[i] != 0 {
+                self.counts.grows += 1;
+            }
+            self.sizes[i] = self.sizes[i].max(size);
+        }
         let before = self.last[i];
         self.previous[i] = before;
         self.last[i] = s;
@@ -1652,12 +1672,30 @@ impl Run {
             8 => AdminCommand::Detach { force: true },
             9 | 10 => self.attach_cmd(node),
             11 => AdminCommand::Invalidate,
-            12 => match self.below(3) {
+            12 => match self.below(4) {
                 0 => AdminCommand::InvalidateRemote,
                 1 => AdminCommand::NewCurrentUuid {
                     clear_bitmap: false,
                 },
-                _ => AdminCommand::Outdate,
+                2 => AdminCommand::Outdate,
+                // Both disks grow (an lvextend on both nodes), then `resize` on one: the
+                // meta-data moves, and, connected, the device grows and resyncs its new
+                // part. A node whose meta-data did not move yet (down, StandAlone, the
+                // resize refused or cut off) moves it at its next resize or peer's grow.
+                _ if self.grown < MAX_GROWTH => {
+                    let bytes = (1 + self.below(4)) << 20;
+                    self.grown += bytes;
+                    self.set_op(format!("both disks grow by {bytes} bytes"));
+                    self.c.grow_disks(bytes);
+                    AdminCommand::Resize {
+                        assume_peer_has_space: false,
+                        assume_clean: false,
+                    }
+                }
+                _ => AdminCommand::Resize {
+                    assume_peer_has_space: false,
+                    assume_clean: false,
+                },
             },
             13 => AdminCommand::Connect {
                 discard_my_data: self.below(4) == 0,

@@ -89,7 +89,8 @@ fn swarm_ci_range() {
     }
     // Per seed: a quarter of the seeds run disks of different sizes, half their own net and
     // resync options; the operator pauses resyncs (`pause-sync`) and holds IO
-    // (`suspend-io`), which the liveness phase resumes, and run online verifies.
+    // (`suspend-io`), which the liveness phase resumes, runs online verifies, and grows both
+    // disks to `resize` them.
     let per_seed = [
         (
             "seeds with disks of different sizes",
@@ -105,6 +106,8 @@ fn swarm_ci_range() {
         ("suspend-io commands", totals.io_suspends, 2),
         // A third of the seeds end with a verify check, a few verify on the way.
         ("online verifies", totals.verifies, 5),
+        // Both disks grow and `resize` runs now and then; a grown device counts per node.
+        ("devices grown by resize", totals.grows, 4),
     ];
     for (what, count, one_in) in per_seed {
         assert!(

@@ -8,6 +8,8 @@
 //! - [`an_interrupted_resync_to_the_kernel_resumes`]: udrbd is the SyncSource, the same cut.
 //! - [`pause_sync_on_either_side_holds_a_resync_with_the_kernel`]: `pause-sync` on udrbd, then
 //!   on the kernel, holds the resync on both sides until `resume-sync`.
+//! - [`resize_with_the_kernel_grows_both_devices_either_way`]: udrbd's backing file grows and
+//!   `resize` runs on udrbd, then on the kernel: both devices grow, the new part resyncs.
 //!
 //! Each checks that the second resync covers at most what was left (the kernel's "Began resync
 //! ... will sync N KB" against udrbd's out-of-sync at the cut), that the whole transfer (the
@@ -366,5 +368,102 @@ fn adjust_sends_a_new_resync_rate_that_the_kernel_target_takes() {
     vm.wait("ds:UpToDate/UpToDate", WAIT, &|| d.log_text());
     wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
     assert_same_data_areas(&vm, &u.disk, DATA_KIB, &d);
+    vm.assert_clean_dmesg(&|| d.log_text());
+}
+
+/// The device size in KiB of udrbd's `status --json`.
+fn size_kib(s: &serde_json::Value) -> u64 {
+    s["devices"][0]["size"].as_u64().unwrap_or(0)
+}
+
+/// Online grow with a kernel peer whose disk (the guest's 16 MiB brd) is larger than
+/// udrbd's 8 MiB file, so that udrbd's disk is the limit.
+/// 1. udrbd is Primary; its file grows to 12 MiB and `udrbd resize` runs: udrbd moves its
+///    meta-data and grows, its P_SIZES (c_size 0) make the kernel grow and answer, and the
+///    new part resyncs from udrbd to the kernel.
+/// 2. The kernel is Primary; udrbd's file grows to 16 MiB and `drbdsetup resize` runs in the
+///    guest: the kernel's P_SIZES names a disk larger than udrbd's, so udrbd measures its
+///    backing file, moves its meta-data and grows; the kernel grows on udrbd's answer and
+///    resyncs the new part to udrbd.
+///
+/// Each step ends with identical data areas of the new size and a clean dmesg.
+#[test]
+fn resize_with_the_kernel_grows_both_devices_either_way() {
+    require_root();
+    let (u, vm) = udrbd_and_guest(
+        17530,
+        UdrbdOptions {
+            size_mib: 8,
+            net: UDRBD_NET.into(),
+            ..UdrbdOptions::default()
+        },
+        "kresync-resize",
+        &["--net-opts", KERNEL_NET],
+    );
+    let d = u.start();
+    force_primary(&d);
+    vm.wait("ds:UpToDate/UpToDate", WAIT, &|| d.log_text());
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    let usable_kib = |mib: u64| {
+        let layout =
+            udrbd_meta::Layout::internal(mib << 20, udrbd_meta::AlGeometry::DEFAULT).unwrap();
+        (layout.max_data_sect & !7) / 2
+    };
+    assert_eq!(size_kib(&status_json(&d)), usable_kib(8));
+    let grow_file = |mib: u64| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&u.disk)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+    };
+    let grown = |kib: u64, what: &str, grow: usize| {
+        let t0 = Instant::now();
+        while !(size_kib(&status_json(&d)) == kib
+            && d.ok(&["dstate", "r0"]).trim() == "UpToDate/UpToDate"
+            && d.ok(&["cstate", "r0"]).trim() == "Connected")
+        {
+            assert!(t0.elapsed() < WAIT, "{what}: not grown\n{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        vm.wait("cs:Connected .* ds:UpToDate/UpToDate", WAIT, &|| {
+            d.log_text()
+        });
+        let dmesg = vm.exec("dmesg");
+        assert!(
+            dmesg.contains(&format!("({kib} KB)")),
+            "{what}: the kernel's size\n{dmesg}"
+        );
+        // The kernel's grow number `grow` started the resync of the new part, and so did
+        // udrbd's.
+        let grows = |log: &str| {
+            log.matches("Resync of new storage after online grow")
+                .count()
+        };
+        assert_eq!(grows(&dmesg), grow, "{what}\n{dmesg}");
+        assert_eq!(grows(&d.log_text()), grow, "{what}\n{}", d.log_text());
+        assert_eq!(d.log_text().matches("md moved").count(), grow);
+        assert_same_data_areas(&vm, &u.disk, kib, &d);
+        println!("{what}: both devices at {kib} KiB, data areas identical");
+    };
+
+    // 1. udrbd, the Primary, resizes.
+    grow_file(12);
+    d.ok(&["resize", "r0"]);
+    grown(usable_kib(12), "udrbd's resize", 1);
+    let log = d.log_text();
+    assert!(log.contains("md moved"), "{log}");
+    assert!(log.contains("Began resync as SyncSource"), "{log}");
+
+    // 2. The kernel, now the Primary, resizes.
+    d.ok(&["secondary", "r0"]);
+    vm.exec("drbdsetup-84 primary 0");
+    grow_file(16);
+    let out = vm.exec("drbdsetup-84 resize 0 2>&1; echo rc=$?");
+    assert!(out.contains("rc=0"), "{out}");
+    grown(DATA_KIB.min(usable_kib(16)), "the kernel's resize", 2);
+    let log = d.log_text();
+    assert!(log.contains("Began resync as SyncTarget"), "{log}");
     vm.assert_clean_dmesg(&|| d.log_text());
 }
