@@ -220,6 +220,8 @@ impl Resource {
             size_sect: size,
             usable_sect: usable,
             grow_pending: None,
+            grow_pages: Default::default(),
+            grow_pages_in_flight: Default::default(),
             al_ring: None,
             bitmap_pages_to_read: pages,
             // The disk may hold writes no flush has covered: those of an earlier attach that

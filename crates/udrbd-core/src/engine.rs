@@ -245,6 +245,15 @@ pub(crate) struct Disk {
     /// writes past its end (DRBD's drbd_determine_dev_size writes the superblock before the
     /// grown device takes writes).
     pub(crate) grow_pending: Option<(u64, u64)>,
+    /// Bitmap pages holding the bits a grow marked (its new part), not yet written since:
+    /// no superblock that records the grown size goes out before they are durable, or a
+    /// crash in between came back at the new size without those bits, and a new part that
+    /// differed between the disks (a moved meta-data area) was taken as in sync (swarm seed
+    /// 6670). DRBD writes the bitmap before the superblock without MDF_FULL_SYNC in
+    /// drbd_determine_dev_size.
+    pub(crate) grow_pages: BTreeSet<u64>,
+    /// Those of `grow_pages` whose write (which carries the bits) is in flight.
+    pub(crate) grow_pages_in_flight: BTreeSet<u64>,
     /// The AL ring as read at attach (for the replay).
     pub(crate) al_ring: Option<Bytes>,
     /// Pages still to read at attach.
@@ -1167,6 +1176,9 @@ impl Resource {
             OpPurpose::BitmapPage(page) => {
                 if let Some(d) = self.disk.as_mut() {
                     d.pages_in_flight.remove(&page);
+                    if c.result.is_ok() {
+                        d.grow_pages_in_flight.remove(&page);
+                    }
                 }
                 self.statistics.bm_writes += 1;
                 if c.result.is_err() {
@@ -1433,6 +1445,18 @@ impl Resource {
         if d.sb_in_flight || d.sb_version == d.sb_durable || !self.pending_allows_md_io() {
             return;
         }
+        // A grown size waits for the bits of its new part (`Disk::grow_pages`), unless the
+        // superblock says MDF_FULL_SYNC (a meta-data move: a crash means a full sync) or the
+        // disk failed (its detach writes what it can).
+        let Some(d) = self.disk.as_ref() else { return };
+        let grow_bits_pending = !d.grow_pages.is_empty() || !d.grow_pages_in_flight.is_empty();
+        if grow_bits_pending
+            && !d.sb.flags.has(MdFlags::FULL_SYNC)
+            && self.disk_state != DiskState::Failed
+        {
+            self.write_dirty_pages();
+            return;
+        }
         if !self.md_preflushed(MdWriter::Superblock) {
             return;
         }
@@ -1523,6 +1547,9 @@ impl Resource {
         let data = Bytes::copy_from_slice(&d.bitmap.page_bytes(page));
         d.bitmap.mark_clean(page);
         d.pages_in_flight.insert(page);
+        if d.grow_pages.remove(&page) {
+            d.grow_pages_in_flight.insert(page);
+        }
         let offset = d.layout.bm_byte() + page * udrbd_meta::bitmap::PAGE_BYTES as u64;
         self.submit(
             OpPurpose::BitmapPage(page),

@@ -135,6 +135,10 @@ pub(crate) struct Link {
     /// was offered; the handshake still agrees on the size offered (the peer computes the
     /// same minimum), the larger disk goes with the next P_SIZES.
     pub(crate) offered_d_size: Option<u64>,
+    /// The resync options the peer sent after the handshake (its `adjust`), taken for this
+    /// connection's resyncs and verifies until this node's own change; the next connection
+    /// starts from the configuration again.
+    pub(crate) peer_resync_options: Option<crate::resync_controller::ResyncControllerConfig>,
     pub(crate) peer_max_bio: u32,
     /// Per-connection sequence number of P_DATA and acks.
     pub(crate) seq: u32,
@@ -573,6 +577,10 @@ impl Resource {
         self.config.net = Some(p.config.clone());
         let config = p.config.resync;
         if let Some(link) = p.link.as_mut() {
+            if resync_changed {
+                // This node's own change wins over what the peer sent before.
+                link.peer_resync_options = None;
+            }
             if let Some(r) = link.resync.as_mut() {
                 r.controller.set_config(config);
             }
@@ -1049,6 +1057,7 @@ impl Resource {
             agreed_size_sect: 0,
             resize_pending: None,
             offered_d_size: None,
+            peer_resync_options: None,
             peer_max_bio: MAX_BIO_SIZE,
             seq: 0,
             ping_sent: false,
@@ -1667,6 +1676,16 @@ impl Resource {
     /// limit go. Waiting requests count all the same: a stream of writes to the blocks of a
     /// write on a frozen disk all wait for its lock, and uncounted they were read without
     /// bound (a CI run held 34 writes at max-buffers 32).
+    /// The resync options of this connection: the configuration's, or what the peer sent
+    /// after the handshake (`Link::peer_resync_options`).
+    pub(crate) fn resync_options(&self) -> crate::resync_controller::ResyncControllerConfig {
+        let p = self.peer.as_ref().expect("peer");
+        p.link
+            .as_ref()
+            .and_then(|l| l.peer_resync_options)
+            .unwrap_or(p.config.resync)
+    }
+
     pub(crate) fn receive_full(&self) -> bool {
         // A resize a peer's P_SIZES started holds the data socket, as DRBD's receiver is
         // busy in receive_sizes until its disk is measured and its meta-data moved: the
@@ -1731,10 +1750,13 @@ impl Resource {
                 self.timers.stop(Timer::PingAck);
             }
             Packet::Protocol(params) => self.receive_protocol(params)?,
-            Packet::SyncParam89(params) => self.receive_sync_params(params.verify_alg)?,
-            Packet::SyncParam(params) => {
-                self.receive_sync_params(params.verify_alg.unwrap_or(udrbd_wire::AlgName::NONE))?
-            }
+            Packet::SyncParam89(params) => self.receive_sync_params(&params)?,
+            Packet::SyncParam(params) => self.receive_sync_params(&udrbd_wire::SyncParams {
+                resync_rate: params.resync_rate,
+                verify_alg: params.verify_alg.unwrap_or(udrbd_wire::AlgName::NONE),
+                csums_alg: udrbd_wire::AlgName::NONE,
+                controller: None,
+            })?,
             Packet::Sizes(sizes) => self.receive_sizes(sizes)?,
             Packet::Uuids(u) => self.receive_uuids(u),
             Packet::State(state) => {
@@ -1779,16 +1801,56 @@ impl Resource {
 
     /// P_SYNC_PARAM: the verify-alg must be the same on both nodes, as DRBD's
     /// receive_SyncParam demands while the connection is being set up ("Different
-    /// verify-alg settings", StandAlone). The resync-rate options are each node's own.
-    fn receive_sync_params(&mut self, peer_alg: udrbd_wire::AlgName) -> Result<(), String> {
+    /// verify-alg settings", StandAlone). After the handshake, the peer's new resync options
+    /// (its `adjust`, or DRBD's disk-options) are taken, as DRBD's receive_SyncParam takes
+    /// them, also for a resync under way: the SyncTarget, which paces it, may be this node.
+    /// They hold for this connection (`Link::peer_resync_options`); the handshake's are not
+    /// taken, so each connection starts from the node's own configuration (DRBD overwrites
+    /// its disk options for good). A peer's values are clamped to drbd.conf's ranges.
+    fn receive_sync_params(&mut self, params: &udrbd_wire::SyncParams) -> Result<(), String> {
+        let peer_alg = params.verify_alg;
         let ours = self.peer.as_ref().expect("peer").config.verify_alg;
         let ours = ours.map_or("", |a| a.name());
-        if peer_alg.as_bytes() != ours.as_bytes() && !self.link_mut().handshake_done {
-            let peer = String::from_utf8_lossy(peer_alg.as_bytes()).into_owned();
-            return Err(self.incompatible(&format!(
-                "Different verify-alg settings. me=\"{ours}\" peer=\"{peer}\""
-            )));
+        if !self.link_mut().handshake_done {
+            if peer_alg.as_bytes() != ours.as_bytes() {
+                let peer = String::from_utf8_lossy(peer_alg.as_bytes()).into_owned();
+                return Err(self.incompatible(&format!(
+                    "Different verify-alg settings. me=\"{ours}\" peer=\"{peer}\""
+                )));
+            }
+            return Ok(());
         }
+        let mut resync = self.resync_options();
+        let before = resync;
+        resync.resync_rate_kib_per_sec = u64::from(params.resync_rate).clamp(1, 4_194_304);
+        if let Some(c) = params.controller {
+            resync.c_plan_ahead_tenths = u64::from(c.c_plan_ahead).min(300);
+            resync.c_delay_target_tenths = u64::from(c.c_delay_target).clamp(1, 100);
+            resync.c_fill_target_sectors = u64::from(c.c_fill_target).min(1 << 20);
+            resync.c_max_rate_kib_per_sec = u64::from(c.c_max_rate).clamp(250, 4_194_304);
+        }
+        if resync == before {
+            return Ok(());
+        }
+        let link = self.link_mut();
+        link.peer_resync_options = Some(resync);
+        if let Some(r) = link.resync.as_mut() {
+            r.controller.set_config(resync);
+        }
+        if let Some(v) = link.verify.as_mut() {
+            v.controller.set_config(resync);
+        }
+        self.log(
+            LogLevel::Info,
+            format!(
+                "the peer's resync options taken: resync-rate {}K c-plan-ahead {} c-fill-target {}s c-delay-target {} c-max-rate {}K",
+                resync.resync_rate_kib_per_sec,
+                resync.c_plan_ahead_tenths,
+                resync.c_fill_target_sectors,
+                resync.c_delay_target_tenths,
+                resync.c_max_rate_kib_per_sec
+            ),
+        );
         Ok(())
     }
 
@@ -2833,7 +2895,7 @@ impl Resource {
     fn begin_resync(&mut self, source: bool, total_bits: u64) {
         let now = self.now;
         let sb_version = self.disk.as_ref().map_or(0, |d| d.sb_version);
-        let config = self.peer.as_ref().expect("peer").config.resync;
+        let config = self.resync_options();
         // Requests of an earlier resync still in flight: their answers carry the old tag and
         // are dropped, so their range locks (which kept writes from landing under a reply
         // in flight) have nothing left to guard.

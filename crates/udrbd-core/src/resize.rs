@@ -409,8 +409,22 @@ impl Resource {
         d.grow_pending = (size > durable_size).then_some((durable_size, d.sb_version));
         if size > current && mark_new {
             // Grown: what the device did not cover may differ between the disks (DRBD's
-            // drbd_bm_resize with set_new_bits): the resync brings it.
+            // drbd_bm_resize with set_new_bits): the resync brings it. Those bits are
+            // durable before the grown size is (`Disk::grow_pages`).
             self.mark_out_of_sync(current * 512, (size - current) * 512);
+            let d = self.disk.as_mut().expect("attached");
+            let bits =
+                current / udrbd_meta::SECTORS_PER_BIT..size.div_ceil(udrbd_meta::SECTORS_PER_BIT);
+            // A clean page not being written holds its bits on disk already; a clean one
+            // in flight carries them.
+            for page in d.bitmap.pages_of(bits) {
+                if d.bitmap.is_dirty(page) {
+                    d.grow_pages.insert(page);
+                } else if d.pages_in_flight.contains(&page) {
+                    d.grow_pages_in_flight.insert(page);
+                }
+            }
+            self.write_dirty_pages();
         }
         self.log(
             LogLevel::Info,

@@ -202,7 +202,7 @@ impl Resource {
     pub(crate) fn start_verify(&mut self, source: bool) {
         let now = self.now;
         let bits = self.exchange_bits();
-        let config = self.peer.as_ref().expect("peer").config.resync;
+        let config = self.resync_options();
         // DRBD's set_ov_position: a start past the end verifies the last block.
         let (start_sector, total) = if !source {
             (None, bits)

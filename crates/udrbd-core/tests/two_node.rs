@@ -47,6 +47,8 @@ struct Cluster {
     disk_ops: VecDeque<(usize, DiskOp)>,
     /// The node whose superblock writes are held back (not executed) in `held_disk_ops`.
     hold_superblock_of: Option<usize>,
+    /// The node whose bitmap page writes are held back the same way.
+    hold_bitmap_of: Option<usize>,
     held_disk_ops: Vec<(usize, DiskOp)>,
     cut: usize,
 }
@@ -98,6 +100,7 @@ impl Cluster {
             grow_before_bitmap: None,
             disk_ops: VecDeque::new(),
             hold_superblock_of: None,
+            hold_bitmap_of: None,
             held_disk_ops: Vec::new(),
             cut: 0,
         };
@@ -205,7 +208,9 @@ impl Cluster {
             return true;
         }
         if let Some((i, op)) = self.disk_ops.pop_front() {
-            if self.hold_superblock_of == Some(i) && op.area == DiskArea::Superblock {
+            if (self.hold_superblock_of == Some(i) && op.area == DiskArea::Superblock)
+                || (self.hold_bitmap_of == Some(i) && op.area == DiskArea::Bitmap)
+            {
                 self.held_disk_ops.push((i, op));
                 return true;
             }
@@ -784,6 +789,7 @@ impl Cluster {
     /// Executes the superblock writes held back (`hold_superblock_of`) and holds no more.
     fn release_superblock_writes(&mut self) {
         self.hold_superblock_of = None;
+        self.hold_bitmap_of = None;
         self.disk_ops
             .extend(std::mem::take(&mut self.held_disk_ops));
     }
@@ -2311,4 +2317,83 @@ fn the_packets_behind_a_larger_peer_disk_wait_until_this_disk_is_measured() {
     });
     assert!(c.logged(0, "md moved"), "alice measured her disk");
     assert_eq!(c.data_area(0), c.data_area(1));
+}
+
+/// The SyncSource's new resync options (its `adjust`) reach the SyncTarget in P_SYNC_PARAM,
+/// which takes them, as DRBD's receive_SyncParam does: the target, which paces the resync,
+/// speeds up. Values beyond drbd.conf's ranges are clamped.
+#[test]
+fn the_peers_new_resync_options_are_taken_during_a_resync() {
+    let mut c = synced_pair_with(|_, config| {
+        config.net.as_mut().unwrap().resync.resync_rate_kib_per_sec = 256;
+    });
+    c.command(0, AdminCommand::InvalidateRemote).unwrap();
+    c.idle_for(Duration::from_secs(2));
+    assert_eq!(c.conn(1), ConnState::SyncTarget);
+    assert!(c.out_of_sync(1) > SIZE / 2, "256 KiB/s: most is left");
+    let mut net = c.nodes[0].engine.config().net.clone().unwrap();
+    net.resync.resync_rate_kib_per_sec = 400_000;
+    c.nodes[0].engine.change_net_options(c.now, net).unwrap();
+    c.drain(0);
+    c.run_until(Duration::from_secs(3), |c| {
+        c.conn(1) == ConnState::Connected && c.status(1).disk == DiskState::UpToDate
+    });
+    assert!(c.logged(1, "the peer's resync options taken: resync-rate 400000K"));
+    // Bob's own configuration is unchanged: they hold for this connection.
+    let own = c.nodes[1].engine.config().net.clone().unwrap().resync;
+    assert_eq!(own.resync_rate_kib_per_sec, 256);
+    // A peer's out-of-range values are clamped.
+    c.settle();
+    let conn = c.a_socket_of(1);
+    let params = Packet::SyncParam89(udrbd_wire::SyncParams {
+        resync_rate: u32::MAX,
+        verify_alg: udrbd_wire::AlgName::NONE,
+        csums_alg: udrbd_wire::AlgName::NONE,
+        controller: Some(udrbd_wire::ResyncController {
+            c_plan_ahead: u32::MAX,
+            c_delay_target: 0,
+            c_fill_target: u32::MAX,
+            c_max_rate: 0,
+        }),
+    });
+    c.inject(1, conn, &params);
+    c.settle();
+    assert!(
+        c.logged(
+            1,
+            "taken: resync-rate 4194304K c-plan-ahead 300 c-fill-target 1048576s c-delay-target 1 c-max-rate 250K",
+        ),
+        "{:?}",
+        c.logs(1)
+    );
+    assert_eq!(c.conn(1), ConnState::Connected);
+}
+
+/// Swarm seed 6670: the superblock that records a grown size goes out only once the bits
+/// the grow set for its new part are on disk, as DRBD writes the bitmap before its
+/// superblock in drbd_determine_dev_size. Before, the superblock could be durable first: a
+/// crash in between came back at the grown size with the new part taken as in sync, and a
+/// part that differed between the disks (an old meta-data area) was never resynced. Bob
+/// shrinks with a peer's P_SIZES, then grows back with his bitmap writes held.
+#[test]
+fn a_grown_size_is_recorded_only_after_the_bits_of_its_new_part() {
+    let mut c = synced_pair();
+    let full = c.status(1).size_bytes;
+    c.settle();
+    peer_disk_resized(&mut c, 1, 1024);
+    c.settle();
+    assert_eq!(durable_la_size(&c, 1), 1024 * 512);
+    c.hold_bitmap_of = Some(1);
+    peer_disk_resized(&mut c, 1, full / 512);
+    assert_eq!(c.status(1).size_bytes, full, "grown in memory");
+    c.settle();
+    assert!(!c.held_disk_ops.is_empty(), "bitmap writes held");
+    assert_eq!(
+        durable_la_size(&c, 1),
+        1024 * 512,
+        "no superblock with the grown size before its bits"
+    );
+    c.release_superblock_writes();
+    c.settle();
+    assert_eq!(durable_la_size(&c, 1), full);
 }

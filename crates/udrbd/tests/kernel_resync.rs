@@ -467,3 +467,55 @@ fn resize_with_the_kernel_grows_both_devices_either_way() {
     assert!(log.contains("Began resync as SyncTarget"), "{log}");
     vm.assert_clean_dmesg(&|| d.log_text());
 }
+
+/// The kernel's `disk-options` during its resync to udrbd: the kernel sends its new resync
+/// options in P_SYNC_PARAM, and udrbd, the SyncTarget that paces the resync, takes them for
+/// this connection, as a kernel target does. At the old 512 KiB/s the rest of the 16 MiB
+/// would take about half a minute; at the new 16 MiB/s it is done in a few seconds.
+#[test]
+fn the_kernels_new_resync_rate_is_taken_by_a_udrbd_sync_target() {
+    require_root();
+    let (u, vm) = udrbd_and_guest(
+        17535,
+        UdrbdOptions {
+            random: false,
+            net: UDRBD_NET.into(),
+            disk: "c-plan-ahead 0; resync-rate 512K;".into(),
+            ..UdrbdOptions::default()
+        },
+        "kresync-params",
+        &[
+            "--role",
+            "primary",
+            "--net-opts",
+            KERNEL_NET,
+            "--disk-opts",
+            "--c-plan-ahead=0 --resync-rate=512K",
+        ],
+    );
+    vm.exec("dd if=/dev/urandom of=/dev/drbd0 bs=24k count=681 oflag=direct 2>&1");
+    let d = u.start();
+    wait_udrbd(&d, "SyncTarget", "Inconsistent/UpToDate", WAIT);
+    std::thread::sleep(Duration::from_secs(2));
+    let left = out_of_sync_kib(&status_json(&d));
+    assert!(left > DATA_KIB / 2, "512 KiB/s: most is left ({left} KiB)");
+    vm.exec("drbdsetup-84 disk-options 0 --c-plan-ahead=0 --resync-rate=16M 2>&1");
+    let changed = Instant::now();
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    let took = changed.elapsed();
+    println!("{left} KiB left at the change; done {took:?} after it");
+    assert!(
+        d.log_text()
+            .contains("the peer's resync options taken: resync-rate 16384K"),
+        "{}",
+        d.log_text()
+    );
+    // The old pace needed left / 512 s for the rest.
+    assert!(
+        took < Duration::from_secs(left / 512 / 2),
+        "{took:?} for {left} KiB"
+    );
+    vm.wait("ds:UpToDate/UpToDate", WAIT, &|| d.log_text());
+    assert_same_data_areas(&vm, &u.disk, DATA_KIB, &d);
+    vm.assert_clean_dmesg(&|| d.log_text());
+}
