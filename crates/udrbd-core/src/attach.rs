@@ -1140,7 +1140,12 @@ impl Resource {
     fn initialize_activity_log(&mut self) {
         let d = self.disk.as_ref().expect("attached");
         let ring = initialized_ring(d.layout.al.ring_blocks());
-        let offset = d.layout.al_byte();
+        self.write_activity_log_ring(ring);
+    }
+
+    /// Writes `ring`, the whole activity-log ring, at its place, with FUA.
+    pub(crate) fn write_activity_log_ring(&mut self, ring: Bytes) {
+        let offset = self.disk.as_ref().expect("attached").layout.al_byte();
         self.submit(
             OpPurpose::AlInitialize,
             DiskArea::ActivityLog,

@@ -305,16 +305,7 @@ impl Resource {
     fn rewrite_activity_log(&mut self) {
         let d = self.disk.as_mut().expect("attached");
         let ring = bytes::Bytes::from(d.al.restart_ring());
-        let offset = d.layout.al_byte();
-        self.submit(
-            OpPurpose::AlInitialize,
-            DiskArea::ActivityLog,
-            offset,
-            DiskOpKind::Write {
-                data: ring,
-                fua: true,
-            },
-        );
+        self.write_activity_log_ring(ring);
     }
 
     /// The local part of a resize is over: the sizes are agreed again, and the command (if

@@ -1853,6 +1853,43 @@ fn a_disk_that_attaches_during_the_handshake_with_grown_disks_ends_at_one_size()
     attach_during_the_handshake(true);
 }
 
+impl Cluster {
+    /// Node `i` (StandAlone, detached) attaches with `attach` while the two connect: its
+    /// attach waits for its superblock writes until the connection is in WFReportParams;
+    /// then the peer's handshake is held back while the attach completes (so that it
+    /// completes in WFReportParams, after its node sent its handshake without a disk), and
+    /// delivered after.
+    fn attach_during_the_handshake(&mut self, i: usize, attach: AdminCommand) {
+        self.hold_superblock_of = Some(i);
+        let attach = self.nodes[i].engine.command(self.now, attach);
+        self.drain(i);
+        for j in 0..2 {
+            let connect = AdminCommand::Connect {
+                discard_my_data: false,
+            };
+            self.nodes[j].engine.command(self.now, connect);
+            self.drain(j);
+        }
+        self.run_until(Duration::from_secs(30), |c| {
+            c.conn(i) == ConnState::WfReportParams
+        });
+        let in_flight = std::mem::take(&mut self.queue);
+        self.partitioned = true;
+        self.release_superblock_writes();
+        self.run_until(Duration::from_secs(30), |c| {
+            c.nodes[i]
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::CommandDone { id, result: Ok(()) } if *id == attach))
+        });
+        assert_eq!(self.conn(i), ConnState::WfReportParams);
+        self.partitioned = false;
+        let held = std::mem::take(&mut self.held);
+        self.queue.extend(in_flight);
+        self.queue.extend(held);
+    }
+}
+
 fn attach_during_the_handshake(grown: bool) {
     let mut c = synced_pair();
     let size = c.status(0).size_bytes;
@@ -1875,37 +1912,7 @@ fn attach_during_the_handshake(grown: bool) {
     c.command(1, AdminCommand::Secondary).unwrap();
     c.command(1, AdminCommand::Disconnect).unwrap();
     c.command(1, AdminCommand::Detach { force: false }).unwrap();
-    // Bob's attach waits for its superblock while the two connect.
-    c.hold_superblock_of = Some(1);
-    let attach = c.nodes[1]
-        .engine
-        .command(c.now, attach_of(if grown { GROWN } else { SIZE }));
-    c.drain(1);
-    for i in 0..2 {
-        let connect = AdminCommand::Connect {
-            discard_my_data: false,
-        };
-        c.nodes[i].engine.command(c.now, connect);
-        c.drain(i);
-    }
-    c.run_until(Duration::from_secs(30), |c| {
-        c.conn(1) == ConnState::WfReportParams
-    });
-    // Alice's handshake is held back; bob's attach completes in WFReportParams.
-    let in_flight = std::mem::take(&mut c.queue);
-    c.partitioned = true;
-    c.release_superblock_writes();
-    c.run_until(Duration::from_secs(30), |c| {
-        c.nodes[1]
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::CommandDone { id, result: Ok(()) } if *id == attach))
-    });
-    assert_eq!(c.conn(1), ConnState::WfReportParams);
-    c.partitioned = false;
-    let held = std::mem::take(&mut c.held);
-    c.queue.extend(in_flight);
-    c.queue.extend(held);
+    c.attach_during_the_handshake(1, attach_of(if grown { GROWN } else { SIZE }));
     c.run_until(Duration::from_secs(60), |c| {
         (0..2).all(|i| c.conn(i) == ConnState::Connected && c.out_of_sync(i) == 0)
             && (0..2).all(|i| c.status(i).disk == DiskState::UpToDate)
@@ -2252,32 +2259,7 @@ fn a_disk_attaching_in_the_handshake_agrees_on_the_size_as_offered_by_the_target
     let size = c.status(0).size_bytes;
     c.write(1, 12 * 4096, pattern(42, 4096)).unwrap();
     c.command(0, AdminCommand::Detach { force: false }).unwrap();
-    c.hold_superblock_of = Some(0);
-    let attach = c.nodes[0].engine.command(c.now, attach_of(GROWN));
-    c.drain(0);
-    for i in 0..2 {
-        let connect = AdminCommand::Connect {
-            discard_my_data: false,
-        };
-        c.nodes[i].engine.command(c.now, connect);
-        c.drain(i);
-    }
-    c.run_until(Duration::from_secs(30), |c| {
-        c.conn(0) == ConnState::WfReportParams
-    });
-    let in_flight = std::mem::take(&mut c.queue);
-    c.partitioned = true;
-    c.release_superblock_writes();
-    c.run_until(Duration::from_secs(30), |c| {
-        c.nodes[0]
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::CommandDone { id, result: Ok(()) } if *id == attach))
-    });
-    c.partitioned = false;
-    let held = std::mem::take(&mut c.held);
-    c.queue.extend(in_flight);
-    c.queue.extend(held);
+    c.attach_during_the_handshake(0, attach_of(GROWN));
     c.run_until(Duration::from_secs(60), |c| {
         (0..2).all(|i| c.conn(i) == ConnState::Connected && c.out_of_sync(i) == 0)
             && (0..2).all(|i| c.status(i).disk == DiskState::UpToDate)

@@ -27,6 +27,16 @@ fn idle_pair() -> Pair {
     })
 }
 
+/// A pair of two zeroed disks made UpToDate without a resync (`new-current-uuid
+/// --clear-bitmap` on alice).
+fn pair_in_sync(opts: PairOptions) -> Pair {
+    let p = Pair::start(opts);
+    p.wait_connected(20);
+    p.alice.ok(&["new-current-uuid", "r0", "--clear-bitmap"]);
+    p.wait_up_to_date(Duration::from_secs(20));
+    p
+}
+
 #[test]
 fn queries_of_an_idle_resource() {
     let p = idle_pair();
@@ -280,16 +290,12 @@ fn pause_sync_holds_the_initial_sync_until_resume_sync() {
 #[test]
 fn verify_finds_a_block_changed_behind_the_replication_and_a_reconnect_resyncs_it() {
     use std::io::{Seek, SeekFrom, Write};
-    let p = Pair::start(PairOptions {
+    let p = pair_in_sync(PairOptions {
         net: format!("{} verify-alg crc32c;", PairOptions::default().net),
         disk: "c-plan-ahead 0; resync-rate 16M;".into(),
         ..PairOptions::default()
     });
     let (a, b) = (&p.alice, &p.bob);
-    p.wait_connected(20);
-    // Two zeroed disks: skip the initial sync.
-    a.ok(&["new-current-uuid", "r0", "--clear-bitmap"]);
-    p.wait_up_to_date(Duration::from_secs(20));
     a.ok(&["primary", "r0"]);
     let block = 5 << 20;
     let mut f = std::fs::OpenOptions::new()
@@ -358,11 +364,8 @@ fn verify_finds_a_block_changed_behind_the_replication_and_a_reconnect_resyncs_i
 #[test]
 fn adjust_applies_the_changed_configuration_to_the_running_resource() {
     let opts = PairOptions::default();
-    let p = Pair::start(opts.clone());
+    let p = pair_in_sync(opts.clone());
     let (a, b) = (&p.alice, &p.bob);
-    p.wait_connected(20);
-    a.ok(&["new-current-uuid", "r0", "--clear-bitmap"]);
-    p.wait_up_to_date(Duration::from_secs(20));
     let o = a.cli(&["verify", "r0"]);
     assert_eq!(o.status.code(), Some(11), "{}", stderr(&o));
     assert!(
@@ -454,11 +457,8 @@ fn resize_grows_the_device_after_both_backing_files_grew() {
     require_tool("nbdinfo", "libnbd-bin");
     require_tool("drbdmeta", "drbd-utils");
     let opts = PairOptions::default();
-    let p = Pair::start(opts.clone());
+    let p = pair_in_sync(opts.clone());
     let (a, b) = (&p.alice, &p.bob);
-    p.wait_connected(20);
-    a.ok(&["new-current-uuid", "r0", "--clear-bitmap"]);
-    p.wait_up_to_date(Duration::from_secs(20));
     a.ok(&["primary", "r0"]);
     let old_kib = json_size_kib(&a.status_json());
     run_ok(std::process::Command::new("qemu-io").args([
