@@ -1953,6 +1953,21 @@ fn attach_during_the_handshake(grown: bool) {
 
 const GROWN: u64 = 16 << 20;
 
+impl Cluster {
+    /// Waits until both nodes are Connected, UpToDate and in sync (and of `size` bytes).
+    fn wait_in_sync_at(&mut self, size: Option<u64>) {
+        self.run_until(Duration::from_secs(60), |c| {
+            (0..2).all(|i| {
+                let s = c.status(i);
+                c.conn(i) == ConnState::Connected
+                    && s.disk == DiskState::UpToDate
+                    && s.out_of_sync_bytes == 0
+                    && size.is_none_or(|size| s.size_bytes == size)
+            })
+        });
+    }
+}
+
 fn resize(assume_peer_has_space: bool, assume_clean: bool) -> AdminCommand {
     AdminCommand::Resize {
         assume_peer_has_space,
@@ -1989,14 +2004,7 @@ fn both_disks_grow_and_resize_on(node: usize) {
     }
     c.command(node, resize(false, false)).unwrap();
     let new = grown_usable_bytes();
-    c.run_until(Duration::from_secs(60), |c| {
-        (0..2).all(|i| {
-            c.status(i).size_bytes == new
-                && c.conn(i) == ConnState::Connected
-                && c.status(i).out_of_sync_bytes == 0
-                && c.status(i).disk == DiskState::UpToDate
-        })
-    });
+    c.wait_in_sync_at(Some(new));
     c.settle();
     for i in 0..2 {
         assert!(c.logged(i, "md moved"), "node {i}: {:?}", c.logs(i));
@@ -2122,14 +2130,7 @@ fn a_standalone_resize_grows_only_with_assume_peer_has_space() {
     c.write(0, new - 4096, pattern(6, 4096)).unwrap();
     c.command(1, resize(true, false)).unwrap();
     c.connect_both();
-    c.run_until(Duration::from_secs(60), |c| {
-        (0..2).all(|i| {
-            c.conn(i) == ConnState::Connected
-                && c.status(i).out_of_sync_bytes == 0
-                && c.status(i).disk == DiskState::UpToDate
-        })
-    });
-    assert_eq!(c.status(1).size_bytes, new);
+    c.wait_in_sync_at(Some(new));
     assert_eq!(c.data_area(0), c.data_area(1));
 }
 
@@ -2226,13 +2227,7 @@ fn a_disk_attached_while_connected_agrees_on_the_size_with_the_peer() {
     c.wait_connected();
     c.command(0, attach_of(GROWN)).unwrap();
     let new = grown_usable_bytes();
-    c.run_until(Duration::from_secs(60), |c| {
-        (0..2).all(|i| {
-            c.conn(i) == ConnState::Connected
-                && c.status(i).disk == DiskState::UpToDate
-                && c.status(i).out_of_sync_bytes == 0
-        })
-    });
+    c.wait_in_sync_at(None);
     assert_eq!((c.status(0).size_bytes, c.status(1).size_bytes), (new, new));
     assert_eq!(c.data_area(0), c.data_area(1));
 }
@@ -2289,14 +2284,7 @@ fn the_packets_behind_a_larger_peer_disk_wait_until_this_disk_is_measured() {
     c.wait_connected();
     c.command(1, attach_of(GROWN)).unwrap();
     let new = grown_usable_bytes();
-    c.run_until(Duration::from_secs(60), |c| {
-        (0..2).all(|i| {
-            c.conn(i) == ConnState::Connected
-                && c.status(i).disk == DiskState::UpToDate
-                && c.status(i).out_of_sync_bytes == 0
-                && c.status(i).size_bytes == new
-        })
-    });
+    c.wait_in_sync_at(Some(new));
     assert!(c.logged(0, "md moved"), "alice measured her disk");
     assert_eq!(c.data_area(0), c.data_area(1));
 }
