@@ -220,8 +220,8 @@ impl Resource {
             size_sect: size,
             usable_sect: usable,
             grow_pending: None,
-            grow_pages: Default::default(),
-            grow_pages_in_flight: Default::default(),
+            owed_pages: Default::default(),
+            owed_pages_in_flight: Default::default(),
             al_ring: None,
             bitmap_pages_to_read: pages,
             // The disk may hold writes no flush has covered: those of an earlier attach that
@@ -831,6 +831,9 @@ impl Resource {
                         d.pages_in_flight.remove(&page);
                         // Its contents are unknown on disk now: dirty again in memory.
                         d.bitmap.mark_dirty(page);
+                        if d.owed_pages_in_flight.remove(&page) {
+                            d.owed_pages.insert(page);
+                        }
                     }
                 }
                 OpPurpose::AlTransaction | OpPurpose::AlPreflush => {

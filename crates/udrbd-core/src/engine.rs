@@ -245,15 +245,16 @@ pub(crate) struct Disk {
     /// writes past its end (DRBD's drbd_determine_dev_size writes the superblock before the
     /// grown device takes writes).
     pub(crate) grow_pending: Option<(u64, u64)>,
-    /// Bitmap pages holding the bits a grow marked (its new part), not yet written since:
-    /// no superblock that records the grown size goes out before they are durable, or a
-    /// crash in between came back at the new size without those bits, and a new part that
-    /// differed between the disks (a moved meta-data area) was taken as in sync (swarm seed
-    /// 6670). DRBD writes the bitmap before the superblock without MDF_FULL_SYNC in
-    /// drbd_determine_dev_size.
-    pub(crate) grow_pages: BTreeSet<u64>,
-    /// Those of `grow_pages` whose write (which carries the bits) is in flight.
-    pub(crate) grow_pages_in_flight: BTreeSet<u64>,
+    /// Bitmap pages owed to the disk, not yet written since they were marked: those holding
+    /// the bits a grow set (its new part), or every page of a meta-data move. No
+    /// superblock that records a grown size goes out before its pages are durable, or a
+    /// crash in between came back at the new size with the new part taken as in sync, and
+    /// a part that differed between the disks (a moved meta-data area) was never resynced
+    /// (swarm seed 6670; DRBD writes the bitmap before its superblock in
+    /// drbd_determine_dev_size). A move ends only once all its pages are durable.
+    pub(crate) owed_pages: BTreeSet<u64>,
+    /// Those of `owed_pages` whose write (which carries them) is in flight.
+    pub(crate) owed_pages_in_flight: BTreeSet<u64>,
     /// The AL ring as read at attach (for the replay).
     pub(crate) al_ring: Option<Bytes>,
     /// Pages still to read at attach.
@@ -783,6 +784,16 @@ impl Resource {
         self.peer_invariants();
         self.resize_invariants();
         if let Some(d) = &self.disk {
+            for page in &d.owed_pages {
+                assert!(
+                    d.bitmap.is_dirty(*page) || d.pages_in_flight.contains(page),
+                    "owed bitmap page {page} neither dirty nor being written"
+                );
+            }
+            assert!(
+                d.owed_pages_in_flight.is_subset(&d.pages_in_flight),
+                "an owed bitmap page counted in flight is not"
+            );
             assert!(d.size_sect <= d.usable_sect, "the device fits its disk");
             if let Some((old, version)) = d.grow_pending {
                 assert!(old < d.size_sect, "a pending grow grew the device");
@@ -1176,9 +1187,9 @@ impl Resource {
             OpPurpose::BitmapPage(page) => {
                 if let Some(d) = self.disk.as_mut() {
                     d.pages_in_flight.remove(&page);
-                    if c.result.is_ok() {
-                        d.grow_pages_in_flight.remove(&page);
-                    }
+                    // Durable; or failed, and the disk fails with it (a meta-data error
+                    // always detaches).
+                    d.owed_pages_in_flight.remove(&page);
                 }
                 self.statistics.bm_writes += 1;
                 if c.result.is_err() {
@@ -1445,11 +1456,11 @@ impl Resource {
         if d.sb_in_flight || d.sb_version == d.sb_durable || !self.pending_allows_md_io() {
             return;
         }
-        // A grown size waits for the bits of its new part (`Disk::grow_pages`), unless the
+        // A grown size waits for the bits of its new part (`Disk::owed_pages`), unless the
         // superblock says MDF_FULL_SYNC (a meta-data move: a crash means a full sync) or the
         // disk failed (its detach writes what it can).
         let Some(d) = self.disk.as_ref() else { return };
-        let grow_bits_pending = !d.grow_pages.is_empty() || !d.grow_pages_in_flight.is_empty();
+        let grow_bits_pending = !d.owed_pages.is_empty() || !d.owed_pages_in_flight.is_empty();
         if grow_bits_pending
             && !d.sb.flags.has(MdFlags::FULL_SYNC)
             && self.disk_state != DiskState::Failed
@@ -1547,8 +1558,8 @@ impl Resource {
         let data = Bytes::copy_from_slice(&d.bitmap.page_bytes(page));
         d.bitmap.mark_clean(page);
         d.pages_in_flight.insert(page);
-        if d.grow_pages.remove(&page) {
-            d.grow_pages_in_flight.insert(page);
+        if d.owed_pages.remove(&page) {
+            d.owed_pages_in_flight.insert(page);
         }
         let offset = d.layout.bm_byte() + page * udrbd_meta::bitmap::PAGE_BYTES as u64;
         self.submit(

@@ -82,14 +82,7 @@ impl Resource {
         {
             return Err(CommandError::ResizeNeedsPrimary);
         }
-        self.ask_capacity();
-        Ok(Some(Pending::Resize(Resize {
-            step: ResizeStep::Capacity,
-            dds_flags,
-            initiator: true,
-            kept_flags: 0,
-            usable_before: self.disk.as_ref().map_or(0, |d| d.usable_sect),
-        })))
+        Ok(Some(Pending::Resize(self.measure_disk(dds_flags, true))))
     }
 
     /// A connected peer's P_SIZES names a disk larger than this one: this backing device may
@@ -104,23 +97,21 @@ impl Resource {
         {
             return false;
         }
-        let usable_before = self.disk.as_ref().map_or(0, |d| d.usable_sect);
-        self.ask_capacity();
-        self.pending = Some((
-            CommandId(0),
-            Pending::Resize(Resize {
-                step: ResizeStep::Capacity,
-                dds_flags,
-                initiator: false,
-                kept_flags: 0,
-                usable_before,
-            }),
-        ));
+        let resize = self.measure_disk(dds_flags, false);
+        self.pending = Some((CommandId(0), Pending::Resize(resize)));
         true
     }
 
-    fn ask_capacity(&mut self) {
+    /// Asks the backing device for its size: the first step of a resize.
+    fn measure_disk(&mut self, dds_flags: u16, initiator: bool) -> Resize {
         self.submit(OpPurpose::Capacity, DiskArea::Data, 0, DiskOpKind::Capacity);
+        Resize {
+            step: ResizeStep::Capacity,
+            dds_flags,
+            initiator,
+            kept_flags: 0,
+            usable_before: self.disk.as_ref().map_or(0, |d| d.usable_sect),
+        }
     }
 
     fn resize_state(&self) -> Option<(CommandId, Resize)> {
@@ -243,11 +234,13 @@ impl Resource {
                 }
             }
             ResizeStep::Bitmap => {
+                // Every page written at the new place once (pages dirtied since go out with
+                // the lazy write-out, as anywhere).
                 let d = self.disk.as_ref().expect("attached");
-                if d.pages_in_flight.is_empty() && d.bitmap.dirty_count() == 0 {
+                if d.owed_pages.is_empty() && d.owed_pages_in_flight.is_empty() {
                     self.set_resize_step(ResizeStep::ActivityLog);
                     self.rewrite_activity_log();
-                } else if d.pages_in_flight.is_empty() {
+                } else {
                     self.write_dirty_pages();
                 }
             }
@@ -280,6 +273,9 @@ impl Resource {
         d.bitmap = d
             .bitmap
             .resized(usable_sect.div_ceil(udrbd_meta::SECTORS_PER_BIT), false);
+        // All of them dirty: each owed to the new place.
+        d.owed_pages = (0..d.bitmap.pages()).collect();
+        d.owed_pages_in_flight.clear();
         d.sb.set_layout(&layout);
         let moved = MdFlags::FULL_SYNC | MdFlags::AL_DISABLED;
         let kept_flags = d.sb.flags.0 & moved;
@@ -401,7 +397,7 @@ impl Resource {
         if size > current && mark_new {
             // Grown: what the device did not cover may differ between the disks (DRBD's
             // drbd_bm_resize with set_new_bits): the resync brings it. Those bits are
-            // durable before the grown size is (`Disk::grow_pages`).
+            // durable before the grown size is (`Disk::owed_pages`).
             self.mark_out_of_sync(current * 512, (size - current) * 512);
             let d = self.disk.as_mut().expect("attached");
             let bits =
@@ -410,9 +406,9 @@ impl Resource {
             // in flight carries them.
             for page in d.bitmap.pages_of(bits) {
                 if d.bitmap.is_dirty(page) {
-                    d.grow_pages.insert(page);
+                    d.owed_pages.insert(page);
                 } else if d.pages_in_flight.contains(&page) {
-                    d.grow_pages_in_flight.insert(page);
+                    d.owed_pages_in_flight.insert(page);
                 }
             }
             self.write_dirty_pages();
