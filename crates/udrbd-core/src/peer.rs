@@ -1969,7 +1969,12 @@ impl Resource {
         } else {
             link.offered_d_size
         };
-        let own = match (self.disk.as_ref(), offered) {
+        // A disk whose attach has not read its bitmap yet agrees as a diskless node too (DRBD's
+        // get_ldev fails below D_INCONSISTENT): bits a grow set now were overwritten by the
+        // bitmap read (swarm seed 18689); its attach agrees with the peer's sizes when it
+        // ends (`handshake_after_attach`).
+        let disk = self.disk.as_ref().filter(|_| self.bitmap_loaded());
+        let own = match (disk, offered) {
             (None, _) | (Some(_), Some(0)) => None,
             (Some(d), Some(o)) => Some((o.min(d.usable_sect), d.size_sect)),
             (Some(d), None) => Some((d.usable_sect, d.size_sect)),
