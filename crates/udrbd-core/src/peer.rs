@@ -2479,6 +2479,37 @@ impl Resource {
     }
 
     /// DRBD's `drbd_sync_handshake`: the UUID comparison, then the post-processing.
+    /// Before a disk takes part in a handshake, its device has the size agreed with the
+    /// peer, which the bitmap exchange and the resync cover. A disk that attached while this
+    /// connection's P_SIZES went out without it (d_size 0) agreed as a diskless node does,
+    /// on the peer's device size (`apply_peer_sizes`), and kept its own: the exchange then
+    /// covered the agreed size and the resync only the device, and the bits past its end
+    /// were never resynced (swarm seed 14721, a grown peer). Such a disk grows to the agreed
+    /// size when it can (DRBD's receive_sizes, which sees the attached disk, grows it too);
+    /// a size it cannot take (too large for it, or smaller than its device) is agreed anew
+    /// on a new connection, on which its P_SIZES names it. False if the connection was
+    /// dropped.
+    fn device_matches_agreed_size(&mut self) -> bool {
+        let agreed = self.link().map_or(0, |l| l.agreed_size_sect);
+        let Some(d) = self.disk.as_ref() else {
+            return true;
+        };
+        if d.size_sect == agreed {
+            return true;
+        }
+        if agreed > d.size_sect && agreed <= d.usable_sect {
+            self.set_device_size(agreed, true);
+            return true;
+        }
+        let message = format!(
+            "the disk attached during the connect: its device of {} sectors differs from the \
+             size agreed with the peer ({agreed} sectors); connecting again",
+            d.size_sect
+        );
+        self.drop_connection(ConnState::NetworkFailure, Some(message));
+        false
+    }
+
     fn sync_handshake(
         &mut self,
         peer_role: Role,
@@ -2489,11 +2520,7 @@ impl Resource {
         // D_NEGOTIATING yet: its attach re-runs the handshake when it completes. Comparing
         // its UUIDs already made it SyncTarget (WFBitMapT) of a peer that, seeing its disk
         // Attaching, went Connected: both waited for ever (swarm seeds 101, 263).
-        let Some(d) = self
-            .disk
-            .as_ref()
-            .filter(|_| local_disk_now >= DiskState::Negotiating)
-        else {
+        if self.disk.is_none() || local_disk_now < DiskState::Negotiating {
             // Diskless: no resync; connected as a diskless node.
             if self.refuse_two_primaries(peer_role) {
                 return Ok(());
@@ -2502,7 +2529,7 @@ impl Resource {
             self.update_md_flags();
             self.send_state();
             return Ok(());
-        };
+        }
         let link = self.link().expect("link");
         // A peer without a disk (diskless, attaching, failed: it sent no P_UUIDS, or those
         // of this link predate its detach): nothing to resync now; an attach re-runs the
@@ -2517,6 +2544,11 @@ impl Resource {
             self.send_state();
             return Ok(());
         };
+        if !self.device_matches_agreed_size() {
+            return Ok(());
+        }
+        let d = self.disk.as_ref().expect("attached");
+        let link = self.link().expect("link");
         let mut local = d.sb.uuids;
         let compare = CompareInput {
             local,
@@ -2923,6 +2955,26 @@ impl Resource {
         self.timers.set(Timer::ResyncStep, now);
     }
 
+    /// A resync ended: the two UUID sets are equal, so what this node knows of the peer's
+    /// is its own (DRBD's drbd_resync_finished, on both sides). A later resync that starts
+    /// without a handshake (`invalidate` on a connected pair) ends from here: with the
+    /// handshake's UUIDs, its target took the peer's generation from before the first
+    /// resync, the pair in sync held different current UUIDs, and their next handshake
+    /// found a split brain (swarm seed 12492).
+    fn peer_uuids_are_ours(&mut self) {
+        let Some(own) = self.disk.as_ref().map(|d| d.sb.uuids) else {
+            return;
+        };
+        if let Some(peer) = self
+            .peer
+            .as_mut()
+            .and_then(|p| p.link.as_mut())
+            .and_then(|l| l.peer_uuids.as_mut())
+        {
+            peer.uuids = own;
+        }
+    }
+
     pub(crate) fn resync_finished_source(&mut self) {
         if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
             link.resync = None;
@@ -2931,6 +2983,7 @@ impl Resource {
             d.sb.uuids = sync_decision::clear_bitmap_uuid(d.sb.uuids);
             d.sb_version += 1;
         }
+        self.peer_uuids_are_ours();
         self.peer.as_mut().expect("peer").peer_disk = DiskState::UpToDate;
         self.set_conn(ConnState::Connected);
         self.update_md_flags();
@@ -2949,6 +3002,7 @@ impl Resource {
             d.sb.uuids = sync_decision::clear_bitmap_uuid(finished);
             d.sb_version += 1;
         }
+        self.peer_uuids_are_ours();
         self.disk_state = DiskState::UpToDate;
         self.set_conn(ConnState::Connected);
         self.update_md_flags();

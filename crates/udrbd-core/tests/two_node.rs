@@ -1949,6 +1949,78 @@ fn attach_during_the_handshake(grown: bool) {
     assert_eq!(resyncs(&c), before, "no resync between in-sync disks");
 }
 
+/// A disk that attaches during the handshake, its P_SIZES gone out without it, agrees on the
+/// peer's device size as a diskless node does: when the peer's device grew past this disk's
+/// last agreed size (this disk grown and its meta-data moved, but its `resize` refused to
+/// grow StandAlone), the device grows to it and the resync covers the grown part. Before, the
+/// device stayed at its old size while the bitmap exchange covered the agreed one: the
+/// target's resync never asked for the grown part and never ended (swarm seed 14721).
+#[test]
+fn a_disk_that_attaches_during_the_handshake_grows_to_the_peers_larger_device() {
+    let mut c = synced_pair();
+    let old = c.status(0).size_bytes;
+    for i in 0..2 {
+        c.command(i, AdminCommand::Disconnect).unwrap();
+        c.nodes[i].disk.grow(GROWN);
+    }
+    // Alice grows her device alone; bob's resize moves his meta-data but keeps his size.
+    c.command(0, resize(true, false)).unwrap();
+    c.command(1, resize(false, false)).unwrap();
+    c.settle();
+    let new = grown_usable_bytes();
+    assert_eq!((c.status(0).size_bytes, c.status(1).size_bytes), (new, old));
+    c.write(0, new - 4096, pattern(9, 4096)).unwrap();
+    c.command(1, AdminCommand::Detach { force: false }).unwrap();
+    c.attach_during_the_handshake(1, attach_of(GROWN));
+    c.wait_in_sync_at(Some(new));
+    assert_eq!(c.data_area(0), c.data_area(1));
+    assert_eq!(
+        &c.nodes[1].disk.volatile[(new - 4096) as usize..new as usize],
+        &pattern(9, 4096)[..]
+    );
+}
+
+/// Two resyncs on one connection, the second started by `invalidate` (no handshake in
+/// between): each ends with the two UUID sets equal, as DRBD's drbd_resync_finished makes
+/// what a node knows of its peer's UUIDs its own. Before, the second target took the peer's
+/// UUIDs of the handshake, from before the first resync: the pair, in sync, held different
+/// current UUIDs, and the next connect found a split brain (swarm seed 12492).
+#[test]
+fn a_resync_started_by_invalidate_after_another_ends_with_equal_generations() {
+    let mut c = synced_pair();
+    // Alice (Primary) writes alone: a new current UUID, which bob takes in the resync.
+    c.command(0, AdminCommand::Disconnect).unwrap();
+    c.settle();
+    c.write(0, 3 * 4096, pattern(3, 4096)).unwrap();
+    c.connect_both();
+    c.wait_in_sync_at(None);
+    // Then alice's own data is invalidated: bob is the source of a full sync.
+    c.command(0, AdminCommand::Invalidate).unwrap();
+    c.run_until(Duration::from_secs(60), |c| {
+        c.logged(0, "Resync done (SyncTarget)")
+    });
+    c.wait_in_sync_at(None);
+    assert_eq!(c.data_area(0), c.data_area(1));
+    let current = |c: &Cluster, i: usize| c.status(i).generation.unwrap().0.current & !1;
+    assert_eq!(
+        current(&c, 0),
+        current(&c, 1),
+        "the in-sync disks' generations"
+    );
+    // A new connection finds the two related and in sync: no split brain.
+    c.reconnect(0);
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected)
+            || (0..2).any(|i| c.status(i).peer.unwrap().last_error.is_some())
+    });
+    for i in 0..2 {
+        assert_eq!(c.status(i).peer.unwrap().last_error, None, "node {i}");
+        assert!(!c.status(i).peer.unwrap().split_brain, "node {i}");
+    }
+    c.wait_in_sync_at(None);
+    assert_eq!(c.data_area(0), c.data_area(1));
+}
+
 // ---- online resize ---------------------------------------------------------------------
 
 const GROWN: u64 = 16 << 20;
