@@ -200,6 +200,19 @@ impl Resource {
         } else {
             usable
         };
+        // The user size (`disk { size }`) caps it (DRBD's drbd_new_dev_size), but never
+        // truncates a device with data: "refusing to truncate a consistent device".
+        let size = self.capped_by_user_size(size, self.config.user_size_sect);
+        if size < sb.la_size_sect & !7 && sb.flags.has(MdFlags::CONSISTENT) {
+            self.log(
+                LogLevel::Warn,
+                format!(
+                    "refusing to truncate a consistent device ({} > size {size} sectors)",
+                    sb.la_size_sect
+                ),
+            );
+            return Err(CommandError::DeviceTooSmall);
+        }
         let bits = usable.div_ceil(udrbd_meta::SECTORS_PER_BIT);
         let al_extents = self
             .config

@@ -53,6 +53,10 @@ pub struct ResourceConfig {
     pub on_io_error: OnIoError,
     /// A backing IO older than this force-detaches the disk (`disk-timeout`; `None`: off).
     pub disk_timeout: Option<Duration>,
+    /// The user size (`disk { size }`, `resize --size`; DRBD's disk-size, u_size), sectors:
+    /// the device is at most this large. 0: as large as the disks allow. A connected peer's
+    /// `resize --size` changes it, as in DRBD ("Peer sets u_size").
+    pub user_size_sect: u64,
     /// A deliberately broken rule, for the simulator's mutation test only (`None`, the
     /// default, is the real engine; see [`crate::Mutation`]).
     pub mutation: Option<crate::Mutation>,
@@ -68,6 +72,9 @@ pub struct DiskOptions {
     pub on_io_error: OnIoError,
     /// disk-timeout (`None`: off).
     pub disk_timeout: Option<Duration>,
+    /// `size` (sectors; 0: no limit): the user size of the next attach (an attached disk's
+    /// changes by `resize --size`).
+    pub size_sect: u64,
 }
 
 impl ResourceConfig {
@@ -76,6 +83,7 @@ impl ResourceConfig {
         self.al_extents = options.al_extents;
         self.on_io_error = options.on_io_error;
         self.disk_timeout = options.disk_timeout;
+        self.user_size_sect = options.size_sect;
     }
 }
 
@@ -152,6 +160,7 @@ impl ResourceConfig {
             bitmap_writeout_interval: Duration::from_secs(5),
             on_io_error: OnIoError::Detach,
             disk_timeout: None,
+            user_size_sect: 0,
             mutation: None,
         }
     }
@@ -382,6 +391,9 @@ pub struct Status {
     /// The device size in bytes: the local disk's, or without one the size agreed with the
     /// peer (0 when neither).
     pub size_bytes: u64,
+    /// The user size in force (sectors, 0: none): `disk { size }`, `resize --size`, or the
+    /// peer's.
+    pub user_size_sect: u64,
     /// Bytes marked out of sync in the bitmap.
     pub out_of_sync_bytes: u64,
     /// Application requests in flight.
@@ -635,6 +647,7 @@ impl Resource {
             AdminCommand::Resize {
                 assume_peer_has_space,
                 assume_clean,
+                size_sect,
             } => self.start_resize(
                 if assume_peer_has_space {
                     crate::resize::DDSF_FORCED
@@ -645,6 +658,7 @@ impl Resource {
                 } else {
                     0
                 },
+                size_sect.map_or(self.config.user_size_sect, |s| s & !7),
             ),
             AdminCommand::SuspendIo | AdminCommand::ResumeIo => {
                 // DRBD's NS(susp, 1/0): a request for the state it is in does nothing and
@@ -678,7 +692,13 @@ impl Resource {
     /// next attach (the activity log attached keeps its size).
     pub fn change_disk_options(&mut self, now: Instant, options: DiskOptions) {
         self.now = now;
+        // An attached disk's user size changes by `resize --size` only (the daemon's adjust
+        // runs one), so that one a resize or the peer set stays.
+        let user_size = self.config.user_size_sect;
         self.config.set_disk_options(options);
+        if self.disk.is_some() {
+            self.config.user_size_sect = user_size;
+        }
         self.timers.stop(Timer::DiskTimeout);
         self.progress();
     }
@@ -710,6 +730,7 @@ impl Resource {
             // capacity from P_SIZES): a diskless Primary's export advertised 0 bytes to every
             // NBD client that connected after the detach.
             size_bytes: self.exported_size(),
+            user_size_sect: self.config.user_size_sect,
             // Of the device only: counting the bits past it, a node whose device had shrunk
             // said it was 4 MiB out of sync after every resync had ended.
             out_of_sync_bytes: self.disk.as_ref().map_or(0, |d| {

@@ -1150,9 +1150,11 @@ impl Resource {
         // d_size is what the disk can hold, c_size what the device is now (DRBD's
         // drbd_get_max_capacity and drbd_get_capacity): a device a smaller peer shrank
         // still offers its whole disk.
-        let (d_size, c_size) = match self.disk.as_ref() {
-            Some(d) if self.disk_state >= DiskState::Negotiating => (d.usable_sect, d.size_sect),
-            _ => (0, 0),
+        let (d_size, c_size, u_size) = match self.disk.as_ref() {
+            Some(d) if self.disk_state >= DiskState::Negotiating => {
+                (d.usable_sect, d.size_sect, self.config.user_size_sect)
+            }
+            _ => (0, 0, 0),
         };
         let wsame = self
             .peer
@@ -1165,7 +1167,7 @@ impl Resource {
         }
         let sizes = Sizes {
             d_size,
-            u_size: 0,
+            u_size,
             c_size,
             max_bio_size: MAX_BIO_SIZE,
             queue_order_type: 0,
@@ -1980,6 +1982,7 @@ impl Resource {
             (Some(d), None) => Some((d.usable_sect, d.size_sect)),
         };
         let link = self.link_mut();
+        let handshake_done = link.handshake_done;
         let agreed = match (own, sizes.d_size) {
             (Some((_, current)), 0) => current,
             (Some((usable, _)), peer) => usable.min(peer),
@@ -1988,31 +1991,56 @@ impl Resource {
                 .find(|&s| s != 0)
                 .unwrap_or(0),
         };
-        link.agreed_size_sect = agreed;
+        // The user size (DRBD's receive_sizes): at the connect the smaller one set on either
+        // side, which both compute; after it the peer's, whose `resize --size` sent it.
+        let own_user = self.config.user_size_sect;
+        let user = match (handshake_done, own_user, sizes.u_size) {
+            (true, _, peer) => peer,
+            (false, 0, peer) => peer,
+            (false, own_user, 0) => own_user,
+            (false, own_user, peer) => own_user.min(peer),
+        };
+        let agreed = if own.is_some() {
+            self.capped_by_user_size(agreed, user)
+        } else {
+            agreed
+        };
+        self.link_mut().agreed_size_sect = agreed;
         let Some((_, current)) = own else {
             return Ok(());
         };
         // DRBD 8.4.11's receive_sizes never shrinks a device with usable data (Outdated or
         // better) during the connect, nor when the peer attaches a disk: "The peer's disk
         // size is too small!", a hard disconnect, StandAlone. Only a connected peer's
-        // resize shrinks it; udrbd has no resize, so a Primary is never shrunk (its export
-        // would lose blocks under its NBD clients). Shrinking a Secondary's device at a
-        // connect made the smaller size its last agreed one, which its next attach serves.
+        // resize shrinks it; otherwise a Primary is never shrunk (its export would lose
+        // blocks under its NBD clients). Shrinking a Secondary's device at a connect made
+        // the smaller size its last agreed one, which its next attach serves.
         let usable_data = self.disk_state >= DiskState::Outdated;
-        let (handshake_done, peer_disk) = (
-            self.link().is_some_and(|l| l.handshake_done),
-            self.peer
-                .as_ref()
-                .map_or(DiskState::DUnknown, |p| p.peer_disk),
-        );
+        let peer_disk = self
+            .peer
+            .as_ref()
+            .map_or(DiskState::DUnknown, |p| p.peer_disk);
         let connect = !handshake_done || peer_disk == DiskState::Diskless;
-        if agreed < current && (self.role == Role::Primary || (usable_data && connect)) {
+        // A connected peer's `resize` (c_size 0) shrinks even a Primary: to a user size the
+        // admin chose (`--size`), as DRBD allows an online shrink while connected.
+        let peer_resize = handshake_done && sizes.c_size == 0;
+        if agreed < current
+            && !peer_resize
+            && (self.role == Role::Primary || (usable_data && connect))
+        {
             let message = format!("the peer's disk is too small ({agreed} < {current} sectors)");
             self.peer.as_mut().expect("peer").last_error = Some(message.clone());
             self.log(LogLevel::Error, message);
             self.drop_connection(ConnState::Disconnecting, None);
             self.go_standalone();
             return Ok(());
+        }
+        if user != own_user {
+            self.config.user_size_sect = user;
+            self.log(
+                LogLevel::Info,
+                format!("Peer sets u_size to {user} sectors"),
+            );
         }
         // The new size is the last agreed one (la_size_sect), written to the superblock as
         // DRBD's drbd_determine_dev_size does: the next attach starts from it.
@@ -2368,6 +2396,11 @@ impl Resource {
             .and_then(|l| l.peer_sizes)
             .filter(|s| s.d_size != 0)
         {
+            // Not a resize now, whatever the last P_SIZES was.
+            let sizes = Sizes {
+                c_size: sizes.c_size.max(sizes.d_size),
+                ..sizes
+            };
             let _ = self.apply_peer_sizes(sizes, false);
             if self.link().is_none() {
                 return;

@@ -63,12 +63,18 @@ pub(crate) struct Resize {
     pub(crate) kept_flags: u32,
     /// What the disk could hold when the resize started (sectors).
     pub(crate) usable_before: u64,
+    /// The user size the resize sets (sectors, 0: no limit; `--size`, or the current one).
+    pub(crate) user_size: u64,
 }
 
 impl Resource {
     /// `resize [--assume-peer-has-space] [--assume-clean]`: DRBD's checks, then the backing
     /// device's size is asked for.
-    pub(crate) fn start_resize(&mut self, dds_flags: u16) -> Result<Option<Pending>, CommandError> {
+    pub(crate) fn start_resize(
+        &mut self,
+        dds_flags: u16,
+        user_size: u64,
+    ) -> Result<Option<Pending>, CommandError> {
         if self.disk.is_none() || self.disk_state < DiskState::Inconsistent {
             return Err(CommandError::NoDiskConfig);
         }
@@ -82,7 +88,9 @@ impl Resource {
         {
             return Err(CommandError::ResizeNeedsPrimary);
         }
-        Ok(Some(Pending::Resize(self.measure_disk(dds_flags, true))))
+        Ok(Some(Pending::Resize(
+            self.measure_disk(dds_flags, true, user_size),
+        )))
     }
 
     /// A connected peer's P_SIZES names a disk larger than this one: this backing device may
@@ -97,13 +105,13 @@ impl Resource {
         {
             return false;
         }
-        let resize = self.measure_disk(dds_flags, false);
+        let resize = self.measure_disk(dds_flags, false, self.config.user_size_sect);
         self.pending = Some((CommandId(0), Pending::Resize(resize)));
         true
     }
 
     /// Asks the backing device for its size: the first step of a resize.
-    fn measure_disk(&mut self, dds_flags: u16, initiator: bool) -> Resize {
+    fn measure_disk(&mut self, dds_flags: u16, initiator: bool, user_size: u64) -> Resize {
         self.submit(OpPurpose::Capacity, DiskArea::Data, 0, DiskOpKind::Capacity);
         Resize {
             step: ResizeStep::Capacity,
@@ -111,6 +119,7 @@ impl Resource {
             initiator,
             kept_flags: 0,
             usable_before: self.disk.as_ref().map_or(0, |d| d.usable_sect),
+            user_size,
         }
     }
 
@@ -184,12 +193,19 @@ impl Resource {
             MetaDiskKind::FlexExternal | MetaDiskKind::Indexed(_) => d.layout,
         };
         let usable_sect = layout.max_data_sect.min(bytes / 512) & !7;
-        if usable_sect < d.size_sect || layout.md_offset_sect < d.layout.md_offset_sect {
+        // A device may shrink only to an explicit user size (`--size`), never because its
+        // backing device did (DRBD's ERR_IMPLICIT_SHRINK); internal meta-data never moves
+        // down, over data.
+        let keep = match resize.user_size {
+            0 => d.size_sect,
+            user => user.min(d.size_sect),
+        };
+        if usable_sect < keep || layout.md_offset_sect < d.layout.md_offset_sect {
             self.log(
                 LogLevel::Error,
                 format!(
                     "the backing device shrank ({} < {} sectors): implicit shrink not allowed",
-                    usable_sect, d.size_sect
+                    usable_sect, keep
                 ),
             );
             return self.end_resize(id, resize, Err(CommandError::ImplicitShrink));
@@ -310,6 +326,7 @@ impl Resource {
         self.pending = None;
         if resize.initiator {
             if result.is_ok() {
+                self.config.user_size_sect = resize.user_size;
                 self.resize_determine_size(resize.dds_flags);
             }
             self.finish_command(id, result);
@@ -363,8 +380,11 @@ impl Resource {
         } else {
             current
         };
+        // The user size caps it; an explicit one below the device shrinks it (DRBD has the
+        // admin shrink the file system first; requests past the new end fail).
+        let size = self.capped_by_user_size(size, self.config.user_size_sect);
         let grew = size > current;
-        if size > current {
+        if size != current {
             self.set_device_size(size, dds_flags & DDSF_NO_RESYNC == 0);
         }
         if connected {
@@ -375,6 +395,23 @@ impl Resource {
             self.send_uuids(0);
             self.send_sizes_flags(true, dds_flags);
         }
+    }
+
+    /// `size` capped by a user size `user` (sectors, 0: none), as DRBD's drbd_new_dev_size: a
+    /// user size larger than what the disks allow is an error logged, and the disks' size
+    /// stays.
+    pub(crate) fn capped_by_user_size(&mut self, size: u64, user: u64) -> u64 {
+        if user == 0 || user == size {
+            return size;
+        }
+        if user > size {
+            self.log(
+                LogLevel::Error,
+                format!("Requested disk size is too big ({user} > {size})"),
+            );
+            return size;
+        }
+        user
     }
 
     /// The device grows (or shrinks, within what a peer agreed) to `size` sectors, recorded

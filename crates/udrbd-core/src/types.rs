@@ -283,13 +283,16 @@ pub enum AdminCommand {
         /// `--stop`, sectors.
         stop_sector: Option<u64>,
     },
-    /// Online grow (`resize`): the backing device is measured again, internal meta-data
-    /// moves to its new end, and the device grows to what both disks hold.
+    /// Online resize (`resize`): the backing device is measured again, internal meta-data
+    /// moves to its new end, and the device grows to what both disks hold, or to the user
+    /// size (`--size`), which may also shrink it.
     Resize {
         /// `--assume-peer-has-space`: StandAlone, grow to this disk's size.
         assume_peer_has_space: bool,
         /// `--assume-clean`: the new part needs no resync.
         assume_clean: bool,
+        /// `--size`, sectors: the new user size (0: no limit; `None`: the current one).
+        size_sect: Option<u64>,
     },
 }
 

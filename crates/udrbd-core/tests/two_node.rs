@@ -2044,6 +2044,7 @@ fn resize(assume_peer_has_space: bool, assume_clean: bool) -> AdminCommand {
     AdminCommand::Resize {
         assume_peer_has_space,
         assume_clean,
+        size_sect: None,
     }
 }
 
@@ -2438,4 +2439,82 @@ fn a_grown_size_is_recorded_only_after_the_bits_of_its_new_part() {
     c.release_superblock_writes();
     c.settle();
     assert_eq!(durable_la_size(&c, 1), full);
+}
+
+// ---- the user size (`disk { size }`, `resize --size`) ------------------------------------
+
+fn resize_to(sectors: u64) -> AdminCommand {
+    AdminCommand::Resize {
+        assume_peer_has_space: false,
+        assume_clean: false,
+        size_sect: Some(sectors),
+    }
+}
+
+/// `resize --size` on the Primary shrinks both devices to the user size (the peer takes it:
+/// "Peer sets u_size"); requests past the new end fail; `--size 0` grows both back, and the
+/// part that comes back is resynced from the Primary. The shrunk size is the last agreed one
+/// an attach serves.
+#[test]
+fn resize_with_size_shrinks_both_devices_and_size_0_grows_them_back() {
+    let mut c = synced_pair();
+    let full = c.status(0).size_bytes;
+    let half = full / 2;
+    c.command(0, resize_to(half / 512)).unwrap();
+    c.wait_in_sync_at(Some(half));
+    assert!(c.logged(1, &format!("Peer sets u_size to {} sectors", half / 512)));
+    assert_eq!(
+        c.write(0, half, pattern(3, 4096)),
+        Err(BlockError::OutOfRange)
+    );
+    c.write(0, half - 4096, pattern(4, 4096)).unwrap();
+    c.settle();
+    // The shrunk size is what bob's next attach serves.
+    c.command(1, AdminCommand::Detach { force: false }).unwrap();
+    c.command(1, attach()).unwrap();
+    c.wait_in_sync_at(Some(half));
+    // Grown back: what comes back is the Primary's.
+    c.nodes[1].disk.poke((half + 8192) as usize, &[0xab; 4096]);
+    c.command(0, resize_to(0)).unwrap();
+    c.wait_in_sync_at(Some(full));
+    assert!(c.logged(0, "Resync of new storage after online grow"));
+    assert_eq!(c.data_area(0), c.data_area(1));
+    c.write(0, full - 4096, pattern(5, 4096)).unwrap();
+    c.settle();
+    assert_eq!(
+        &c.nodes[1].disk.volatile[(full - 4096) as usize..full as usize],
+        &pattern(5, 4096)[..]
+    );
+}
+
+/// A user size in the configuration caps a fresh device, and the smaller of the two nodes'
+/// is taken at the connect (the peer without one takes it); an attach refuses a user size
+/// below the device its disk holds data for, as DRBD ("refusing to truncate a consistent
+/// device").
+#[test]
+fn a_configured_user_size_caps_the_device_and_an_attach_never_truncates_data() {
+    let user = (SIZE / 2) / 512;
+    let mut c = synced_pair_with(move |i, config| {
+        if i == 0 {
+            config.user_size_sect = user;
+        }
+    });
+    for i in 0..2 {
+        assert_eq!(c.status(i).size_bytes, user * 512, "node {i}");
+    }
+    assert!(c.logged(1, &format!("Peer sets u_size to {user} sectors")));
+    // Bob, detached, is configured smaller still: his attach refuses to truncate.
+    c.command(1, AdminCommand::Detach { force: false }).unwrap();
+    let now = c.now;
+    c.nodes[1].engine.change_disk_options(
+        now,
+        DiskOptions {
+            al_extents: 1237,
+            on_io_error: OnIoError::Detach,
+            disk_timeout: None,
+            size_sect: user / 2,
+        },
+    );
+    assert_eq!(c.command(1, attach()), Err(CommandError::DeviceTooSmall));
+    assert!(c.logged(1, "refusing to truncate a consistent device"));
 }

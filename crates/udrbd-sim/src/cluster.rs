@@ -213,6 +213,8 @@ pub struct NodeStatus {
     pub disk: DiskState,
     /// Exported size in bytes.
     pub size_bytes: u64,
+    /// The user size in force (sectors, 0: none).
+    pub user_size_sect: u64,
     /// Bytes marked out of sync in the bitmap.
     pub out_of_sync_bytes: u64,
     /// Application requests in flight.
@@ -252,6 +254,7 @@ impl NodeStatus {
             role: st.role,
             disk: st.disk,
             size_bytes: st.size_bytes,
+            user_size_sect: st.user_size_sect,
             out_of_sync_bytes: st.out_of_sync_bytes,
             upper_pending: st.upper_pending,
             lower_pending: st.lower_pending,

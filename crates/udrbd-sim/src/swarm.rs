@@ -293,6 +293,8 @@ pub struct SwarmCounts {
     pub verifies: u64,
     /// Devices that grew (`resize` after both disks grew), counted per node.
     pub grows: u64,
+    /// Devices shrunk to a user size (`resize --size`), counted per node.
+    pub shrinks: u64,
     /// Promotions of a node while its peer was down or unreachable.
     pub failovers: u64,
     /// Split brains detected.
@@ -313,7 +315,7 @@ const MAX_GROWTH: u64 = 12 << 20;
 impl SwarmCounts {
     /// Adds `other` to `self`.
     pub fn add(&mut self, o: &SwarmCounts) {
-        let pairs: [(&mut u64, u64); 35] = [
+        let pairs: [(&mut u64, u64); 36] = [
             (&mut self.seeds, o.seeds),
             (&mut self.unequal_disks, o.unequal_disks),
             (&mut self.tuned, o.tuned),
@@ -343,6 +345,7 @@ impl SwarmCounts {
             (&mut self.io_suspends, o.io_suspends),
             (&mut self.verifies, o.verifies),
             (&mut self.grows, o.grows),
+            (&mut self.shrinks, o.shrinks),
             (&mut self.failovers, o.failovers),
             (&mut self.split_brains, o.split_brains),
             (&mut self.bitmap_checks, o.bitmap_checks),
@@ -362,7 +365,7 @@ impl std::fmt::Display for SwarmCounts {
             f,
             "seeds {} (unequal disks {}, tuned {}) ops {} requests {} (ok {}, failed {}, reads checked {}) commands {} (refused {}) | \
              crashes {} torn-writes {} lost-writes {} | partitions {} one-way {} resets {} stalls {} net-changes {} | clock-jumps {} | \
-             freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} sync-pauses {} io-suspends {} verifies {} grows {} failovers {} split-brains {} | \
+             freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} sync-pauses {} io-suspends {} verifies {} grows {} shrinks {} failovers {} split-brains {} | \
              bitmap-checks {} durable-blocks {} receive-pauses {} | steps {} simulated {:.1}s",
             self.seeds,
             self.unequal_disks,
@@ -392,6 +395,7 @@ impl std::fmt::Display for SwarmCounts {
             self.io_suspends,
             self.verifies,
             self.grows,
+            self.shrinks,
             self.failovers,
             self.split_brains,
             self.bitmap_checks,
@@ -698,8 +702,10 @@ struct Run {
     busy_read: BTreeMap<u64, u32>,
     commands: BTreeMap<(NodeId, CommandId), PendingCommand>,
     last: [Snapshot; 2],
-    /// Per node: the device size last seen (bytes), to count grows.
+    /// Per node: the largest device size seen (bytes), to count grows, and the last one, to
+    /// count shrinks.
     sizes: [u64; 2],
+    last_sizes: [u64; 2],
     /// How much both disks grew (bytes), bounded by `MAX_GROWTH`.
     grown: u64,
     /// Per node: the snapshot before `last` (the state a promotion was granted in).
@@ -838,6 +844,7 @@ impl Run {
             last,
             previous: last,
             sizes: [0; 2],
+            last_sizes: [0; 2],
             grown: 0,
             link_epoch: [0, 0],
             down_since: [None, None],
@@ -1466,11 +1473,25 @@ impl Run {
     fn on_state(&mut self, node: NodeId, s: Snapshot) {
         let i = usize::from(node);
         if self.c.is_up(node) {
-            let size = self.c.status(node).size_bytes;
+            let status = self.c.status(node);
+            let size = status.size_bytes;
             if self.grown > 0 && size > self.sizes[i] && self.sizes[i] != 0 {
                 self.counts.grows += 1;
             }
+            if status.user_size_sect != 0 && size != 0 && size < self.last_sizes[i] {
+                self.counts.shrinks += 1;
+            }
+            if size != 0 && size < self.last_sizes[i] {
+                // What lay past the new end is gone (DRBD's drbd_bm_resize drops its bits;
+                // a grow later resyncs the part from whichever node is the source then):
+                // every copy of those blocks is unknown, and no write to them is promised
+                // any more (swarm seed 340, once `resize --size` shrank devices).
+                self.forget_blocks_from(size.div_ceil(BLOCK));
+            }
             self.sizes[i] = self.sizes[i].max(size);
+            if size != 0 {
+                self.last_sizes[i] = size;
+            }
         }
         let before = self.last[i];
         self.previous[i] = before;
@@ -1672,7 +1693,7 @@ impl Run {
             8 => AdminCommand::Detach { force: true },
             9 | 10 => self.attach_cmd(node),
             11 => AdminCommand::Invalidate,
-            12 => match self.below(4) {
+            12 => match self.below(5) {
                 0 => AdminCommand::InvalidateRemote,
                 1 => AdminCommand::NewCurrentUuid {
                     clear_bitmap: false,
@@ -1682,6 +1703,23 @@ impl Run {
                 // meta-data moves, and, connected, the device grows and resyncs its new
                 // part. A node whose meta-data did not move yet (down, StandAlone, the
                 // resize refused or cut off) moves it at its next resize or peer's grow.
+                // `resize --size`: the device shrinks to a user size of at least half the
+                // workload's blocks, or (a third of the time) grows back without one. The
+                // liveness phase takes every user size away again.
+                3 => {
+                    let size = if self.below(3) == 0 {
+                        0
+                    } else {
+                        let blocks = self.blocks / 2 + self.below(self.blocks / 2 + 1);
+                        blocks.max(1) * BLOCK / 512
+                    };
+                    self.set_op(format!("resize --size {size} sectors on node {node}"));
+                    AdminCommand::Resize {
+                        assume_peer_has_space: false,
+                        assume_clean: false,
+                        size_sect: Some(size),
+                    }
+                }
                 _ if self.grown < MAX_GROWTH => {
                     let bytes = (1 + self.below(4)) << 20;
                     self.grown += bytes;
@@ -1690,11 +1728,13 @@ impl Run {
                     AdminCommand::Resize {
                         assume_peer_has_space: false,
                         assume_clean: false,
+                        size_sect: None,
                     }
                 }
                 _ => AdminCommand::Resize {
                     assume_peer_has_space: false,
                     assume_clean: false,
+                    size_sect: None,
                 },
             },
             13 => AdminCommand::Connect {
@@ -2120,9 +2160,12 @@ impl Run {
         self.inflight.is_empty()
             && self.commands.is_empty()
             && self.c.all_in_sync()
-            && NODES
-                .iter()
-                .all(|&n| !self.c.is_up(n) || !self.c.status(n).suspended_by_user)
+            && NODES.iter().all(|&n| {
+                !self.c.is_up(n) || {
+                    let s = self.c.status(n);
+                    !s.suspended_by_user && s.user_size_sect == 0
+                }
+            })
     }
 
     /// What an operator does to bring the pair back: attach, connect, resolve a split brain
@@ -2204,6 +2247,30 @@ impl Run {
         for node in NODES {
             let st = &status[usize::from(node)];
             let conn = st.peer.as_ref().map(|p| p.conn);
+            if st.user_size_sect != 0
+                && st.disk >= DiskState::Inconsistent
+                && st.busy_with.is_none()
+                && self.c.is_up(node)
+            {
+                // A user size (`resize --size`) keeps the device smaller than the workload:
+                // the operator takes it away, on a node that is not connected or from either
+                // node of a pair with a Primary (two connected Secondaries refuse a resize:
+                // one disconnects first). A connect takes the smaller of two user sizes, so
+                // both nodes lose theirs before the device grows back.
+                let secondaries = conn == Some(ConnState::Connected)
+                    && status.iter().all(|s| s.role == Role::Secondary);
+                let cmd = if secondaries {
+                    AdminCommand::Disconnect
+                } else {
+                    AdminCommand::Resize {
+                        assume_peer_has_space: false,
+                        assume_clean: false,
+                        size_sect: Some(0),
+                    }
+                };
+                self.start(node, cmd);
+                continue;
+            }
             if st.disk == DiskState::Diskless
                 && st.busy_with.is_none()
                 && conn != Some(ConnState::StandAlone)
@@ -2303,6 +2370,19 @@ impl Run {
                 .any(|s| s.out_of_sync_bytes > 0 || s.disk != DiskState::UpToDate)
         {
             self.start(1, AdminCommand::Disconnect);
+        }
+    }
+
+    /// Blocks from `first` on (past a shrunk device's end) may hold anything, everywhere.
+    fn forget_blocks_from(&mut self, first: u64) {
+        for b in first..self.blocks {
+            for node in 0..2 {
+                self.view[node][b as usize] = None;
+                if let Some(on_disk) = self.on_disk[node].as_mut() {
+                    on_disk[b as usize] = None;
+                }
+            }
+            self.acked[b as usize] = None;
         }
     }
 

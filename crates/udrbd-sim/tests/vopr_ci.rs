@@ -89,8 +89,8 @@ fn swarm_ci_range() {
     }
     // Per seed: a quarter of the seeds run disks of different sizes, half their own net and
     // resync options; the operator pauses resyncs (`pause-sync`) and holds IO
-    // (`suspend-io`), which the liveness phase resumes, runs online verifies, and grows both
-    // disks to `resize` them.
+    // (`suspend-io`), which the liveness phase resumes, runs online verifies, grows both
+    // disks to `resize` them, and shrinks devices to a user size (`resize --size`).
     let per_seed = [
         (
             "seeds with disks of different sizes",
@@ -108,6 +108,8 @@ fn swarm_ci_range() {
         ("online verifies", totals.verifies, 5),
         // Both disks grow and `resize` runs now and then; a grown device counts per node.
         ("devices grown by resize", totals.grows, 4),
+        // `resize --size` shrinks a device now and then; the liveness phase grows it back.
+        ("devices shrunk by resize --size", totals.shrinks, 8),
     ];
     for (what, count, one_in) in per_seed {
         assert!(

@@ -270,12 +270,18 @@ pub enum Verb {
         #[arg(long, short = 'S')]
         stop: Option<u64>,
     },
-    /// Online grow, after the backing devices grew (lvextend, truncate): internal
+    /// Online resize, after the backing devices grew (lvextend, truncate): internal
     /// meta-data moves to the new end of the backing device, and the device grows to what
     /// both disks hold; the new part is resynced from the Primary. Run it on one node.
+    /// `--size` sets the user size (as drbd.conf's `size`), which may also shrink the
+    /// device: shrink the file system first.
     Resize {
         /// Resource name.
         resource: String,
+        /// The device's size: sectors, or bytes with a K, M or G suffix; 0: as large as
+        /// the disks allow (default: the size in force, from drbd.conf or the last --size).
+        #[arg(long)]
+        size: Option<String>,
         /// Grow while StandAlone, trusting that the peer's disk grew as well.
         #[arg(long)]
         assume_peer_has_space: bool,
@@ -507,10 +513,21 @@ pub fn run(
         }
         Verb::Resize {
             resource,
+            size,
             assume_peer_has_space,
             assume_clean,
         } => {
             let mut r = ControlRequest::new("resize", Some(&resource));
+            if let Some(text) = size {
+                let spec =
+                    crate::config::options::find_option(crate::config::Section::Disk, "size")
+                        .expect("the disk section's size option");
+                match spec.parse(Some(&text)) {
+                    Ok(crate::config::Value::Number(sectors)) => r.size_sectors = Some(sectors),
+                    Ok(other) => unreachable!("size is a number, not {other:?}"),
+                    Err(e) => return Err(CliError::InvalidValue(format!("--size: {e}"))),
+                }
+            }
             r.assume_peer_has_space = assume_peer_has_space;
             r.assume_clean = assume_clean;
             online(g, r, out)?;

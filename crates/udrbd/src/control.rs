@@ -59,6 +59,9 @@ pub struct ControlRequest {
     /// `resize --assume-clean`.
     #[serde(default)]
     pub assume_clean: bool,
+    /// `resize --size`, sectors (none: the user size in force).
+    #[serde(default)]
+    pub size_sectors: Option<u64>,
 }
 
 impl ControlRequest {
@@ -79,6 +82,7 @@ impl ControlRequest {
             stop_sector: None,
             assume_peer_has_space: false,
             assume_clean: false,
+            size_sectors: None,
         }
     }
 }

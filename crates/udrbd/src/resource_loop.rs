@@ -391,6 +391,7 @@ fn disk_options(disk: &crate::config::DiskOptions) -> udrbd_core::DiskOptions {
             crate::config::OnIoError::CallLocalIoError => udrbd_core::OnIoError::CallLocalIoError,
         },
         disk_timeout: (!disk.disk_timeout.is_zero()).then_some(disk.disk_timeout),
+        size_sect: disk.size_sectors,
     }
 }
 
@@ -726,6 +727,7 @@ async fn adjust(shared: &SharedRef, name: &str) -> ControlReply {
         return refuse("the nbd section", "restart the daemon");
     }
     let mut output = String::new();
+    let size = new.options.disk.size_sectors;
     {
         let mut s = shared.borrow_mut();
         let now = s.now();
@@ -772,6 +774,19 @@ async fn adjust(shared: &SharedRef, name: &str) -> ControlReply {
     if !reply.ok {
         return reply;
     }
+    // A new `size` on an attached disk is a `resize --size`, as drbdadm's adjust runs it.
+    if attached && old.options.disk.size_sectors != size {
+        let resize = AdminCommand::Resize {
+            assume_peer_has_space: false,
+            assume_clean: false,
+            size_sect: Some(size),
+        };
+        match run_command(shared, resize).await {
+            Ok(Ok(())) => output.push_str(&format!("{name}: size changed: resized\n")),
+            Ok(Err(e)) => return command_error_reply(name, e),
+            Err(_) => return ControlReply::error(format!("{name}: the resource loop stopped"), 20),
+        }
+    }
     ControlReply::ok(output)
 }
 
@@ -806,6 +821,7 @@ fn admin_command(request: &ControlRequest) -> Option<AdminCommand> {
         "resize" => AdminCommand::Resize {
             assume_peer_has_space: request.assume_peer_has_space,
             assume_clean: request.assume_clean,
+            size_sect: request.size_sectors,
         },
         _ => return None,
     })

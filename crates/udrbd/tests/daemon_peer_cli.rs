@@ -447,6 +447,61 @@ fn json_size_kib(status: &serde_json::Value) -> u64 {
     status["devices"][0]["size"].as_u64().unwrap()
 }
 
+/// `resize --size` shrinks both devices (a new NBD client sees the shrunk size, and writes
+/// within it work), a bad size is refused by the CLI, and a new `size` in the configuration
+/// is applied by `adjust` on the attached resource as a `resize --size`, which grows both.
+#[test]
+fn resize_size_shrinks_the_device_and_adjust_applies_a_new_size() {
+    require_tool("qemu-io", "qemu-utils");
+    require_tool("nbdinfo", "libnbd-bin");
+    let opts = PairOptions::default();
+    let p = pair_in_sync(opts.clone());
+    let (a, b) = (&p.alice, &p.bob);
+    a.ok(&["primary", "r0"]);
+    let o = a.cli(&["resize", "r0", "--size", "12Q"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("--size"), "{}", stderr(&o));
+    a.ok(&["resize", "r0", "--size", "16M"]);
+    p.wait_for_both("both shrunk to 16 MiB", Duration::from_secs(30), |_, s| {
+        json_size_kib(s) == 16 << 10 && json_up_to_date(s)
+    });
+    assert!(
+        b.daemon
+            .log_text()
+            .contains(&format!("Peer sets u_size to {} sectors", 32 << 10)),
+        "{}",
+        p.logs()
+    );
+    let uri = a.daemon.uri("r0");
+    let size = run_ok(std::process::Command::new("nbdinfo").args(["--size", &uri]));
+    assert_eq!(size.trim(), (16u64 << 20).to_string());
+    let out = run_ok(std::process::Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        &uri,
+        "-c",
+        "write -P 0x33 15M 1M",
+        "-c",
+        "read -P 0x33 15M 1M",
+    ]));
+    assert!(!out.contains("failed"), "{out}");
+    // drbd.conf's `size` changes: adjust resizes the attached device on both.
+    let mut changed = opts.clone();
+    changed.disk = format!("{} size 24M;", opts.disk);
+    write_pair_config(
+        p.dir.path(),
+        &changed,
+        (&a.disk, a.address),
+        (&b.disk, b.address),
+    );
+    let out = a.ok(&["adjust", "r0"]);
+    assert!(out.contains("size changed: resized"), "{out}");
+    p.wait_for_both("both grown to 24 MiB", Duration::from_secs(30), |_, s| {
+        json_size_kib(s) == 24 << 10 && json_up_to_date(s)
+    });
+    assert_eq!(a.data_checksum(24 << 20), b.data_checksum(24 << 20));
+}
+
 /// `resize` as drbdadm's, after both backing files grew (`truncate`, as an `lvextend`): the
 /// meta-data moves to the new end of both files, both devices grow, and the new part is
 /// resynced from the Primary while the device serves NBD. A new NBD client sees the grown
