@@ -8,8 +8,10 @@
 //! - [`an_interrupted_resync_to_the_kernel_resumes`]: udrbd is the SyncSource, the same cut.
 //! - [`pause_sync_on_either_side_holds_a_resync_with_the_kernel`]: `pause-sync` on udrbd, then
 //!   on the kernel, holds the resync on both sides until `resume-sync`.
-//! - [`resize_with_the_kernel_grows_both_devices_either_way`]: udrbd's backing file grows and
-//!   `resize` runs on udrbd, then on the kernel: both devices grow, the new part resyncs.
+//! - [`resize_with_the_kernel_grows_and_shrinks_both_devices_either_way`]: udrbd's backing
+//!   file grows and `resize` runs on udrbd, then on the kernel: both devices grow, the new
+//!   part resyncs; the kernel's `resize --size` shrinks both, udrbd's `--size 0` grows both
+//!   back.
 //!
 //! Each checks that the second resync covers at most what was left (the kernel's "Began resync
 //! ... will sync N KB" against udrbd's out-of-sync at the cut), that the whole transfer (the
@@ -385,10 +387,14 @@ fn size_kib(s: &serde_json::Value) -> u64 {
 ///    guest: the kernel's P_SIZES names a disk larger than udrbd's, so udrbd measures its
 ///    backing file, moves its meta-data and grows; the kernel grows on udrbd's answer and
 ///    resyncs the new part to udrbd.
+/// 3. The kernel, still Primary, runs `drbdsetup resize --size=8M`: its P_SIZES carries the
+///    user size, which udrbd takes ("Peer sets u_size"); both devices shrink to 8 MiB.
+/// 4. udrbd, Primary again, runs `resize --size 0`: the user size goes on both, both grow
+///    back, and the part that came back resyncs from udrbd to the kernel.
 ///
 /// Each step ends with identical data areas of the new size and a clean dmesg.
 #[test]
-fn resize_with_the_kernel_grows_both_devices_either_way() {
+fn resize_with_the_kernel_grows_and_shrinks_both_devices_either_way() {
     require_root();
     let (u, vm) = udrbd_and_guest(
         17530,
@@ -462,9 +468,55 @@ fn resize_with_the_kernel_grows_both_devices_either_way() {
     grow_file(16);
     let out = vm.exec("drbdsetup-84 resize 0 2>&1; echo rc=$?");
     assert!(out.contains("rc=0"), "{out}");
-    grown(DATA_KIB.min(usable_kib(16)), "the kernel's resize", 2);
+    let full = DATA_KIB.min(usable_kib(16));
+    grown(full, "the kernel's resize", 2);
     let log = d.log_text();
     assert!(log.contains("Began resync as SyncTarget"), "{log}");
+
+    // 3. The kernel's `resize --size` shrinks both devices: udrbd takes its user size.
+    let out = vm.exec("drbdsetup-84 resize 0 --size=8M 2>&1; echo rc=$?");
+    assert!(out.contains("rc=0"), "{out}");
+    let sized = |kib: u64, what: &str| {
+        let t0 = Instant::now();
+        while !(size_kib(&status_json(&d)) == kib
+            && d.ok(&["dstate", "r0"]).trim() == "UpToDate/UpToDate"
+            && d.ok(&["cstate", "r0"]).trim() == "Connected")
+        {
+            assert!(t0.elapsed() < WAIT, "{what}\n{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        vm.wait("cs:Connected .* ds:UpToDate/UpToDate", WAIT, &|| {
+            d.log_text()
+        });
+        let dmesg = vm.exec("dmesg");
+        assert!(
+            dmesg.contains(&format!("({kib} KB)")),
+            "{what}: the kernel's size\n{dmesg}"
+        );
+        println!("{what}: both devices at {kib} KiB");
+    };
+    sized(8 << 10, "the kernel's resize --size 8M");
+    assert!(
+        d.log_text()
+            .contains(&format!("Peer sets u_size to {} sectors", 16 << 10)),
+        "{}",
+        d.log_text()
+    );
+    assert_same_data_areas(&vm, &u.disk, 8 << 10, &d);
+
+    // 4. udrbd, the Primary again, takes the user size away: both grow back, and the part
+    //    that comes back is resynced from udrbd (its third "new storage" resync).
+    vm.exec("drbdsetup-84 secondary 0");
+    d.ok(&["primary", "r0"]);
+    d.ok(&["resize", "r0", "--size", "0"]);
+    sized(full, "udrbd's resize --size 0");
+    let new_storage = |log: &str| {
+        log.matches("Resync of new storage after online grow")
+            .count()
+    };
+    assert_eq!(new_storage(&d.log_text()), 3, "{}", d.log_text());
+    assert_eq!(new_storage(&vm.exec("dmesg")), 3);
+    assert_same_data_areas(&vm, &u.disk, full, &d);
     vm.assert_clean_dmesg(&|| d.log_text());
 }
 
