@@ -1959,10 +1959,7 @@ fn attach_during_the_handshake(grown: bool) {
 fn a_disk_that_attaches_during_the_handshake_grows_to_the_peers_larger_device() {
     let mut c = synced_pair();
     let old = c.status(0).size_bytes;
-    for i in 0..2 {
-        c.command(i, AdminCommand::Disconnect).unwrap();
-        c.nodes[i].disk.grow(GROWN);
-    }
+    c.disconnect_and_grow_both_disks();
     // Alice grows her device alone; bob's resize moves his meta-data but keeps his size.
     c.command(0, resize(true, false)).unwrap();
     c.command(1, resize(false, false)).unwrap();
@@ -2026,6 +2023,14 @@ fn a_resync_started_by_invalidate_after_another_ends_with_equal_generations() {
 const GROWN: u64 = 16 << 20;
 
 impl Cluster {
+    /// Both nodes disconnect, and both backing disks grow to [`GROWN`] (an lvextend).
+    fn disconnect_and_grow_both_disks(&mut self) {
+        for i in 0..2 {
+            self.command(i, AdminCommand::Disconnect).unwrap();
+            self.nodes[i].disk.grow(GROWN);
+        }
+    }
+
     /// Waits until both nodes are Connected, UpToDate and in sync (and of `size` bytes).
     fn wait_in_sync_at(&mut self, size: Option<u64>) {
         self.run_until(Duration::from_secs(60), |c| {
@@ -2179,10 +2184,7 @@ fn the_activity_log_written_at_the_new_place_covers_the_extents_in_use() {
 fn a_standalone_resize_grows_only_with_assume_peer_has_space() {
     let mut c = synced_pair();
     let old = c.status(0).size_bytes;
-    for i in 0..2 {
-        c.command(i, AdminCommand::Disconnect).unwrap();
-        c.nodes[i].disk.grow(GROWN);
-    }
+    c.disconnect_and_grow_both_disks();
     c.command(0, resize(false, false)).unwrap();
     assert_eq!(
         c.status(0).size_bytes,
@@ -2347,10 +2349,7 @@ fn a_disk_attaching_in_the_handshake_agrees_on_the_size_as_offered_by_the_target
 #[test]
 fn the_packets_behind_a_larger_peer_disk_wait_until_this_disk_is_measured() {
     let mut c = synced_pair();
-    for i in 0..2 {
-        c.command(i, AdminCommand::Disconnect).unwrap();
-        c.nodes[i].disk.grow(GROWN);
-    }
+    c.disconnect_and_grow_both_disks();
     c.command(1, resize(false, false)).unwrap();
     c.command(1, AdminCommand::Detach { force: false }).unwrap();
     c.connect_both();

@@ -424,13 +424,18 @@ fn resize_with_the_kernel_grows_and_shrinks_both_devices_either_way() {
             .set_len(mib << 20)
             .unwrap();
     };
-    let grown = |kib: u64, what: &str, grow: usize| {
+    // Both devices at `kib`, Connected and UpToDate on both sides; the kernel's dmesg.
+    let sized = |kib: u64, what: &str| -> String {
         let t0 = Instant::now();
         while !(size_kib(&status_json(&d)) == kib
             && d.ok(&["dstate", "r0"]).trim() == "UpToDate/UpToDate"
             && d.ok(&["cstate", "r0"]).trim() == "Connected")
         {
-            assert!(t0.elapsed() < WAIT, "{what}: not grown\n{}", d.log_text());
+            assert!(
+                t0.elapsed() < WAIT,
+                "{what}: not at {kib} KiB\n{}",
+                d.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         vm.wait("cs:Connected .* ds:UpToDate/UpToDate", WAIT, &|| {
@@ -441,6 +446,11 @@ fn resize_with_the_kernel_grows_and_shrinks_both_devices_either_way() {
             dmesg.contains(&format!("({kib} KB)")),
             "{what}: the kernel's size\n{dmesg}"
         );
+        println!("{what}: both devices at {kib} KiB");
+        dmesg
+    };
+    let grown = |kib: u64, what: &str, grow: usize| {
+        let dmesg = sized(kib, what);
         // The kernel's grow number `grow` started the resync of the new part, and so did
         // udrbd's.
         let grows = |log: &str| {
@@ -451,7 +461,7 @@ fn resize_with_the_kernel_grows_and_shrinks_both_devices_either_way() {
         assert_eq!(grows(&d.log_text()), grow, "{what}\n{}", d.log_text());
         assert_eq!(d.log_text().matches("md moved").count(), grow);
         assert_same_data_areas(&vm, &u.disk, kib, &d);
-        println!("{what}: both devices at {kib} KiB, data areas identical");
+        println!("{what}: data areas identical");
     };
 
     // 1. udrbd, the Primary, resizes.
@@ -476,25 +486,6 @@ fn resize_with_the_kernel_grows_and_shrinks_both_devices_either_way() {
     // 3. The kernel's `resize --size` shrinks both devices: udrbd takes its user size.
     let out = vm.exec("drbdsetup-84 resize 0 --size=8M 2>&1; echo rc=$?");
     assert!(out.contains("rc=0"), "{out}");
-    let sized = |kib: u64, what: &str| {
-        let t0 = Instant::now();
-        while !(size_kib(&status_json(&d)) == kib
-            && d.ok(&["dstate", "r0"]).trim() == "UpToDate/UpToDate"
-            && d.ok(&["cstate", "r0"]).trim() == "Connected")
-        {
-            assert!(t0.elapsed() < WAIT, "{what}\n{}", d.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        vm.wait("cs:Connected .* ds:UpToDate/UpToDate", WAIT, &|| {
-            d.log_text()
-        });
-        let dmesg = vm.exec("dmesg");
-        assert!(
-            dmesg.contains(&format!("({kib} KB)")),
-            "{what}: the kernel's size\n{dmesg}"
-        );
-        println!("{what}: both devices at {kib} KiB");
-    };
     sized(8 << 10, "the kernel's resize --size 8M");
     assert!(
         d.log_text()
