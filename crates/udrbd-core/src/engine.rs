@@ -83,7 +83,7 @@ impl ResourceConfig {
         self.al_extents = options.al_extents;
         self.on_io_error = options.on_io_error;
         self.disk_timeout = options.disk_timeout;
-        self.user_size_sect = options.size_sect;
+        self.user_size_sect = crate::resize::whole_blocks(options.size_sect);
     }
 }
 
@@ -658,7 +658,7 @@ impl Resource {
                 } else {
                     0
                 },
-                size_sect.map_or(self.config.user_size_sect, |s| s & !7),
+                size_sect.map_or(self.config.user_size_sect, crate::resize::whole_blocks),
             ),
             AdminCommand::SuspendIo | AdminCommand::ResumeIo => {
                 // DRBD's NS(susp, 1/0): a request for the state it is in does nothing and

@@ -35,6 +35,14 @@ pub(crate) const DDSF_FORCED: u16 = 1;
 /// P_SIZES dds_flags: the new part needs no resync (`--assume-clean`).
 pub(crate) const DDSF_NO_RESYNC: u16 = 2;
 
+/// A user size (sectors) in whole 4 KiB blocks, at least one; 0 (no limit) stays 0.
+pub(crate) fn whole_blocks(user_size_sect: u64) -> u64 {
+    match user_size_sect {
+        0 => 0,
+        s => (s & !7).max(8),
+    }
+}
+
 /// Where a resize is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ResizeStep {
