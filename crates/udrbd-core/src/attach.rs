@@ -202,7 +202,8 @@ impl Resource {
         };
         // The user size (`disk { size }`) caps it (DRBD's drbd_new_dev_size), but never
         // truncates a device with data: "refusing to truncate a consistent device".
-        let size = self.capped_by_user_size(size, self.config.user_size_sect);
+        let user_size_sect = self.config.user_size_sect;
+        let size = self.capped_by_user_size(size, user_size_sect);
         if size < sb.la_size_sect & !7 && sb.flags.has(MdFlags::CONSISTENT) {
             self.log(
                 LogLevel::Warn,
@@ -232,6 +233,7 @@ impl Resource {
             pages_in_flight: Default::default(),
             size_sect: size,
             usable_sect: usable,
+            user_size_sect,
             grow_pending: None,
             owed_pages: Default::default(),
             owed_pages_in_flight: Default::default(),

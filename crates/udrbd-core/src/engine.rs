@@ -53,9 +53,10 @@ pub struct ResourceConfig {
     pub on_io_error: OnIoError,
     /// A backing IO older than this force-detaches the disk (`disk-timeout`; `None`: off).
     pub disk_timeout: Option<Duration>,
-    /// The user size (`disk { size }`, `resize --size`; DRBD's disk-size, u_size), sectors:
-    /// the device is at most this large. 0: as large as the disks allow. A connected peer's
-    /// `resize --size` changes it, as in DRBD ("Peer sets u_size").
+    /// The configured user size (`disk { size }`; DRBD's disk-size, u_size), sectors: an
+    /// attached device is at most this large (0: as large as the disks allow). It is what
+    /// an attach starts with; `resize --size` and a connected peer's change the one in force
+    /// (`Disk::user_size_sect`) until the next attach.
     pub user_size_sect: u64,
     /// A deliberately broken rule, for the simulator's mutation test only (`None`, the
     /// default, is the real engine; see [`crate::Mutation`]).
@@ -73,7 +74,7 @@ pub struct DiskOptions {
     /// disk-timeout (`None`: off).
     pub disk_timeout: Option<Duration>,
     /// `size` (sectors; 0: no limit): the user size of the next attach (an attached disk's
-    /// changes by `resize --size`).
+    /// changes by `resize --size`: the daemon's `adjust` runs one).
     pub size_sect: u64,
 }
 
@@ -248,6 +249,10 @@ pub(crate) struct Disk {
     pub(crate) size_sect: u64,
     /// What the disk can hold, in sectors (fixed at attach).
     pub(crate) usable_sect: u64,
+    /// The user size in force (sectors, 0: none; DRBD's disk_conf->disk_size of this
+    /// attach): the configured one at attach, then `resize --size`'s or the peer's. It goes
+    /// with the disk: the next attach takes the configured one again.
+    pub(crate) user_size_sect: u64,
     /// A grow not yet durable: (the size the superblock on disk records, in sectors; the
     /// superblock version that records the new one). Writes past the old size wait for that
     /// version: a crash before it brought the node back at the old size, with acknowledged
@@ -391,8 +396,8 @@ pub struct Status {
     /// The device size in bytes: the local disk's, or without one the size agreed with the
     /// peer (0 when neither).
     pub size_bytes: u64,
-    /// The user size in force (sectors, 0: none): `disk { size }`, `resize --size`, or the
-    /// peer's.
+    /// The attached disk's user size in force (sectors, 0: none or no disk): `disk { size }`,
+    /// `resize --size`, or the peer's.
     pub user_size_sect: u64,
     /// Bytes marked out of sync in the bitmap.
     pub out_of_sync_bytes: u64,
@@ -658,7 +663,10 @@ impl Resource {
                 } else {
                     0
                 },
-                size_sect.map_or(self.config.user_size_sect, crate::resize::whole_blocks),
+                size_sect.map_or(
+                    self.disk.as_ref().map_or(0, |d| d.user_size_sect),
+                    crate::resize::whole_blocks,
+                ),
             ),
             AdminCommand::SuspendIo | AdminCommand::ResumeIo => {
                 // DRBD's NS(susp, 1/0): a request for the state it is in does nothing and
@@ -692,13 +700,7 @@ impl Resource {
     /// next attach (the activity log attached keeps its size).
     pub fn change_disk_options(&mut self, now: Instant, options: DiskOptions) {
         self.now = now;
-        // An attached disk's user size changes by `resize --size` only (the daemon's adjust
-        // runs one), so that one a resize or the peer set stays.
-        let user_size = self.config.user_size_sect;
         self.config.set_disk_options(options);
-        if self.disk.is_some() {
-            self.config.user_size_sect = user_size;
-        }
         self.timers.stop(Timer::DiskTimeout);
         self.progress();
     }
@@ -730,7 +732,7 @@ impl Resource {
             // capacity from P_SIZES): a diskless Primary's export advertised 0 bytes to every
             // NBD client that connected after the detach.
             size_bytes: self.exported_size(),
-            user_size_sect: self.config.user_size_sect,
+            user_size_sect: self.disk.as_ref().map_or(0, |d| d.user_size_sect),
             // Of the device only: counting the bits past it, a node whose device had shrunk
             // said it was 4 MiB out of sync after every resync had ended.
             out_of_sync_bytes: self.disk.as_ref().map_or(0, |d| {

@@ -1152,7 +1152,7 @@ impl Resource {
         // still offers its whole disk.
         let (d_size, c_size, u_size) = match self.disk.as_ref() {
             Some(d) if self.disk_state >= DiskState::Negotiating => {
-                (d.usable_sect, d.size_sect, self.config.user_size_sect)
+                (d.usable_sect, d.size_sect, d.user_size_sect)
             }
             _ => (0, 0, 0),
         };
@@ -1993,7 +1993,7 @@ impl Resource {
         };
         // The user size (DRBD's receive_sizes): at the connect the smaller one set on either
         // side, which both compute; after it the peer's, whose `resize --size` sent it.
-        let own_user = self.config.user_size_sect;
+        let own_user = self.disk.as_ref().map_or(0, |d| d.user_size_sect);
         let user = match (handshake_done, own_user, sizes.u_size) {
             (true, _, peer) => peer,
             (false, 0, peer) => peer,
@@ -2005,7 +2005,33 @@ impl Resource {
         } else {
             agreed
         };
-        self.link_mut().agreed_size_sect = agreed;
+        let previous = std::mem::replace(&mut self.link_mut().agreed_size_sect, agreed);
+        // A size that changes under a bitmap exchange under way (a bitmap sent or being
+        // received), a resync or a verify: the two sides agreed on what those cover before,
+        // and one of them now covers another size (both disks attached at once on a
+        // connected pair, one measured its grown disk on the other's P_SIZES and sent its new
+        // size after the other had sent its bitmap: both waited for ever for the rest of a
+        // bitmap, swarm seed 5035 at f787925). A new connection agrees again first. Before
+        // any bitmap moved, the exchange takes the new size (the receiver is made by the
+        // first bitmap packet).
+        let busy = self.peer.as_ref().is_some_and(|p| {
+            let exchanging = p
+                .link
+                .as_ref()
+                .is_some_and(|l| l.bm_sent || l.bm_receiver.is_some());
+            match p.conn {
+                ConnState::WfBitMapS | ConnState::WfBitMapT => exchanging,
+                conn => conn >= ConnState::WfSyncUuid,
+            }
+        });
+        let changes = previous != agreed || own.is_some_and(|(_, current)| current != agreed);
+        if busy && changes {
+            let message = format!(
+                "the device size changed under a bitmap exchange or resync ({previous} -> {agreed} sectors); connecting again"
+            );
+            self.drop_connection(ConnState::NetworkFailure, Some(message));
+            return Ok(());
+        }
         let Some((_, current)) = own else {
             return Ok(());
         };
@@ -2036,7 +2062,7 @@ impl Resource {
             return Ok(());
         }
         if user != own_user {
-            self.config.user_size_sect = user;
+            self.disk.as_mut().expect("own disk").user_size_sect = user;
             self.log(
                 LogLevel::Info,
                 format!("Peer sets u_size to {user} sectors"),

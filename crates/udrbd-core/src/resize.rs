@@ -113,7 +113,8 @@ impl Resource {
         {
             return false;
         }
-        let resize = self.measure_disk(dds_flags, false, self.config.user_size_sect);
+        let user_size = self.disk.as_ref().map_or(0, |d| d.user_size_sect);
+        let resize = self.measure_disk(dds_flags, false, user_size);
         self.pending = Some((CommandId(0), Pending::Resize(resize)));
         true
     }
@@ -333,8 +334,31 @@ impl Resource {
     fn end_resize(&mut self, id: CommandId, resize: Resize, result: Result<(), CommandError>) {
         self.pending = None;
         if resize.initiator {
+            // The size changes only with the connection idle or gone: a connection that came
+            // up while the disk was measured (or the meta-data moved) offered the old size
+            // in its handshake, and its bitmap exchange and resync cover that. Changing it
+            // under them left the device smaller than what the resync covered, and the
+            // target never finished (a swarm run's `resize --size` ending mid-handshake).
+            let link_busy = self.link().is_some()
+                && self
+                    .peer
+                    .as_ref()
+                    .is_some_and(|p| p.conn != ConnState::Connected);
+            let result = match result {
+                Ok(()) if link_busy => {
+                    self.log(
+                        LogLevel::Warn,
+                        "resize: a connection is being set up or resyncing; the size stays"
+                            .to_string(),
+                    );
+                    Err(CommandError::ResizeDuringResync)
+                }
+                other => other,
+            };
             if result.is_ok() {
-                self.config.user_size_sect = resize.user_size;
+                if let Some(d) = self.disk.as_mut() {
+                    d.user_size_sect = resize.user_size;
+                }
                 self.resize_determine_size(resize.dds_flags);
             }
             self.finish_command(id, result);
@@ -390,7 +414,8 @@ impl Resource {
         };
         // The user size caps it; an explicit one below the device shrinks it (DRBD has the
         // admin shrink the file system first; requests past the new end fail).
-        let size = self.capped_by_user_size(size, self.config.user_size_sect);
+        let user_size = self.disk.as_ref().map_or(0, |d| d.user_size_sect);
+        let size = self.capped_by_user_size(size, user_size);
         let grew = size > current;
         if size != current {
             self.set_device_size(size, dds_flags & DDSF_NO_RESYNC == 0);

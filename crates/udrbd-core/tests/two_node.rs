@@ -1860,8 +1860,20 @@ impl Cluster {
     /// completes in WFReportParams, after its node sent its handshake without a disk), and
     /// delivered after.
     fn attach_during_the_handshake(&mut self, i: usize, attach: AdminCommand) {
+        let result = self.command_during_the_handshake(i, attach);
+        assert_eq!(result, Ok(()));
+    }
+
+    /// Node `i` runs `cmd`, which writes its superblock, while the two connect: the
+    /// superblock writes wait until the connection is in WFReportParams; then the peer's
+    /// handshake is held back while the command completes there, and delivered after.
+    fn command_during_the_handshake(
+        &mut self,
+        i: usize,
+        cmd: AdminCommand,
+    ) -> Result<(), CommandError> {
         self.hold_superblock_of = Some(i);
-        let attach = self.nodes[i].engine.command(self.now, attach);
+        let attach = self.nodes[i].engine.command(self.now, cmd);
         self.drain(i);
         for j in 0..2 {
             let connect = AdminCommand::Connect {
@@ -1876,17 +1888,19 @@ impl Cluster {
         let in_flight = std::mem::take(&mut self.queue);
         self.partitioned = true;
         self.release_superblock_writes();
-        self.run_until(Duration::from_secs(30), |c| {
-            c.nodes[i]
-                .events
-                .iter()
-                .any(|e| matches!(e, Event::CommandDone { id, result: Ok(()) } if *id == attach))
-        });
+        let done = |c: &Cluster| {
+            c.nodes[i].events.iter().find_map(|e| match e {
+                Event::CommandDone { id, result } if *id == attach => Some(*result),
+                _ => None,
+            })
+        };
+        self.run_until(Duration::from_secs(30), |c| done(c).is_some());
         assert_eq!(self.conn(i), ConnState::WfReportParams);
         self.partitioned = false;
         let held = std::mem::take(&mut self.held);
         self.queue.extend(in_flight);
         self.queue.extend(held);
+        done(self).expect("done")
     }
 }
 
@@ -2516,4 +2530,44 @@ fn a_configured_user_size_caps_the_device_and_an_attach_never_truncates_data() {
     );
     assert_eq!(c.command(1, attach()), Err(CommandError::DeviceTooSmall));
     assert!(c.logged(1, "refusing to truncate a consistent device"));
+}
+
+/// A `resize` that ends while a connection is being set up (its disk measured and its
+/// meta-data moved while the pair connected) changes no size: the handshake offered the old
+/// one, and the exchange and resync cover that. It fails with DRBD's 130. Before, alice's
+/// device grew under the handshake, and the pair agreed on two sizes (a swarm run's
+/// `resize --size`, seed 6455).
+#[test]
+fn a_resize_that_ends_during_the_handshake_changes_no_size() {
+    let mut c = synced_pair();
+    let old = c.status(0).size_bytes;
+    c.disconnect_and_grow_both_disks();
+    let result = c.command_during_the_handshake(0, resize(true, false));
+    assert_eq!(result, Err(CommandError::ResizeDuringResync));
+    c.wait_in_sync_at(Some(old));
+    assert_eq!(c.data_area(0), c.data_area(1));
+    // Connected and idle, the same resize grows both.
+    c.command(0, resize(false, false)).unwrap();
+    c.wait_in_sync_at(Some(grown_usable_bytes()));
+}
+
+/// The user size goes with the disk (DRBD's disk_conf): one the peer set, or `resize
+/// --size` set, is gone after a detach, and the next attach starts from the configured one
+/// (none here) at the last agreed size, then takes the connected peer's. Before, it stayed
+/// with the diskless node and refused its attach ("refusing to truncate") once the device
+/// had grown past it (swarm seed 4578).
+#[test]
+fn a_user_size_goes_with_the_disk() {
+    let mut c = synced_pair();
+    let half = c.status(0).size_bytes / 2;
+    c.command(0, resize_to(half / 512)).unwrap();
+    c.wait_in_sync_at(Some(half));
+    assert_eq!(c.status(1).user_size_sect, half / 512);
+    c.command(1, AdminCommand::Detach { force: false }).unwrap();
+    assert_eq!(c.status(1).user_size_sect, 0);
+    // Attached again (the configured user size, none, at the last agreed size), it takes
+    // the connected peer's.
+    c.command(1, attach()).unwrap();
+    c.wait_in_sync_at(Some(half));
+    assert_eq!(c.status(1).user_size_sect, half / 512);
 }

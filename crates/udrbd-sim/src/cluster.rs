@@ -1779,7 +1779,16 @@ impl Cluster {
         let Some(peer) = self.peer_of(node).filter(|&p| self.is_up(p)) else {
             return;
         };
+        // The device only: what lies past a device a user size shrank is no replica.
+        let size = self
+            .status(node)
+            .size_bytes
+            .min(self.status(peer).size_bytes) as usize;
         let (mine, theirs) = (self.data_area(node), self.data_area(peer));
+        let (mine, theirs) = (
+            &mine[..size.min(mine.len())],
+            &theirs[..size.min(theirs.len())],
+        );
         let block = BLOCK as usize;
         for (b, (x, y)) in mine.chunks(block).zip(theirs.chunks(block)).enumerate() {
             let b = b as u64;

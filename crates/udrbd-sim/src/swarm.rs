@@ -1572,6 +1572,17 @@ impl Run {
             // the link was in WFReportParams, not mirrored, its local part landed just before
             // the resync read; the write completed after the link broke again). Unknown here.
             if becomes_target {
+                // A resync covers the device only: past a device a user size shrank, this
+                // node keeps what it had, which may be anything (swarm seed 4878).
+                let device = [node, node ^ 1]
+                    .iter()
+                    .filter(|&&n| self.c.is_up(n))
+                    .map(|&n| self.c.status(n).size_bytes)
+                    .min()
+                    .unwrap_or(0);
+                for b in device.div_ceil(BLOCK)..self.blocks {
+                    self.view[i][b as usize] = None;
+                }
                 let source = node ^ 1;
                 for req in self.inflight.values() {
                     if req.node == source && !matches!(req.kind, Kind::Read | Kind::Flush) {
