@@ -130,10 +130,6 @@ pub(crate) struct Link {
     /// device grew already (DRBD's RESIZE_PENDING): the answer starts the resync of the
     /// new part.
     pub(crate) resize_pending: Option<bool>,
-    /// This node's disk attached during the handshake, after its P_SIZES went out without
-    /// it: the peer does not know what it holds. Once the connection is idle, its size is
-    /// announced as a `resize` does (`announce_disk_size`).
-    pub(crate) announce_disk: bool,
     /// The disk size (d_size) this node's last P_SIZES on this link offered: what the
     /// peer agrees with. A resize that ends during the handshake changes the disk after it
     /// was offered; the handshake still agrees on the size offered (the peer computes the
@@ -1060,7 +1056,6 @@ impl Resource {
             handshake_done: false,
             agreed_size_sect: 0,
             resize_pending: None,
-            announce_disk: false,
             offered_d_size: None,
             peer_resync_options: None,
             peer_max_bio: MAX_BIO_SIZE,
@@ -2554,9 +2549,6 @@ impl Resource {
     /// on a new connection, on which its P_SIZES names it. False if the connection was
     /// dropped.
     fn device_matches_agreed_size(&mut self) -> bool {
-        if self.link().is_some_and(|l| l.offered_d_size == Some(0)) && self.disk.is_some() {
-            self.link_mut().announce_disk = true;
-        }
         let agreed = self.link().map_or(0, |l| l.agreed_size_sect);
         let Some(d) = self.disk.as_ref() else {
             return true;
@@ -2748,7 +2740,6 @@ impl Resource {
                         self.set_conn(ConnState::Connected);
                         self.update_md_flags();
                         self.send_state();
-                        self.announce_disk_size();
                     }
                     SyncDirection::Source => self.enter_bitmap_exchange(true),
                     SyncDirection::Target => self.enter_bitmap_exchange(false),
@@ -3043,32 +3034,6 @@ impl Resource {
         }
     }
 
-    /// The connection is idle again: a disk that attached during its handshake announces
-    /// its size now, as a connected `resize` does (P_SIZES with c_size 0, which the peer
-    /// answers): the two agree on what both disks hold, and a grown device resyncs its new
-    /// part. Otherwise the peer kept the disk size 0 it was offered, and the device stayed at
-    /// the peer's size for the whole connection, whatever both disks held (swarm seed 12055,
-    /// a device a user size had shrunk, which never grew back).
-    pub(crate) fn announce_disk_size(&mut self) {
-        let idle = self
-            .peer
-            .as_ref()
-            .is_some_and(|p| p.conn == ConnState::Connected);
-        if !idle
-            || !self.link().is_some_and(|l| l.announce_disk)
-            || self.disk_state < DiskState::Inconsistent
-        {
-            return;
-        }
-        let link = self.link_mut();
-        link.announce_disk = false;
-        if link.resize_pending.is_some() {
-            return;
-        }
-        link.resize_pending = Some(false);
-        self.send_sizes_flags(true, 0);
-    }
-
     pub(crate) fn resync_finished_source(&mut self) {
         if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
             link.resync = None;
@@ -3082,7 +3047,6 @@ impl Resource {
         self.set_conn(ConnState::Connected);
         self.update_md_flags();
         self.log(LogLevel::Info, "Resync done (SyncSource)".to_string());
-        self.announce_disk_size();
     }
 
     pub(crate) fn resync_finished_target(&mut self) {
@@ -3103,7 +3067,6 @@ impl Resource {
         self.update_md_flags();
         self.send_state();
         self.log(LogLevel::Info, "Resync done (SyncTarget)".to_string());
-        self.announce_disk_size();
     }
 
     fn receive_state_change_request(&mut self, req: StateChange) {

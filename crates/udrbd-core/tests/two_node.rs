@@ -2571,26 +2571,3 @@ fn a_user_size_goes_with_the_disk() {
     c.wait_in_sync_at(Some(half));
     assert_eq!(c.status(1).user_size_sect, half / 512);
 }
-
-/// A disk that attaches during the handshake (its P_SIZES gone out without it) announces
-/// its size once the connection is idle, as a connected `resize` does: both disks grown and
-/// their meta-data moved (each `resize` StandAlone, which keeps the size), the pair grows to
-/// what both hold on this connection and resyncs the new part. Before, the peer kept the
-/// disk size 0 it was offered and the device stayed small for the whole connection (swarm
-/// seed 12055: a device a user size had shrunk never grew back).
-#[test]
-fn a_disk_that_attaches_during_the_handshake_announces_its_size_once_idle() {
-    let mut c = synced_pair();
-    let old = c.status(0).size_bytes;
-    c.disconnect_and_grow_both_disks();
-    for i in 0..2 {
-        c.command(i, resize(false, false)).unwrap();
-    }
-    c.settle();
-    assert_eq!((c.status(0).size_bytes, c.status(1).size_bytes), (old, old));
-    c.command(1, AdminCommand::Detach { force: false }).unwrap();
-    c.attach_during_the_handshake(1, attach_of(GROWN));
-    c.wait_in_sync_at(Some(grown_usable_bytes()));
-    assert_eq!(c.data_area(0), c.data_area(1));
-    assert!(c.logged(0, "Resync of new storage after online grow"));
-}
