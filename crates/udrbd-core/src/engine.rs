@@ -663,10 +663,7 @@ impl Resource {
                 } else {
                     0
                 },
-                size_sect.map_or(
-                    self.disk.as_ref().map_or(0, |d| d.user_size_sect),
-                    crate::resize::whole_blocks,
-                ),
+                size_sect.map_or(self.user_size_in_force(), crate::resize::whole_blocks),
             ),
             AdminCommand::SuspendIo | AdminCommand::ResumeIo => {
                 // DRBD's NS(susp, 1/0): a request for the state it is in does nothing and
@@ -732,7 +729,7 @@ impl Resource {
             // capacity from P_SIZES): a diskless Primary's export advertised 0 bytes to every
             // NBD client that connected after the detach.
             size_bytes: self.exported_size(),
-            user_size_sect: self.disk.as_ref().map_or(0, |d| d.user_size_sect),
+            user_size_sect: self.user_size_in_force(),
             // Of the device only: counting the bits past it, a node whose device had shrunk
             // said it was 4 MiB out of sync after every resync had ended.
             out_of_sync_bytes: self.disk.as_ref().map_or(0, |d| {

@@ -1993,7 +1993,7 @@ impl Resource {
         };
         // The user size (DRBD's receive_sizes): at the connect the smaller one set on either
         // side, which both compute; after it the peer's, whose `resize --size` sent it.
-        let own_user = self.disk.as_ref().map_or(0, |d| d.user_size_sect);
+        let own_user = self.user_size_in_force();
         let user = match (handshake_done, own_user, sizes.u_size) {
             (true, _, peer) => peer,
             (false, 0, peer) => peer,

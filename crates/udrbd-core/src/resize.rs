@@ -113,7 +113,7 @@ impl Resource {
         {
             return false;
         }
-        let user_size = self.disk.as_ref().map_or(0, |d| d.user_size_sect);
+        let user_size = self.user_size_in_force();
         let resize = self.measure_disk(dds_flags, false, user_size);
         self.pending = Some((CommandId(0), Pending::Resize(resize)));
         true
@@ -414,7 +414,7 @@ impl Resource {
         };
         // The user size caps it; an explicit one below the device shrinks it (DRBD has the
         // admin shrink the file system first; requests past the new end fail).
-        let user_size = self.disk.as_ref().map_or(0, |d| d.user_size_sect);
+        let user_size = self.user_size_in_force();
         let size = self.capped_by_user_size(size, user_size);
         let grew = size > current;
         if size != current {
@@ -428,6 +428,11 @@ impl Resource {
             self.send_uuids(0);
             self.send_sizes_flags(true, dds_flags);
         }
+    }
+
+    /// The attached disk's user size in force (sectors; 0: none, or no disk).
+    pub(crate) fn user_size_in_force(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.user_size_sect)
     }
 
     /// `size` capped by a user size `user` (sectors, 0: none), as DRBD's drbd_new_dev_size: a
