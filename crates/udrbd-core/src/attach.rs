@@ -632,7 +632,7 @@ impl Resource {
         if self.role == Role::Secondary {
             return Ok(None);
         }
-        if self.openers > 0 {
+        if self.device_in_use() {
             return Err(CommandError::StateChange(StateChangeError::DeviceInUse));
         }
         self.role = Role::Secondary;
@@ -648,7 +648,7 @@ impl Resource {
     }
 
     pub(crate) fn start_down(&mut self) -> Result<Option<Pending>, CommandError> {
-        if self.openers > 0 {
+        if self.device_in_use() {
             return Err(CommandError::StateChange(StateChangeError::DeviceInUse));
         }
         if self.user_isp || self.user_susp {
@@ -924,15 +924,11 @@ impl Resource {
                 durable
             }
             Pending::Secondary { sb_version: None } => {
-                // DRBD demotes only with nothing on the fly (the device cannot be demoted
-                // while open, and drbd_set_role waits for pending requests before the
-                // "demote" bitmap write-out). A write accepted while Primary may still set
-                // bits (it may not reach the peer) after start_secondary's write-out; they
-                // must be on disk before the superblock stops saying Primary, or a crash
-                // loses them: apply-al replays only with MDF_PRIMARY_IND.
-                if self.requests.values().any(|r| r.extents.is_some()) {
-                    return;
-                }
+                // DRBD demotes only with nothing on the fly: the device cannot be demoted
+                // while open (`device_in_use`: a request in flight counts), so no write
+                // accepted while Primary sets bits after start_secondary's write-out (they
+                // would have to be on disk before the superblock stops saying Primary: a
+                // crash loses them, apply-al replays only with MDF_PRIMARY_IND).
                 // Writes the peer has not confirmed (protocol A/B, or C before the barrier
                 // ack) are covered by this node's activity log only while its superblock
                 // says Primary: the demotion waits for their barrier acks (the epoch closed

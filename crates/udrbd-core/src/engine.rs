@@ -768,6 +768,16 @@ impl Resource {
         self.openers
     }
 
+    /// Whether the device is in use, as DRBD's open count says: an opener, or an
+    /// application request not completed (in DRBD a request implies an open file: a client's
+    /// IO completes before its close counts, as the daemon's NBD server does too). A device
+    /// in use is not demoted: a write that arrived while Primary and waited (its activity-log
+    /// transaction on a frozen disk) would otherwise start on a Secondary and go to the peer,
+    /// now Primary, with data the split-brain handshake gave up (swarm seed 17456).
+    pub(crate) fn device_in_use(&self) -> bool {
+        self.openers > 0 || !self.requests.is_empty() || !self.held_requests.is_empty()
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ResourceConfig {
         &self.config
@@ -803,6 +813,12 @@ impl Resource {
     pub fn invariants(&self) {
         self.peer_invariants();
         self.resize_invariants();
+        // A device in use is not demoted (`device_in_use`), and a Secondary takes no new
+        // request: a Secondary has no application request of its own in flight.
+        assert!(
+            self.role == Role::Primary || self.requests.is_empty(),
+            "a Secondary with application requests in flight"
+        );
         if let Some(d) = &self.disk {
             for page in &d.owed_pages {
                 assert!(

@@ -2645,7 +2645,7 @@ impl Resource {
             peer_flags: peer.flags,
             local_discard_my_data: p.discard_my_data,
             resolve_conflicts: self.link().expect("link").resolve_conflicts,
-            local_demotion_allowed: self.openers == 0,
+            local_demotion_allowed: !self.device_in_use(),
             policy: p.config.split_brain,
         };
         let plan = sync_decision::post_process(&input);
@@ -2672,7 +2672,7 @@ impl Resource {
                     .outputs
                     .push_back(Output::Event(Event::Handler { name: h.name() })),
                 HandshakeStep::BecomeSecondary => {
-                    if self.openers == 0 {
+                    if !self.device_in_use() {
                         self.role = Role::Secondary;
                         self.update_md_flags();
                         self.state_changed();

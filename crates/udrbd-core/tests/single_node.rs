@@ -317,6 +317,41 @@ fn clean_down_leaves_clean_meta_data() {
     assert_eq!(n.engine.status().disk, DiskState::UpToDate);
 }
 
+/// A request in flight holds the device open, as in DRBD (a request implies an open file):
+/// `secondary` and `down` are refused until it completes. A write that waited for its
+/// activity-log transaction on a frozen disk while its node was demoted started later on a
+/// Secondary and went to the peer, by then Primary (swarm seed 17456).
+#[test]
+fn a_request_in_flight_holds_the_device_open() {
+    let mut n = Node::new(64 * MIB);
+    n.attach().unwrap();
+    n.command(AdminCommand::Primary { force: true }).unwrap();
+    n.hold = true;
+    let id = n.write(8 * MIB, 3, 4096);
+    assert_eq!(n.result(id), None, "the write waits for its AL transaction");
+    for cmd in [AdminCommand::Secondary, AdminCommand::Down] {
+        let done = n.engine.command(n.now, cmd.clone());
+        n.drain();
+        let result = n.events.iter().find_map(|e| match e {
+            Event::CommandDone { id, result } if *id == done => Some(*result),
+            _ => None,
+        });
+        assert_eq!(
+            result,
+            Some(Err(CommandError::StateChange(
+                StateChangeError::DeviceInUse
+            ))),
+            "{cmd:?} with a write in flight"
+        );
+    }
+    assert_eq!(n.engine.status().role, Role::Primary);
+    n.hold = false;
+    n.drain();
+    assert_eq!(n.result(id), Some(&Ok(None)));
+    n.command(AdminCommand::Secondary).unwrap();
+    assert_eq!(n.engine.status().role, Role::Secondary);
+}
+
 #[test]
 fn a_failed_write_is_never_acknowledged_and_the_disk_detaches() {
     let mut n = Node::new(64 * MIB);
