@@ -18,7 +18,7 @@ use udrbd_meta::activity_log::{BITS_PER_AL_EXTENT, extent_of_sector};
 
 use crate::engine::{AlWriter, LocalIoError, OpPurpose, Request, Resource};
 use crate::mutation::Mutation;
-use crate::state::{DiskState, Role};
+use crate::state::{ConnState, DiskState, Role};
 use crate::types::*;
 
 impl Resource {
@@ -38,14 +38,6 @@ impl Resource {
         if self.role != Role::Primary {
             return self.complete(id, Err(BlockError::NotPrimary));
         }
-        let local_data = self.disk_state == DiskState::UpToDate && self.local_disk_writable();
-        let peer_data = self.replicating()
-            && self
-                .peer
-                .as_ref()
-                .is_some_and(|p| p.peer_disk == DiskState::UpToDate);
-        let usable = local_data || peer_data;
-        let size = self.exported_size();
         let range = match &request {
             BlockRequest::Read { offset, len, .. } => Some((*offset, u64::from(*len))),
             BlockRequest::Write { offset, data, .. } => Some((*offset, data.len() as u64)),
@@ -53,6 +45,18 @@ impl Resource {
             | BlockRequest::WriteZeroes { offset, len, .. } => Some((*offset, *len)),
             BlockRequest::Flush { .. } => None,
         };
+        let is_a_read = matches!(request, BlockRequest::Read { .. });
+        let local_data = match range {
+            Some((offset, len)) if is_a_read => self.local_read_allowed(offset, len),
+            _ => self.disk_state == DiskState::UpToDate && self.local_disk_writable(),
+        };
+        let peer_data = self.replicating()
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.peer_disk == DiskState::UpToDate);
+        let usable = local_data || peer_data;
+        let size = self.exported_size();
         if let Some((offset, len)) = range
             && (offset.checked_add(len).is_none_or(|end| end > size) || len == 0 && offset > size)
         {
@@ -80,7 +84,6 @@ impl Resource {
             request,
             BlockRequest::Discard { fua: true, .. } | BlockRequest::WriteZeroes { fua: true, .. }
         );
-        let is_a_read = matches!(request, BlockRequest::Read { .. });
         let read_remote = is_a_read && !local_data;
         let is_a_write = is_write(&request);
         self.requests.insert(
@@ -111,6 +114,40 @@ impl Resource {
             self.al_waiting.push_back(id);
         } else {
             self.submit_request(id);
+        }
+    }
+
+    /// Whether the local disk serves a read of `len` bytes at `offset` (DRBD's
+    /// drbd_may_do_local_read): an UpToDate disk every read, an Inconsistent one a read of
+    /// blocks in sync (no bit set), and no other. Reading an Inconsistent disk's blocks in
+    /// sync from the peer instead returned what the peer's disk held while this node's
+    /// write to it was still on its way there, and failed there (swarm seed 5789: a
+    /// Primary made Inconsistent by a read error, on-io-error pass_on, protocol A). Not while
+    /// the bitmap exchange of a handshake merges the peer's bits: they are not all here yet.
+    pub(crate) fn local_read_allowed(&self, offset: u64, len: u64) -> bool {
+        if !self.local_disk_writable() {
+            return false;
+        }
+        match self.disk_state {
+            DiskState::UpToDate => true,
+            DiskState::Inconsistent => {
+                let exchanging = self.peer.as_ref().is_some_and(|p| {
+                    matches!(
+                        p.conn,
+                        ConnState::WfReportParams
+                            | ConnState::StartingSyncS
+                            | ConnState::StartingSyncT
+                            | ConnState::WfBitMapS
+                            | ConnState::WfBitMapT
+                            | ConnState::WfSyncUuid
+                    )
+                });
+                let d = self.disk.as_ref().expect("attached");
+                let bit = udrbd_meta::BM_BLOCK_SIZE;
+                let (first, end) = (offset / bit, offset.saturating_add(len).div_ceil(bit));
+                !exchanging && d.bitmap.count_range(first..end) == 0
+            }
+            _ => false,
         }
     }
 

@@ -2441,3 +2441,42 @@ fn a_size_that_changes_under_a_bitmap_exchange_connects_again() {
     assert!(grew > 0, "no interleaving grew the device");
     println!("{grew} of 20 interleavings grew the device");
 }
+
+/// Swarm seed 5789 (register): a Primary whose read error (on-io-error pass_on) had made its
+/// disk Inconsistent served every read from its UpToDate peer, also of blocks in sync. With
+/// protocol A its write to a block completed once sent; the peer's write of it then failed,
+/// and the read that followed returned what the peer's disk still held (here: failed there). DRBD reads an
+/// Inconsistent disk's blocks in sync locally (drbd_may_do_local_read); now so does udrbd.
+#[test]
+fn an_inconsistent_primary_reads_its_blocks_in_sync_locally() {
+    for seed in 0..4 {
+        let options = ClusterOptions {
+            protocol: WireProtocol::A,
+            on_io_error: OnIoError::PassOn,
+            // The peer's neg-ack of the write comes well after the write completed here.
+            net_latency_ns: (5_000_000, 5_000_001),
+            ..ClusterOptions::default()
+        };
+        let mut c = pair(seed, options, true);
+        // A read error: pass_on makes the disk Inconsistent, the read is served by the peer.
+        c.disk(0).faults.fail_reads[0] = true;
+        c.read(0, 3 * BLOCK, BLOCK as u32)
+            .expect("the peer serves the failed read");
+        c.disk(0).faults.fail_reads[0] = false;
+        c.run_until("node 0 is Inconsistent", secs(5), |c| {
+            c.snapshot(0).disk == DiskState::Inconsistent
+        });
+        // The peer's data writes fail from now on; its reads still work.
+        c.disk(1).faults.fail_writes[0] = true;
+        let block = 40 + seed;
+        let data = pattern(seed + 5789, BLOCK as usize);
+        c.write(0, block * BLOCK, data.clone(), false)
+            .expect("a protocol A write completes once sent");
+        let read = c.read(0, block * BLOCK, BLOCK as u32).expect("the read");
+        check(
+            &c,
+            read[..] == data[..],
+            "the Primary reads back what it wrote (its block is in sync)",
+        );
+    }
+}
