@@ -2174,7 +2174,9 @@ impl Run {
             && NODES.iter().all(|&n| {
                 !self.c.is_up(n) || {
                     let s = self.c.status(n);
-                    !s.suspended_by_user && s.user_size_sect == 0
+                    !s.suspended_by_user
+                        && s.user_size_sect == 0
+                        && s.size_bytes >= self.blocks * BLOCK
                 }
             })
     }
@@ -2221,6 +2223,40 @@ impl Run {
             }
         }
         if resumed {
+            return;
+        }
+        let settled = |s: &crate::cluster::NodeStatus| {
+            s.disk == DiskState::UpToDate
+                && s.user_size_sect == 0
+                && s.busy_with.is_none()
+                && s.peer
+                    .as_ref()
+                    .is_some_and(|p| p.conn == ConnState::Connected)
+        };
+        if NODES.iter().all(|&n| self.c.is_up(n))
+            && status.iter().all(settled)
+            && status.iter().any(|s| s.size_bytes < self.blocks * BLOCK)
+        {
+            // Connected, both UpToDate, and the device smaller than both disks: a disk
+            // attached while the connection was being set up is offered with no size (its
+            // P_SIZES went out before it attached), so the pair kept the last agreed size,
+            // as DRBD does (it sends P_SIZES after an attach only on a Connected link).
+            // As a DRBD admin does, the operator runs `resize` on the Primary (promoting
+            // node 0 first: two connected Secondaries refuse it) (swarm seeds 12055, 3340).
+            let primary = NODES
+                .into_iter()
+                .find(|&n| status[usize::from(n)].role == Role::Primary);
+            match primary {
+                Some(node) => self.start(
+                    node,
+                    AdminCommand::Resize {
+                        assume_peer_has_space: false,
+                        assume_clean: false,
+                        size_sect: None,
+                    },
+                ),
+                None => self.start(0, AdminCommand::Primary { force: false }),
+            }
             return;
         }
         if status.iter().all(|s| s.role == Role::Primary) {
