@@ -30,6 +30,23 @@ fn pair(seed: u64, options: ClusterOptions, primary: bool) -> Cluster {
     c
 }
 
+/// `secondary` on `node` is refused: a request in flight holds the device open (DRBD's open
+/// count, "Device is held open by someone").
+fn demotion_is_refused_while_in_use(c: &mut Cluster, node: udrbd_sim::net::NodeId, what: &str) {
+    let demote = c.start_command(node, AdminCommand::Secondary);
+    c.run_until("the demotion is answered", secs(30), |c| {
+        c.command_result(node, demote).is_some()
+    });
+    check(
+        c,
+        c.command_result(node, demote)
+            == Some(Err(CommandError::StateChange(
+                StateChangeError::DeviceInUse,
+            ))),
+        what,
+    );
+}
+
 /// Swarm seed 0 (progress: a livelock): `disk-timeout` fired while an attach waited for its
 /// superblock read on a frozen disk. With no meta-data in memory yet, `force_detach` returned
 /// early, the overdue read stayed, and the disk-timeout timer re-armed in the past for ever.
@@ -420,16 +437,9 @@ fn a_demotion_writes_the_bits_of_writes_in_flight() {
         c.disk(0).faults.frozen = true;
         let block = 700 + seed;
         let write = c.submit_write(0, block * BLOCK, pattern(seed, BLOCK as usize), false);
-        let demote = c.start_command(0, AdminCommand::Secondary);
-        c.run_until("the demotion is answered", secs(10), |c| {
-            c.command_result(0, demote).is_some()
-        });
-        check(
-            &c,
-            c.command_result(0, demote)
-                == Some(Err(CommandError::StateChange(
-                    StateChangeError::DeviceInUse,
-                ))),
+        demotion_is_refused_while_in_use(
+            &mut c,
+            0,
             "the demotion is refused while the write is in flight",
         );
         c.disk(0).faults.frozen = false;
@@ -1647,16 +1657,9 @@ fn a_write_of_a_given_up_generation_does_not_reach_the_survivor() {
         c.disk(0).faults.frozen = true;
         let write = c.submit_write(0, block * BLOCK, data.clone(), false);
         c.run_for(Duration::from_millis(10));
-        let demote = c.start_command(0, AdminCommand::Secondary);
-        c.run_until("the demotion is answered", secs(30), |c| {
-            c.command_result(0, demote).is_some()
-        });
-        check(
-            &c,
-            c.command_result(0, demote)
-                == Some(Err(CommandError::StateChange(
-                    StateChangeError::DeviceInUse,
-                ))),
+        demotion_is_refused_while_in_use(
+            &mut c,
+            0,
             "a Primary with a write in flight is not demoted",
         );
         c.must(
