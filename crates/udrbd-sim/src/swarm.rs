@@ -1498,6 +1498,14 @@ impl Run {
         self.last[i] = s;
         if is_connected(before.conn) && !is_connected(s.conn) {
             self.link_epoch[i] += 1;
+            if self.pre_target[i].is_some() {
+                // A resync target cut off before its resync finished serves what its disk
+                // holds: an Inconsistent disk reads its blocks in sync locally (DRBD's
+                // drbd_may_do_local_read), and a block the source changed may be in sync
+                // in this node's bitmap if the source's bits never arrived (swarm seed
+                // 37780: cut off in WFBitMapT, it read its own value, not the source's).
+                self.view[i] = self.settled_view(i);
+            }
         }
         if before.disk == DiskState::Negotiating && s.disk < DiskState::Negotiating {
             self.negotiating_disk_goes(i);
