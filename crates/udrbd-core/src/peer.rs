@@ -1481,6 +1481,14 @@ impl Resource {
         for (offset, len) in ranges {
             self.mark_out_of_sync(offset, len);
         }
+        // A target's resync writes awaiting their flush vouch for blocks of this link's
+        // resync only: carried over, the flush cleared bits that the next handshake's bitmap
+        // exchange had set again (the source wrote those blocks meanwhile), and that resync
+        // never sent them (swarm seed 37751). Their bits stay set: the next resync sends them.
+        self.rs_unflushed.clear();
+        if let Some(flushing) = self.rs_flush_in_flight.as_mut() {
+            flushing.clear();
+        }
         // DRBD's drbd_disconnected: after tl_clear, "write from disconnected" writes the
         // bitmap out. The bits just set may belong to a node that is no longer Primary
         // (demoted while its protocol A/B writes awaited their barrier ack), whose activity

@@ -2483,3 +2483,57 @@ fn an_inconsistent_primary_reads_its_blocks_in_sync_locally() {
         );
     }
 }
+
+/// Swarm seed 37751 (register): a SyncTarget's resync write of a block had completed and
+/// waited for its flush (its bit is cleared only then) when the connection broke. The
+/// source wrote the block meanwhile, and the next handshake's bitmap set its bit on the
+/// target again; the new resync skipped the block while the old claim was unflushed, and
+/// the old flush then cleared the bit: the block was never sent, the pair "in sync" held two
+/// versions. A lost connection now drops the target's claims: their bits stay set.
+/// (Scripted here with a frozen disk; without the fix this pair does not even converge.)
+#[test]
+fn a_resync_write_flushed_after_the_connection_broke_clears_no_bit() {
+    for seed in 0..4 {
+        let mut c = pair(seed, ClusterOptions::default(), true);
+        c.must(0, AdminCommand::Disconnect);
+        c.wait_disconnected(1, secs(30));
+        let block = 90 + seed;
+        let first = pattern(seed + 3775, BLOCK as usize);
+        c.write(0, block * BLOCK, first.clone(), false)
+            .expect("a write while disconnected");
+        c.must(
+            0,
+            AdminCommand::Connect {
+                discard_my_data: false,
+            },
+        );
+        // The resync write lands on node 1; its flush is still to complete.
+        c.run_until("node 1 wrote the resync data", secs(30), |c| {
+            c.disk_ref(1).current(block * BLOCK, BLOCK as usize) == &first[..]
+        });
+        c.disk(1).faults.frozen = true;
+        c.must(0, AdminCommand::Disconnect);
+        c.wait_disconnected(1, secs(30));
+        let second = pattern(seed + 3776, BLOCK as usize);
+        c.write(0, block * BLOCK, second.clone(), false)
+            .expect("the source writes the block again");
+        c.must(
+            0,
+            AdminCommand::Connect {
+                discard_my_data: false,
+            },
+        );
+        c.run_until("node 1 is a SyncTarget again", secs(30), |c| {
+            c.snapshot(1).conn == Some(ConnState::SyncTarget)
+        });
+        c.run_for(Duration::from_millis(300));
+        c.disk(1).faults.frozen = false;
+        c.wait_in_sync(secs(60));
+        check(
+            &c,
+            c.disk_ref(1).current(block * BLOCK, BLOCK as usize) == &second[..],
+            "the target holds the source's second write",
+        );
+        c.check_identical();
+    }
+}
