@@ -50,12 +50,7 @@ impl Resource {
             Some((offset, len)) if is_a_read => self.local_read_allowed(offset, len),
             _ => self.disk_state == DiskState::UpToDate && self.local_disk_writable(),
         };
-        let peer_data = self.replicating()
-            && self
-                .peer
-                .as_ref()
-                .is_some_and(|p| p.peer_disk == DiskState::UpToDate);
-        let usable = local_data || peer_data;
+        let usable = local_data || self.peer_serves();
         let size = self.exported_size();
         if let Some((offset, len)) = range
             && (offset.checked_add(len).is_none_or(|end| end > size) || len == 0 && offset > size)
