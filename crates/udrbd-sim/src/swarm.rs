@@ -1187,8 +1187,13 @@ impl Run {
                 // write (P_NEG_ACK): its P_STATE saying why (a detach, a failed disk) may come
                 // after the neg-ack, on the other socket (swarm seed 2086). Such a write is not
                 // mirrored, whatever the peer's disk state looked like.
+                // A disk this node still had at the completion may be gone by the time the
+                // completion is looked at (the detach ended in the same step): its bitmap,
+                // which held the mark, cannot tell any more, and the peer may have refused
+                // the write (swarm seed 42271: both nodes detached at once, the Primary's
+                // disk with the only copy of a discard the detaching peer had neg-acked).
                 let marked: Vec<bool> = (req.first..req.first + req.blocks)
-                    .map(|b| self.c.block_out_of_sync(req.node, b) == Some(true))
+                    .map(|b| self.c.block_out_of_sync(req.node, b).unwrap_or(attached))
                     .collect();
                 let marked_here = |b: u64| marked[(b - req.first) as usize];
                 for b in req.first..req.first + req.blocks {
