@@ -191,6 +191,17 @@ pub(crate) struct Link {
     /// resync cleared the bit would be stale: oos left over between two in-sync disks, which
     /// DRBD (it sends its bitmap only once those writes were answered) does not have.
     pub(crate) sent_with_bitmap: BTreeSet<u64>,
+    /// Target with a csums-alg: the sectors of this resync's P_CSUM_RS_REQUESTs awaiting
+    /// their answer, with the resync's tag. A DRBD source does not echo their block id, so
+    /// the tag (`Resync::request_tag`) cannot tell their answers; this map and
+    /// `stale_csum_replies` do (see `Resource::csum_request_answered`).
+    pub(crate) rs_csum_sent: BTreeMap<u64, BlockId>,
+    /// Target: P_CSUM_RS_REQUESTs of resyncs aborted on this link before their answer came,
+    /// sector → their tags, oldest first. An answer with one of those tags takes its entry
+    /// away; an untagged answer there (a DRBD source's) answers the oldest. Either is
+    /// dropped, so that stale data cannot pass for the answer to a later resync's request
+    /// (swarm seed 57929's hazard).
+    pub(crate) stale_csum_replies: BTreeMap<u64, VecDeque<BlockId>>,
     /// Resync: sectors of replies received since the controller's last step.
     pub(crate) rs_sect_in: u64,
     pub(crate) resync: Option<Resync>,
@@ -203,6 +214,18 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// Target: the requests of a resync that ends unfinished; their answers will be
+    /// dropped (see `stale_csum_replies`).
+    pub(crate) fn forget_rs_requests(&mut self) {
+        self.rs_requests.clear();
+        for (sector, tag) in std::mem::take(&mut self.rs_csum_sent) {
+            self.stale_csum_replies
+                .entry(sector)
+                .or_default()
+                .push_back(tag);
+        }
+    }
+
     /// The blocks of writes sent to the peer and not yet confirmed by a P_BARRIER_ACK: the
     /// current epoch, the closed epochs waiting for their ack and the writes still waiting
     /// for any answer. Only the barrier ack says they are on the peer's stable storage, so
@@ -310,11 +333,19 @@ pub(crate) struct Resync {
     /// landed on the source would otherwise be taken for the new request's answer and
     /// overwrite the block with old data, its bit then cleared (swarm seed 57929).
     pub(crate) request_tag: BlockId,
+    /// With a csums-alg: the bits found equal by digest (P_RS_IS_IN_SYNC), not transferred
+    /// (DRBD's rs_same_csum).
+    pub(crate) same_csum_bits: u64,
 }
 
 /// The high half of [`Resync::request_tag`] ("RSYN"); the low half counts resyncs on the
 /// link. Never ID_SYNCER (all ones), which the peer's own resync requests carry.
 const RESYNC_REQUEST_TAG: u64 = 0x5253_594e_0000_0000;
+
+/// Whether a block id is one of [`Resync::request_tag`]'s (of any resync).
+pub(crate) fn is_resync_request_tag(id: BlockId) -> bool {
+    id.0 >> 32 == RESYNC_REQUEST_TAG >> 32
+}
 
 impl Peer {
     pub(crate) fn new(config: NetConfig) -> Peer {
@@ -1079,6 +1110,8 @@ impl Resource {
             resyncs_begun: 0,
             rs_replies: Vec::new(),
             sent_with_bitmap: BTreeSet::new(),
+            rs_csum_sent: BTreeMap::new(),
+            stale_csum_replies: BTreeMap::new(),
             rs_sect_in: 0,
             resync: None,
             verify: None,
@@ -1117,7 +1150,7 @@ impl Resource {
         self.send_state_as(ConnState::WfConnection);
     }
 
-    /// P_SYNC_PARAM89: the resync options and the verify-alg.
+    /// P_SYNC_PARAM89: the resync options, the verify-alg and the csums-alg.
     fn send_sync_params(&mut self) {
         let c = &self.peer.as_ref().expect("peer").config;
         let r = &c.resync;
@@ -1126,7 +1159,9 @@ impl Resource {
             verify_alg: c.verify_alg.map_or(udrbd_wire::AlgName::NONE, |a| {
                 udrbd_wire::AlgName::new(a.name().as_bytes()).expect("a short name")
             }),
-            csums_alg: udrbd_wire::AlgName::NONE,
+            csums_alg: c.csums_alg.map_or(udrbd_wire::AlgName::NONE, |a| {
+                udrbd_wire::AlgName::new(a.name().as_bytes()).expect("a short name")
+            }),
             controller: Some(udrbd_wire::ResyncController {
                 c_plan_ahead: r.c_plan_ahead_tenths as u32,
                 c_delay_target: r.c_delay_target_tenths as u32,
@@ -1437,7 +1472,7 @@ impl Resource {
         self.timers.stop(Timer::ResyncStep);
         self.release_rs_request_locks();
         if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
-            link.rs_requests.clear();
+            link.forget_rs_requests();
         }
         self.set_conn(ConnState::Connected);
         self.send_state();
@@ -1809,24 +1844,30 @@ impl Resource {
         Ok(())
     }
 
-    /// P_SYNC_PARAM: the verify-alg must be the same on both nodes, as DRBD's
-    /// receive_SyncParam demands while the connection is being set up ("Different
-    /// verify-alg settings", StandAlone). After the handshake, the peer's new resync options
-    /// (its `adjust`, or DRBD's disk-options) are taken, as DRBD's receive_SyncParam takes
-    /// them, also for a resync under way: the SyncTarget, which paces it, may be this node.
+    /// P_SYNC_PARAM: the verify-alg and the csums-alg must be the same on both nodes, as
+    /// DRBD's receive_SyncParam demands while the connection is being set up ("Different
+    /// verify-alg settings", "Different csums-alg settings", StandAlone). After the
+    /// handshake, the peer's new resync options (its `adjust`, or DRBD's disk-options) are
+    /// taken, as DRBD's receive_SyncParam takes them, also for a resync under way: the
+    /// SyncTarget, which paces it, may be this node.
     /// They hold for this connection (`Link::peer_resync_options`); the handshake's are not
     /// taken, so each connection starts from the node's own configuration (DRBD overwrites
     /// its disk options for good). A peer's values are clamped to drbd.conf's ranges.
     fn receive_sync_params(&mut self, params: &udrbd_wire::SyncParams) -> Result<(), String> {
-        let peer_alg = params.verify_alg;
-        let ours = self.peer.as_ref().expect("peer").config.verify_alg;
-        let ours = ours.map_or("", |a| a.name());
         if !self.link_mut().handshake_done {
-            if peer_alg.as_bytes() != ours.as_bytes() {
-                let peer = String::from_utf8_lossy(peer_alg.as_bytes()).into_owned();
-                return Err(self.incompatible(&format!(
-                    "Different verify-alg settings. me=\"{ours}\" peer=\"{peer}\""
-                )));
+            let config = &self.peer.as_ref().expect("peer").config;
+            let checks = [
+                ("verify-alg", config.verify_alg, params.verify_alg),
+                ("csums-alg", config.csums_alg, params.csums_alg),
+            ];
+            for (what, ours, peer_alg) in checks {
+                let ours = ours.map_or("", |a| a.name());
+                if peer_alg.as_bytes() != ours.as_bytes() {
+                    let peer = String::from_utf8_lossy(peer_alg.as_bytes()).into_owned();
+                    return Err(self.incompatible(&format!(
+                        "Different {what} settings. me=\"{ours}\" peer=\"{peer}\""
+                    )));
+                }
             }
             return Ok(());
         }
@@ -3005,7 +3046,7 @@ impl Resource {
         // in flight) have nothing left to guard.
         self.release_rs_request_locks();
         let link = self.link_mut();
-        link.rs_requests.clear();
+        link.forget_rs_requests();
         link.rs_sect_in = 0;
         link.resyncs_begun += 1;
         let request_tag = BlockId(RESYNC_REQUEST_TAG | (link.resyncs_begun & 0xffff_ffff));
@@ -3018,6 +3059,7 @@ impl Resource {
             started: now,
             bitmap_written: false,
             request_tag,
+            same_csum_bits: 0,
         });
         self.timers.set(Timer::ResyncStep, now);
     }
@@ -3042,10 +3084,39 @@ impl Resource {
         }
     }
 
+    /// DRBD's drbd_resync_finished with a csums-alg: how much the digests saved.
+    fn log_equal_checksums(&mut self, resync: Option<Resync>) {
+        let csums = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.config.csums_alg.is_some());
+        let Some(r) = resync.filter(|r| csums && r.total_bits > 0) else {
+            return;
+        };
+        let (same, total) = (r.same_csum_bits, r.total_bits);
+        // DRBD's arithmetic, which avoids the overflow of `same * 100` on 32 bits.
+        let percent = if total < 100_000 {
+            same * 100 / total
+        } else {
+            same / (total / 100)
+        };
+        self.log(
+            LogLevel::Info,
+            format!(
+                "{percent} % had equal checksums, eliminated: {}K; transferred {}K total {}K",
+                same * 4,
+                total.saturating_sub(same) * 4,
+                total * 4
+            ),
+        );
+    }
+
     pub(crate) fn resync_finished_source(&mut self) {
-        if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
-            link.resync = None;
-        }
+        let resync = self
+            .peer
+            .as_mut()
+            .and_then(|p| p.link.as_mut())
+            .and_then(|l| l.resync.take());
         if let Some(d) = self.disk.as_mut() {
             d.sb.uuids = sync_decision::clear_bitmap_uuid(d.sb.uuids);
             d.sb_version += 1;
@@ -3055,14 +3126,17 @@ impl Resource {
         self.set_conn(ConnState::Connected);
         self.update_md_flags();
         self.log(LogLevel::Info, "Resync done (SyncSource)".to_string());
+        self.log_equal_checksums(resync);
     }
 
     pub(crate) fn resync_finished_target(&mut self) {
         self.timers.stop(Timer::ResyncStep);
         let peer = self.link().and_then(|l| l.peer_uuids).map(|u| u.uuids);
-        if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
-            link.resync = None;
-        }
+        let resync = self
+            .peer
+            .as_mut()
+            .and_then(|p| p.link.as_mut())
+            .and_then(|l| l.resync.take());
         let primary = self.role == Role::Primary;
         if let (Some(d), Some(peer)) = (self.disk.as_mut(), peer) {
             let finished = sync_decision::resync_finished_target(d.sb.uuids, peer, primary);
@@ -3075,6 +3149,7 @@ impl Resource {
         self.update_md_flags();
         self.send_state();
         self.log(LogLevel::Info, "Resync done (SyncTarget)".to_string());
+        self.log_equal_checksums(resync);
     }
 
     fn receive_state_change_request(&mut self, req: StateChange) {
@@ -3296,6 +3371,7 @@ impl Resource {
             dt1_ms: self.now.since(last.time).as_millis().max(1) as u64,
             db1_sectors: last.bits_left.saturating_sub(left_bits) * sectors,
             want_kib_per_sec: controller.rate_kib_per_sec(),
+            same_csum_sectors: 0,
             verify: None,
         }
     }
@@ -3303,8 +3379,9 @@ impl Resource {
     pub(crate) fn peer_status(&self) -> Option<PeerStatus> {
         let p = self.peer.as_ref()?;
         let link = p.link.as_ref();
-        let resync = link.and_then(|l| l.resync.as_ref()).map(|r| {
-            self.run_status(
+        let resync = link.and_then(|l| l.resync.as_ref()).map(|r| ResyncStatus {
+            same_csum_sectors: r.same_csum_bits * udrbd_meta::SECTORS_PER_BIT,
+            ..self.run_status(
                 &r.controller,
                 r.started,
                 r.total_bits,
@@ -3434,6 +3511,13 @@ impl Resource {
                     "epochs out of order"
                 );
                 last = Some(epoch.number);
+            }
+            let tag = l.resync.as_ref().map(|r| r.request_tag);
+            for (sector, t) in &l.rs_csum_sent {
+                assert!(
+                    l.rs_requests.contains_key(sector) && Some(*t) == tag,
+                    "a P_CSUM_RS_REQUEST awaited that is not the resync's request"
+                );
             }
             if let Some(d) = self.disk.as_ref() {
                 for (&sector, &bytes) in &l.rs_requests {

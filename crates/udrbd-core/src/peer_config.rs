@@ -55,6 +55,10 @@ pub struct NetConfig {
     pub connect_at_start: bool,
     /// verify-alg: online verify's digest (none: `verify` is refused).
     pub verify_alg: Option<crate::verify::VerifyAlg>,
+    /// csums-alg: a SyncTarget sends the digest of its own block (P_CSUM_RS_REQUEST), and
+    /// the source sends the block only if its own digest differs (else P_RS_IS_IN_SYNC).
+    /// Both nodes must name the same one (none: every resync request asks for the data).
+    pub csums_alg: Option<crate::verify::VerifyAlg>,
 }
 
 impl NetConfig {
@@ -81,6 +85,7 @@ impl NetConfig {
             discard_my_data: false,
             connect_at_start: true,
             verify_alg: None,
+            csums_alg: None,
         }
     }
 }
@@ -112,6 +117,7 @@ impl NetConfig {
             "after-sb-*/rr-conflict",
         );
         check(self.verify_alg != new.verify_alg, "verify-alg");
+        check(self.csums_alg != new.csums_alg, "csums-alg");
         changed
     }
 }
@@ -175,6 +181,8 @@ pub struct ResyncStatus {
     pub db1_sectors: u64,
     /// The controller's current target rate, KiB/s.
     pub want_kib_per_sec: u64,
+    /// With a csums-alg: sectors found equal by digest, not transferred (rs-same-csum).
+    pub same_csum_sectors: u64,
     /// The online verify's counters, while a verify runs (the fields above then count
     /// blocks verified).
     pub verify: Option<VerifyStatus>,

@@ -99,6 +99,15 @@ pub(crate) enum PeerReadKind {
     /// This node's own block for a P_OV_REPLY (this node is VerifyS): compared with the
     /// peer's digest it carried.
     VerifyCompare(Digest),
+    /// SyncTarget with a csums-alg: this node's own block, whose digest goes to the source
+    /// in a P_CSUM_RS_REQUEST. It carries the resync's request tag (see
+    /// `Resync::request_tag`); the request's range lock is held in `rs_request_locks`
+    /// since the request was issued, so that the block stays as read until the answer.
+    CsumRequest(BlockId),
+    /// SyncSource: this node's block for a P_CSUM_RS_REQUEST, compared with the target's
+    /// digest: equal, the blocks are in sync (P_RS_IS_IN_SYNC); else the data goes as for
+    /// a P_RS_DATA_REQUEST.
+    CsumCompare(Digest),
 }
 
 /// Something waiting for a range lock.
@@ -658,6 +667,16 @@ impl Resource {
             Packet::DataRequest(r) => self.receive_read_request(r, PeerReadKind::Application),
             Packet::RsDataRequest(r) => self.receive_read_request(r, PeerReadKind::Resync),
             Packet::OvRequest(r) => self.receive_read_request(r, PeerReadKind::VerifyRequest),
+            Packet::CsumRsRequest(r) => {
+                if self
+                    .peer
+                    .as_ref()
+                    .is_none_or(|p| p.config.csums_alg.is_none())
+                {
+                    return Err("P_CSUM_RS_REQUEST without a csums-alg".to_string());
+                }
+                self.receive_read_request(r.request, PeerReadKind::CsumCompare(r.digest))
+            }
             Packet::OvReply(r) => self.receive_ov_reply(r),
             Packet::OvResult(a) => {
                 peer_range(a.sector, u64::from(a.blksize))?;
@@ -764,6 +783,7 @@ impl Resource {
                     Ok(())
                 }
             },
+            Packet::RsIsInSync(a) => self.receive_rs_is_in_sync(a),
             Packet::NegRsDReply(a)
                 if a.block_id == BlockId::SYNCER
                     && self.verify_request_failed(a.sector, a.blksize) =>
@@ -771,7 +791,7 @@ impl Resource {
                 Ok(())
             }
             Packet::NegRsDReply(a) | Packet::RsCancel(a) => {
-                if !self.answers_current_resync(a.block_id) {
+                if !self.csum_request_answered(a.sector, a.block_id) {
                     // A request of an aborted resync (see `Resync::request_tag`).
                     return Ok(());
                 }
@@ -780,11 +800,7 @@ impl Resource {
                 // for ever and, once max-buffers/2 of them had failed, the resync never
                 // asked again (a stall found by the swarm). The bit stays set: a later pass
                 // of the resync retries it.
-                let link = self.link_mut();
-                link.rs_sect_in += u64::from(a.blksize) / 512;
-                link.rs_requests.remove(&a.sector);
-                let lock = self.rs_request_locks.remove(&a.sector);
-                self.unlock(lock);
+                self.resync_request_unanswered(a.sector, a.blksize);
                 self.log(
                     LogLevel::Warn,
                     format!("resync read failed on the peer at sector {}", a.sector),
@@ -1185,7 +1201,14 @@ impl Resource {
         if kind == PeerReadKind::VerifyRequest {
             self.verify_request_received(r.sector);
         }
-        self.queue_peer_read(r.sector, len, r.block_id.0, kind);
+        // The answers to a P_CSUM_RS_REQUEST carry ID_SYNCER, not its block id: a DRBD
+        // source does not echo it either (see `csum_request_answered`), so the peer matches
+        // them by sector whoever the source is.
+        let block_id = match kind {
+            PeerReadKind::CsumCompare(_) => BlockId::SYNCER,
+            _ => r.block_id,
+        };
+        self.queue_peer_read(r.sector, len, block_id.0, kind);
         Ok(())
     }
 
@@ -1258,6 +1281,25 @@ impl Resource {
                     self.answer_ov_request(pr.sector, pr.len, Some(&data));
                 }
             }
+            (Ok(data), PeerReadKind::CsumRequest(tag)) => {
+                if current {
+                    self.send_csum_request(pr.sector, pr.len, tag, &data.unwrap_or_default());
+                }
+            }
+            (Ok(data), PeerReadKind::CsumCompare(digest))
+                if current && self.csum_equal(digest, data.as_deref().unwrap_or_default()) =>
+            {
+                // DRBD's w_e_end_csum_rs_req: in sync here at once. The range lock kept
+                // local writes off the block from before the read until now.
+                self.clear_in_sync(offset, u64::from(pr.len));
+                if let Some(r) = self.link_mut().resync.as_mut() {
+                    r.same_csum_bits += u64::from(pr.len) / udrbd_meta::BM_BLOCK_SIZE;
+                }
+                let seq = self.next_seq();
+                let ack = ack_for(pr.sector, pr.block_id, pr.len, seq);
+                self.send(Socket::Meta, &Packet::RsIsInSync(ack));
+                self.source_maybe_finished();
+            }
             (Ok(data), kind) => {
                 if current {
                     let data = data.unwrap_or_default();
@@ -1273,7 +1315,8 @@ impl Resource {
                         digest: Digest::EMPTY,
                         data,
                     };
-                    let resync = kind == PeerReadKind::Resync;
+                    let resync =
+                        matches!(kind, PeerReadKind::Resync | PeerReadKind::CsumCompare(_));
                     let packet = if resync {
                         self.link_mut().rs_replies.push((offset, u64::from(pr.len)));
                         Packet::RsDataReply(packet)
@@ -1297,6 +1340,24 @@ impl Resource {
                     self.local_io_error(LocalIoError::Read);
                 }
             }
+            (Err(_), PeerReadKind::CsumRequest(tag)) => {
+                // No digest of an unreadable block: the request asks for the data instead,
+                // its lock still held. (DRBD's w_e_send_csum drops the request, and a block
+                // this disk cannot read stays unsynced for as long as the resync retries
+                // it under on-io-error pass_on.) Under detach the resync ends anyway.
+                if current && self.resync_request_in_flight(pr.sector, pr.len, tag) {
+                    self.send(
+                        Socket::Data,
+                        &Packet::RsDataRequest(WireBlockRequest {
+                            sector: pr.sector,
+                            block_id: tag,
+                            blksize: pr.len,
+                            pad: 0,
+                        }),
+                    );
+                }
+                self.local_io_error(LocalIoError::Read);
+            }
             (Err(_), kind) => {
                 if current {
                     match kind {
@@ -1308,7 +1369,9 @@ impl Resource {
                         _ => {
                             let seq = self.next_seq();
                             let ack = ack_for(pr.sector, pr.block_id, pr.len, seq);
-                            let packet = if kind == PeerReadKind::Resync {
+                            let resync =
+                                matches!(kind, PeerReadKind::Resync | PeerReadKind::CsumCompare(_));
+                            let packet = if resync {
                                 Packet::NegRsDReply(ack)
                             } else {
                                 Packet::NegDReply(ack)
@@ -1327,7 +1390,7 @@ impl Resource {
 
     fn receive_resync_reply(&mut self, p: DataPacket) -> Result<(), String> {
         let sector = p.header.sector;
-        if !self.answers_current_resync(p.header.block_id) {
+        if !self.csum_request_answered(sector, p.header.block_id) {
             // A reply to a request of a resync that was aborted (a disk failed or
             // detached): dropped. See `Resync::request_tag`.
             return Ok(());
@@ -1374,6 +1437,122 @@ impl Resource {
         // The request's lock is held since the request went out: write at once.
         self.submit_peer_write(id);
         Ok(())
+    }
+
+    /// Target: a resync request ended without data (P_NEG_RS_DREPLY, P_RS_CANCEL, or with a
+    /// csums-alg the local read for its digest failed): it leaves the controller's in-flight
+    /// count as a data reply does and its range lock goes; its bits stay set.
+    fn resync_request_unanswered(&mut self, sector: u64, blksize: u32) {
+        let link = self.link_mut();
+        link.rs_sect_in += u64::from(blksize) / 512;
+        link.rs_requests.remove(&sector);
+        let lock = self.rs_request_locks.remove(&sector);
+        self.unlock(lock);
+    }
+
+    /// Target with a csums-alg: its own block of a request was read; its digest goes to the
+    /// source (DRBD's w_e_send_csum). Nothing goes for a request no longer in flight (its
+    /// resync ended or was aborted while the read was on the disk).
+    fn send_csum_request(&mut self, sector: u64, len: u32, tag: BlockId, data: &[u8]) {
+        let in_flight = self.resync_request_in_flight(sector, len, tag);
+        let alg = self.peer.as_ref().and_then(|p| p.config.csums_alg);
+        let Some(alg) = alg.filter(|_| in_flight) else {
+            return;
+        };
+        self.link_mut().rs_csum_sent.insert(sector, tag);
+        self.send(
+            Socket::Data,
+            &Packet::CsumRsRequest(udrbd_wire::DigestRequest {
+                request: WireBlockRequest {
+                    sector,
+                    block_id: tag,
+                    blksize: len,
+                    pad: 0,
+                },
+                digest: alg.digest(data),
+            }),
+        );
+    }
+
+    /// Target: the request of this resync (its tag) for these bytes at `sector` is still
+    /// waiting for its answer.
+    fn resync_request_in_flight(&self, sector: u64, len: u32, tag: BlockId) -> bool {
+        self.answers_current_resync(tag)
+            && self
+                .link()
+                .is_some_and(|l| l.rs_requests.get(&sector) == Some(&u64::from(len)))
+    }
+
+    /// Source: the target's digest is that of this block.
+    fn csum_equal(&self, digest: Digest, data: &[u8]) -> bool {
+        let alg = self.peer.as_ref().and_then(|p| p.config.csums_alg);
+        alg.is_some_and(|alg| alg.digest(data) == digest)
+    }
+
+    /// Target: P_RS_IS_IN_SYNC, the source found its block equal to the digest of this
+    /// node's (DRBD's got_IsInSync). The bits clear once this disk's copy, read for the
+    /// digest, is durable: the flush after resync writes covers it (a block read back from
+    /// the disk's cache may still be lost by a crash).
+    fn receive_rs_is_in_sync(&mut self, a: udrbd_wire::BlockAck) -> Result<(), String> {
+        if !self.csum_request_answered(a.sector, a.block_id) {
+            return Ok(());
+        }
+        let Some(&bytes) = self.link().and_then(|l| l.rs_requests.get(&a.sector)) else {
+            return Err(format!(
+                "P_RS_IS_IN_SYNC for sector {} that was not requested",
+                a.sector
+            ));
+        };
+        if bytes != u64::from(a.blksize) {
+            return Err(format!(
+                "P_RS_IS_IN_SYNC of {} bytes for a request of {bytes}",
+                a.blksize
+            ));
+        }
+        self.resync_request_unanswered(a.sector, a.blksize);
+        if self.disk.is_none() || self.disk_state == DiskState::Failed {
+            return Ok(());
+        }
+        self.rs_unflushed.push((a.sector * 512, bytes));
+        if let Some(r) = self.link_mut().resync.as_mut() {
+            r.same_csum_bits += bytes / udrbd_meta::BM_BLOCK_SIZE;
+        }
+        Ok(())
+    }
+
+    /// Target: whether an answer from the source for `sector` belongs to the resync running
+    /// now; an answer to one of its P_CSUM_RS_REQUESTs is no longer awaited.
+    ///
+    /// A DRBD 8.4 source does not echo the block id of a P_CSUM_RS_REQUEST: its P_RS_IS_IN_SYNC
+    /// and P_NEG_RS_DREPLY carry whatever shares the peer request's union with the digest
+    /// pointer, and a P_RS_DATA_REPLY for a block that differed carries ID_SYNCER
+    /// (w_e_end_csum_rs_req). So an answer that is not tagged as this resync's is matched by
+    /// its sector: first to an aborted resync's request still unanswered there (which keeps
+    /// new requests from that sector, see `issue_resync_requests`), then to this resync's.
+    fn csum_request_answered(&mut self, sector: u64, block_id: BlockId) -> bool {
+        if self.answers_current_resync(block_id) {
+            if let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) {
+                link.rs_csum_sent.remove(&sector);
+            }
+            return true;
+        }
+        let Some(link) = self.peer.as_mut().and_then(|p| p.link.as_mut()) else {
+            return false;
+        };
+        let tagged = crate::peer::is_resync_request_tag(block_id);
+        if let Some(tags) = link.stale_csum_replies.get_mut(&sector) {
+            if let Some(i) = tags.iter().position(|t| *t == block_id) {
+                tags.remove(i);
+            } else if !tagged {
+                tags.pop_front();
+            }
+            if tags.is_empty() {
+                link.stale_csum_replies.remove(&sector);
+            }
+            return false;
+        }
+        // An earlier resync's tag: the answer to a request it made without a digest.
+        !tagged && link.rs_csum_sent.remove(&sector).is_some()
     }
 
     /// Target: an answer from the source belongs to the resync running now.
@@ -1537,6 +1716,10 @@ impl Resource {
         let max_bio = u64::from(self.link().expect("link").peer_max_bio);
         let max_bits = (MAX_RESYNC_REQUEST.min(max_bio) / udrbd_meta::BM_BLOCK_SIZE).max(1);
         let exchange_bits = self.exchange_bits();
+        let csums = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.config.csums_alg.is_some());
         let mut issued = 0;
         let mut cursor = self
             .link()
@@ -1594,7 +1777,12 @@ impl Resource {
                 .iter()
                 .chain(self.rs_flush_in_flight.iter().flatten())
                 .any(|&(o, l)| o < offset + len && offset < o + l);
-            if in_flight || unflushed || self.range_locked(offset, offset + len) {
+            // An aborted resync's P_CSUM_RS_REQUEST there is unanswered: its answer could not
+            // be told from a new request's (see `csum_request_answered`).
+            let stale_csum = self
+                .link()
+                .is_some_and(|l| l.stale_csum_replies.contains_key(&(offset / 512)));
+            if in_flight || unflushed || stale_csum || self.range_locked(offset, offset + len) {
                 continue;
             }
             let lock = self.lock_range(offset, offset + len);
@@ -1602,15 +1790,35 @@ impl Resource {
             let link = self.link_mut();
             link.rs_requests.insert(offset / 512, len);
             let block_id = link.resync.as_ref().expect("resyncing").request_tag;
-            self.send(
-                Socket::Data,
-                &Packet::RsDataRequest(WireBlockRequest {
-                    sector: offset / 512,
-                    block_id,
-                    blksize: len as u32,
-                    pad: 0,
-                }),
-            );
+            if csums {
+                // DRBD's read_for_csum: the digest of this node's block goes instead.
+                let id = self.next_peer_op;
+                self.next_peer_op += 1;
+                let link_gen = self.link_gen;
+                self.insert_peer_read(
+                    id,
+                    PeerRead {
+                        link_gen,
+                        sector: offset / 512,
+                        len: len as u32,
+                        block_id: block_id.0,
+                        kind: PeerReadKind::CsumRequest(block_id),
+                        lock: None,
+                        submitted: false,
+                    },
+                );
+                self.submit_peer_read(id);
+            } else {
+                self.send(
+                    Socket::Data,
+                    &Packet::RsDataRequest(WireBlockRequest {
+                        sector: offset / 512,
+                        block_id,
+                        blksize: len as u32,
+                        pad: 0,
+                    }),
+                );
+            }
             issued += end - start;
         }
         if let Some(r) = self.link_mut().resync.as_mut() {

@@ -1519,6 +1519,90 @@ fn with_verify_alg(alg: &str) -> impl Fn(usize, &mut ResourceConfig) + '_ {
     }
 }
 
+fn with_csums_alg(alg: &str) -> impl Fn(usize, &mut ResourceConfig) + '_ {
+    move |_, config| {
+        config.net.as_mut().unwrap().csums_alg = Some(VerifyAlg::new(alg).unwrap());
+    }
+}
+
+/// csums-alg: the SyncTarget asks with the digest of its own block (P_CSUM_RS_REQUEST), and
+/// the source answers a block it holds the same with P_RS_IS_IN_SYNC, the others with their
+/// data. A full sync onto a disk that holds half the data already moves only the other
+/// half (and the three blocks changed in the first), the disks end equal, and both sides
+/// log DRBD's "had equal checksums" line.
+#[test]
+fn a_resync_with_csums_alg_sends_only_the_blocks_whose_digests_differ() {
+    let mut c = Cluster::new(with_csums_alg("sha1"));
+    let size = c.status(0).size_bytes as usize;
+    let data = pattern(7, size);
+    c.nodes[0].disk.poke(0, &data);
+    let half = size / 2 / 4096 * 4096;
+    c.nodes[1].disk.poke(0, &data[..half]);
+    for block in [3usize, 100, 200] {
+        c.nodes[1].disk.poke(block * 4096 + 17, b"differs");
+    }
+    c.connect_both();
+    c.run_until(Duration::from_secs(60), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::Connected)
+    });
+    full_sync_from_alice(&mut c);
+    // One digest covers a whole request (up to 128 KiB, as DRBD merges adjacent bits): a
+    // block that differs has the rest of its request sent too.
+    let blocks = size.div_ceil(4096) as u64;
+    let same = (half / 4096 - 3) as u64;
+    let line = c
+        .logs(0)
+        .into_iter()
+        .find(|l| l.contains("had equal checksums"))
+        .expect("the source logs the checksums' result");
+    let kib: Vec<u64> = line
+        .split(|ch: char| !ch.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [percent, eliminated, transferred, total] = kib[..] else {
+        panic!("{line}");
+    };
+    assert_eq!(
+        (total, eliminated + transferred, percent),
+        (blocks * 4, blocks * 4, eliminated * 100 / total),
+        "{line}"
+    );
+    assert!(
+        (same * 4 - 4 * 128..=same * 4).contains(&eliminated),
+        "{line}: {same} blocks are the same"
+    );
+    assert!(
+        c.logged(1, &line),
+        "the target logs it too: {:?}",
+        c.logs(1)
+    );
+    // DRBD's `ns:` on the source and `nr:` on the target count the data moved.
+    let sent = c.status(0).peer.unwrap().sent_kib;
+    let received = c.status(1).peer.unwrap().received_kib;
+    assert_eq!((sent, received), (transferred, transferred));
+    assert_eq!((c.out_of_sync(0), c.out_of_sync(1)), (0, 0));
+}
+
+/// Nodes with different csums-algs do not connect ("Different csums-alg settings",
+/// StandAlone), as DRBD's receive_SyncParam refuses them.
+#[test]
+fn nodes_with_different_csums_algs_do_not_connect() {
+    let mut c = Cluster::new(|i, config| {
+        if i == 0 {
+            with_csums_alg("crc32c")(i, config);
+        }
+    });
+    c.connect_both();
+    c.run_until(Duration::from_secs(30), |c| {
+        (0..2).all(|i| c.conn(i) == ConnState::StandAlone)
+    });
+    let error = c.status(0).peer.unwrap().last_error.unwrap();
+    assert!(
+        error.contains("Different csums-alg settings. me=\"crc32c\" peer=\"\""),
+        "{error}"
+    );
+}
+
 /// `verify` compares every block of the pair: nothing on an in-sync pair; blocks changed
 /// behind the replication's back (written to one backing disk directly) are found, logged
 /// as runs, marked on both nodes, reported to the out-of-sync handler, and resynced by the

@@ -154,6 +154,8 @@ pub struct ClusterOptions {
     pub configure: Option<fn(NodeId, &mut ResourceConfig)>,
     /// Both nodes' verify-alg (none: `verify` is refused).
     pub verify_alg: Option<udrbd_core::VerifyAlg>,
+    /// Both nodes' csums-alg (none: resync requests ask for the data).
+    pub csums_alg: Option<udrbd_core::VerifyAlg>,
 }
 
 impl Default for ClusterOptions {
@@ -190,6 +192,7 @@ impl Default for ClusterOptions {
             invariants_every_step: true,
             configure: None,
             verify_alg: None,
+            csums_alg: None,
         }
     }
 }
@@ -659,6 +662,7 @@ impl Cluster {
             net.max_epoch_size = o.max_epoch_size;
             net.sndbuf_size = o.sndbuf_size;
             net.verify_alg = o.verify_alg;
+            net.csums_alg = o.csums_alg;
             net.connect_at_start = false;
             net
         });

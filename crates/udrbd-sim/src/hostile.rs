@@ -176,6 +176,7 @@ impl Run {
                 // The cluster's own limit is for honest runs; here the run judges progress.
                 limit: Duration::from_secs(3600),
                 verify_alg: Some(udrbd_core::VerifyAlg::Crc32c),
+                csums_alg: (seed % 2 == 1).then_some(udrbd_core::VerifyAlg::Sha1),
                 ..ClusterOptions::default()
             },
         );

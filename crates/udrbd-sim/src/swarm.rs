@@ -241,6 +241,8 @@ pub struct SwarmCounts {
     pub unequal_disks: u64,
     /// Seeds with their own net and resync options ([`Tuning`]).
     pub tuned: u64,
+    /// Seeds whose resyncs go by digest (csums-alg).
+    pub csums: u64,
     /// Times a node stopped reading its data socket at max-buffers.
     pub receive_pauses: u64,
     /// Operations.
@@ -315,10 +317,11 @@ const MAX_GROWTH: u64 = 12 << 20;
 impl SwarmCounts {
     /// Adds `other` to `self`.
     pub fn add(&mut self, o: &SwarmCounts) {
-        let pairs: [(&mut u64, u64); 36] = [
+        let pairs: [(&mut u64, u64); 37] = [
             (&mut self.seeds, o.seeds),
             (&mut self.unequal_disks, o.unequal_disks),
             (&mut self.tuned, o.tuned),
+            (&mut self.csums, o.csums),
             (&mut self.receive_pauses, o.receive_pauses),
             (&mut self.ops, o.ops),
             (&mut self.requests, o.requests),
@@ -363,13 +366,14 @@ impl std::fmt::Display for SwarmCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seeds {} (unequal disks {}, tuned {}) ops {} requests {} (ok {}, failed {}, reads checked {}) commands {} (refused {}) | \
+            "seeds {} (unequal disks {}, tuned {}, csums {}) ops {} requests {} (ok {}, failed {}, reads checked {}) commands {} (refused {}) | \
              crashes {} torn-writes {} lost-writes {} | partitions {} one-way {} resets {} stalls {} net-changes {} | clock-jumps {} | \
              freezes {} error-injections {} io-errors {} disk-failures {} | resyncs {} sync-pauses {} io-suspends {} verifies {} grows {} shrinks {} failovers {} split-brains {} | \
              bitmap-checks {} durable-blocks {} receive-pauses {} | steps {} simulated {:.1}s",
             self.seeds,
             self.unequal_disks,
             self.tuned,
+            self.csums,
             self.ops,
             self.requests,
             self.requests_ok,
@@ -792,6 +796,9 @@ impl Run {
             limit: Duration::from_secs(600),
             // Every digest in turn (drawn from the seed alone: nothing else moves).
             verify_alg: Some(udrbd_core::VerifyAlg::ALL[(seed % 4) as usize]),
+            // Half the seeds resync by digest (drawn from the seed alone, as above).
+            csums_alg: (seed / 4 % 2 == 1)
+                .then(|| udrbd_core::VerifyAlg::ALL[(seed / 8 % 4) as usize]),
             ..ClusterOptions::default()
         };
         if let Some(t) = params.tuning {
@@ -805,6 +812,7 @@ impl Run {
             options.sndbuf_size = t.sndbuf_size;
             options.socket_buffer = t.socket_buffer;
         }
+        let csums = options.csums_alg.is_some();
         let mut c = Cluster::with_configure(seed, options, configure);
         c.wait_connected(Duration::from_secs(60));
         c.must(0, AdminCommand::NewCurrentUuid { clear_bitmap: true });
@@ -821,6 +829,7 @@ impl Run {
                 seeds: 1,
                 unequal_disks: u64::from(params.second_disk_mib.is_some()),
                 tuned: u64::from(params.tuning.is_some()),
+                csums: u64::from(csums),
                 ..SwarmCounts::default()
             },
             hash: Hash(0xCBF2_9CE4_8422_2325),

@@ -506,6 +506,45 @@ fn read_errors_call_local_io_error() {
     }
 }
 
+/// csums-alg on a SyncTarget whose disk fails every read (on-io-error pass_on keeps it
+/// attached): a block it cannot read for its digest is asked for as data instead, so the
+/// resync ends, with the source's data on the target. (DRBD's w_e_send_csum drops such a
+/// request, and the resync asks again for as long as the read fails.)
+#[test]
+fn a_sync_target_that_cannot_read_a_block_for_its_digest_asks_for_the_data() {
+    for seed in SEEDS {
+        let options = ClusterOptions {
+            configure: Some(pass_on),
+            csums_alg: Some(VerifyAlg::Crc32c),
+            ..ClusterOptions::default()
+        };
+        let mut c = in_sync_pair(seed, options);
+        c.must(0, primary());
+        let mut m = Model::new(seed);
+        for b in 0..16 {
+            m.write(&mut c, 0, b);
+        }
+        c.flush(0).expect("flush");
+        c.disk(1).faults.fail_reads[DATA] = true;
+        c.must(1, AdminCommand::Invalidate);
+        c.run_until("the resync began", secs(10), |c| {
+            c.was_ever(1, ConnState::SyncTarget)
+        });
+        c.run_until("the resync ended", secs(60), |c| {
+            c.conn(1) == Some(ConnState::Connected) && disk(c, 1) == DiskState::UpToDate
+        });
+        let st = c.status(1);
+        check(
+            &c,
+            st.io_errors >= 1 && st.out_of_sync_bytes == 0,
+            &format!("the target's reads failed, and it is in sync: {st:?}"),
+        );
+        c.disk(1).faults.fail_reads[DATA] = false;
+        m.assert_disk(&c, 1);
+        m.assert_reads(&mut c, 0);
+    }
+}
+
 // ---- 4: write errors ----------------------------------------------------------------------
 
 /// Writes on node 0 (Primary) fail locally: every one completes successfully (the peer has

@@ -366,7 +366,7 @@ fn connection_view(peer: &udrbd_core::PeerStatus, out_of_sync_kib: u64) -> sf::C
     let sync = peer.resync.map(|r| sf::SyncProgress {
         rs_total_sectors: r.total_sectors,
         rs_failed_sectors: 0,
-        rs_same_csum_sectors: 0,
+        rs_same_csum_sectors: r.same_csum_sectors,
         rs_dt_start_ms: r.elapsed_ms,
         rs_paused_ms: r.paused_ms,
         rs_dt0_ms: r.dt0_ms,
@@ -680,6 +680,7 @@ mod tests {
             dt1_ms: 3_000,
             db1_sectors: 3 * 32 * 2048,
             want_kib_per_sec: 32 * 1024,
+            same_csum_sectors: 4096,
             verify: None,
         });
         let v = view(Some(&p), 512 * 1024);
@@ -696,5 +697,6 @@ mod tests {
         let pd = &parsed[0]["connections"][0]["peer_devices"][0];
         assert_eq!(pd["replication-state"], "SyncSource");
         assert_eq!(pd["percent-in-sync"], 50.0);
+        assert_eq!(pd["rs-same-csum"], 4096);
     }
 }

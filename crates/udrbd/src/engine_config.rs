@@ -59,6 +59,17 @@ pub fn net_config(resource: &ResolvedResource) -> Result<NetConfig, String> {
         .map(udrbd_core::VerifyAlg::new)
         .transpose()
         .map_err(|e| format!("{}: {e}", resource.name))?;
+    c.csums_alg = net
+        .csums_alg
+        .as_deref()
+        .map(udrbd_core::VerifyAlg::new)
+        .transpose()
+        .map_err(|e| {
+            format!(
+                "{}: csums-alg {:?} is not supported (udrbd computes crc32c, sha1, sha256 and sha512)",
+                resource.name, e.name
+            )
+        })?;
     Ok(c)
 }
 
@@ -261,6 +272,18 @@ mod tests {
         assert_eq!(
             e,
             "r0: verify-alg \"md5\" is not supported (udrbd computes crc32c, sha1, sha256 and sha512)"
+        );
+    }
+
+    #[test]
+    fn csums_alg_names_the_digest_and_an_unknown_one_is_an_error() {
+        let c = net_config(&resolve("  net { csums-alg crc32c; }\n", "alice")).unwrap();
+        assert_eq!(c.csums_alg, Some(udrbd_core::VerifyAlg::Crc32c));
+        assert_eq!(net_config(&resolve("", "alice")).unwrap().csums_alg, None);
+        let e = net_config(&resolve("  net { csums-alg md5; }\n", "alice")).unwrap_err();
+        assert_eq!(
+            e,
+            "r0: csums-alg \"md5\" is not supported (udrbd computes crc32c, sha1, sha256 and sha512)"
         );
     }
 }

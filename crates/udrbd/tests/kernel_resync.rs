@@ -12,10 +12,14 @@
 //!   file grows and `resize` runs on udrbd, then on the kernel: both devices grow, the new
 //!   part resyncs; the kernel's `resize --size` shrinks both, udrbd's `--size 0` grows both
 //!   back.
+//! - [`a_resync_with_csums_alg_moves_only_the_blocks_that_differ_both_ways`], with
+//!   csums-alg: the SyncTarget asks with digests, udrbd as either side; only blocks whose
+//!   digests differ move.
 //!
-//! Each checks that the second resync covers at most what was left (the kernel's "Began resync
-//! ... will sync N KB" against udrbd's out-of-sync at the cut), that the whole transfer (the
-//! kernel's `ns:`/`nr:`) is less than 1.1 device sizes, and that the data areas end identical.
+//! Each of the first two checks that the second resync covers at most what was left (the
+//! kernel's "Began resync ... will sync N KB" against udrbd's out-of-sync at the cut), that
+//! the whole transfer (the kernel's `ns:`/`nr:`) is less than 1.1 device sizes, and that the
+//! data areas end identical.
 //! The SyncSource runs at a fixed 2 MiB/s (16 MiB: ~8 s) so the cut lands mid-way.
 //!
 //! Needs root (the kernel node's build); about 300 MB of host memory per guest.
@@ -559,6 +563,126 @@ fn the_kernels_new_resync_rate_is_taken_by_a_udrbd_sync_target() {
         "{took:?} for {left} KiB"
     );
     vm.wait("ds:UpToDate/UpToDate", WAIT, &|| d.log_text());
+    assert_same_data_areas(&vm, &u.disk, DATA_KIB, &d);
+    vm.assert_clean_dmesg(&|| d.log_text());
+}
+
+/// The (eliminated, transferred, total) KiB of the last "had equal checksums" line in `log`
+/// (DRBD's drbd_resync_finished with a csums-alg), and the line from the percentage on.
+fn equal_checksums(log: &str) -> Option<((u64, u64, u64), String)> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("had equal checksums"))?;
+    let from = line[..line.find(" % had")?]
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    let line = line[from..].trim_end().to_string();
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [_, eliminated, transferred, total] = numbers[..] else {
+        return None;
+    };
+    Some(((eliminated, transferred, total), line))
+}
+
+/// Overwrites `data` at `offset` of udrbd's backing file, behind the replication's back.
+fn write_behind(u: &Udrbd, offset: u64, data: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&u.disk)
+        .unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// csums-alg crc32c on both nodes; udrbd's disk starts as zeros, as the guest's does.
+///
+/// 1. 1 MiB of random bytes written to udrbd's backing file at 4 MiB, then udrbd's `primary
+///    --force`: the kernel, SyncTarget of the full sync, asks with P_CSUM_RS_REQUEST and udrbd
+///    answers a block with the same digest with P_RS_IS_IN_SYNC. Only that MiB moves (and
+///    the rest of a request that straddles it), and both sides log the same "had equal
+///    checksums" line.
+/// 2. One block at 10 MiB changed on udrbd's disk, udrbd made Secondary, and the kernel's
+///    `invalidate-remote`: udrbd, SyncTarget, asks with digests and the kernel compares; the
+///    changed block comes back from the kernel.
+///
+/// Both times the data areas end identical.
+#[test]
+fn a_resync_with_csums_alg_moves_only_the_blocks_that_differ_both_ways() {
+    use std::io::Read;
+    require_root();
+    let (u, vm) = udrbd_and_guest(
+        17540,
+        UdrbdOptions {
+            random: false,
+            net: format!("{UDRBD_NET} csums-alg crc32c;"),
+            ..UdrbdOptions::default()
+        },
+        "kresync-csums",
+        &["--net-opts", "--connect-int=2 --csums-alg=crc32c"],
+    );
+    let mut random = vec![0u8; 1 << 20];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut random)
+        .unwrap();
+    write_behind(&u, 4 << 20, &random);
+    let d = u.start();
+    force_primary(&d);
+    vm.wait("ds:UpToDate/UpToDate", WAIT, &|| d.log_text());
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    let dmesg = vm.exec("dmesg");
+    let (kib, line) = equal_checksums(&dmesg).unwrap_or_else(|| panic!("{dmesg}"));
+    println!("full sync to the kernel: {line}");
+    let (eliminated, transferred, total) = kib;
+    assert_eq!(
+        (total, eliminated + transferred),
+        (DATA_KIB, DATA_KIB),
+        "{line}"
+    );
+    // A request is at most 128 KiB: the two that straddle the MiB's ends, at the most.
+    assert!((1024..=1024 + 256).contains(&transferred), "{line}");
+    let (_, ours) = equal_checksums(&d.log_text()).unwrap_or_else(|| panic!("{}", d.log_text()));
+    assert_eq!(ours, line, "udrbd, the SyncSource, counted the same");
+    assert_same_data_areas(&vm, &u.disk, DATA_KIB, &d);
+
+    write_behind(&u, 10 << 20, b"changed behind the replication's back");
+    d.ok(&["secondary", "r0"]);
+    vm.exec("drbdsetup-84 invalidate-remote 0 2>&1");
+    let t0 = Instant::now();
+    while !d.log_text().contains("Resync done (SyncTarget)") {
+        assert!(
+            t0.elapsed() < WAIT,
+            "no resync from the kernel\n{}\n{}\n{}",
+            d.log_text(),
+            status_json(&d),
+            vm.exec("dmesg | tail -40; cat /proc/drbd")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_udrbd(&d, "Connected", "UpToDate/UpToDate", WAIT);
+    vm.wait("ds:UpToDate/UpToDate", WAIT, &|| d.log_text());
+    let log = d.log_text();
+    let ((eliminated, transferred, total), ours) =
+        equal_checksums(&log).unwrap_or_else(|| panic!("{log}"));
+    println!("resync from the kernel: {ours}");
+    assert_eq!(
+        (total, eliminated + transferred),
+        (DATA_KIB, DATA_KIB),
+        "{ours}"
+    );
+    assert!(
+        (4..=128).contains(&transferred),
+        "one changed block: {ours}"
+    );
+    let dmesg = vm.exec("dmesg");
+    let (_, theirs) = equal_checksums(&dmesg).unwrap_or_else(|| panic!("{dmesg}"));
+    assert_eq!(theirs, ours, "the kernel, the SyncSource, counted the same");
     assert_same_data_areas(&vm, &u.disk, DATA_KIB, &d);
     vm.assert_clean_dmesg(&|| d.log_text());
 }
