@@ -1223,6 +1223,14 @@ impl Resource {
         block_id: u64,
         kind: PeerReadKind,
     ) {
+        let id = self.new_peer_read(sector, len, block_id, kind);
+        self.lock_waiting.push_back(LockWaiter::PeerRead(id));
+        self.start_lock_waiters();
+    }
+
+    /// A read of this node's disk for the peer (or for its resync), of this link, not yet
+    /// locked nor submitted: its id.
+    fn new_peer_read(&mut self, sector: u64, len: u32, block_id: u64, kind: PeerReadKind) -> u64 {
         let id = self.next_peer_op;
         self.next_peer_op += 1;
         let link_gen = self.link_gen;
@@ -1238,8 +1246,7 @@ impl Resource {
                 submitted: false,
             },
         );
-        self.lock_waiting.push_back(LockWaiter::PeerRead(id));
-        self.start_lock_waiters();
+        id
     }
 
     pub(crate) fn submit_peer_read(&mut self, id: u64) {
@@ -1791,22 +1798,10 @@ impl Resource {
             link.rs_requests.insert(offset / 512, len);
             let block_id = link.resync.as_ref().expect("resyncing").request_tag;
             if csums {
-                // DRBD's read_for_csum: the digest of this node's block goes instead.
-                let id = self.next_peer_op;
-                self.next_peer_op += 1;
-                let link_gen = self.link_gen;
-                self.insert_peer_read(
-                    id,
-                    PeerRead {
-                        link_gen,
-                        sector: offset / 512,
-                        len: len as u32,
-                        block_id: block_id.0,
-                        kind: PeerReadKind::CsumRequest(block_id),
-                        lock: None,
-                        submitted: false,
-                    },
-                );
+                // DRBD's read_for_csum: the digest of this node's block goes instead. The
+                // request's lock (above) covers the read.
+                let kind = PeerReadKind::CsumRequest(block_id);
+                let id = self.new_peer_read(offset / 512, len as u32, block_id.0, kind);
                 self.submit_peer_read(id);
             } else {
                 self.send(
