@@ -1154,14 +1154,15 @@ impl Resource {
     fn send_sync_params(&mut self) {
         let c = &self.peer.as_ref().expect("peer").config;
         let r = &c.resync;
+        let wire_name = |alg: Option<crate::verify::VerifyAlg>| {
+            alg.map_or(udrbd_wire::AlgName::NONE, |a| {
+                udrbd_wire::AlgName::new(a.name().as_bytes()).expect("a short name")
+            })
+        };
         let sync_params = SyncParams {
             resync_rate: r.resync_rate_kib_per_sec as u32,
-            verify_alg: c.verify_alg.map_or(udrbd_wire::AlgName::NONE, |a| {
-                udrbd_wire::AlgName::new(a.name().as_bytes()).expect("a short name")
-            }),
-            csums_alg: c.csums_alg.map_or(udrbd_wire::AlgName::NONE, |a| {
-                udrbd_wire::AlgName::new(a.name().as_bytes()).expect("a short name")
-            }),
+            verify_alg: wire_name(c.verify_alg),
+            csums_alg: wire_name(c.csums_alg),
             controller: Some(udrbd_wire::ResyncController {
                 c_plan_ahead: r.c_plan_ahead_tenths as u32,
                 c_delay_target: r.c_delay_target_tenths as u32,
